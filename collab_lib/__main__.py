@@ -1,0 +1,3 @@
+from collab_lib.cli import main
+
+raise SystemExit(main())

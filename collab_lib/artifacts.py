@@ -1,0 +1,229 @@
+"""Content-addressed artifact cache: ``<root>/<step>/<key>/`` with a verified manifest.
+
+The key hashes the step name, the package version, the step's resolved config and the keys
+of its inputs, so any change upstream gives a new key and nothing stale is reused. A step
+writes into a private temporary directory that is renamed into place only when complete:
+an interrupted run (Ctrl-C, ``kill -9``) leaves no half artifact that could be mistaken for
+a finished one, and the next run redoes only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import shutil
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from collab_lib import __version__
+from collab_lib.config import PROJECT_ROOT, to_dict
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+TRACKED_LIBRARIES = ("numpy", "datasketch", "pandas", "torch", "transformers", "flwr", "pip")
+
+
+def artifacts_root() -> Path:
+    """``$COLLAB_ARTIFACTS`` if set, else ``artifacts/`` at the project root."""
+    env = os.environ.get("COLLAB_ARTIFACTS")
+    return Path(env).expanduser().resolve() if env else PROJECT_ROOT / "artifacts"
+
+
+def artifact_key(step: str, config: Any, inputs: Iterable[str] = ()) -> str:
+    """Hash of step name, package version, config and input refs (16 hex digits).
+
+    ``inputs`` are the ``Artifact.ref`` strings (``step/key``) of the artifacts the step reads.
+    """
+    payload = json.dumps(
+        {"step": step, "version": __version__, "config": to_dict(config), "inputs": list(inputs)},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A finished, verified artifact directory and its manifest."""
+
+    step: str
+    key: str
+    path: Path
+    manifest: dict
+
+    @property
+    def ref(self) -> str:
+        return f"{self.step}/{self.key}"
+
+    @property
+    def metrics(self) -> dict:
+        return self.manifest.get("metrics", {})
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+def artifact_dir(step: str, key: str, root: Path | None = None) -> Path:
+    return (root or artifacts_root()) / step / key
+
+
+def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
+    """The artifact if it exists and every file matches its manifest's hash, else None."""
+    path = artifact_dir(step, key, root)
+    manifest_path = path / MANIFEST
+    if not manifest_path.is_file():
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    for name, meta in manifest.get("files", {}).items():
+        file = path / name
+        if not file.is_file() or file.stat().st_size != meta["bytes"]:
+            return None
+        if sha256_file(file) != meta["sha256"]:
+            return None
+    return Artifact(step, key, path, manifest)
+
+
+def state(step: str, key: str, root: Path | None = None) -> str:
+    """``cached`` (verified), ``corrupt`` (exists but fails verification) or ``missing``."""
+    if load(step, key, root) is not None:
+        return "cached"
+    return "corrupt" if artifact_dir(step, key, root).exists() else "missing"
+
+
+def build(
+    step: str,
+    config: Any,
+    produce: Callable[[Path], dict | None],
+    inputs: Iterable[str] = (),
+    *,
+    seed: int | None = None,
+    force: bool = False,
+    root: Path | None = None,
+) -> Artifact:
+    """Return the cached artifact for (step, config, inputs), producing it if needed.
+
+    ``produce(tmp_dir)`` writes the output files into ``tmp_dir`` and returns a small dict
+    of metrics for the manifest. A corrupt or partial artifact is recomputed; ``force``
+    recomputes a valid one.
+    """
+    inputs = list(inputs)
+    key = artifact_key(step, config, inputs)
+    if not force:
+        hit = load(step, key, root)
+        if hit is not None:
+            log.info("%s %s: cached", step, key)
+            return hit
+    final = artifact_dir(step, key, root)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        start = time.perf_counter()
+        metrics = produce(tmp) or {}
+        wall_s = time.perf_counter() - start
+        files = {
+            str(p.relative_to(tmp)): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
+        }
+        manifest = {
+            "step": step,
+            "key": key,
+            "config": to_dict(config),
+            "seed": seed,
+            "inputs": inputs,
+            "package_version": __version__,
+            "libraries": library_versions(),
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "wall_s": round(wall_s, 3),
+            "metrics": metrics,
+            "files": files,
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        _replace_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("%s %s: built in %.1f s", step, key, wall_s)
+    return Artifact(step, key, final, manifest)
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Rename ``tmp`` to ``final``; an existing (stale or corrupt) ``final`` is moved aside first."""
+    if final.exists():
+        trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex[:8]}"
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and of the libraries that can change a result."""
+    out = {"python": platform.python_version(), "platform": sys.platform}
+    for name in TRACKED_LIBRARIES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def lineage(artifact: Artifact, root: Path | None = None) -> list[Artifact]:
+    """The artifact and every input it was built from (depth-first, each once)."""
+    seen: dict[str, Artifact] = {}
+    stack = [artifact]
+    while stack:
+        art = stack.pop()
+        if art.key in seen:
+            continue
+        seen[art.key] = art
+        for ref in art.manifest.get("inputs", []):
+            step, _, key = ref.rpartition("/")
+            dep = load(step, key, root)
+            if dep is not None:
+                stack.append(dep)
+    return list(seen.values())
+
+
+def clean_tmp(root: Path | None = None) -> int:
+    """Remove temporary directories left by runs that died (their process is gone)."""
+    base = root or artifacts_root()
+    removed = 0
+    for path in list(base.glob("*/.tmp-*")) + list(base.glob("*/.trash-*")):
+        parts = path.name.split("-")
+        if path.name.startswith(".tmp-") and len(parts) >= 4 and _alive(int(parts[2])):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,94 @@
+"""``python -m collab_lib``: run steps, print tables, show the cache, build the book."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from collab_lib import pipeline
+from collab_lib.config import ConfigError, load_config
+from collab_lib.sources import SourceError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m collab_lib",
+        description="Reproduce 'Promise and Peril of Collaborative Code Generation Models'.",
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_profile(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--profile", default="default", help="tiny, default, gpu, paper or a .yml path")
+        sp.add_argument(
+            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            help="override a profile value, e.g. --set seed=3 "
+            "--set datasets.organizations.Google.size_mb=2 (repeatable)",
+        )
+
+    steps = ", ".join(f"{n} ({s.description})" for n, s in pipeline.STEPS.items())
+    sp = sub.add_parser("run", help="run a step (cached artifacts are reused)",
+                        description=f"Steps: {steps}; 'all' runs every step in order.")
+    sp.add_argument("step", choices=[*pipeline.STEPS, "all"])
+    sp.add_argument("--force", action="store_true", help="recompute even if cached")
+    with_profile(sp)
+
+    sp = sub.add_parser("table", help="print a produced table as CSV")
+    sp.add_argument("name", help="e.g. table2, table3, table4, funnel, skipped")
+    with_profile(sp)
+
+    sp = sub.add_parser("status", help="what is cached and what would run")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    with_profile(sp)
+
+    sp = sub.add_parser("book", help="run the steps, execute the notebooks, build the HTML book")
+    sp.add_argument("--no-run", action="store_true", help="do not run missing steps first")
+    with_profile(sp)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = load_config(args.profile, args.overrides)
+        if args.command == "run":
+            pipeline.run(args.step, cfg, force=args.force)
+            print(f"done: {args.step} ({cfg.profile}); see `python -m collab_lib status "
+                  f"--profile {args.profile}`")
+        elif args.command == "table":
+            pipeline.table(args.name, cfg).to_csv(sys.stdout, index=False)
+        elif args.command == "status":
+            _print_status(pipeline.status(cfg), as_json=args.json)
+        elif args.command == "book":
+            from collab_lib.book import build_book
+
+            overrides = {k: v for k, v in (o.split("=", 1) for o in args.overrides)}
+            index = build_book(args.profile, _parsed(overrides), run_steps=not args.no_run)
+            print(f"book built: {index}")
+    except (ConfigError, SourceError, pipeline.NotBuiltError, KeyError) as exc:
+        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished artifacts are kept; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _parsed(overrides: dict[str, str]) -> dict:
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in overrides.items()}
+
+
+def _print_status(rows: list[dict[str, str]], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    width = max((len(r["artifact"]) for r in rows), default=10)
+    for r in rows:
+        print(f"{r['step']:<10} {r['artifact']:<{width}} {r['key']}  {r['state']}")
+    todo = sorted({r["step"] for r in rows if r["state"] != "cached"})
+    print("would run: " + (", ".join(todo) if todo else "nothing (everything is cached)"))

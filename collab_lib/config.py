@@ -1,0 +1,315 @@
+"""Profiles: load a YAML profile, apply overrides, validate it into frozen dataclasses.
+
+A profile is ``configs/<name>.yml`` (or any YAML path). It may ``extends:`` another profile,
+which it deep-merges over (mappings merge, everything else is replaced). Every key is checked
+against the dataclasses below, so a typo fails at load with the file and the key named,
+instead of being silently ignored hours into a run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = PROJECT_ROOT / "configs"
+PROFILES = ("tiny", "default", "gpu", "paper")
+
+
+class ConfigError(ValueError):
+    """A profile or an override is invalid; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One place an organization's code comes from; exactly one of the kinds is set.
+
+    ``pypi``: a release pinned ``name==version``, downloaded with pip (wheel preferred).
+    ``dir``: a local directory. ``git``: a local git checkout, read at ``rev``.
+    ``installed``: a distribution installed in the running environment (offline; used by
+    the ``tiny`` profile).
+    """
+
+    pypi: str | None = None
+    dir: str | None = None
+    git: str | None = None
+    rev: str = "HEAD"
+    installed: str | None = None
+
+    KINDS: typing.ClassVar[tuple[str, ...]] = ("pypi", "dir", "git", "installed")
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in self.KINDS if getattr(self, k) is not None)
+
+    @property
+    def label(self) -> str:
+        value = getattr(self, self.kind)
+        return f"{value}@{self.rev}" if self.kind == "git" else str(value)
+
+
+@dataclass(frozen=True)
+class Organization:
+    """A participant: a name (``Google``), a short letter (``G``) and its sources."""
+
+    name: str
+    short: str
+    sources: tuple[Source, ...]
+    size_mb: float | None = None  # sample raw files to this size (seeded); None keeps all
+
+
+@dataclass(frozen=True)
+class DedupConfig:
+    """MinHash + LSH near-duplicate removal; CodeParrot's settings by default."""
+
+    threshold: float = 0.85
+    num_perm: int = 256
+    min_tokens: int = 10  # CodeParrot leaves files with fewer tokens out of the index
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """Quality filters of the CodeParrot recipe (paper §3) and input guards."""
+
+    alnum_min: float = 0.25
+    autogen_lines: int = 5
+    max_file_kb: float = 1000.0
+
+
+@dataclass(frozen=True)
+class DatasetsConfig:
+    """Everything the datasets step depends on (paper §2.2, §3)."""
+
+    organizations: tuple[Organization, ...]
+    index_url: str | None = None  # None: pip's own configured index
+    validation_fraction: float = 0.2
+    exclude: tuple[str, ...] = (
+        "build/lib/*",
+        "*/build/lib/*",
+        "build/bdist.*",
+        "*/__pycache__/*",
+        "*.egg-info/*",
+        "*/.git/*",
+        "*/.tox/*",
+        "*/.venv/*",
+    )
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    download_timeout_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved profile. ``seed`` drives every random choice of every step."""
+
+    profile: str
+    seed: int
+    datasets: DatasetsConfig
+    description: str = ""
+
+    def org(self, name: str) -> Organization:
+        for org in self.datasets.organizations:
+            if org.name == name:
+                return org
+        raise KeyError(name)
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain JSON-able form of a config (tuples become lists); used for hashing and manifests."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def profile_path(profile: str | Path) -> Path:
+    """``default`` -> ``configs/default.yml``; a path to a ``.yml`` file is used as is."""
+    text = str(profile)
+    if text.endswith((".yml", ".yaml")) or "/" in text:
+        return Path(text).expanduser().resolve()
+    return CONFIG_DIR / f"{text}.yml"
+
+
+def load_config(
+    profile: str | Path = "default", overrides: dict[str, Any] | list[str] | None = None
+) -> Config:
+    """Load, merge ``extends``, apply overrides (``{"seed": 3}`` or ``["seed=3"]``), validate."""
+    path = profile_path(profile)
+    raw = _read_with_extends(path, seen=())
+    for key, value in _normalise_overrides(overrides, path).items():
+        _set_dotted(raw, key, value, path)
+    raw.setdefault("profile", path.stem)
+    _resolve_local_paths(raw, path)
+    return _build(Config, raw, where="", path=path)
+
+
+def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict:
+    if not path.is_file():
+        known = ", ".join(p.stem for p in sorted(CONFIG_DIR.glob("*.yml")))
+        raise ConfigError(f"{path}: profile file not found (known profiles: {known})")
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    parent = str(parent)
+    is_file = parent.endswith((".yml", ".yaml"))
+    base_path = (path.parent / parent).resolve() if is_file else profile_path(parent)
+    base = _read_with_extends(base_path, seen + (path,))
+    base.pop("profile", None)
+    return _deep_merge(base, data)
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _normalise_overrides(overrides: dict | list | None, path: Path) -> dict[str, Any]:
+    if not overrides:
+        return {}
+    if isinstance(overrides, dict):
+        return dict(overrides)
+    out: dict[str, Any] = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"{path}: override {item!r} must look like key=value")
+        key, _, text = item.partition("=")
+        out[key.strip()] = yaml.safe_load(text) if text.strip() else None
+    return out
+
+
+def _set_dotted(raw: dict, dotted: str, value: Any, path: Path) -> None:
+    """Set ``a.b.c`` in nested mappings; ``organizations.Google.size_mb`` addresses by name."""
+    node: Any = raw
+    parts = dotted.split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            node = _list_item(node, part, dotted, path)
+        else:
+            node = node.setdefault(part, {})
+        if not isinstance(node, (dict, list)):
+            raise ConfigError(f"{path}: override {dotted}: {'.'.join(parts[: i + 1])} is a value")
+    if isinstance(node, list):
+        raise ConfigError(f"{path}: override {dotted}: cannot replace a list item whole")
+    node[parts[-1]] = value
+
+
+def _list_item(items: list, part: str, dotted: str, path: Path) -> Any:
+    if part.isdigit() and int(part) < len(items):
+        return items[int(part)]
+    for item in items:
+        if isinstance(item, dict) and item.get("name") == part:
+            return item
+    raise ConfigError(f"{path}: override {dotted}: no list item named {part!r}")
+
+
+def _resolve_local_paths(raw: dict, path: Path) -> None:
+    """Relative ``dir``/``git`` sources are relative to the profile file, as users expect."""
+    orgs = (raw.get("datasets") or {}).get("organizations") or []
+    for org in orgs if isinstance(orgs, list) else []:
+        for src in (org or {}).get("sources") or [] if isinstance(org, dict) else []:
+            for kind in ("dir", "git"):
+                if isinstance(src, dict) and isinstance(src.get(kind), str):
+                    src[kind] = str((path.parent / Path(src[kind]).expanduser()).resolve())
+
+
+def _build(cls: type, raw: Any, where: str, path: Path) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: {where or 'top level'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown key {_join(where, unknown[0])!r} (allowed here: {', '.join(fields)})"
+        )
+    kwargs = {}
+    for name, f in fields.items():
+        key = _join(where, name)
+        if name in raw:
+            kwargs[name] = _coerce(hints[name], raw[name], key, path)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{path}: missing required key {key!r}")
+    obj = cls(**kwargs)
+    _check(obj, where, path)
+    return obj
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _coerce(tp: Any, value: Any, key: str, path: Path) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(inner, value, key, path)
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, key, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: {key}: expected a list, got {value!r}")
+        return tuple(_coerce(args[0], v, f"{key}[{i}]", path) for i, v in enumerate(value))
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, str, bool) and type(value) is tp:
+        return value
+    want = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
+    raise ConfigError(f"{path}: {key}: expected {want.get(tp, tp)}, got {value!r}")
+
+
+def _check(obj: Any, where: str, path: Path) -> None:
+    """Cross-field rules a type cannot express."""
+    if isinstance(obj, Source):
+        set_kinds = [k for k in Source.KINDS if getattr(obj, k) is not None]
+        if len(set_kinds) != 1:
+            raise ConfigError(
+                f"{path}: {where}: a source needs exactly one of {', '.join(Source.KINDS)}"
+            )
+        if obj.pypi is not None and "==" not in obj.pypi:
+            raise ConfigError(f"{path}: {where}.pypi: pin an exact version, e.g. 'absl-py==2.5.1'")
+        for kind in ("dir", "git"):
+            value = getattr(obj, kind)
+            if value is not None and not Path(value).is_dir():
+                raise ConfigError(f"{path}: {where}.{kind}: directory not found: {value}")
+    if isinstance(obj, Organization) and obj.size_mb is not None and obj.size_mb <= 0:
+        raise ConfigError(f"{path}: {where}.size_mb: must be positive")
+    if isinstance(obj, DatasetsConfig):
+        names = [o.name for o in obj.organizations]
+        if len(set(names)) != len(names) or not names:
+            raise ConfigError(f"{path}: {where}.organizations: need unique, non-empty names")
+        if not 0 < obj.validation_fraction < 1:
+            raise ConfigError(f"{path}: {where}.validation_fraction: must be in (0, 1)")
+    if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
+        raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
+
+
+def config_hash_input(cfg: Any) -> str:
+    """Canonical JSON of a config section: the part of a cache key a config contributes."""
+    return json.dumps(to_dict(cfg), sort_keys=True, separators=(",", ":"))

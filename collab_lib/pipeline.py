@@ -1,0 +1,91 @@
+"""The steps of the study, in order, and what each produces.
+
+Each step has a ``run`` (build or fetch from cache), a ``plan`` (the keys of every artifact
+it needs, computed from the config alone, so ``status`` never runs anything) and the names
+of the tables it writes. Later research questions add their steps here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from collab_lib import artifacts, datasets
+from collab_lib.config import Config
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[..., Any]
+    plan: Callable[[Config], dict[str, tuple[str, str]]]
+    tables: tuple[str, ...]
+    description: str
+
+
+STEPS: dict[str, Step] = {
+    "datasets": Step(
+        "datasets",
+        datasets.build_datasets,
+        datasets.plan,
+        datasets.TABLES,
+        "download, preprocess and split each organization's code (Tables 2-4)",
+    ),
+}
+
+
+class NotBuiltError(RuntimeError):
+    """A table was asked for before the step that makes it ran."""
+
+
+def run(step: str, cfg: Config, *, force: bool = False) -> list[Any]:
+    """Run one step, or every step in order for ``all``."""
+    names = list(STEPS) if step == "all" else [step]
+    return [STEPS[name].run(cfg, force=force) for name in names]
+
+
+def status(cfg: Config) -> list[dict[str, str]]:
+    """One row per planned artifact: step, what, key and state (cached/missing/corrupt)."""
+    rows = []
+    for step in STEPS.values():
+        for what, (art_step, key) in step.plan(cfg).items():
+            rows.append(
+                {"step": step.name, "artifact": what, "key": key,
+                 "state": artifacts.state(art_step, key)}
+            )
+    return rows
+
+
+def step_of_table(name: str) -> Step:
+    for step in STEPS.values():
+        if name in step.tables:
+            return step
+    known = ", ".join(t for s in STEPS.values() for t in s.tables)
+    raise KeyError(f"unknown table {name!r} (known tables: {known})")
+
+
+def table(name: str, cfg: Config) -> pd.DataFrame:
+    """A produced table; raises NotBuiltError naming the command that makes it."""
+    step = step_of_table(name)
+    art = artifacts.load(*step.plan(cfg)[step.name])
+    if art is None:
+        raise NotBuiltError(
+            f"table {name} is not built for profile {cfg.profile!r} yet: run "
+            f"`python -m collab_lib run {step.name} --profile {cfg.profile}` first"
+        )
+    return pd.read_csv(art.file(f"{name}.csv"))
+
+
+def planned_artifacts(cfg: Config) -> list[artifacts.Artifact]:
+    """Every cached artifact the profile's steps use, with the inputs they were built from."""
+    seen: dict[str, artifacts.Artifact] = {}
+    for step in STEPS.values():
+        for art_step, key in step.plan(cfg).values():
+            art = artifacts.load(art_step, key)
+            if art is not None:
+                for a in artifacts.lineage(art):
+                    seen.setdefault(a.ref, a)
+    return sorted(seen.values(), key=lambda a: (a.step, a.key))

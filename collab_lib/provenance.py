@@ -1,0 +1,55 @@
+"""The Reproducibility page: every artifact the book was built from, and how to rebuild it."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+
+import pandas as pd
+
+from collab_lib import artifacts, pipeline
+from collab_lib.config import Config
+
+
+def content_digest(art: artifacts.Artifact) -> str:
+    """One hash over the hashes of an artifact's files (what ``status`` verifies)."""
+    files = art.manifest.get("files", {})
+    joined = "".join(f"{name}:{meta['sha256']}" for name, meta in sorted(files.items()))
+    return hashlib.sha256(joined.encode()).hexdigest()[:16]
+
+
+def provenance_table(cfg: Config) -> pd.DataFrame:
+    """One row per artifact behind the book."""
+    rows = []
+    for art in pipeline.planned_artifacts(cfg):
+        m = art.manifest
+        libs = m.get("libraries", {})
+        rows.append(
+            {
+                "step": art.step,
+                "key": art.key,
+                "created_utc": m.get("created_utc"),
+                "wall_s": m.get("wall_s"),
+                "seed": m.get("seed"),
+                "files": len(m.get("files", {})),
+                "content_sha256": content_digest(art),
+                "collab_lib": m.get("package_version"),
+                "libraries": ", ".join(f"{k} {v}" for k, v in sorted(libs.items())),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def provenance_details_html(cfg: Config) -> str:
+    """Each artifact's full config, inputs and file hashes, folded under its key."""
+    parts = []
+    for art in pipeline.planned_artifacts(cfg):
+        m = art.manifest
+        body = {k: m.get(k) for k in ("config", "inputs", "seed", "libraries", "metrics", "files")}
+        text = html.escape(json.dumps(body, indent=1, sort_keys=True))
+        parts.append(
+            f"<details><summary><code>{art.step}/{art.key}</code></summary>"
+            f"<pre style='max-height:30em;overflow:auto'>{text}</pre></details>"
+        )
+    return "\n".join(parts)
