@@ -8,7 +8,7 @@ exactly what ran against the cached artifacts.
 from __future__ import annotations
 
 import logging
-import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 
 NOTEBOOKS = ("01_datasets.ipynb", "99_reproducibility.ipynb")
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
-EXECUTED_DIR = PROJECT_ROOT / "book" / "executed"
-BUILD_DIR = PROJECT_ROOT / "_build"
+BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
+BUILD_ROOT = PROJECT_ROOT / "_build"
 
 
 def execute_notebook(name: str, profile: str, overrides: dict[str, Any], out_dir: Path) -> Path:
@@ -42,18 +42,35 @@ def execute_notebook(name: str, profile: str, overrides: dict[str, Any], out_dir
     return output
 
 
-def build_book(profile: str, overrides: dict[str, Any] | None = None, *, run_steps: bool = True) -> Path:
-    """Run every step of the profile, execute the notebooks and build the HTML book."""
+def build_book(
+    profile: str,
+    overrides: dict[str, Any] | None = None,
+    *,
+    run_steps: bool = True,
+    build_root: Path = BUILD_ROOT,
+) -> Path:
+    """Run every step of the profile, execute the notebooks, build the HTML; return index.html.
+
+    The book's sources are staged in ``<build_root>/<profile>/src`` with the executed
+    notebooks beside them, so books of different profiles never overwrite each other.
+    """
     overrides = overrides or {}
     cfg = load_config(profile, overrides)  # fail on a bad profile before anything runs
     if run_steps:
         pipeline.run("all", cfg)
+    out = build_root / cfg.profile
+    stage = out / "src"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir(parents=True)
+    for name in BOOK_SOURCES:
+        src = PROJECT_ROOT / name
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, stage / name)
     for name in NOTEBOOKS:
         log.info("executing %s", name)
-        execute_notebook(name, profile, overrides, EXECUTED_DIR)
+        execute_notebook(name, profile, overrides, stage / "book" / "executed")
     jb = Path(sys.executable).with_name("jupyter-book")
-    cmd = [str(jb), "build", str(PROJECT_ROOT), "--path-output", str(BUILD_DIR.parent), "-q"]
-    env = os.environ | {"PYDEVD_DISABLE_FILE_VALIDATION": "1"}
-    subprocess.run(cmd, check=True, env=env, cwd=PROJECT_ROOT)
-    index = BUILD_DIR / "html" / "index.html"
-    return index
+    cmd = [str(jb), "build", str(stage), "--path-output", str(out), "--quiet"]
+    proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return out / "_build" / "html" / "index.html"

@@ -1,0 +1,72 @@
+"""Small display helpers for the notebooks: captions that tie a table to its artifact, figures."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # notebooks run headless under papermill
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+from IPython.display import Markdown, display  # noqa: E402
+
+from collab_lib import artifacts, datasets, paper  # noqa: E402
+from collab_lib.config import Config  # noqa: E402
+
+
+def source_line(art: artifacts.Artifact, cfg: Config) -> Markdown:
+    """"Made by step X, cache key Y" under a table or figure (showyourwork's traceability)."""
+    return Markdown(
+        f"<small>Made by step <code>{art.step}</code>, artifact <code>{art.key}</code> "
+        f"(profile <code>{cfg.profile}</code>, seed {cfg.seed}); reprint with "
+        f"<code>python -m collab_lib table NAME --profile {cfg.profile}</code>.</small>"
+    )
+
+
+def show_table(df: pd.DataFrame, art: artifacts.Artifact, cfg: Config) -> None:
+    display(df.style.hide(axis="index").format(precision=2, thousands=","))
+    display(source_line(art, cfg))
+
+
+def funnel_figure(funnel: pd.DataFrame) -> plt.Figure:
+    """Files left after each preprocessing stage, one line per organization."""
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    for org, rows in funnel.groupby("organization", sort=False):
+        ax.plot(rows["stage"], rows["files"], marker="o", label=org)
+    ax.set_yscale("log")
+    ax.set_ylabel("files (log scale)")
+    ax.set_title("Preprocessing funnel per organization")
+    ax.legend()
+    ax.tick_params(axis="x", rotation=20)
+    fig.tight_layout()
+    return fig
+
+
+def loc_density(table4: pd.DataFrame) -> pd.DataFrame:
+    """Bytes per line of code, ours against the one the paper's Table 4 implies."""
+    rows = []
+    for _, r in table4.iterrows():
+        ref = paper.TABLE4.get(r["organization"])
+        raw_files, raw_mb = paper.RAW.get(r["organization"], (None, None))
+        rows.append(
+            {
+                "organization": r["organization"],
+                "bytes_per_loc": round(datasets.MB / r["loc_per_mb"], 1),
+                "paper_bytes_per_loc": round(datasets.MB / ref[0], 1) if ref else None,
+                "bytes_per_statement": round(datasets.MB / r["statements_per_mb"], 1),
+                "bytes_per_file": r["bytes_per_file"],
+                "paper_bytes_per_file": round(raw_mb * datasets.MB / raw_files) if raw_mb else None,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def funnel_table(funnel: pd.DataFrame) -> pd.DataFrame:
+    """The funnel as one row per organization, stages in pipeline order."""
+    wide = funnel.pivot(index="organization", columns="stage", values="files")
+    return wide[list(datasets.FUNNEL)].reset_index()
+
+
+def skipped_table(skipped: pd.DataFrame) -> pd.DataFrame:
+    """Files set aside, one row per reason, one column per organization."""
+    wide = skipped.pivot(index="reason", columns="organization", values="files")
+    return wide.fillna(0).astype(int).reset_index()
