@@ -162,7 +162,7 @@ def build(
 
 
 def _replace_dir(tmp: Path, final: Path) -> None:
-    """Rename ``tmp`` to ``final``; an existing (stale or corrupt) ``final`` is moved aside first."""
+    """Rename ``tmp`` to ``final``; a stale or corrupt ``final`` is moved aside first."""
     if final.exists():
         trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex[:8]}"
         os.replace(final, trash)

@@ -72,5 +72,7 @@ def build_book(
     cmd = [str(jb), "build", str(stage), "--path-output", str(out), "--quiet"]
     proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise RuntimeError(
+            f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        )
     return out / "_build" / "html" / "index.html"

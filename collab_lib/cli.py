@@ -20,16 +20,25 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_profile(sp: argparse.ArgumentParser) -> None:
-        sp.add_argument("--profile", default="default", help="tiny, default, gpu, paper or a .yml path")
         sp.add_argument(
-            "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+            "--profile", default="default", help="tiny, default, gpu, paper or a .yml path"
+        )
+        sp.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
             help="override a profile value, e.g. --set seed=3 "
             "--set datasets.organizations.Google.size_mb=2 (repeatable)",
         )
 
     steps = ", ".join(f"{n} ({s.description})" for n, s in pipeline.STEPS.items())
-    sp = sub.add_parser("run", help="run a step (cached artifacts are reused)",
-                        description=f"Steps: {steps}; 'all' runs every step in order.")
+    sp = sub.add_parser(
+        "run",
+        help="run a step (cached artifacts are reused)",
+        description=f"Steps: {steps}; 'all' runs every step in order.",
+    )
     sp.add_argument("step", choices=[*pipeline.STEPS, "all"])
     sp.add_argument("--force", action="store_true", help="recompute even if cached")
     with_profile(sp)
@@ -55,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.profile, args.overrides)
         if args.command == "run":
             pipeline.run(args.step, cfg, force=args.force)
-            print(f"done: {args.step} ({cfg.profile}); see `python -m collab_lib status "
-                  f"--profile {args.profile}`")
+            print(
+                f"done: {args.step} ({cfg.profile}); see `python -m collab_lib status "
+                f"--profile {args.profile}`"
+            )
         elif args.command == "table":
             pipeline.table(args.name, cfg).to_csv(sys.stdout, index=False)
         elif args.command == "status":
@@ -71,8 +82,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: finished artifacts are kept; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "interrupted: finished artifacts are kept; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     return 0
 

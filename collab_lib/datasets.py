@@ -337,7 +337,9 @@ def plan(cfg: Config) -> dict[str, tuple[str, str]]:
                 refs.append(f"downloads/{key}")
         key = artifacts.artifact_key(ORG_STEP, org_config(org, d, cfg.seed), refs)
         out[f"corpus {org.name}"] = (ORG_STEP, key)
-    corpus_refs = [f"{step}/{key}" for name, (step, key) in out.items() if name.startswith("corpus")]
+    corpus_refs = [
+        f"{step}/{key}" for name, (step, key) in out.items() if name.startswith("corpus")
+    ]
     out["datasets"] = (STEP, artifacts.artifact_key(STEP, _step_config(cfg), corpus_refs))
     return out
 
@@ -370,14 +372,18 @@ def load_datasets(cfg: Config) -> Datasets | None:
     """The cached datasets of a profile, or None if any part is missing or corrupt."""
     keys = plan(cfg)
     art = artifacts.load(*keys["datasets"])
-    corpora = {o.name: artifacts.load(*keys[f"corpus {o.name}"]) for o in cfg.datasets.organizations}
+    corpora = {
+        o.name: artifacts.load(*keys[f"corpus {o.name}"]) for o in cfg.datasets.organizations
+    }
     if art is None or any(c is None for c in corpora.values()):
         return None
     return Datasets(art, corpora)
 
 
 def _write_tables(corpora: dict[str, artifacts.Artifact], out: Path) -> dict:
-    summaries = {name: json.loads(a.file("summary.json").read_text()) for name, a in corpora.items()}
+    summaries = {
+        name: json.loads(a.file("summary.json").read_text()) for name, a in corpora.items()
+    }
     tables = {
         "table2": _table2(summaries),
         "table3": _table3(summaries),

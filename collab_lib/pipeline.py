@@ -53,8 +53,12 @@ def status(cfg: Config) -> list[dict[str, str]]:
     for step in STEPS.values():
         for what, (art_step, key) in step.plan(cfg).items():
             rows.append(
-                {"step": step.name, "artifact": what, "key": key,
-                 "state": artifacts.state(art_step, key)}
+                {
+                    "step": step.name,
+                    "artifact": what,
+                    "key": key,
+                    "state": artifacts.state(art_step, key),
+                }
             )
     return rows
 

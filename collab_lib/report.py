@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import pandas as pd
+from IPython.display import Markdown, display
 
-matplotlib.use("Agg")  # notebooks run headless under papermill
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-from IPython.display import Markdown, display  # noqa: E402
-
-from collab_lib import artifacts, datasets, paper  # noqa: E402
-from collab_lib.config import Config  # noqa: E402
+from collab_lib import artifacts, datasets, paper
+from collab_lib.config import Config
 
 
 def source_line(art: artifacts.Artifact, cfg: Config) -> Markdown:
-    """"Made by step X, cache key Y" under a table or figure (showyourwork's traceability)."""
+    """ "Made by step X, cache key Y" under a table or figure (showyourwork's traceability)."""
     return Markdown(
         f"<small>Made by step <code>{art.step}</code>, artifact <code>{art.key}</code> "
         f"(profile <code>{cfg.profile}</code>, seed {cfg.seed}); reprint with "
@@ -24,6 +21,13 @@ def source_line(art: artifacts.Artifact, cfg: Config) -> Markdown:
 
 def show_table(df: pd.DataFrame, art: artifacts.Artifact, cfg: Config) -> None:
     display(df.style.hide(axis="index").format(precision=2, thousands=","))
+    display(source_line(art, cfg))
+
+
+def show_figure(fig: plt.Figure, art: artifacts.Artifact, cfg: Config) -> None:
+    """Display a figure once (closing it, so the inline backend does not show it again)."""
+    display(fig)
+    plt.close(fig)
     display(source_line(art, cfg))
 
 

@@ -127,15 +127,15 @@ def _download_release(spec: str, index_url: str | None, timeout_s: float, out: P
 def _explain_pip_failure(spec: str, index_url: str | None, stderr: str) -> str:
     where = index_url or "pip's configured index"
     name = spec.split("==")[0]
-    if "No matching distribution" in stderr or "Could not find a version" in stderr:
-        return (
-            f"{spec}: no such release on {where}. Check the name and version "
-            f"(`pip index versions {name}` lists them) and fix the profile."
-        )
     if re.search(r"connection|resolve|unreachable|timed out|Max retries", stderr, re.I):
         return (
             f"{spec}: could not reach {where}. Check the network, proxy settings, or "
             f"`datasets.index_url` in the profile, then run again."
+        )
+    if "No matching distribution" in stderr or "Could not find a version" in stderr:
+        return (
+            f"{spec}: no such release on {where}. Check the name and version "
+            f"(`pip index versions {name}` lists them) and fix the profile."
         )
     tail = " | ".join(stderr.strip().splitlines()[-3:])
     return f"{spec}: pip download failed: {tail}"
@@ -180,11 +180,13 @@ def _write(path: Path, data: bytes) -> None:
 
 def _describe_metadata(meta: str | metadata.PackageMetadata) -> dict:
     """Version, license and author from a METADATA / PKG-INFO file (text or parsed)."""
-    msg = email.message_from_string(meta, policy=email.policy.compat32) if isinstance(meta, str) else meta
-    classifiers = [c.split("::")[-1].strip() for c in msg.get_all("Classifier", []) or []]
-    lic_classes = [
-        c for c, full in zip(classifiers, msg.get_all("Classifier", []) or []) if "License" in full
-    ]
+    msg = (
+        email.message_from_string(meta, policy=email.policy.compat32)
+        if isinstance(meta, str)
+        else meta
+    )
+    classifiers = msg.get_all("Classifier", []) or []
+    lic_classes = [c.split("::")[-1].strip() for c in classifiers if c.startswith("License")]
     license_ = (msg.get("License-Expression") or "").strip()
     if not license_:
         first = (msg.get("License") or "").strip().splitlines()
@@ -312,16 +314,18 @@ def _git_commit(source: Source) -> str:
 def _list_git(source: Source, exclude: tuple[str, ...]) -> Listing:
     """The ``.py`` files of the checkout at ``rev`` (not the work tree), via ``git archive``."""
     commit = _git_commit(source)
-    tar = tarfile.open(fileobj=io.BytesIO(_git(source.git, "archive", "--format=tar", commit)))
+    archive = io.BytesIO(_git(source.git, "archive", "--format=tar", commit))
     files, skipped = [], {}
-    for member in tar.getmembers():
-        if not member.isfile() or not member.name.endswith(".py"):
-            continue
-        if _excluded(member.name, exclude):
-            skipped["excluded_path"] = skipped.get("excluded_path", 0) + 1
-            continue
-        data = tar.extractfile(member).read()
-        files.append(SourceFile(f"{source.label}/{member.name}", member.size, lambda d=data: d))
+    with tarfile.open(fileobj=archive) as tar:
+        for member in tar.getmembers():
+            if not member.isfile() or not member.name.endswith(".py"):
+                continue
+            if _excluded(member.name, exclude):
+                skipped["excluded_path"] = skipped.get("excluded_path", 0) + 1
+                continue
+            data = tar.extractfile(member).read()
+            path = f"{source.label}/{member.name}"
+            files.append(SourceFile(path, member.size, lambda d=data: d))
     info = SourceInfo(source.label, "git", commit[:12], _license_file(Path(source.git)), "local")
     return Listing(info, files, skipped)
 

@@ -1,0 +1,108 @@
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from collab_lib import artifacts
+
+
+def _produce(calls: list, text: str = "hello"):
+    def produce(out):
+        calls.append(out)
+        (out / "data.txt").write_text(text)
+        return {"n": 1}
+
+    return produce
+
+
+def test_same_config_same_key_any_change_new_key():
+    k = artifacts.artifact_key("s", {"a": 1, "b": [1, 2]}, ["x/1"])
+    assert k == artifacts.artifact_key("s", {"b": [1, 2], "a": 1}, ["x/1"])
+    assert k != artifacts.artifact_key("s", {"a": 2, "b": [1, 2]}, ["x/1"])
+    assert k != artifacts.artifact_key("s", {"a": 1, "b": [1, 2]}, ["x/2"])
+    assert k != artifacts.artifact_key("t", {"a": 1, "b": [1, 2]}, ["x/1"])
+
+
+def test_a_hit_never_reruns_the_step():
+    calls = []
+    a = artifacts.build("s", {"a": 1}, _produce(calls), seed=3)
+    b = artifacts.build("s", {"a": 1}, _produce(calls))
+    assert len(calls) == 1 and a.key == b.key
+    assert b.manifest["seed"] == 3 and b.metrics == {"n": 1}
+    assert b.manifest["files"]["data.txt"]["bytes"] == 5
+    assert "python" in b.manifest["libraries"]
+
+
+def test_force_recomputes():
+    calls = []
+    artifacts.build("s", {"a": 1}, _produce(calls))
+    artifacts.build("s", {"a": 1}, _produce(calls), force=True)
+    assert len(calls) == 2
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda p: (p / "data.txt").write_text("HELLO"), id="hash-mismatch"),
+        pytest.param(lambda p: (p / "data.txt").unlink(), id="missing-file"),
+        pytest.param(lambda p: (p / "manifest.json").unlink(), id="missing-manifest"),
+        pytest.param(lambda p: (p / "manifest.json").write_text("{"), id="broken-manifest"),
+    ],
+)
+def test_corruption_is_detected_and_recomputed(damage):
+    calls = []
+    art = artifacts.build("s", {"a": 1}, _produce(calls))
+    damage(art.path)
+    assert artifacts.state("s", art.key) == "corrupt"
+    again = artifacts.build("s", {"a": 1}, _produce(calls))
+    assert len(calls) == 2 and (again.path / "data.txt").read_text() == "hello"
+    assert artifacts.state("s", art.key) == "cached"
+
+
+def test_an_exception_leaves_no_artifact_and_no_temporary_directory(artifact_root):
+    def fail(out):
+        (out / "half.txt").write_text("partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        artifacts.build("s", {"a": 1}, fail)
+    assert artifacts.state("s", artifacts.artifact_key("s", {"a": 1})) == "missing"
+    assert not list((artifact_root / "s").iterdir())
+
+
+def test_kill_9_mid_step_then_rerun_finishes(artifact_root, tmp_path):
+    """A step killed with SIGKILL leaves only a temp dir; the next run completes the work."""
+    flag = tmp_path / "started"
+    script = textwrap.dedent(
+        f"""
+        import time, pathlib
+        from collab_lib import artifacts
+        def slow(out):
+            (out / "data.txt").write_text("hello")
+            pathlib.Path({str(flag)!r}).write_text("x")
+            time.sleep(60)
+        artifacts.build("s", {{"a": 1}}, slow)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
+    deadline = time.time() + 30
+    while not flag.exists() and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert artifacts.state("s", artifacts.artifact_key("s", {"a": 1})) == "missing"
+    assert list((artifact_root / "s").glob(".tmp-*"))
+    calls = []
+    art = artifacts.build("s", {"a": 1}, _produce(calls))
+    assert (art.path / "data.txt").read_text() == "hello"
+    assert artifacts.clean_tmp() == 1 and not list((artifact_root / "s").glob(".tmp-*"))
+
+
+def test_lineage_follows_inputs():
+    up = artifacts.build("up", {"a": 1}, _produce([]))
+    down = artifacts.build("down", {"b": 1}, _produce([]), [up.ref])
+    assert {a.ref for a in artifacts.lineage(down)} == {up.ref, down.ref}

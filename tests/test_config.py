@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from collab_lib.config import CONFIG_DIR, PROFILES, ConfigError, load_config
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_every_shipped_profile_loads(profile):
+    cfg = load_config(profile)
+    assert cfg.profile == profile
+    assert {o.name for o in cfg.datasets.organizations} == {"Google", "Microsoft", "Facebook"}
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_profiles_keep_the_papers_size_order(profile):
+    """F << M < G as in the paper (38.6 / 703 / 1,019 MB)."""
+    sizes = {o.name: o.size_mb for o in load_config(profile).datasets.organizations}
+    assert sizes["Facebook"] < sizes["Microsoft"] < sizes["Google"]
+
+
+def _profile(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "p.yml"
+    path.write_text(text)
+    return path
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = _profile(tmp_path, "extends: tiny\ndatasets:\n  dedup:\n    treshold: 0.9\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "datasets.dedup.treshold" in str(err.value) and str(path) in str(err.value)
+
+
+def test_wrong_type_names_key(tmp_path):
+    path = _profile(tmp_path, "extends: tiny\nseed: three\n")
+    with pytest.raises(ConfigError, match=r"seed: expected an integer, got 'three'"):
+        load_config(path)
+
+
+def test_missing_directory_names_key_and_path(tmp_path):
+    data = {
+        "seed": 0,
+        "datasets": {"organizations": [{"name": "A", "short": "A", "sources": [{"dir": "nope"}]}]},
+    }
+    path = _profile(tmp_path, yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"organizations\[0\]\.sources\[0\]\.dir: directory not"):
+        load_config(path)
+
+
+def test_missing_profile_lists_known_ones():
+    with pytest.raises(ConfigError, match="known profiles: .*default"):
+        load_config("nosuchprofile")
+
+
+def test_unpinned_pypi_source_is_rejected(tmp_path):
+    data = {
+        "seed": 0,
+        "datasets": {"organizations": [{"name": "A", "short": "A", "sources": [{"pypi": "six"}]}]},
+    }
+    with pytest.raises(ConfigError, match="pin an exact version"):
+        load_config(_profile(tmp_path, yaml.safe_dump(data)))
+
+
+def test_overrides_from_cli_strings_and_dicts():
+    cfg = load_config("tiny", ["seed=7", "datasets.organizations.Google.size_mb=0.5"])
+    assert cfg.seed == 7 and cfg.org("Google").size_mb == 0.5
+    assert load_config("tiny", {"datasets.dedup.threshold": 0.9}).datasets.dedup.threshold == 0.9
+
+
+def test_override_with_a_bad_value_is_a_config_error():
+    with pytest.raises(ConfigError, match="datasets.validation_fraction"):
+        load_config("tiny", ["datasets.validation_fraction=2"])
+    with pytest.raises(ConfigError, match="no list item named 'Amazon'"):
+        load_config("tiny", ["datasets.organizations.Amazon.size_mb=1"])
+
+
+def test_relative_dirs_are_relative_to_the_profile(tmp_path):
+    (tmp_path / "code").mkdir()
+    data = {
+        "seed": 0,
+        "datasets": {"organizations": [{"name": "A", "short": "A", "sources": [{"dir": "code"}]}]},
+    }
+    cfg = load_config(_profile(tmp_path, yaml.safe_dump(data)))
+    assert cfg.datasets.organizations[0].sources[0].dir == str((tmp_path / "code").resolve())
+
+
+def test_profiles_directory_holds_the_public_profiles():
+    assert {p.stem for p in CONFIG_DIR.glob("*.yml")} >= set(PROFILES)
