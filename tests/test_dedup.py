@@ -1,7 +1,13 @@
 import numpy as np
 import pytest
 
-from collab_lib.dedup import deduplicate, make_minhash_fast, minhash_plain, tokens
+from collab_lib.dedup import (
+    deduplicate,
+    make_minhash_fast,
+    minhash_plain,
+    tokens,
+    tokens_plain,
+)
 from tests.conftest import py_module
 
 CORPUS = [py_module(i, f) for f in ("alpha", "beta") for i in range(8)]
@@ -56,3 +62,10 @@ def test_fast_path_keeps_exactly_the_files_the_plain_path_keeps():
 
 def test_tokens_split_on_non_alphanumerics():
     assert tokens("def f(a_b, c2):  return a_b+c2") == {"def", "f", "a_b", "c2", "return"}
+
+
+@pytest.mark.parametrize(
+    "text", ["", "x", "a\tb\r\nc", "caf\u00e9 na\u00efve \u00b2", "x=1;;y = 'z'\x0b\x0cw", *CORPUS]
+)
+def test_fast_tokenizer_equals_codeparrots(text):
+    assert tokens(text) == tokens_plain(text)
