@@ -26,7 +26,12 @@ def corpus_from_profile(profile: str) -> list[str]:
     d = cfg.datasets
     specs = sorted({s.pypi for o in d.organizations for s in o.sources if s.kind == "pypi"})
     downloads = fetch_pypi(specs, d.index_url, d.download_timeout_s)
-    files = [f for o in d.organizations for s in o.sources for f in list_source(s, d.exclude, downloads).files]
+    files = [
+        f
+        for o in d.organizations
+        for s in o.sources
+        for f in list_source(s, d.exclude, downloads).files
+    ]
     return _texts(f.read() for f in files)
 
 
@@ -67,10 +72,14 @@ def main() -> None:
     plain_s, plain_kept = time_it(texts, fast=False, repeat=args.repeat)
     fast_s, fast_kept = time_it(texts, fast=True, repeat=args.repeat)
     print(f"{'contender':<34}{'seconds':>10}{'files/s':>10}{'kept':>7}")
-    print(f"{'plain (MinHash.update per token)':<34}{plain_s:>10.2f}{len(texts) / plain_s:>10.0f}"
-          f"{len(plain_kept):>7}")
-    print(f"{'ours (token hash once + numpy)':<34}{fast_s:>10.2f}{len(texts) / fast_s:>10.0f}"
-          f"{len(fast_kept):>7}")
+    print(
+        f"{'plain (MinHash.update per token)':<34}{plain_s:>10.2f}{len(texts) / plain_s:>10.0f}"
+        f"{len(plain_kept):>7}"
+    )
+    print(
+        f"{'ours (token hash once + numpy)':<34}{fast_s:>10.2f}{len(texts) / fast_s:>10.0f}"
+        f"{len(fast_kept):>7}"
+    )
     same = plain_kept == fast_kept
     print(f"speed ratio: {plain_s / fast_s:.1f}x (target >= 8x); same kept files: {same}")
     if not same:

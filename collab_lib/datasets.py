@@ -368,6 +368,11 @@ def build_datasets(cfg: Config, *, force: bool = False) -> Datasets:
     return Datasets(art, corpora)
 
 
+def datasets_for(cfg: Config) -> Datasets:
+    """The profile's datasets: from the cache when complete, else built now (with progress)."""
+    return load_datasets(cfg) or build_datasets(cfg)
+
+
 def load_datasets(cfg: Config) -> Datasets | None:
     """The cached datasets of a profile, or None if any part is missing or corrupt."""
     keys = plan(cfg)

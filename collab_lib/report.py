@@ -10,18 +10,39 @@ from collab_lib import artifacts, datasets, paper
 from collab_lib.config import Config
 
 
-def source_line(art: artifacts.Artifact, cfg: Config) -> Markdown:
-    """ "Made by step X, cache key Y" under a table or figure (showyourwork's traceability)."""
+def source_line(art: artifacts.Artifact, cfg: Config, table: str | None = None) -> Markdown:
+    """A "made by step X, artifact Y" line under a table or figure (showyourwork's tracing)."""
+    reprint = (
+        f"; print it with <code>python -m collab_lib table {table} --profile {cfg.profile}</code>"
+        if table
+        else ""
+    )
     return Markdown(
         f"<small>Made by step <code>{art.step}</code>, artifact <code>{art.key}</code> "
-        f"(profile <code>{cfg.profile}</code>, seed {cfg.seed}); reprint with "
-        f"<code>python -m collab_lib table NAME --profile {cfg.profile}</code>.</small>"
+        f"(profile <code>{cfg.profile}</code>, seed {cfg.seed}){reprint}.</small>"
     )
 
 
-def show_table(df: pd.DataFrame, art: artifacts.Artifact, cfg: Config) -> None:
+def show_table(
+    df: pd.DataFrame, art: artifacts.Artifact, cfg: Config, table: str | None = None
+) -> None:
+    """Display a table without its index, then the line that says where it came from."""
     display(df.style.hide(axis="index").format(precision=2, thousands=","))
-    display(source_line(art, cfg))
+    display(source_line(art, cfg, table))
+
+
+def beside_paper(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Pair each ``x`` column with its ``paper_x`` column under one heading: (x, ours|paper)."""
+    pairs = [c for c in df.columns if f"paper_{c}" in df.columns]
+    rest = [c for c in df.columns if c not in (*keys, *pairs) and not c.startswith("paper_")]
+    out = pd.DataFrame({(k, ""): df[k] for k in keys})
+    for c in pairs:
+        out[(c, "ours")] = df[c]
+        out[(c, "paper")] = df[f"paper_{c}"]
+    for c in rest:
+        out[(c, "ours")] = df[c]
+    out.columns = pd.MultiIndex.from_tuples(out.columns)
+    return out
 
 
 def show_figure(fig: plt.Figure, art: artifacts.Artifact, cfg: Config) -> None:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from collab_lib import artifacts
 from collab_lib.config import Source
 
@@ -96,7 +98,7 @@ def fetch_pypi(
             errors.append(str(exc))
 
     with ThreadPoolExecutor(max_workers=4) as pool:
-        list(pool.map(one, specs))
+        list(tqdm(pool.map(one, specs), total=len(specs), desc="PyPI releases", leave=False))
     if errors:
         done = f" ({len(results)} other release(s) are downloaded and cached)" if results else ""
         raise SourceError("\n".join(sorted(errors)) + done)
