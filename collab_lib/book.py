@@ -1,8 +1,9 @@
 """Build the book: run the steps, execute each notebook with papermill, render with Jupyter Book.
 
-The notebooks are committed without outputs; executed copies go to ``book/executed/`` (not
-versioned) and Jupyter Book renders those (``execute_notebooks: "off"``), so the HTML shows
-exactly what ran against the cached artifacts.
+The notebooks are committed without outputs. The book's sources are staged under
+``_build/<profile>/src`` with the executed copies in ``book/executed/`` there, and Jupyter Book
+renders those (``execute_notebooks: "off"``), so the HTML shows exactly what ran against the
+cached artifacts, and books of different profiles never overwrite each other.
 """
 
 from __future__ import annotations
@@ -19,6 +20,11 @@ from collab_lib.config import PROJECT_ROOT, load_config
 
 log = logging.getLogger(__name__)
 
+
+class BookError(RuntimeError):
+    """A notebook or the Jupyter Book build failed; the message says where to look."""
+
+
 NOTEBOOKS = ("01_datasets.ipynb", "99_reproducibility.ipynb")
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
@@ -31,14 +37,20 @@ def execute_notebook(name: str, profile: str, overrides: dict[str, Any], out_dir
 
     out_dir.mkdir(parents=True, exist_ok=True)
     output = out_dir / name
-    papermill.execute_notebook(
-        str(NOTEBOOK_DIR / name),
-        str(output),
-        parameters={"profile": profile, "overrides": overrides},
-        kernel_name="python3",
-        cwd=str(NOTEBOOK_DIR),
-        progress_bar=False,
-    )
+    try:
+        papermill.execute_notebook(
+            str(NOTEBOOK_DIR / name),
+            str(output),
+            parameters={"profile": profile, "overrides": overrides},
+            kernel_name="python3",
+            cwd=str(NOTEBOOK_DIR),
+            progress_bar=False,
+        )
+    except papermill.PapermillExecutionError as exc:
+        raise BookError(
+            f"notebook {name} failed in cell {exc.exec_count}: {exc.ename}: {exc.evalue}\n"
+            f"The executed copy with the full traceback is {output}"
+        ) from None
     return output
 
 
@@ -49,11 +61,7 @@ def build_book(
     run_steps: bool = True,
     build_root: Path = BUILD_ROOT,
 ) -> Path:
-    """Run every step of the profile, execute the notebooks, build the HTML; return index.html.
-
-    The book's sources are staged in ``<build_root>/<profile>/src`` with the executed
-    notebooks beside them, so books of different profiles never overwrite each other.
-    """
+    """Run every step of the profile, execute the notebooks, build the HTML; return index.html."""
     overrides = overrides or {}
     cfg = load_config(profile, overrides)  # fail on a bad profile before anything runs
     if run_steps:
@@ -72,7 +80,5 @@ def build_book(
     cmd = [str(jb), "build", str(stage), "--path-output", str(out), "--quiet"]
     proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(
-            f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
-        )
+        raise BookError(f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return out / "_build" / "html" / "index.html"

@@ -8,6 +8,7 @@ import logging
 import sys
 
 from collab_lib import pipeline
+from collab_lib.book import BookError, build_book
 from collab_lib.config import ConfigError, load_config
 from collab_lib.sources import SourceError
 
@@ -73,12 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             _print_status(pipeline.status(cfg), as_json=args.json)
         elif args.command == "book":
-            from collab_lib.book import build_book
-
             overrides = {k: v for k, v in (o.split("=", 1) for o in args.overrides)}
             index = build_book(args.profile, _parsed(overrides), run_steps=not args.no_run)
             print(f"book built: {index}")
-    except (ConfigError, SourceError, pipeline.NotBuiltError, KeyError) as exc:
+    except (ConfigError, SourceError, pipeline.NotBuiltError, BookError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -94,3 +94,25 @@ def test_home_page_links_the_chapters(page):
     page.goto(page.base + "/book/intro.html")
     links = page.eval_on_selector_all("nav a", "as => as.map(a => a.innerText)")
     assert any("Datasets" in a for a in links) and any("Reproducibility" in a for a in links)
+
+
+def test_a_failing_notebook_names_itself_and_its_executed_copy(tmp_path, monkeypatch):
+    import nbformat
+
+    from collab_lib import book as book_mod
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('profile = "x"\noverrides = {}')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("raise ValueError('bad table')")]
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    (tmp_path / "nb").mkdir()
+    nbformat.write(nb, tmp_path / "nb" / "broken.ipynb")
+    monkeypatch.setattr(book_mod, "NOTEBOOK_DIR", tmp_path / "nb")
+    with pytest.raises(book_mod.BookError, match="broken.ipynb failed .*ValueError: bad table"):
+        book_mod.execute_notebook("broken.ipynb", "tiny", {}, tmp_path / "out")
+    assert (tmp_path / "out" / "broken.ipynb").exists()

@@ -158,3 +158,26 @@ def test_every_artifact_manifest_records_seed_and_config(local_profile):
     ds = build_datasets(load_config(local_profile))
     m = json.loads((ds.corpora["Google"].path / artifacts.MANIFEST).read_text())
     assert m["seed"] == 0 and m["config"]["organization"]["name"] == "Google"
+
+
+def test_ctrl_c_in_the_second_organization_keeps_the_first(local_profile, monkeypatch):
+    from collab_lib import datasets as ds_mod
+
+    real, calls = ds_mod._prepare, []
+
+    def interrupted(org, *args):
+        calls.append(org.name)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(org, *args)
+
+    monkeypatch.setattr(ds_mod, "_prepare", interrupted)
+    cfg = load_config(local_profile)
+    with pytest.raises(KeyboardInterrupt):
+        build_datasets(cfg)
+    first = calls[0]
+    assert artifacts.state(*plan(cfg)[f"corpus {first}"]) == "cached"
+    calls.clear()
+    monkeypatch.setattr(ds_mod, "_prepare", lambda org, *a: calls.append(org.name) or real(org, *a))
+    build_datasets(cfg)
+    assert first not in calls and len(calls) == 2  # only the unfinished work is redone
