@@ -95,3 +95,21 @@ def skipped_table(skipped: pd.DataFrame) -> pd.DataFrame:
     """Files set aside, one row per reason, one column per organization."""
     wide = skipped.pivot(index="reason", columns="organization", values="files")
     return wide.fillna(0).astype(int).reset_index()
+
+
+def table2_summary(table2: pd.DataFrame) -> pd.DataFrame:
+    """Per organization: our sources and licenses beside the paper's repositories (Table 2)."""
+    rows = []
+    for org, group in table2.groupby("organization", sort=False):
+        repos, sample = paper.TABLE2.get(org, (None, None))
+        rows.append(
+            {
+                "organization": org,
+                "sources": len(group),
+                "py_files": int(group["py_files"].sum()),
+                "licenses": ", ".join(sorted(set(group["license"]))),
+                "paper_repositories": repos,
+                "paper_sample_repositories": sample,
+            }
+        )
+    return pd.DataFrame(rows)

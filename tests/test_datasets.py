@@ -181,3 +181,20 @@ def test_ctrl_c_in_the_second_organization_keeps_the_first(local_profile, monkey
     monkeypatch.setattr(ds_mod, "_prepare", lambda org, *a: calls.append(org.name) or real(org, *a))
     build_datasets(cfg)
     assert first not in calls and len(calls) == 2  # only the unfinished work is redone
+
+
+def test_an_organization_left_with_no_usable_file_does_not_stop_the_run(tmp_path):
+    from tests.conftest import make_org_dir, write_profile
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.py").write_bytes(b"\x00\x00")
+    (bad / "b.py").write_text("")
+    orgs = {
+        "Google": ("G", [make_org_dir(tmp_path / "g", "tensor", 4)], None),
+        "Facebook": ("F", [bad], None),
+    }
+    ds = build_datasets(load_config(write_profile(tmp_path / "p.yml", orgs)))
+    t3 = ds.table("table3").set_index(["organization", "split"])
+    assert t3.loc[("Facebook", "train"), "files"] == 0
+    assert ds.summary("Facebook")["skipped"] == {"binary": 1, "empty": 1}
