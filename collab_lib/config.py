@@ -150,7 +150,7 @@ def load_config(
     for key, value in _normalise_overrides(overrides, path).items():
         _set_dotted(raw, key, value, path)
     raw.setdefault("profile", path.stem)
-    _resolve_local_paths(raw, path)
+    _resolve_local_paths(raw, Path.cwd())  # paths given in overrides are relative to the shell
     return _build(Config, raw, where="", path=path)
 
 
@@ -166,6 +166,7 @@ def _read_with_extends(path: Path, seen: tuple[Path, ...]) -> dict:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping")
+    _resolve_local_paths(data, path.parent)  # relative to the file that names them
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -226,14 +227,16 @@ def _list_item(items: list, part: str, dotted: str, path: Path) -> Any:
     raise ConfigError(f"{path}: override {dotted}: no list item named {part!r}")
 
 
-def _resolve_local_paths(raw: dict, path: Path) -> None:
-    """Relative ``dir``/``git`` sources are relative to the profile file, as users expect."""
-    orgs = (raw.get("datasets") or {}).get("organizations") or []
+def _resolve_local_paths(raw: dict, base: Path) -> None:
+    """Make relative ``dir``/``git`` sources absolute, relative to ``base`` (the file's folder)."""
+    section = raw.get("datasets")
+    orgs = section.get("organizations") if isinstance(section, dict) else None
     for org in orgs if isinstance(orgs, list) else []:
-        for src in (org or {}).get("sources") or [] if isinstance(org, dict) else []:
+        sources = org.get("sources") if isinstance(org, dict) else None
+        for src in sources if isinstance(sources, list) else []:
             for kind in ("dir", "git"):
                 if isinstance(src, dict) and isinstance(src.get(kind), str):
-                    src[kind] = str((path.parent / Path(src[kind]).expanduser()).resolve())
+                    src[kind] = str((base / Path(src[kind]).expanduser()).resolve())
 
 
 def _build(cls: type, raw: Any, where: str, path: Path) -> Any:

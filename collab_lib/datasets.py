@@ -248,9 +248,8 @@ def _prepare(
         writer.writerow(["path", "bytes", "fate"])
         writer.writerows((p, sizes[p], fate[p]) for p in sorted(fate))
 
-    bad = {r: n for r, n in _count(fate).items() if r not in ("not_sampled", *SPLITS)}
-    for reason in ("near_duplicate", "low_alnum", "auto_generated"):
-        bad.pop(reason, None)
+    not_bad = ("not_sampled", *SPLITS, "near_duplicate", "low_alnum", "auto_generated")
+    bad = {r: n for r, n in _count(fate).items() if r not in not_bad}
     summary = {
         "organization": org.name,
         "short": org.short,

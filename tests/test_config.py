@@ -88,3 +88,18 @@ def test_relative_dirs_are_relative_to_the_profile(tmp_path):
 
 def test_profiles_directory_holds_the_public_profiles():
     assert {p.stem for p in CONFIG_DIR.glob("*.yml")} >= set(PROFILES)
+
+
+def test_relative_dirs_of_an_extended_profile_stay_relative_to_it(tmp_path):
+    (tmp_path / "base" / "code").mkdir(parents=True)
+    data = {
+        "seed": 0,
+        "datasets": {"organizations": [{"name": "A", "short": "A", "sources": [{"dir": "code"}]}]},
+    }
+    (tmp_path / "base" / "base.yml").write_text(yaml.safe_dump(data))
+    (tmp_path / "child").mkdir()
+    child = tmp_path / "child" / "child.yml"
+    child.write_text("extends: ../base/base.yml\nseed: 4\n")
+    cfg = load_config(child)
+    assert cfg.seed == 4
+    assert cfg.datasets.organizations[0].sources[0].dir == str(tmp_path / "base" / "code")
