@@ -226,6 +226,7 @@ def _prepare(
         threshold=dcfg.dedup.threshold,
         num_perm=dcfg.dedup.num_perm,
         min_tokens=dcfg.dedup.min_tokens,
+        progress=True,
     )
     for i in result.removed:
         fate[docs[i].path] = "near_duplicate"

@@ -89,7 +89,9 @@ def deduplicate(
     build = make_minhash_fast(num_perm) if fast else (lambda s: minhash_plain(s, num_perm))
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     clusters: dict[int, list[int]] = {}  # base -> [base, members...]
-    for i, toks in enumerate(tqdm(token_sets, desc="minhash", disable=not progress, leave=False)):
+    for i, toks in enumerate(
+        tqdm(token_sets, desc="near-duplicates", disable=not progress, leave=False)
+    ):
         if len(toks) < min_tokens:
             continue
         m = LeanMinHash(build(toks))
