@@ -3,8 +3,8 @@ import pytest
 
 from collab_lib.dedup import (
     deduplicate,
-    make_minhash_fast,
     minhash_plain,
+    signatures,
     tokens,
     tokens_plain,
 )
@@ -45,13 +45,12 @@ def test_small_files_are_never_indexed_and_always_kept():
 
 
 @pytest.mark.parametrize("num_perm", [16, 256])
-def test_fast_minhash_equals_the_plain_loop(num_perm):
-    build = make_minhash_fast(num_perm)
-    for text in CORPUS:
-        toks = tokens(text)
-        np.testing.assert_array_equal(
-            build(toks).hashvalues, minhash_plain(toks, num_perm).hashvalues
-        )
+def test_fast_signatures_equal_the_plain_loop(num_perm):
+    token_sets = [tokens(t) for t in CORPUS] + [set(), {"x"}, {"caf\u00e9", "\u00b2"}]
+    sigs = signatures(token_sets, num_perm)
+    assert sigs.shape == (len(token_sets), num_perm)
+    for toks, sig in zip(token_sets, sigs, strict=True):
+        np.testing.assert_array_equal(sig, minhash_plain(toks, num_perm).hashvalues)
 
 
 def test_fast_path_keeps_exactly_the_files_the_plain_path_keeps():
