@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from collab_lib import artifacts, paper
 from collab_lib.config import Config, DatasetsConfig, Organization

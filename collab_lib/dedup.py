@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 from datasketch import LeanMinHash, MinHash, MinHashLSH
 from datasketch.hashfunc import sha1_hash32
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 NON_ALNUM = re.compile(r"[^A-Za-z_0-9]")
 ALNUM_RUN = re.compile(r"[A-Za-z_0-9]+")

@@ -21,24 +21,38 @@ def content_digest(art: artifacts.Artifact) -> str:
 
 def provenance_table(cfg: Config) -> pd.DataFrame:
     """One row per artifact behind the book."""
+    names = {
+        f"{art_step}/{key}": what
+        for step in pipeline.STEPS.values()
+        for what, (art_step, key) in step.plan(cfg).items()
+    }
     rows = []
     for art in pipeline.planned_artifacts(cfg):
         m = art.manifest
-        libs = m.get("libraries", {})
         rows.append(
             {
+                "artifact": names.get(art.ref, art.step),
                 "step": art.step,
                 "key": art.key,
                 "created_utc": m.get("created_utc"),
                 "wall_s": m.get("wall_s"),
-                "seed": m.get("seed"),
+                "seed": "" if m.get("seed") is None else str(m["seed"]),
                 "files": len(m.get("files", {})),
                 "content_sha256": content_digest(art),
                 "collab_lib": m.get("package_version"),
-                "libraries": ", ".join(f"{k} {v}" for k, v in sorted(libs.items())),
             }
         )
     return pd.DataFrame(rows)
+
+
+def library_table(cfg: Config) -> pd.DataFrame:
+    """The library versions the artifacts were built with (several if they differ)."""
+    versions: dict[str, set[str]] = {}
+    for art in pipeline.planned_artifacts(cfg):
+        for lib, version in art.manifest.get("libraries", {}).items():
+            versions.setdefault(lib, set()).add(version)
+    rows = [{"library": k, "versions": ", ".join(sorted(v))} for k, v in sorted(versions.items())]
+    return pd.DataFrame(rows, columns=["library", "versions"])
 
 
 def provenance_details_html(cfg: Config) -> str:

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from collab_lib import artifacts
 from collab_lib.config import Source
