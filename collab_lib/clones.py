@@ -1,0 +1,689 @@
+"""Type-1 clone detection, faithful to Simian 4.2.1's matching and much faster (paper §2.5, §4.5).
+
+The paper measures memorization with Simian: blocks of at least ``min_lines`` (6) lines that
+are identical after normalisation. This module reproduces Simian's definition of a matching
+line and of a maximal block, and computes it with whole-text regex passes and numpy instead of
+a token-by-token Java tokenizer.
+
+How Simian 4.2.1 matches Python by default (read from its source, ``PythonParser`` on Java's
+``StreamTokenizer``, with ``ignoreIdentifierCase`` and ``ignoreStringCase`` on):
+
+- A line is rebuilt from its tokens, so whitespace is irrelevant, except that it separates two
+  words. ``;`` is treated as whitespace.
+- ``#`` starts a comment to the end of the line. A line left empty (blank or comment-only) is
+  not a counted line: it is skipped when windows of lines are formed, and reports still give
+  original line numbers.
+- Identifiers and the contents of strings compare case-insensitively.
+- Numbers compare by value (``1`` equals ``1.0``, ``007`` equals ``7``).
+- A string is a whole token only within one line: a quote runs to the matching quote or to
+  the end of the line, so a triple-quoted docstring is ``""`` + ``"text...`` and its later
+  lines are tokenised like code.
+- Every window of ``min_lines`` counted lines is hashed; windows that occur twice or more are
+  duplicates, and runs of them are grown into maximal blocks: a block is reported at the
+  longest length at which it still occurs elsewhere, and not again inside a longer block.
+- Quirk: Simian also treats ``//`` as a comment start, which cuts lines with Python's floor
+  division short. ``slash_comments=True`` reproduces that; it is off by default.
+
+Modes: ``simian`` (the defaults above) and ``strict`` (case-sensitive, tokens compared as
+written: whitespace and comments still do not matter, which is what Type-1 means).
+
+Known differences from Simian, all rare in real code: string escapes are compared as written
+(``"\\x41"`` and ``"A"`` differ here as in Simian, but ``"\\N"`` and ``"\\n"`` are not
+conflated); a number written right after a word with a minus sign (``y -1``) is not spaced
+apart from ``y - 1``; lines are hashed with 64-bit xxHash (Simian: Java string hashes), so a
+false match needs a 64-bit collision.
+
+Memorization ratio (paper Eq. 1): the counted lines of generated code that lie inside a block
+also found in the training data, divided by all counted lines of generated code; lines covered
+by several blocks count once.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numba
+import numpy as np
+
+MODES = ("simian", "strict")
+
+# Character classes of Java's StreamTokenizer as Simian's PythonParser sets it up.
+_WS, _DIGIT, _ALPHA, _QUOTE, _COMMENT = 1, 2, 4, 8, 16
+
+
+def _char_classes() -> np.ndarray:
+    ct = np.zeros(256, np.uint8)
+    ct[: ord(" ") + 1] = _WS  # 0-32 are whitespace
+    ct[ord(";")] = _WS  # PythonParser: whitespaceChars(';', ';')
+    for lo, hi in (("a", "z"), ("A", "Z"), ("_", "_")):
+        ct[ord(lo) : ord(hi) + 1] = _ALPHA
+    ct[128:] = _ALPHA  # bytes of non-ASCII characters: word characters, as chars >= 160 are
+    ct[ord("0") : ord("9") + 1] = _ALPHA | _DIGIT
+    ct[ord("-")] = _DIGIT  # parseNumbers(): '-' may start a number
+    ct[ord('"')] = ct[ord("'")] = _QUOTE
+    ct[ord("#")] = _COMMENT
+    return ct  # '.' and '/' stay ordinary (PythonParser.ordinaryChar)
+
+
+_CT = _char_classes()
+_FNV_OFFSET = np.uint64(0xCBF29CE484222325)
+_FNV_PRIME = np.uint64(0x100000001B3)
+
+
+@dataclass(frozen=True)
+class CloneOptions:
+    """What counts as a clone: ``min_lines`` counted lines, compared in ``mode``."""
+
+    min_lines: int = 6
+    mode: str = "simian"
+    slash_comments: bool = False  # Simian's `//` comment quirk
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.min_lines < 1:
+            raise ValueError("min_lines must be at least 1")
+
+
+@numba.njit(cache=True, inline="always")
+def _mix(h: np.uint64, byte: int) -> np.uint64:
+    return (h ^ np.uint64(byte)) * _FNV_PRIME  # FNV-1a, one byte
+
+
+@numba.njit(cache=True)
+def _finish(h: np.uint64) -> np.uint64:
+    """splitmix64's finalizer, so line hashes are well spread for the window polynomial."""
+    h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return h ^ (h >> np.uint64(31))
+
+
+@numba.njit(cache=True, nogil=True)
+def _count_lines(buf):
+    """Physical lines of a buffer: ends are \\n, \\r\\n or \\r; the last line may be empty."""
+    n = len(buf)
+    n_lines = 1
+    for i in range(n):
+        c = buf[i]
+        if c == 10 or (c == 13 and (i + 1 == n or buf[i + 1] != 10)):
+            n_lines += 1
+    return n_lines
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_into(buf, hashes, counted, ct, fold_case, by_value, slash_comments):  # noqa: C901
+    """Hash every physical line of a UTF-8 buffer as Simian rebuilds it from its tokens.
+
+    Fills ``hashes`` and ``counted`` (one entry per physical line; ``counted`` stays False
+    for a line left empty: blank or comment-only). Follows Java's
+    ``StreamTokenizer.nextToken`` and Simian's ``DefaultTokenVisitor``: a space is added only
+    before a word or a number that follows a word; strings keep their quotes; escapes are
+    processed.
+    """
+    n = len(buf)
+    line = 0  # index of the physical line being read
+    start = 0  # index of the line the current logical line started on
+    h = _FNV_OFFSET
+    empty = True
+    need_space = False
+    i = 0
+    while i < n:
+        c = buf[i]
+        if c == 10 or c == 13:  # end of line: \n, \r\n or \r
+            if not empty:
+                hashes[start] = _finish(h)
+                counted[start] = True
+            i += 2 if (c == 13 and i + 1 < n and buf[i + 1] == 10) else 1
+            line += 1
+            start = line
+            h = _FNV_OFFSET
+            empty = True
+            need_space = False
+            continue
+        kind = ct[c]
+        if kind & 1:  # whitespace
+            i += 1
+            continue
+        if kind & 2:  # a number, or a lone '-'
+            j = i
+            neg = False
+            if c == 45:  # '-'
+                nxt = buf[i + 1] if i + 1 < n else -1
+                if nxt != 46 and (nxt < 48 or nxt > 57):
+                    h = _mix(h, 45)
+                    need_space = False
+                    empty = False
+                    i += 1
+                    continue
+                neg = True
+                j += 1
+            value = 0.0
+            decexp = 0
+            seendot = 0
+            while j < n:
+                d = buf[j]
+                if d == 46 and seendot == 0:
+                    seendot = 1
+                elif 48 <= d <= 57:
+                    value = value * 10 + (d - 48)
+                    decexp += seendot
+                else:
+                    break
+                j += 1
+            if decexp != 0:
+                denom = 10.0
+                for _ in range(decexp - 1):
+                    denom *= 10.0
+                value = value / denom
+            if neg:
+                value = -value
+            if need_space:
+                h = _mix(h, 32)
+            h = _mix(h, 0)  # tag: a number
+            if by_value:
+                bits = np.array([value]).view(np.uint64)[0]
+                for k in range(8):
+                    h = _mix(h, (bits >> np.uint64(8 * k)) & np.uint64(255))
+            else:
+                for k in range(i, j):
+                    h = _mix(h, buf[k])
+            need_space = False
+            empty = False
+            i = j
+            continue
+        if kind & 4:  # a word
+            if need_space:
+                h = _mix(h, 32)
+            j = i
+            while j < n and (ct[buf[j]] & 6):
+                d = buf[j]
+                if fold_case and 65 <= d <= 90:
+                    d += 32
+                h = _mix(h, d)
+                j += 1
+            need_space = True
+            empty = False
+            i = j
+            continue
+        if kind & 8:  # a string: to the same quote, or to the end of the line
+            h = _mix(h, c)
+            j = i + 1
+            while j < n:
+                d = buf[j]
+                if d == c or d == 10 or d == 13:
+                    break
+                if d == 92 and j + 1 < n:  # backslash escape
+                    j += 1
+                    e = buf[j]
+                    if 48 <= e <= 55:  # octal: up to three digits, \377 at most
+                        v = e - 48
+                        if j + 1 < n and 48 <= buf[j + 1] <= 55:
+                            j += 1
+                            v = v * 8 + buf[j] - 48
+                            if j + 1 < n and 48 <= buf[j + 1] <= 55 and e <= 51:
+                                j += 1
+                                v = v * 8 + buf[j] - 48
+                        d = v
+                    elif e == 97:
+                        d = 7
+                    elif e == 98:
+                        d = 8
+                    elif e == 102:
+                        d = 12
+                    elif e == 110:
+                        d = 10
+                    elif e == 114:
+                        d = 13
+                    elif e == 116:
+                        d = 9
+                    elif e == 118:
+                        d = 11
+                    else:
+                        d = e
+                        if e == 10:  # an escaped newline continues the string
+                            line += 1
+                if fold_case and 65 <= d <= 90:
+                    d += 32
+                h = _mix(h, d)
+                j += 1
+            if j < n and buf[j] == c:
+                j += 1
+            h = _mix(h, c)
+            need_space = False
+            empty = False
+            i = j
+            continue
+        if c == 47 and slash_comments and i + 1 < n and buf[i + 1] == 47:
+            kind = 16  # Simian's '//' comment
+        if kind & 16:  # a comment runs to the end of the line
+            while i < n and buf[i] != 10 and buf[i] != 13:
+                i += 1
+            continue
+        h = _mix(h, c)  # punctuation: a token of its own
+        need_space = False
+        empty = False
+        i += 1
+    if not empty:
+        hashes[start] = _finish(h)
+        counted[start] = True
+
+
+@numba.njit(cache=True, parallel=True)
+def _scan_all(buf, offsets, ct, fold_case, by_value, slash_comments):
+    """:func:`_scan_into` over many files laid end to end in ``buf``, files in parallel.
+
+    Returns per-physical-line ``hashes`` and ``counted``, and each file's first line.
+    """
+    n_files = len(offsets) - 1
+    n_lines = np.zeros(n_files + 1, np.int64)
+    for f in numba.prange(n_files):
+        n_lines[f + 1] = _count_lines(buf[offsets[f] : offsets[f + 1]])
+    line_offsets = np.cumsum(n_lines)
+    hashes = np.zeros(line_offsets[-1], np.uint64)
+    counted = np.zeros(line_offsets[-1], np.bool_)
+    for f in numba.prange(n_files):
+        lo, hi = line_offsets[f], line_offsets[f + 1]
+        _scan_into(
+            buf[offsets[f] : offsets[f + 1]],
+            hashes[lo:hi],
+            counted[lo:hi],
+            ct,
+            fold_case,
+            by_value,
+            slash_comments,
+        )
+    return hashes, counted, line_offsets
+
+
+def _prepare(text: str | bytes, opts: CloneOptions) -> bytes:
+    """UTF-8 bytes as the scanner wants them: no BOM, and non-ASCII text lowercased up front
+    in ``simian`` mode (the scanner folds ASCII letters; Java lowercases every character)."""
+    raw = text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass")
+    if raw.startswith(b"\xef\xbb\xbf"):
+        raw = raw[3:]  # Simian reads through a BOM-aware reader
+    if opts.mode == "simian" and not raw.isascii():
+        raw = raw.decode("utf-8", "surrogateescape").lower().encode("utf-8", "surrogateescape")
+    return raw
+
+
+def _scan_many(raws: Sequence[bytes], opts: CloneOptions):
+    offsets = np.concatenate([[0], np.cumsum([len(r) for r in raws])]).astype(np.int64)
+    buf = np.frombuffer(b"".join(raws), np.uint8)
+    simian = opts.mode == "simian"
+    return _scan_all(buf, offsets, _CT, simian, simian, opts.slash_comments)
+
+
+def line_hashes(text: str | bytes, opts: CloneOptions = CloneOptions()) -> list[int | None]:
+    """The hash of each physical line as the detector compares it (None: not counted).
+
+    Two lines match exactly when their hashes are equal.
+    """
+    hashes, counted, _ = _scan_many([_prepare(text, opts)], opts)
+    return [int(h) if c else None for h, c in zip(hashes, counted, strict=True)]
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+@dataclass
+class Corpus:
+    """The counted lines of many files, concatenated: what every search runs on.
+
+    ``hashes[k]`` is the hash of counted line ``k``; it sits in file ``file_of(k)`` at
+    original line ``line_no[k]``. ``group[k]`` tells which corpus a line came from when
+    several are searched together.
+    """
+
+    names: list[str]
+    starts: np.ndarray  # (files + 1,) offsets of each file's first counted line
+    line_no: np.ndarray  # (lines,) int32
+    hashes: np.ndarray  # (lines,) uint64
+    group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
+    group_names: list[str] = field(default_factory=lambda: ["corpus"])
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.hashes)
+
+    def file_index(self, k: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.starts, k, side="right") - 1
+
+
+def build_corpus(
+    docs: Iterable[tuple[str, str | bytes | Path]],
+    opts: CloneOptions = CloneOptions(),
+    group: str = "corpus",
+) -> Corpus:
+    """Hash the counted lines of ``(name, text)`` pairs; text is ``str``, UTF-8 ``bytes``, or
+    a ``Path`` to read. All files are scanned in one parallel pass."""
+    docs = list(docs)
+    raws = [_prepare(_read(text), opts) for _, text in docs]
+    hashes, counted, line_offsets = _scan_many(raws, opts)
+    rows = np.flatnonzero(counted)
+    starts = np.searchsorted(rows, line_offsets).astype(np.int64)
+    file_of = np.repeat(np.arange(len(docs)), np.diff(starts))
+    return Corpus(
+        [name for name, _ in docs],
+        starts,
+        (rows - line_offsets[file_of] + 1).astype(np.int32),
+        hashes[rows],
+        np.zeros(len(rows), np.int8),
+        [group],
+    )
+
+
+def _read(text: str | bytes | Path) -> str | bytes:
+    if isinstance(text, Path):
+        with open(text, "rb") as fh:
+            return fh.read()
+    return text
+
+
+def read_tree(path: str | Path) -> list[tuple[str, Path]]:
+    """``(name, path)`` of a ``.py`` file, or of every ``.py`` file under a directory, for
+    :func:`build_corpus` to read. Bytes go to the scanner as they are (it reads UTF-8; other
+    bytes count as word characters), so an audit never skips a file for its encoding."""
+    root = Path(path)
+    if not root.exists():
+        raise FileNotFoundError(f"{root}: no such file or directory")
+    if root.is_file():
+        return [(str(root), root)]
+    files = []
+    for dirpath, dirnames, names in os.walk(root):  # os.walk: far cheaper than Path.rglob
+        dirnames.sort()
+        files += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith(".py")]
+    return [(f, Path(f)) for f in files if os.path.isfile(f)]
+
+
+def combine(corpora: Sequence[Corpus]) -> Corpus:
+    """Several corpora as one, each line remembering which it came from."""
+    names, starts, offset = [], [0], 0
+    for c in corpora:
+        names += c.names
+        starts += [s + offset for s in c.starts[1:]]
+        offset += c.n_lines
+    return Corpus(
+        names,
+        np.array(starts, np.int64),
+        np.concatenate([c.line_no for c in corpora]),
+        np.concatenate([c.hashes for c in corpora]),
+        np.concatenate([np.full(c.n_lines, i, np.int8) for i, c in enumerate(corpora)]),
+        [c.group_names[0] for c in corpora],
+    )
+
+
+# --------------------------------------------------------------------------- repeated windows
+
+_BASE = np.uint64(0x9E3779B97F4A7C15)
+
+
+@numba.njit(cache=True)
+def _repeated(keys, group, need):
+    """Mask of keys that occur twice or more (``need`` <= 1), or in ``need`` distinct groups.
+
+    An open-addressing hash table: linear time, where sorting every key would dominate.
+    """
+    n = len(keys)
+    size = 1
+    while size < 2 * n + 1:
+        size *= 2
+    mask = np.uint64(size - 1)
+    table = np.zeros(size, np.uint64)
+    used = np.zeros(size, np.bool_)
+    seen = np.zeros(size, np.int64)  # occurrence count, or bit set of groups
+    slot_of = np.empty(n, np.int64)
+    for i in range(n):
+        k = keys[i]
+        s = np.int64((k ^ (k >> np.uint64(29))) & mask)
+        while used[s] and table[s] != k:
+            s = (s + 1) & (size - 1)
+        used[s] = True
+        table[s] = k
+        seen[s] = seen[s] + 1 if need <= 1 else seen[s] | (np.int64(1) << group[i])
+        slot_of[i] = s
+    out = np.empty(n, np.bool_)
+    for i in range(n):
+        v = seen[slot_of[i]]
+        if need <= 1:
+            out[i] = v >= 2
+        else:
+            bits = 0
+            while v:
+                bits += v & 1
+                v >>= 1
+            out[i] = bits >= need
+    return out
+
+
+@numba.njit(cache=True)
+def _accepts(labels, lo, hi, need):
+    """A set of equal windows counts when it has two members, or ``need`` distinct labels."""
+    if hi - lo < 2:
+        return False
+    if need <= 1:
+        return True
+    seen = np.int64(0)
+    for k in range(lo, hi):
+        seen |= np.int64(1) << labels[k]
+    bits = 0
+    while seen:
+        bits += seen & 1
+        seen >>= 1
+    return bits >= need
+
+
+@numba.njit(cache=True)
+def _record(members, labels, lo, hi, length, longest, partner, need):
+    """Members ``lo:hi`` repeat at ``length``; each gets a partner (of another label if asked)."""
+    other = lo + 1  # the first member that can partner members[lo]
+    if need > 1:
+        while labels[other] == labels[lo]:
+            other += 1
+    for k in range(lo, hi):
+        longest[members[k]] = length
+        mate = lo if (k != lo and (need <= 1 or labels[k] != labels[lo])) else other
+        partner[members[k]] = members[mate]
+
+
+@numba.njit(cache=True)
+def _grow(hashes, file_end, group, min_lines, need):  # noqa: C901 - one refinement loop
+    """Longest repeated window at every line, by refining sets of equal windows.
+
+    Start from the sets of equal ``min_lines``-line windows. A set of equal windows of L
+    lines is split by its members' next line into the sets of L + 1 lines (members whose file
+    ends drop out, and so do sets left with one member or too few labels); a pair is grown
+    line by line until its windows differ. A member's ``longest`` is the last length at which
+    it still belonged to a set, and ``partner`` another member of that set.
+    """
+    n = len(hashes)
+    longest = np.zeros(n, np.int64)
+    partner = np.full(n, -1, np.int64)
+    valid = np.flatnonzero(np.arange(n) + min_lines <= file_end)
+    keys = np.zeros(len(valid), np.uint64)
+    for t in range(len(valid)):
+        key = np.uint64(0)
+        for k in range(min_lines):
+            key = key * _BASE + hashes[valid[t] + k]
+        keys[t] = key
+    repeated = _repeated(keys, group[valid], need)  # most windows are unique: drop them first
+    order = np.argsort(keys[repeated])
+    work = valid[repeated][order]
+    keys = keys[repeated][order]
+    nxt = np.empty(len(work), np.uint64)
+    lab = group[work]
+    # a stack of sets still to grow: work[lo:hi] are equal windows of `length` lines
+    stack_lo = np.empty(len(work) + 1, np.int64)
+    stack_hi = np.empty(len(work) + 1, np.int64)
+    stack_len = np.empty(len(work) + 1, np.int64)
+    top = 0
+    lo = 0
+    for hi in range(1, len(work) + 1):
+        if hi == len(work) or keys[hi] != keys[lo]:
+            if _accepts(lab, lo, hi, need):
+                stack_lo[top], stack_hi[top], stack_len[top] = lo, hi, min_lines
+                top += 1
+            lo = hi
+    while top > 0:
+        top -= 1
+        lo, hi, length = stack_lo[top], stack_hi[top], stack_len[top]
+        _record(work, lab, lo, hi, length, longest, partner, need)
+        if hi - lo == 2:  # a pair (with two labels, if asked): grow it line by line
+            a, b = work[lo], work[lo + 1]
+            grown = length
+            while (
+                a + grown < file_end[a]
+                and b + grown < file_end[b]
+                and hashes[a + grown] == hashes[b + grown]
+            ):
+                grown += 1
+            longest[a] = longest[b] = grown
+            continue
+        end = lo  # members that can grow, packed at work[lo:end]
+        for k in range(lo, hi):
+            m = work[k]
+            if m + length < file_end[m]:
+                work[end] = m
+                lab[end] = lab[k]
+                nxt[end] = hashes[m + length]
+                end += 1
+        if end - lo < 2:
+            continue
+        sub = np.argsort(nxt[lo:end]) + lo
+        work[lo:end] = work[sub]
+        lab[lo:end] = lab[sub]
+        nxt[lo:end] = nxt[sub]
+        run = lo
+        for k in range(lo + 1, end + 1):
+            if k == end or nxt[k] != nxt[run]:
+                if _accepts(lab, run, k, need):
+                    stack_lo[top], stack_hi[top], stack_len[top] = run, k, length + 1
+                    top += 1
+                run = k
+    return longest, partner
+
+
+def longest_common(
+    corpus: Corpus, min_lines: int, need_groups: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """For every counted line ``k``: ``longest[k]``, the most lines a window starting there can
+    have while an identical window occurs elsewhere (in ``need_groups`` different groups when
+    > 1; 0 below ``min_lines``), and ``partner[k]``, where such a window starts.
+
+    Every sub-window of a repeated window is repeated, so the sets of equal windows of L + 1
+    lines are found by splitting those of L lines: each round works only on what repeats.
+    """
+    n = corpus.n_lines
+    file_of = np.repeat(np.arange(len(corpus.starts) - 1), np.diff(corpus.starts))
+    file_end = corpus.starts[1:][file_of] if n else np.zeros(0, np.int64)
+    return _grow(corpus.hashes, file_end, corpus.group, min_lines, need_groups)
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+@dataclass(frozen=True)
+class Block:
+    """A maximal clone block: ``lines`` counted lines of ``file`` from ``start`` to ``end``
+    (original line numbers, inclusive), and one place it also occurs."""
+
+    file: str
+    start: int
+    end: int
+    lines: int
+    source_file: str
+    source_start: int
+    source_end: int
+
+
+def maximal_starts(longest: np.ndarray, corpus: Corpus) -> np.ndarray:
+    """Counted-line indices where a reported (maximal) block starts.
+
+    Simian reports a window of L lines unless it is part of a repeated window of L + 1 lines:
+    the one starting at the same line (then ``longest[k] > L``) or one line earlier (then
+    ``longest[k - 1] > L``). So a block starts at ``k`` with ``longest[k]`` lines when
+    ``longest[k] > 0`` and ``longest[k - 1] <= longest[k]`` (or ``k`` starts its file).
+    """
+    k = np.flatnonzero(longest)
+    prev = np.where(k > 0, longest[np.maximum(k - 1, 0)], 0)
+    first_of_file = np.isin(k, corpus.starts[:-1])
+    return k[first_of_file | (prev <= longest[k])]
+
+
+def _block(corpus: Corpus, k: int, length: int, src: int) -> Block:
+    length = int(length)
+    f, g = corpus.file_index(np.array([k, src]))
+    return Block(
+        corpus.names[f],
+        int(corpus.line_no[k]),
+        int(corpus.line_no[k + length - 1]),
+        length,
+        corpus.names[g],
+        int(corpus.line_no[src]),
+        int(corpus.line_no[src + length - 1]),
+    )
+
+
+@dataclass(frozen=True)
+class CloneReport:
+    """Blocks found, and the counted-line totals the memorization ratio is made of."""
+
+    blocks: list[Block]
+    counted_lines: int  # counted lines searched (the query's, or the corpus's in self-mode)
+    cloned_lines: int  # of those, lines inside at least one block (each line once)
+
+    @property
+    def ratio(self) -> float:
+        return self.cloned_lines / self.counted_lines if self.counted_lines else 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "blocks": [b.__dict__ for b in self.blocks],
+            "block_count": len(self.blocks),
+            "block_lines": sum(b.lines for b in self.blocks),
+            "counted_lines": self.counted_lines,
+            "cloned_lines": self.cloned_lines,
+            "ratio": self.ratio,
+        }
+
+
+def _covered(longest: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
+    """Mask of counted lines inside at least one block."""
+    delta = np.zeros(n + 1, np.int64)
+    np.add.at(delta, starts, 1)
+    np.add.at(delta, starts + longest[starts], -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+def self_clones(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> CloneReport:
+    """Clone blocks within one corpus (Simian's own mode)."""
+    longest, partner = longest_common(corpus, opts.min_lines)
+    starts = maximal_starts(longest, corpus)
+    covered = _covered(longest, starts, corpus.n_lines)
+    blocks = [_block(corpus, k, longest[k], partner[k]) for k in starts.tolist()]
+    return CloneReport(blocks, corpus.n_lines, int(covered.sum()))
+
+
+def summarize_self(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> dict[str, int]:
+    """Simian's summary numbers without listing blocks: blocks, duplicate lines, lines."""
+    longest, _ = longest_common(corpus, opts.min_lines)
+    starts = maximal_starts(longest, corpus)
+    return {
+        "blocks": int(len(starts)),
+        "block_lines": int(longest[starts].sum()),
+        "cloned_lines": int(_covered(longest, starts, corpus.n_lines).sum()),
+        "counted_lines": corpus.n_lines,
+    }
+
+
+def query_clones(query: Corpus, index: Corpus, opts: CloneOptions = CloneOptions()) -> CloneReport:
+    """Blocks of ``query`` that also occur in ``index`` (each with one place in the index)."""
+    both = combine([query, index])
+    longest, partner = longest_common(both, opts.min_lines, need_groups=2)
+    longest[query.n_lines :] = 0  # report the query's side only
+    starts = maximal_starts(longest, both)
+    covered = _covered(longest, starts, both.n_lines)[: query.n_lines]
+    blocks = [_block(both, k, longest[k], partner[k]) for k in starts.tolist()]
+    return CloneReport(blocks, query.n_lines, int(covered.sum()))
