@@ -316,6 +316,13 @@ def _scan_many(raws: Sequence[bytes], opts: CloneOptions):
     return _scan_all(buf, offsets, _CT, simian, simian, opts.slash_comments)
 
 
+def _line_hashes(text: str | bytes, opts: CloneOptions) -> tuple[np.ndarray, np.ndarray]:
+    """Original line numbers (1-based) and hashes of the counted lines of one text."""
+    hashes, counted, _ = _scan_many([_prepare(text, opts)], opts)
+    rows = np.flatnonzero(counted)
+    return (rows + 1).astype(np.int32), hashes[rows]
+
+
 def line_hashes(text: str | bytes, opts: CloneOptions = CloneOptions()) -> list[int | None]:
     """The hash of each physical line as the detector compares it (None: not counted).
 
@@ -678,6 +685,18 @@ def summarize_self(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> dict[
     }
 
 
+def cross_clones(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions()) -> CloneReport:
+    """Blocks of the first corpus that also occur in every other one (Table 7: M and G)."""
+    both = combine(corpora)
+    longest, partner = longest_common(both, opts.min_lines, need_groups=len(corpora))
+    first = corpora[0].n_lines
+    longest[first:] = 0
+    starts = maximal_starts(longest, both)
+    covered = _covered(longest, starts, both.n_lines)[:first]
+    blocks = [_block(both, k, longest[k], partner[k]) for k in starts.tolist()]
+    return CloneReport(blocks, first, int(covered.sum()))
+
+
 def query_clones(query: Corpus, index: Corpus, opts: CloneOptions = CloneOptions()) -> CloneReport:
     """Blocks of ``query`` that also occur in ``index`` (each with one place in the index)."""
     both = combine([query, index])
@@ -687,3 +706,148 @@ def query_clones(query: Corpus, index: Corpus, opts: CloneOptions = CloneOptions
     covered = _covered(longest, starts, both.n_lines)[: query.n_lines]
     blocks = [_block(both, k, longest[k], partner[k]) for k in starts.tolist()]
     return CloneReport(blocks, query.n_lines, int(covered.sum()))
+
+
+# --------------------------------------------------------------------------- index
+
+
+@numba.njit(cache=True)
+def _window_keys(hashes, file_end, min_lines):
+    """Key of the window of ``min_lines`` lines starting at each line (0: runs past its file)."""
+    n = len(hashes)
+    keys = np.zeros(n, np.uint64)
+    for i in range(n):
+        if i + min_lines <= file_end[i]:
+            key = np.uint64(0)
+            for k in range(min_lines):
+                key = key * _BASE + hashes[i + k]
+            keys[i] = key | np.uint64(1)  # never 0
+    return keys
+
+
+@numba.njit(cache=True)
+def _match(q_keys, q_lines, q_end, keys, order, lines, starts, min_lines):
+    """For each query line: the longest window starting there found in the index, and where.
+
+    ``keys``/``order`` are the index's sorted window keys and the lines they start at;
+    ``lines`` the index's 32-bit line hashes, grown past the first window line by line.
+    """
+    n = len(q_keys)
+    longest = np.zeros(n, np.int64)
+    source = np.full(n, -1, np.int64)
+    for i in range(n):
+        key = q_keys[i]
+        if key == 0:
+            continue
+        a = np.searchsorted(keys, key)
+        best = 0
+        for t in range(a, len(keys)):
+            if keys[t] != key:
+                break
+            j = order[t]
+            end_j = starts[np.searchsorted(starts, j, side="right")]
+            grown = min_lines
+            while (
+                i + grown < q_end[i]
+                and j + grown < end_j
+                and q_lines[i + grown] == lines[j + grown]
+            ):
+                grown += 1
+            if grown > best:
+                best = grown
+                source[i] = j
+            if i + grown >= q_end[i]:
+                break  # cannot grow further: the query file ends
+        longest[i] = best
+    return longest, source
+
+
+@dataclass
+class CloneIndex:
+    """A corpus indexed once for fast queries: 16 bytes per counted line.
+
+    Sorted window keys (8 B) and the lines they start at (4 B) find a query's windows; 32-bit
+    line hashes (4 B) grow a match past its first window (a false extension needs a 32-bit
+    collision on top of a 64-bit window match). Original line numbers are not kept: the few
+    reported source blocks are mapped back by rescanning their files.
+    """
+
+    names: list[str]
+    texts: list[str | bytes | Path]
+    starts: np.ndarray
+    keys: np.ndarray  # uint64, sorted
+    order: np.ndarray  # int32: the counted line each key starts at
+    lines: np.ndarray  # uint32 line hashes
+    opts: CloneOptions
+
+    @classmethod
+    def build(
+        cls, docs: Iterable[tuple[str, str | bytes | Path]], opts: CloneOptions = CloneOptions()
+    ):
+        docs = list(docs)
+        corpus = build_corpus(docs, opts)
+        file_of = np.repeat(np.arange(len(corpus.starts) - 1), np.diff(corpus.starts))
+        file_end = corpus.starts[1:][file_of] if corpus.n_lines else np.zeros(0, np.int64)
+        keys = _window_keys(corpus.hashes, file_end, opts.min_lines)
+        valid = np.flatnonzero(keys)
+        order = valid[np.argsort(keys[valid], kind="stable")].astype(np.int32)
+        return cls(
+            corpus.names,
+            [text for _, text in docs],
+            corpus.starts,
+            keys[order],
+            order,
+            corpus.hashes.astype(np.uint32),
+            opts,
+        )
+
+    @property
+    def nbytes(self) -> int:
+        return self.keys.nbytes + self.order.nbytes + self.lines.nbytes
+
+    @property
+    def n_lines(self) -> int:
+        return len(self.lines)
+
+    def query(self, query: Corpus, with_blocks: bool = True) -> CloneReport:
+        """Blocks of ``query`` found in the index, and the memorization ratio's line counts."""
+        file_of = np.repeat(np.arange(len(query.starts) - 1), np.diff(query.starts))
+        q_end = query.starts[1:][file_of] if query.n_lines else np.zeros(0, np.int64)
+        q_keys = _window_keys(query.hashes, q_end, self.opts.min_lines)
+        longest, source = _match(
+            q_keys,
+            query.hashes.astype(np.uint32),
+            q_end,
+            self.keys,
+            self.order,
+            self.lines,
+            self.starts,
+            self.opts.min_lines,
+        )
+        starts = maximal_starts(longest, query)
+        covered = _covered(longest, starts, query.n_lines)
+        blocks = self._blocks(query, longest, source, starts) if with_blocks else []
+        return CloneReport(blocks, query.n_lines, int(covered.sum()))
+
+    def _blocks(self, query, longest, source, starts) -> list[Block]:
+        line_numbers: dict[int, np.ndarray] = {}
+        out = []
+        for k in starts.tolist():
+            length, j = int(longest[k]), int(source[k])
+            f = int(np.searchsorted(self.starts, j, side="right") - 1)
+            if f not in line_numbers:  # rescan the source file for its line numbers
+                line_numbers[f] = _line_hashes(_read(self.texts[f]), self.opts)[0]
+            src = line_numbers[f]
+            q = int(query.file_index(np.array([k]))[0])
+            out.append(
+                Block(
+                    query.names[q],
+                    int(query.line_no[k]),
+                    int(query.line_no[k + length - 1]),
+                    length,
+                    self.names[f],
+                    int(src[j - self.starts[f]]),
+                    int(src[j - self.starts[f] + length - 1]),
+                )
+            )
+        return sorted(out, key=lambda b: (b.file, b.start))

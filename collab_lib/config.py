@@ -43,6 +43,10 @@ class Source:
     git: str | None = None
     rev: str = "HEAD"
     installed: str | None = None
+    # Third-party code the organization ships a copy of (as real repositories vendor six or
+    # packaging): always kept whole (never sampled out), and lightly patched per organization.
+    vendored: bool = False
+    patch_fraction: float = 0.0  # share of statements after which a local line is inserted
 
     KINDS: typing.ClassVar[tuple[str, ...]] = ("pypi", "dir", "git", "installed")
 
@@ -85,6 +89,15 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
+class ClonesConfig:
+    """Type-1 clone detection (paper §2.5, §4.5): Simian's defaults."""
+
+    min_lines: int = 6
+    mode: str = "simian"  # or "strict"
+    slash_comments: bool = False  # Simian's `//` comment quirk
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -113,6 +126,7 @@ class Config:
     profile: str
     seed: int
     datasets: DatasetsConfig
+    clones: ClonesConfig = field(default_factory=ClonesConfig)
     description: str = ""
 
     def org(self, name: str) -> Organization:
@@ -309,6 +323,12 @@ def _check(obj: Any, where: str, path: Path) -> None:
             raise ConfigError(f"{path}: {where}.organizations: need unique, non-empty names")
         if not 0 < obj.validation_fraction < 1:
             raise ConfigError(f"{path}: {where}.validation_fraction: must be in (0, 1)")
+    if isinstance(obj, Source) and not 0 <= obj.patch_fraction < 1:
+        raise ConfigError(f"{path}: {where}.patch_fraction: must be in [0, 1)")
+    if isinstance(obj, ClonesConfig) and (
+        obj.mode not in ("simian", "strict") or obj.min_lines < 1
+    ):
+        raise ConfigError(f"{path}: {where}: mode must be simian or strict, min_lines >= 1")
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from collab_lib import artifacts, datasets
+from collab_lib import artifacts, clone_stats, datasets
 from collab_lib.config import Config
 
 
@@ -33,6 +33,13 @@ STEPS: dict[str, Step] = {
         datasets.plan,
         datasets.TABLES,
         "download, preprocess and split each organization's code (Tables 2-4)",
+    ),
+    "clones": Step(
+        "clones",
+        clone_stats.build_clone_stats,
+        clone_stats.plan,
+        clone_stats.TABLES,
+        "Type-1 clones within and across organizations (Figure 2, Table 7)",
     ),
 }
 
