@@ -102,5 +102,5 @@ def _print_status(rows: list[dict[str, str]], as_json: bool) -> None:
     width = max((len(r["artifact"]) for r in rows), default=10)
     for r in rows:
         print(f"{r['step']:<10} {r['artifact']:<{width}} {r['key']}  {r['state']}")
-    todo = sorted({r["step"] for r in rows if r["state"] != "cached"})
+    todo = list(dict.fromkeys(r["step"] for r in rows if r["state"] != "cached"))
     print("would run: " + (", ".join(todo) if todo else "nothing (everything is cached)"))

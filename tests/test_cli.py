@@ -27,9 +27,9 @@ def test_run_then_table_then_status(local_profile, capsys):
     assert code == 2 and "run datasets --profile" in err
 
     code, out, _ = run_cli("status", "--profile", str(local_profile), capsys=capsys)
-    assert code == 0 and "missing" in out and "would run: datasets" in out
+    assert code == 0 and "missing" in out and "would run: datasets, clones" in out
 
-    assert run_cli("run", "datasets", "--profile", str(local_profile), capsys=capsys)[0] == 0
+    assert run_cli("run", "all", "--profile", str(local_profile), capsys=capsys)[0] == 0
 
     code, out, _ = run_cli("table", "table4", "--profile", str(local_profile), capsys=capsys)
     t4 = pd.read_csv(io.StringIO(out))
