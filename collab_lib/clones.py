@@ -102,18 +102,6 @@ def _finish(h: np.uint64) -> np.uint64:
 
 
 @numba.njit(cache=True, nogil=True)
-def _count_lines(buf):
-    """Physical lines of a buffer: ends are \\n, \\r\\n or \\r; the last line may be empty."""
-    n = len(buf)
-    n_lines = 1
-    for i in range(n):
-        c = buf[i]
-        if c == 10 or (c == 13 and (i + 1 == n or buf[i + 1] != 10)):
-            n_lines += 1
-    return n_lines
-
-
-@numba.njit(cache=True, nogil=True)
 def _scan_into(buf, hashes, counted, ct, fold_case, by_value, slash_comments):  # noqa: C901
     """Hash every physical line of a UTF-8 buffer as Simian rebuilds it from its tokens.
 
@@ -124,6 +112,8 @@ def _scan_into(buf, hashes, counted, ct, fold_case, by_value, slash_comments):  
     processed.
     """
     n = len(buf)
+    as_float = np.zeros(1, np.float64)  # a number's value is hashed through its bits
+    as_bits = as_float.view(np.uint64)
     line = 0  # index of the physical line being read
     start = 0  # index of the line the current logical line started on
     h = _FNV_OFFSET
@@ -184,7 +174,8 @@ def _scan_into(buf, hashes, counted, ct, fold_case, by_value, slash_comments):  
                 h = _mix(h, 32)
             h = _mix(h, 0)  # tag: a number
             if by_value:
-                bits = np.array([value]).view(np.uint64)[0]
+                as_float[0] = value
+                bits = as_bits[0]
                 for k in range(8):
                     h = _mix(h, (bits >> np.uint64(8 * k)) & np.uint64(255))
             else:
@@ -272,16 +263,13 @@ def _scan_into(buf, hashes, counted, ct, fold_case, by_value, slash_comments):  
 
 
 @numba.njit(cache=True, parallel=True)
-def _scan_all(buf, offsets, ct, fold_case, by_value, slash_comments):
+def _scan_all(buf, offsets, line_offsets, ct, fold_case, by_value, slash_comments):
     """:func:`_scan_into` over many files laid end to end in ``buf``, files in parallel.
 
-    Returns per-physical-line ``hashes`` and ``counted``, and each file's first line.
+    File ``f`` has at most ``line_offsets[f + 1] - line_offsets[f]`` physical lines. Returns
+    per-line ``hashes`` and ``counted`` (slots past a file's last line stay uncounted).
     """
     n_files = len(offsets) - 1
-    n_lines = np.zeros(n_files + 1, np.int64)
-    for f in numba.prange(n_files):
-        n_lines[f + 1] = _count_lines(buf[offsets[f] : offsets[f + 1]])
-    line_offsets = np.cumsum(n_lines)
     hashes = np.zeros(line_offsets[-1], np.uint64)
     counted = np.zeros(line_offsets[-1], np.bool_)
     for f in numba.prange(n_files):
@@ -295,7 +283,7 @@ def _scan_all(buf, offsets, ct, fold_case, by_value, slash_comments):
             by_value,
             slash_comments,
         )
-    return hashes, counted, line_offsets
+    return hashes, counted
 
 
 def _prepare(text: str | bytes, opts: CloneOptions) -> bytes:
@@ -310,10 +298,17 @@ def _prepare(text: str | bytes, opts: CloneOptions) -> bytes:
 
 
 def _scan_many(raws: Sequence[bytes], opts: CloneOptions):
+    """Hashes and counted flags of every physical line, and each file's first line slot."""
     offsets = np.concatenate([[0], np.cumsum([len(r) for r in raws])]).astype(np.int64)
+    # an upper bound on each file's lines, from C-speed counts (\r\n is counted twice)
+    bounds = [r.count(b"\n") + r.count(b"\r") + 1 for r in raws]
+    line_offsets = np.concatenate([[0], np.cumsum(bounds)]).astype(np.int64)
     buf = np.frombuffer(b"".join(raws), np.uint8)
     simian = opts.mode == "simian"
-    return _scan_all(buf, offsets, _CT, simian, simian, opts.slash_comments)
+    hashes, counted = _scan_all(
+        buf, offsets, line_offsets, _CT, simian, simian, opts.slash_comments
+    )
+    return hashes, counted, line_offsets
 
 
 def _line_hashes(text: str | bytes, opts: CloneOptions) -> tuple[np.ndarray, np.ndarray]:
@@ -328,8 +323,10 @@ def line_hashes(text: str | bytes, opts: CloneOptions = CloneOptions()) -> list[
 
     Two lines match exactly when their hashes are equal.
     """
-    hashes, counted, _ = _scan_many([_prepare(text, opts)], opts)
-    return [int(h) if c else None for h, c in zip(hashes, counted, strict=True)]
+    raw = _prepare(text, opts)
+    hashes, counted, _ = _scan_many([raw], opts)
+    n_lines = raw.replace(b"\r\n", b"\n").replace(b"\r", b"\n").count(b"\n") + 1
+    return [int(h) if c else None for h, c in zip(hashes[:n_lines], counted, strict=False)]
 
 
 # --------------------------------------------------------------------------- corpus
@@ -383,10 +380,19 @@ def build_corpus(
 
 
 def _read(text: str | bytes | Path) -> str | bytes:
-    if isinstance(text, Path):
-        with open(text, "rb") as fh:
-            return fh.read()
-    return text
+    if not isinstance(text, Path):
+        return text
+    try:
+        fd = os.open(text, os.O_RDONLY)  # cheaper than open() for thousands of small files
+    except OSError:  # a dangling link or an unreadable file: nothing to compare
+        return b""
+    try:
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def read_tree(path: str | Path) -> list[tuple[str, Path]]:
@@ -402,7 +408,7 @@ def read_tree(path: str | Path) -> list[tuple[str, Path]]:
     for dirpath, dirnames, names in os.walk(root):  # os.walk: far cheaper than Path.rglob
         dirnames.sort()
         files += [os.path.join(dirpath, n) for n in sorted(names) if n.endswith(".py")]
-    return [(f, Path(f)) for f in files if os.path.isfile(f)]
+    return [(f, Path(f)) for f in files]
 
 
 def combine(corpora: Sequence[Corpus]) -> Corpus:
@@ -431,7 +437,8 @@ _BASE = np.uint64(0x9E3779B97F4A7C15)
 def _repeated(keys, group, need):
     """Mask of keys that occur twice or more (``need`` <= 1), or in ``need`` distinct groups.
 
-    An open-addressing hash table: linear time, where sorting every key would dominate.
+    An open-addressing hash table (keys are never 0, which marks an empty slot): linear time,
+    where sorting every key would dominate the run.
     """
     n = len(keys)
     size = 1
@@ -439,17 +446,15 @@ def _repeated(keys, group, need):
         size *= 2
     mask = np.uint64(size - 1)
     table = np.zeros(size, np.uint64)
-    used = np.zeros(size, np.bool_)
-    seen = np.zeros(size, np.int64)  # occurrence count, or bit set of groups
-    slot_of = np.empty(n, np.int64)
+    seen = np.zeros(size, np.int32)  # occurrence count, or bit set of groups
+    slot_of = np.empty(n, np.int32)
     for i in range(n):
         k = keys[i]
         s = np.int64((k ^ (k >> np.uint64(29))) & mask)
-        while used[s] and table[s] != k:
+        while table[s] != 0 and table[s] != k:
             s = (s + 1) & (size - 1)
-        used[s] = True
         table[s] = k
-        seen[s] = seen[s] + 1 if need <= 1 else seen[s] | (np.int64(1) << group[i])
+        seen[s] = seen[s] + 1 if need <= 1 else seen[s] | (np.int32(1) << group[i])
         slot_of[i] = s
     out = np.empty(n, np.bool_)
     for i in range(n):
@@ -496,43 +501,13 @@ def _record(members, labels, lo, hi, length, longest, partner, need):
 
 
 @numba.njit(cache=True)
-def _grow(hashes, file_end, group, min_lines, need):  # noqa: C901 - one refinement loop
-    """Longest repeated window at every line, by refining sets of equal windows.
-
-    Start from the sets of equal ``min_lines``-line windows. A set of equal windows of L
-    lines is split by its members' next line into the sets of L + 1 lines (members whose file
-    ends drop out, and so do sets left with one member or too few labels); a pair is grown
-    line by line until its windows differ. A member's ``longest`` is the last length at which
-    it still belonged to a set, and ``partner`` another member of that set.
-    """
-    n = len(hashes)
-    longest = np.zeros(n, np.int64)
-    partner = np.full(n, -1, np.int64)
-    valid = np.flatnonzero(np.arange(n) + min_lines <= file_end)
-    keys = np.zeros(len(valid), np.uint64)
-    for t in range(len(valid)):
-        key = np.uint64(0)
-        for k in range(min_lines):
-            key = key * _BASE + hashes[valid[t] + k]
-        keys[t] = key
-    repeated = _repeated(keys, group[valid], need)  # most windows are unique: drop them first
-    order = np.argsort(keys[repeated])
-    work = valid[repeated][order]
-    keys = keys[repeated][order]
-    nxt = np.empty(len(work), np.uint64)
-    lab = group[work]
-    # a stack of sets still to grow: work[lo:hi] are equal windows of `length` lines
-    stack_lo = np.empty(len(work) + 1, np.int64)
-    stack_hi = np.empty(len(work) + 1, np.int64)
-    stack_len = np.empty(len(work) + 1, np.int64)
-    top = 0
-    lo = 0
-    for hi in range(1, len(work) + 1):
-        if hi == len(work) or keys[hi] != keys[lo]:
-            if _accepts(lab, lo, hi, need):
-                stack_lo[top], stack_hi[top], stack_len[top] = lo, hi, min_lines
-                top += 1
-            lo = hi
+def _grow_set(lo0, hi0, min_lines, work, lab, nxt, hashes, file_end, need, longest, partner):
+    """Grow one set of equal windows (``work[lo0:hi0]``), splitting it depth-first."""
+    stack_lo = np.empty(1 if hi0 - lo0 == 2 else hi0 - lo0 + 1, np.int64)  # pairs: no split
+    stack_hi = np.empty_like(stack_lo)
+    stack_len = np.empty_like(stack_lo)
+    stack_lo[0], stack_hi[0], stack_len[0] = lo0, hi0, min_lines
+    top = 1
     while top > 0:
         top -= 1
         lo, hi, length = stack_lo[top], stack_hi[top], stack_len[top]
@@ -569,6 +544,58 @@ def _grow(hashes, file_end, group, min_lines, need):  # noqa: C901 - one refinem
                     stack_lo[top], stack_hi[top], stack_len[top] = run, k, length + 1
                     top += 1
                 run = k
+
+
+@numba.njit(cache=True, parallel=True)
+def _grow(hashes, file_end, group, min_lines, need):
+    """Longest repeated window at every line, by refining sets of equal windows.
+
+    Start from the sets of equal ``min_lines``-line windows. A set of equal windows of L
+    lines is split by its members' next line into the sets of L + 1 lines (members whose file
+    ends drop out, and so do sets left with one member or too few labels); a pair is grown
+    line by line until its windows differ. A member's ``longest`` is the last length at which
+    it still belonged to a set, and ``partner`` another member of that set.
+    """
+    n = len(hashes)
+    longest = np.zeros(n, np.int64)
+    partner = np.full(n, -1, np.int64)
+    valid = np.flatnonzero(np.arange(n) + min_lines <= file_end)
+    keys = np.zeros(len(valid), np.uint64)
+    for t in numba.prange(len(valid)):
+        key = np.uint64(0)
+        for k in range(min_lines):
+            key = key * _BASE + hashes[valid[t] + k]
+        keys[t] = key | np.uint64(1)  # never 0, the empty slot of _repeated
+    repeated = _repeated(keys, group[valid], need)  # most windows are unique: drop them first
+    order = np.argsort(keys[repeated])
+    work = valid[repeated][order]
+    keys = keys[repeated][order]
+    nxt = np.empty(len(work), np.uint64)
+    lab = group[work]
+    set_lo = np.empty(len(work) + 1, np.int64)
+    set_hi = np.empty(len(work) + 1, np.int64)
+    n_sets = 0
+    lo = 0
+    for hi in range(1, len(work) + 1):
+        if hi == len(work) or keys[hi] != keys[lo]:
+            if _accepts(lab, lo, hi, need):
+                set_lo[n_sets], set_hi[n_sets] = lo, hi
+                n_sets += 1
+            lo = hi
+    for s in numba.prange(n_sets):  # sets of equal windows grow independently
+        _grow_set(
+            set_lo[s],
+            set_hi[s],
+            min_lines,
+            work,
+            lab,
+            nxt,
+            hashes,
+            file_end,
+            need,
+            longest,
+            partner,
+        )
     return longest, partner
 
 
