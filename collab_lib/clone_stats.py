@@ -105,3 +105,12 @@ def _write(ds: datasets.Datasets, opts: CloneOptions, out: Path) -> dict:
     pd.DataFrame(blocks).to_csv(out / "table7_blocks.csv", index=False)
     (out / "options.json").write_text(json.dumps(opts.__dict__))
     return {"table7": table}
+
+
+def clone_stats_for(cfg: Config) -> artifacts.Artifact:
+    """The profile's clone statistics: from the cache when present, else computed now."""
+    return artifacts.load(*plan(cfg)["clones"]) or build_clone_stats(cfg)
+
+
+def table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
+    return pd.read_csv(art.file(f"{name}.csv"))

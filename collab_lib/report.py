@@ -113,3 +113,27 @@ def table2_summary(table2: pd.DataFrame) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows)
+
+
+def figure2(fig2: pd.DataFrame) -> plt.Figure:
+    """Figure 2 of the paper: internal clone blocks and clone LOC per MB of training code."""
+    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    for ax, col, title in (
+        (axes[0], "clone_blocks_per_mb", "Clone blocks per MB"),
+        (axes[1], "clone_loc_per_mb", "Clone LOC per MB"),
+    ):
+        ax.bar(fig2["organization"], fig2[col], color=["#4c72b0", "#dd8452", "#55a868"])
+        ax.set_title(title)
+    fig.tight_layout()
+    return fig
+
+
+def vendored_sources(table2: pd.DataFrame, summaries: dict[str, dict]) -> pd.DataFrame:
+    """Which third-party modules each organization ships a vendored copy of."""
+    rows = [
+        {"organization": org, "vendored module": s["label"], "license": s["license"]}
+        for org, summary in summaries.items()
+        for s in summary["sources"]
+        if s.get("vendored")
+    ]
+    return pd.DataFrame(rows, columns=["organization", "vendored module", "license"])

@@ -78,7 +78,10 @@ def test_datasets_chapter_shows_tables_3_and_4_with_numbers(page):
     assert int(google_t3.split("\t")[2]) > 0  # our file count is a number
     google_t4 = next(line for line in t4.splitlines() if line.startswith("Google"))
     assert float(google_t4.split("\t")[1].replace(",", "")) > 0 and "5,309.70" in google_t4
-    assert page.locator("main img").count() >= 1  # the funnel figure
+    assert page.locator("main img").count() >= 2  # the funnel and Figure 2
+    assert "Figure 2: internal clones per MB" in text and "Table 7: clones shared" in text
+    t7 = next(t for t in tables if "Microsoft ∩ Google" in t)
+    assert "natural (first-party only)" in t7 and "316" in t7
 
 
 def test_reproducibility_page_lists_the_artifacts(page, book):
@@ -93,7 +96,8 @@ def test_reproducibility_page_lists_the_artifacts(page, book):
 def test_home_page_links_the_chapters(page):
     page.goto(page.base + "/book/intro.html")
     links = page.eval_on_selector_all("nav a", "as => as.map(a => a.innerText)")
-    assert any("Datasets" in a for a in links) and any("Reproducibility" in a for a in links)
+    for chapter in ("Methods", "Datasets", "Reproducibility"):
+        assert any(chapter in a for a in links), chapter
 
 
 def test_a_failing_notebook_names_itself_and_its_executed_copy(tmp_path, monkeypatch):
