@@ -2,8 +2,10 @@
 
 The paper measures memorization with Simian: blocks of at least ``min_lines`` (6) lines that
 are identical after normalisation. This module reproduces Simian's definition of a matching
-line and of a maximal block, and computes it with whole-text regex passes and numpy instead of
-a token-by-token Java tokenizer.
+line and of a maximal block. The tokenizer is a numba port of the Java one Simian uses, run
+over all files at once and in parallel; it hashes each rebuilt line instead of building it.
+Maximal blocks are found by refining sets of equal windows, not by Simian's tiling of hash
+maps: the same blocks, in linear time for most inputs.
 
 How Simian 4.2.1 matches Python by default (read from its source, ``PythonParser`` on Java's
 ``StreamTokenizer``, with ``ignoreIdentifierCase`` and ``ignoreStringCase`` on):
@@ -27,11 +29,12 @@ How Simian 4.2.1 matches Python by default (read from its source, ``PythonParser
 Modes: ``simian`` (the defaults above) and ``strict`` (case-sensitive, tokens compared as
 written: whitespace and comments still do not matter, which is what Type-1 means).
 
-Known differences from Simian, all rare in real code: string escapes are compared as written
-(``"\\x41"`` and ``"A"`` differ here as in Simian, but ``"\\N"`` and ``"\\n"`` are not
-conflated); a number written right after a word with a minus sign (``y -1``) is not spaced
-apart from ``y - 1``; lines are hashed with 64-bit xxHash (Simian: Java string hashes), so a
-false match needs a 64-bit collision.
+Known differences from Simian, all rare in real code: bytes of non-ASCII characters are word
+characters (Java: characters from U+00A0 up; U+0080 to U+009F are punctuation there); lines
+are compared through 64-bit hashes (Simian: Java's 32-bit string hashes, combined), so a false
+match needs a 64-bit collision; a number's token is compared by value without Java's
+``Double.toString`` (the same equality). Measured against Simian 4.2.1 on 49 MB of real
+Python: line-level F1 0.9995 (``bench/clones.py``).
 
 Memorization ratio (paper Eq. 1): the counted lines of generated code that lie inside a block
 also found in the training data, divided by all counted lines of generated code; lines covered
