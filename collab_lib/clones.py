@@ -72,6 +72,9 @@ def _char_classes() -> np.ndarray:
 
 
 _CT = _char_classes()
+_ESCAPES = np.arange(256, dtype=np.int64)
+for _letter, _code in zip("abfnrtv", (7, 8, 12, 10, 13, 9, 11), strict=True):
+    _ESCAPES[ord(_letter)] = _code
 _FNV_OFFSET = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 
@@ -221,22 +224,8 @@ def _scan_into(buf, hashes, counted, ct, fold_case, by_value, slash_comments):  
                                 j += 1
                                 v = v * 8 + buf[j] - 48
                         d = v
-                    elif e == 97:
-                        d = 7
-                    elif e == 98:
-                        d = 8
-                    elif e == 102:
-                        d = 12
-                    elif e == 110:
-                        d = 10
-                    elif e == 114:
-                        d = 13
-                    elif e == 116:
-                        d = 9
-                    elif e == 118:
-                        d = 11
                     else:
-                        d = e
+                        d = _ESCAPES[e]  # \a \b \f \n \r \t \v; any other char stands for itself
                         if e == 10:  # an escaped newline continues the string
                             line += 1
                 if fold_case and 65 <= d <= 90:

@@ -52,6 +52,8 @@ def corpus(**files: list[str] | str | bytes):
         pytest.param("y = 007", "y = 7", id="leading-zeros"),
         pytest.param("a; b", "a b", id="semicolon-is-space"),
         pytest.param('s = "\\d+"', 's = "d+"', id="escape-processed"),
+        pytest.param('s = "a\\tb"', 's = "a\tb"', id="escape-tab"),
+        pytest.param('s = "\\101"', 's = "a"', id="octal-escape-then-case"),
     ],
 )
 def test_lines_that_simian_considers_equal(a, b):
