@@ -98,6 +98,27 @@ class ClonesConfig:
 
 
 @dataclass(frozen=True)
+class ModelConfig:
+    """Tokenizer and GPT-2 base model (SPEC §2).
+
+    ``base: stdlib`` trains a byte-level BPE tokenizer (and, with the training step, a small
+    GPT-2) on the CPython standard library, never on an organization's code. ``base:
+    checkpoint`` loads ``checkpoint`` (a local directory, or a hub id such as ``gpt2`` when
+    ``allow_download`` is true), as the paper used GPT-2 124M.
+    """
+
+    base: str = "stdlib"
+    checkpoint: str | None = None
+    allow_download: bool = False
+    vocab_size: int = 2048
+    tokenizer_corpus_mb: float = 4.0  # of stdlib code the tokenizer is trained on
+    n_layer: int = 4
+    n_embd: int = 256
+    n_head: int = 4
+    context: int = 256
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -127,6 +148,7 @@ class Config:
     seed: int
     datasets: DatasetsConfig
     clones: ClonesConfig = field(default_factory=ClonesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
     description: str = ""
 
     def org(self, name: str) -> Organization:
@@ -329,6 +351,13 @@ def _check(obj: Any, where: str, path: Path) -> None:
         obj.mode not in ("simian", "strict") or obj.min_lines < 1
     ):
         raise ConfigError(f"{path}: {where}: mode must be simian or strict, min_lines >= 1")
+    if isinstance(obj, ModelConfig):
+        if obj.base not in ("stdlib", "checkpoint"):
+            raise ConfigError(f"{path}: {where}.base: must be stdlib or checkpoint")
+        if obj.base == "checkpoint" and not obj.checkpoint:
+            raise ConfigError(f"{path}: {where}.checkpoint: needed when base is checkpoint")
+        if obj.n_embd % obj.n_head:
+            raise ConfigError(f"{path}: {where}.n_embd: must be a multiple of n_head")
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
 
