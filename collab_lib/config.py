@@ -119,6 +119,20 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class TrainConfig:
+    """One training loop for every setting (SPEC §2): AdamW, warm-up then a schedule."""
+
+    epochs: int = 2
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 5e-4
+    weight_decay: float = 0.1
+    warmup_steps: int = 10
+    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -149,6 +163,7 @@ class Config:
     datasets: DatasetsConfig
     clones: ClonesConfig = field(default_factory=ClonesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     description: str = ""
 
     def org(self, name: str) -> Organization:
@@ -358,6 +373,8 @@ def _check(obj: Any, where: str, path: Path) -> None:
             raise ConfigError(f"{path}: {where}.checkpoint: needed when base is checkpoint")
         if obj.n_embd % obj.n_head:
             raise ConfigError(f"{path}: {where}.n_embd: must be a multiple of n_head")
+    if isinstance(obj, TrainConfig) and obj.schedule not in ("cosine", "linear", "constant"):
+        raise ConfigError(f"{path}: {where}.schedule: must be cosine, linear or constant")
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
 

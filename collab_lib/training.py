@@ -1,0 +1,135 @@
+"""One training loop for every setting (paper §2.3): single-organization, centralized,
+incremental, and each federated client's local epoch.
+
+Read top to bottom, as nanoGPT's loop is: pack the documents into fixed-length sequences,
+set up AdamW and the schedule, then loop over epochs, shuffling with a generator seeded by
+(seed, epoch) and checkpointing at the end of every epoch. A run that is interrupted resumes
+from its last checkpoint and ends with the same weights as one that was not (on CPU, bit for
+bit).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from collab_lib.config import TrainConfig
+
+CHECKPOINT = "last.pt"
+
+
+def pack(texts: Sequence[str], tokenizer, context: int) -> torch.Tensor:
+    """``(sequences, context)`` token ids: documents joined by EOS, cut into full blocks."""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+    n = len(ids) // context
+    return torch.tensor(ids[: n * context], dtype=torch.long).view(n, context)
+
+
+@dataclass
+class Curves:
+    """Training loss per optimizer step and mean loss per epoch."""
+
+    step_loss: list[float] = field(default_factory=list)
+    epoch_loss: list[float] = field(default_factory=list)
+
+
+def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    if cfg.schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def train(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    cfg: TrainConfig,
+    seed: int,
+    checkpoint_dir: Path | None = None,
+    on_epoch: Callable[[int, Curves], None] | None = None,
+) -> Curves:
+    """Train ``model`` on ``data`` (``(sequences, context)`` ids) for ``cfg.epochs`` epochs."""
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda"
+    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum))
+    total = steps_per_epoch * cfg.epochs
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0},
+        ],
+        lr=cfg.lr,
+        fused=cuda,
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
+    curves, start_epoch = Curves(), 0
+    ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
+    if ckpt is not None and ckpt.exists():  # resume where an interrupted run stopped
+        state = torch.load(ckpt, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        curves, start_epoch = state["curves"], state["epoch"]
+
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        order = torch.randperm(
+            len(data), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
+        )
+        batches = order.split(cfg.batch_size)
+        losses = []
+        for step_start in tqdm(
+            range(0, len(batches), cfg.grad_accum),
+            desc=f"epoch {epoch + 1}",
+            leave=False,
+            disable=None,
+        ):
+            group = batches[step_start : step_start + cfg.grad_accum]
+            optimizer.zero_grad(set_to_none=True)
+            step_loss = 0.0
+            for idx in group:
+                x = data[idx].to(device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+                    loss = model(input_ids=x, labels=x).loss / len(group)
+                loss.backward()
+                step_loss += loss.item()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            curves.step_loss.append(step_loss)
+            losses.append(step_loss)
+        curves.epoch_loss.append(sum(losses) / max(len(losses), 1))
+        if ckpt is not None:
+            _save(ckpt, model, optimizer, scheduler, curves, epoch + 1)
+        if on_epoch is not None:
+            on_epoch(epoch, curves)
+    return curves
+
+
+def _save(path: Path, model, optimizer, scheduler, curves: Curves, epoch: int) -> None:
+    """Write the checkpoint atomically: an interruption never leaves a half-written one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "curves": curves,
+        "epoch": epoch,
+    }
+    torch.save(state, tmp)
+    os.replace(tmp, path)

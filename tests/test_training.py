@@ -1,0 +1,68 @@
+"""The training loop: it learns, it is deterministic, and it resumes to the same weights."""
+
+import pytest
+import torch
+
+from collab_lib.config import TrainConfig, load_config
+from collab_lib.model import build_tokenizer, init_model, load_tokenizer
+from collab_lib.training import CHECKPOINT, pack, train
+
+TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.context=32"]
+TOK = ["model.tokenizer_corpus_mb=0.3", "model.vocab_size=512"]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config("tiny", [*TINY, *TOK])
+    tok = load_tokenizer(build_tokenizer(cfg).path)
+    texts = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
+    return cfg, tok, pack(texts, tok, cfg.model.context)
+
+
+def weights(model) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def test_pack_makes_full_blocks_joined_by_eos(setup):
+    cfg, tok, data = setup
+    assert data.shape[1] == cfg.model.context and data.dtype == torch.long
+    assert (data == tok.eos_token_id).sum() > 0
+
+
+def test_a_tiny_model_overfits_one_batch(setup):
+    cfg, tok, data = setup
+    model = init_model(cfg.model, len(tok), seed=0)
+    run = TrainConfig(epochs=60, batch_size=4, lr=3e-3, warmup_steps=2, schedule="constant")
+    curves = train(model, data[:4], run, seed=0)
+    assert curves.epoch_loss[-1] < 0.3 * curves.epoch_loss[0]
+
+
+def test_same_seed_gives_bit_identical_weights(setup):
+    cfg, tok, data = setup
+    run = TrainConfig(epochs=2, batch_size=4)
+    a, b = init_model(cfg.model, len(tok), seed=1), init_model(cfg.model, len(tok), seed=1)
+    train(a, data, run, seed=5)
+    train(b, data, run, seed=5)
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_an_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
+    cfg, tok, data = setup
+    run = TrainConfig(epochs=3, batch_size=4, warmup_steps=2)
+    straight = init_model(cfg.model, len(tok), seed=2)
+    train(straight, data, run, seed=7)
+
+    def stop_after_first(epoch, curves):
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    model = init_model(cfg.model, len(tok), seed=2)
+    with pytest.raises(KeyboardInterrupt):
+        train(model, data, run, seed=7, checkpoint_dir=tmp_path, on_epoch=stop_after_first)
+    assert (tmp_path / CHECKPOINT).exists()
+    resumed = init_model(cfg.model, len(tok), seed=2)  # a new process starts from scratch
+    curves = train(resumed, data, run, seed=7, checkpoint_dir=tmp_path)
+    assert len(curves.epoch_loss) == 3
+    ws, wr = weights(straight), weights(resumed)
+    assert all(torch.equal(ws[k], wr[k]) for k in ws)
