@@ -77,6 +77,15 @@ def artifact_dir(step: str, key: str, root: Path | None = None) -> Path:
     return (root or artifacts_root()) / step / key
 
 
+def scratch_dir(
+    step: str, config: Any, inputs: Iterable[str] = (), root: Path | None = None
+) -> Path:
+    """A stable working directory for a long step's own checkpoints, so a rerun after an
+    interruption finds them (the step's temporary output directory changes every run)."""
+    key = artifact_key(step, config, list(inputs))
+    return (root or artifacts_root()) / step / f".scratch-{key}"
+
+
 def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
     """The artifact if it exists and every file matches its manifest's hash, else None."""
     path = artifact_dir(step, key, root)

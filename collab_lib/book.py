@@ -65,7 +65,7 @@ def build_book(
     overrides = overrides or {}
     cfg = load_config(profile, overrides)  # fail on a bad profile before anything runs
     if run_steps:
-        pipeline.run("all", cfg)
+        pipeline.run("book", cfg)
     out = build_root / cfg.profile
     stage = out / "src"
     shutil.rmtree(stage, ignore_errors=True)

@@ -52,6 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     with_profile(sp)
 
+    sp = sub.add_parser("models", help="each trained model's name and checkpoint directory")
+    with_profile(sp)
+
     sp = sub.add_parser(
         "clones",
         help="audit: Type-1 clone blocks of a file or tree, within it or found in a corpus",
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "table":
             pipeline.table(args.name, cfg).to_csv(sys.stdout, index=False)
+        elif args.command == "models":
+            return _print_models(cfg)
         elif args.command == "status":
             _print_status(pipeline.status(cfg), as_json=args.json)
         elif args.command == "book":
@@ -102,6 +107,27 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    return 0
+
+
+def _print_models(cfg) -> int:
+    """``name<TAB>directory`` of every trained model (``from_pretrained`` loads the directory)."""
+    from collab_lib import artifacts, collaboration
+
+    keys = collaboration.plan(cfg)
+    missing = []
+    for spec in collaboration.paper_models():
+        art = artifacts.load(*keys[spec.name]) if spec.name in keys else None
+        if art is None:
+            missing.append(spec.name)
+        else:
+            print(f"{spec.name}\t{art.path / 'model'}")
+    if missing:
+        print(
+            f"not built: {', '.join(missing)} (run `python -m collab_lib run train --profile "
+            f"{cfg.profile}`; federated models are not implemented yet)",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -112,6 +112,8 @@ class ModelConfig:
     allow_download: bool = False
     vocab_size: int = 2048
     tokenizer_corpus_mb: float = 4.0  # of stdlib code the tokenizer is trained on
+    pretrain_corpus_mb: float = 1.0  # of stdlib code the base model is pretrained on
+    pretrain_epochs: int = 1
     n_layer: int = 4
     n_embd: int = 256
     n_head: int = 4

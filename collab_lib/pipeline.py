@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from collab_lib import artifacts, clone_stats, datasets
+from collab_lib import artifacts, clone_stats, collaboration, datasets
 from collab_lib.config import Config
 
 
@@ -24,6 +24,7 @@ class Step:
     plan: Callable[[Config], dict[str, tuple[str, str]]]
     tables: tuple[str, ...]
     description: str
+    in_book: bool = True  # the book's notebooks read its artifacts
 
 
 STEPS: dict[str, Step] = {
@@ -41,6 +42,14 @@ STEPS: dict[str, Step] = {
         clone_stats.TABLES,
         "Type-1 clones within and across organizations (Figure 2, Table 7)",
     ),
+    "train": Step(
+        "train",
+        collaboration.build_models,
+        collaboration.plan,
+        (),
+        "base model and collaborative models (federated ones: not built yet)",
+        in_book=False,
+    ),
 }
 
 
@@ -49,8 +58,13 @@ class NotBuiltError(RuntimeError):
 
 
 def run(step: str, cfg: Config, *, force: bool = False) -> list[Any]:
-    """Run one step, or every step in order for ``all``."""
-    names = list(STEPS) if step == "all" else [step]
+    """Run one step, every step in order for ``all``, or those the book reads for ``book``."""
+    if step == "all":
+        names = list(STEPS)
+    elif step == "book":
+        names = [name for name, s in STEPS.items() if s.in_book]
+    else:
+        names = [step]
     return [STEPS[name].run(cfg, force=force) for name in names]
 
 
@@ -94,6 +108,8 @@ def planned_artifacts(cfg: Config) -> list[artifacts.Artifact]:
     """Every cached artifact the profile's steps use, with the inputs they were built from."""
     seen: dict[str, artifacts.Artifact] = {}
     for step in STEPS.values():
+        if not step.in_book:
+            continue
         for art_step, key in step.plan(cfg).values():
             art = artifacts.load(art_step, key)
             if art is not None:

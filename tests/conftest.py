@@ -91,6 +91,17 @@ def write_profile(
             ],
             "filters": {"max_file_kb": 1000},
         },
+        # a model small enough that `run all` trains every model in seconds
+        "model": {
+            "vocab_size": 256,
+            "tokenizer_corpus_mb": 0.1,
+            "pretrain_corpus_mb": 0.02,
+            "n_layer": 1,
+            "n_embd": 16,
+            "n_head": 2,
+            "context": 32,
+        },
+        "train": {"epochs": 1},
     }
     data.update(extra)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

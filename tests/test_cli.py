@@ -41,7 +41,7 @@ def test_run_then_table_then_status(local_profile, capsys):
 
 def test_set_overrides_reach_the_step(local_profile, capsys):
     args = ("--profile", str(local_profile), "--set", "datasets.organizations.Google.size_mb=0.003")
-    assert run_cli("run", "all", *args, capsys=capsys)[0] == 0
+    assert run_cli("run", "datasets", *args, capsys=capsys)[0] == 0
     out = run_cli("table", "table3", *args, capsys=capsys)[1]
     t3 = pd.read_csv(io.StringIO(out)).set_index(["organization", "split"])
     assert t3.loc[("Google", "train"), "files"] < 16
