@@ -128,7 +128,7 @@ def figure2(fig2: pd.DataFrame) -> plt.Figure:
     return fig
 
 
-def vendored_sources(table2: pd.DataFrame, summaries: dict[str, dict]) -> pd.DataFrame:
+def vendored_sources(summaries: dict[str, dict]) -> pd.DataFrame:
     """Which third-party modules each organization ships a vendored copy of."""
     rows = [
         {"organization": org, "vendored module": s["label"], "license": s["license"]}
