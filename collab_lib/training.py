@@ -28,7 +28,7 @@ def pack(texts: Sequence[str], tokenizer, context: int) -> torch.Tensor:
     """``(sequences, context)`` token ids: documents joined by EOS, cut into full blocks."""
     ids: list[int] = []
     for text in texts:
-        ids += tokenizer(text)["input_ids"] + [tokenizer.eos_token_id]
+        ids += tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
     n = len(ids) // context
     return torch.tensor(ids[: n * context], dtype=torch.long).view(n, context)
 
