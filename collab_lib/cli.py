@@ -9,7 +9,7 @@ import sys
 
 from collab_lib import pipeline
 from collab_lib.book import BookError, build_book
-from collab_lib.config import ConfigError, load_config
+from collab_lib.config import ConfigError, load_config, parse_overrides
 from collab_lib.sources import SourceError
 
 
@@ -95,8 +95,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "status":
             _print_status(pipeline.status(cfg), as_json=args.json)
         elif args.command == "book":
-            overrides = {k: v for k, v in (o.split("=", 1) for o in args.overrides)}
-            index = build_book(args.profile, _parsed(overrides), run_steps=not args.no_run)
+            overrides = parse_overrides(args.overrides)  # papermill passes them as a dict
+            index = build_book(args.profile, overrides, run_steps=not args.no_run)
             print(f"book built: {index}")
     except (ConfigError, SourceError, pipeline.NotBuiltError, BookError, KeyError) as exc:
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
@@ -158,12 +158,6 @@ def _audit(args: argparse.Namespace) -> int:
         f"lines are inside a block ({100 * report.ratio:.2f} %)"
     )
     return 0
-
-
-def _parsed(overrides: dict[str, str]) -> dict:
-    import yaml
-
-    return {k: yaml.safe_load(v) for k, v in overrides.items()}
 
 
 def _print_status(rows: list[dict[str, str]], as_json: bool) -> None:

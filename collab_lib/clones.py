@@ -338,20 +338,21 @@ class Corpus:
     line_no: np.ndarray  # (lines,) int32
     hashes: np.ndarray  # (lines,) uint64
     group: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int8))
-    group_names: list[str] = field(default_factory=lambda: ["corpus"])
 
     @property
     def n_lines(self) -> int:
         return len(self.hashes)
+
+    def file_end(self) -> np.ndarray:
+        """For every counted line, the index one past its file's last counted line."""
+        return np.repeat(self.starts[1:], np.diff(self.starts))
 
     def file_index(self, k: np.ndarray) -> np.ndarray:
         return np.searchsorted(self.starts, k, side="right") - 1
 
 
 def build_corpus(
-    docs: Iterable[tuple[str, str | bytes | Path]],
-    opts: CloneOptions = CloneOptions(),
-    group: str = "corpus",
+    docs: Iterable[tuple[str, str | bytes | Path]], opts: CloneOptions = CloneOptions()
 ) -> Corpus:
     """Hash the counted lines of ``(name, text)`` pairs; text is ``str``, UTF-8 ``bytes``, or
     a ``Path`` to read. All files are scanned in one parallel pass."""
@@ -367,7 +368,6 @@ def build_corpus(
         (rows - line_offsets[file_of] + 1).astype(np.int32),
         hashes[rows],
         np.zeros(len(rows), np.int8),
-        [group],
     )
 
 
@@ -416,7 +416,6 @@ def combine(corpora: Sequence[Corpus]) -> Corpus:
         np.concatenate([c.line_no for c in corpora]),
         np.concatenate([c.hashes for c in corpora]),
         np.concatenate([np.full(c.n_lines, i, np.int8) for i, c in enumerate(corpora)]),
-        [c.group_names[0] for c in corpora],
     )
 
 
@@ -601,10 +600,7 @@ def longest_common(
     Every sub-window of a repeated window is repeated, so the sets of equal windows of L + 1
     lines are found by splitting those of L lines: each round works only on what repeats.
     """
-    n = corpus.n_lines
-    file_of = np.repeat(np.arange(len(corpus.starts) - 1), np.diff(corpus.starts))
-    file_end = corpus.starts[1:][file_of] if n else np.zeros(0, np.int64)
-    return _grow(corpus.hashes, file_end, corpus.group, min_lines, need_groups)
+    return _grow(corpus.hashes, corpus.file_end(), corpus.group, min_lines, need_groups)
 
 
 # --------------------------------------------------------------------------- blocks
@@ -683,13 +679,19 @@ def _covered(longest: np.ndarray, starts: np.ndarray, n: int) -> np.ndarray:
     return np.cumsum(delta[:-1]) > 0
 
 
+def _report(corpus: Corpus, longest: np.ndarray, partner: np.ndarray, first: int) -> CloneReport:
+    """Blocks and covered lines among the first ``first`` counted lines of ``corpus``."""
+    longest[first:] = 0  # report that side only
+    starts = maximal_starts(longest, corpus)
+    covered = _covered(longest, starts, corpus.n_lines)[:first]
+    blocks = [_block(corpus, k, longest[k], partner[k]) for k in starts.tolist()]
+    return CloneReport(blocks, first, int(covered.sum()))
+
+
 def self_clones(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> CloneReport:
     """Clone blocks within one corpus (Simian's own mode)."""
     longest, partner = longest_common(corpus, opts.min_lines)
-    starts = maximal_starts(longest, corpus)
-    covered = _covered(longest, starts, corpus.n_lines)
-    blocks = [_block(corpus, k, longest[k], partner[k]) for k in starts.tolist()]
-    return CloneReport(blocks, corpus.n_lines, int(covered.sum()))
+    return _report(corpus, longest, partner, corpus.n_lines)
 
 
 def summarize_self(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> dict[str, int]:
@@ -705,26 +707,14 @@ def summarize_self(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> dict[
 
 
 def cross_clones(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions()) -> CloneReport:
-    """Blocks of the first corpus that also occur in every other one (Table 7: M and G)."""
+    """Blocks of the first corpus that also occur in every other one (Table 7: M and G).
+
+    With two corpora this is also the reference query (what :class:`CloneIndex` computes
+    faster): blocks of a query that occur in an index, each with one place in the index.
+    """
     both = combine(corpora)
     longest, partner = longest_common(both, opts.min_lines, need_groups=len(corpora))
-    first = corpora[0].n_lines
-    longest[first:] = 0
-    starts = maximal_starts(longest, both)
-    covered = _covered(longest, starts, both.n_lines)[:first]
-    blocks = [_block(both, k, longest[k], partner[k]) for k in starts.tolist()]
-    return CloneReport(blocks, first, int(covered.sum()))
-
-
-def query_clones(query: Corpus, index: Corpus, opts: CloneOptions = CloneOptions()) -> CloneReport:
-    """Blocks of ``query`` that also occur in ``index`` (each with one place in the index)."""
-    both = combine([query, index])
-    longest, partner = longest_common(both, opts.min_lines, need_groups=2)
-    longest[query.n_lines :] = 0  # report the query's side only
-    starts = maximal_starts(longest, both)
-    covered = _covered(longest, starts, both.n_lines)[: query.n_lines]
-    blocks = [_block(both, k, longest[k], partner[k]) for k in starts.tolist()]
-    return CloneReport(blocks, query.n_lines, int(covered.sum()))
+    return _report(both, longest, partner, corpora[0].n_lines)
 
 
 # --------------------------------------------------------------------------- index
@@ -805,9 +795,7 @@ class CloneIndex:
     ):
         docs = list(docs)
         corpus = build_corpus(docs, opts)
-        file_of = np.repeat(np.arange(len(corpus.starts) - 1), np.diff(corpus.starts))
-        file_end = corpus.starts[1:][file_of] if corpus.n_lines else np.zeros(0, np.int64)
-        keys = _window_keys(corpus.hashes, file_end, opts.min_lines)
+        keys = _window_keys(corpus.hashes, corpus.file_end(), opts.min_lines)
         valid = np.flatnonzero(keys)
         order = valid[np.argsort(keys[valid], kind="stable")].astype(np.int32)
         return cls(
@@ -830,8 +818,7 @@ class CloneIndex:
 
     def query(self, query: Corpus, with_blocks: bool = True) -> CloneReport:
         """Blocks of ``query`` found in the index, and the memorization ratio's line counts."""
-        file_of = np.repeat(np.arange(len(query.starts) - 1), np.diff(query.starts))
-        q_end = query.starts[1:][file_of] if query.n_lines else np.zeros(0, np.int64)
+        q_end = query.file_end()
         q_keys = _window_keys(query.hashes, q_end, self.opts.min_lines)
         longest, source = _match(
             q_keys,

@@ -200,7 +200,7 @@ def load_config(
     """Load, merge ``extends``, apply overrides (``{"seed": 3}`` or ``["seed=3"]``), validate."""
     path = profile_path(profile)
     raw = _read_with_extends(path, seen=())
-    for key, value in _normalise_overrides(overrides, path).items():
+    for key, value in parse_overrides(overrides, path).items():
         _set_dotted(raw, key, value, path)
     raw.setdefault("profile", path.stem)
     _resolve_local_paths(raw, Path.cwd())  # paths given in overrides are relative to the shell
@@ -241,7 +241,8 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return out
 
 
-def _normalise_overrides(overrides: dict | list | None, path: Path) -> dict[str, Any]:
+def parse_overrides(overrides: dict | list | None, path: Path | str = "--set") -> dict[str, Any]:
+    """``["a.b=3", ...]`` (values read as YAML) or a dict, as ``{"a.b": 3}``."""
     if not overrides:
         return {}
     if isinstance(overrides, dict):

@@ -33,10 +33,15 @@ class ModelError(RuntimeError):
     """A base model or tokenizer cannot be had; the message says how to provide it."""
 
 
-def stdlib_texts(max_mb: float, seed: int) -> list[str]:
-    """A seeded sample (up to ``max_mb``) of the interpreter's standard-library modules."""
+def stdlib_files() -> list[Path]:
+    """The interpreter's standard-library modules, without tests and installed packages."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS & set(p.relative_to(root).parts))
+    return sorted(p for p in root.rglob("*.py") if not _SKIP_DIRS & set(p.relative_to(root).parts))
+
+
+def stdlib_texts(max_mb: float, seed: int) -> list[str]:
+    """A seeded sample (up to ``max_mb``) of :func:`stdlib_files`."""
+    files = stdlib_files()
     random.Random(seed).shuffle(files)
     texts, budget = [], max_mb * MB
     for path in files:

@@ -12,7 +12,6 @@ from collab_lib.clones import (
     build_corpus,
     cross_clones,
     line_hashes,
-    query_clones,
     self_clones,
 )
 
@@ -168,15 +167,15 @@ def test_index_queries_agree_with_the_combined_search():
             ("t2", "\n".join(block(30, "x"))),
         ]
     )
-    assert spans(index.query(query)) == spans(query_clones(query, train))
+    assert spans(index.query(query)) == spans(cross_clones([query, train]))
     assert index.nbytes <= 16 * index.n_lines
 
 
 def test_cross_clones_needs_every_corpus():
     shared = block(7)
-    m = build_corpus([("m.py", "\n".join(filler("m", 3) + shared))], group="M")
-    g = build_corpus([("g.py", "\n".join(shared + filler("g", 3)))], group="G")
-    f = build_corpus([("f.py", "\n".join(filler("f", 9)))], group="F")
+    m = build_corpus([("m.py", "\n".join(filler("m", 3) + shared))])
+    g = build_corpus([("g.py", "\n".join(shared + filler("g", 3)))])
+    f = build_corpus([("f.py", "\n".join(filler("f", 9)))])
     assert spans(cross_clones([m, g])) == {("m.py", 4, 10, 7)}
     assert cross_clones([m, g, f]).blocks == []
 

@@ -9,6 +9,7 @@ from collab_lib.model import (
     init_model,
     load_checkpoint,
     load_tokenizer,
+    stdlib_files,
     stdlib_texts,
 )
 
@@ -30,10 +31,16 @@ def test_same_seed_same_tokenizer():
     assert a.manifest["files"] == b.manifest["files"]
 
 
-def test_stdlib_sample_never_holds_site_packages_or_tests():
+def test_stdlib_corpus_never_holds_site_packages_or_tests():
+    files = stdlib_files()
+    assert any(p.name == "json" or p.parent.name == "json" for p in files)
+    assert not [p for p in files if {"site-packages", "test", "tests"} & set(p.parts)]
+
+
+def test_stdlib_sample_is_seeded_and_within_budget():
     texts = stdlib_texts(0.2, seed=0)
     assert texts and sum(len(t) for t in texts) <= 0.2e6
-    assert stdlib_texts(0.2, seed=0) == texts
+    assert stdlib_texts(0.2, seed=0) == texts != stdlib_texts(0.2, seed=1)
 
 
 def test_same_seed_same_initial_weights():
