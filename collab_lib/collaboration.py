@@ -6,8 +6,9 @@ or on the shuffled union of several (``Centralized_FMG``). A stage's cache key d
 on its data, its settings and the stage it starts from, so shared prefixes are trained once:
 the first stage of ``Incremental_F2M2G`` and of ``Incremental_F2G2M`` *is* ``Facebook_Only``.
 
-Federated models (``Federated_Avg_*``, ``Federated_Yogi_*``, with Flower) are listed but not
-trained yet: issue 4 is in progress.
+Federated models (``Federated_Avg_*``, ``Federated_Yogi_*``) are one job each: Flower's
+simulation engine runs :mod:`collab_lib.federated`'s apps, one client per organization.
+Every organization's training data carries its planted canaries (:mod:`collab_lib.canaries`).
 """
 
 from __future__ import annotations
@@ -16,15 +17,19 @@ import itertools
 import json
 import shutil
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from collab_lib import artifacts, datasets
+from tqdm import tqdm
+
+from collab_lib import artifacts, canaries, datasets
 from collab_lib.config import Config
 from collab_lib.model import build_tokenizer, init_model, load_tokenizer, stdlib_texts
 from collab_lib.training import pack, train
 
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
+FEDERATED_STEP = "federated"
 STEP = "train"
 SHORT = {"Facebook": "F", "Microsoft": "M", "Google": "G"}
 
@@ -66,23 +71,61 @@ def _stages(spec: ModelSpec) -> list[tuple[str, ...]]:
     return [tuple(spec.orgs)]
 
 
+@dataclass(frozen=True)
+class Job:
+    """One cached training job: a stage, or a whole federated run."""
+
+    step: str
+    config: dict
+    inputs: tuple[str, ...]
+    data: tuple[str, ...]
+
+    @property
+    def key(self) -> str:
+        return artifacts.artifact_key(self.step, self.config, self.inputs)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.step}/{self.key}"
+
+
+def jobs(cfg: Config, base_ref: str, data_refs: list[str]) -> dict[str, list[Job]]:
+    """Each model's chain of jobs; a job's key depends on the job it starts from.
+
+    ``data_refs`` are the datasets and canaries artifacts. Equal chains give equal keys, so
+    a prefix shared by several models (``Facebook_Only`` and the first stage of
+    ``Incremental_F2M2G``) is one artifact, trained once.
+    """
+    out: dict[str, list[Job]] = {}
+    for spec in paper_models():
+        if spec.setting == "federated":
+            config = {"strategy": spec.strategy, "federated": cfg.federated,
+                      **_stage_config(cfg, spec.orgs)}  # fmt: skip
+            out[spec.name] = [Job(FEDERATED_STEP, config, (base_ref, *data_refs), spec.orgs)]
+            continue
+        chain, prev = [], base_ref
+        for data in _stages(spec):
+            chain.append(Job(STAGE_STEP, _stage_config(cfg, data), (prev, *data_refs), data))
+            prev = chain[-1].ref
+        out[spec.name] = chain
+    return out
+
+
 def _stage_config(cfg: Config, data: tuple[str, ...]) -> dict:
     return {"data": list(data), "train": cfg.train, "model": cfg.model, "seed": cfg.seed}
 
 
+def _data_refs(cfg: Config) -> list[str]:
+    return ["{}/{}".format(*datasets.plan(cfg)["datasets"]),
+            "{}/{}".format(*canaries.plan(cfg)["canaries"])]  # fmt: skip
+
+
 def plan(cfg: Config) -> dict[str, tuple[str, str]]:
-    """The artifacts of the base model and of every stage, keyed without training anything."""
-    ds_ref = "{}/{}".format(*datasets.plan(cfg)["datasets"])
+    """The artifacts of the base model and of every model, keyed without training anything."""
     base = (BASE_STEP, artifacts.artifact_key(BASE_STEP, _base_config(cfg), []))
     out = {"base model": base}
-    for spec in paper_models():
-        if spec.setting == "federated":
-            continue
-        prev = "{}/{}".format(*base)
-        for data in _stages(spec):
-            key = artifacts.artifact_key(STAGE_STEP, _stage_config(cfg, data), [prev, ds_ref])
-            prev = f"{STAGE_STEP}/{key}"
-        out[spec.name] = (STAGE_STEP, key)
+    for name, chain in jobs(cfg, "{}/{}".format(*base), _data_refs(cfg)).items():
+        out[name] = (chain[-1].step, chain[-1].key)
     return out
 
 
@@ -116,12 +159,14 @@ def _save_model(out: Path, model, tok, curves) -> None:
 
 
 def build_models(cfg: Config, *, force: bool = False) -> dict[str, artifacts.Artifact]:
-    """Train (or find cached) every non-federated model; shared stages are trained once."""
-    from transformers import GPT2LMHeadModel
-
+    """Train (or find cached) all 17 models; shared stages are trained once."""
     ds = datasets.datasets_for(cfg)
+    planted = canaries.load(canaries.build_canaries(cfg))
     base = build_base_model(cfg, force=force)
     tok = load_tokenizer(base.path / "model")
+    texts = {
+        o.name: canaries.training_texts(ds, planted, o.name) for o in cfg.datasets.organizations
+    }
     packed: dict[str, object] = {}
 
     def data_for(orgs: tuple[str, ...]):
@@ -129,36 +174,88 @@ def build_models(cfg: Config, *, force: bool = False) -> dict[str, artifacts.Art
 
         for o in orgs:
             if o not in packed:
-                texts = [d["content"] for d in ds.documents(o, "train")]
-                packed[o] = pack(texts, tok, cfg.model.context)
+                packed[o] = pack(texts[o], tok, cfg.model.context)
         return torch.cat([packed[o] for o in orgs])
 
+    built: dict[str, artifacts.Artifact] = {base.ref: base}
     out: dict[str, artifacts.Artifact] = {}
     forced: set[str] = set()  # with force, a shared stage is still retrained only once
-    for spec in paper_models():
-        if spec.setting == "federated":
-            continue
-        prev = base
-        for data in _stages(spec):
-            inputs = [prev.ref, ds.artifact.ref]
-            scratch = artifacts.scratch_dir(STAGE_STEP, _stage_config(cfg, data), inputs)
-
-            def produce(dest: Path, prev=prev, data=data, scratch=scratch) -> dict:
-                model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
-                curves = train(model, data_for(data), cfg.train, cfg.seed, checkpoint_dir=scratch)
-                _save_model(dest, model, tok, curves)
-                return {"final_loss": curves.epoch_loss[-1], "data": list(data)}
-
-            key = artifacts.artifact_key(STAGE_STEP, _stage_config(cfg, data), inputs)
-            prev = artifacts.build(
-                STAGE_STEP,
-                _stage_config(cfg, data),
-                produce,
-                inputs,
-                seed=cfg.seed,
-                force=force and key not in forced,
-            )
-            forced.add(key)
+    chains = jobs(cfg, base.ref, _data_refs(cfg))
+    for name, chain in tqdm(chains.items(), desc="models", disable=None):
+        for job in chain:
+            if job.ref in built:
+                continue
+            scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
+            if job.step == FEDERATED_STEP:
+                produce = partial(_train_federated, cfg, job, base, texts, scratch)
+            else:
+                produce = partial(_train_stage, cfg, job, built[job.inputs[0]], tok, data_for,
+                                  scratch)  # fmt: skip
+            built[job.ref] = artifacts.build(
+                job.step, job.config, produce, list(job.inputs), seed=cfg.seed,
+                force=force and job.key not in forced,
+            )  # fmt: skip
+            forced.add(job.key)
             shutil.rmtree(scratch, ignore_errors=True)
-        out[spec.name] = prev
+        out[name] = built[chain[-1].ref]
     return out
+
+
+def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest: Path) -> dict:
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
+    curves = train(model, data_for(job.data), cfg.train, cfg.seed, checkpoint_dir=scratch)
+    _save_model(dest, model, tok, curves)
+    return {"final_loss": curves.epoch_loss[-1], "data": list(job.data)}
+
+
+def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, dest: Path) -> dict:
+    """Run one federated model on Flower's simulation engine (resumes from its last round)."""
+    from collab_lib.federated import launch
+
+    app, rc, _ = _prepare_federation(cfg, job, base.path, texts, scratch, dest)
+    launch.simulate(app, rc, artifacts.artifacts_root() / ".flwr")
+    curves = json.loads((dest / "curves.json").read_text())
+    return {"final_loss": curves["round_loss"][-1], "data": list(job.data),
+            "rounds": rc["num-rounds"]}  # fmt: skip
+
+
+def _prepare_federation(cfg: Config, job: Job, base: Path, texts, work: Path, out: Path):
+    """Each organization's training data where its client reads it, and the Flower app."""
+    from collab_lib.federated import launch
+
+    nodes = []
+    for org in job.data:
+        path = work / "nodes" / f"{org}.jsonl"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path.with_suffix(".tmp"), "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({"content": t}) + "\n" for t in texts[org])
+            path.with_suffix(".tmp").replace(path)
+        nodes.append(launch.NodeData(org, path))
+    rc = launch.run_config(cfg, job.config["strategy"], nodes, base, out, work / "rounds")
+    return launch.write_app(work / "app", rc), rc, nodes
+
+
+def federation(cfg: Config, name: str, work: Path) -> tuple[list, dict[str, str], Path]:
+    """Set up a deployment-engine run of one federated model in ``work``.
+
+    Returns the processes to start (SuperLink, one SuperNode per organization, ``flwr
+    run``), the environment they need, and where the ServerApp will save the model.
+    """
+    from collab_lib.federated import launch
+
+    chain = jobs(cfg, "", _data_refs(cfg)).get(name)
+    if not chain or chain[0].step != FEDERATED_STEP:
+        known = [s.name for s in paper_models() if s.setting == "federated"]
+        raise ValueError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
+    ds = datasets.datasets_for(cfg)
+    planted = canaries.load(canaries.build_canaries(cfg))
+    base = build_base_model(cfg)
+    texts = {o: canaries.training_texts(ds, planted, o) for o in chain[0].data}
+    work = work.resolve()
+    app, _, nodes = _prepare_federation(cfg, chain[0], base.path, texts, work, work / "output")
+    home = work / "flwr-home"
+    launch.write_connection(home)
+    return launch.deployment(app, nodes), launch.flower_env(home), work / "output"

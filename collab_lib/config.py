@@ -135,6 +135,39 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class FederatedConfig:
+    """Flower settings of the federated models (SPEC §2): ``rounds`` of 1 local epoch each.
+
+    ``rounds: null`` uses ``train.epochs``, so a federated model sees each organization's
+    data as often as a centralized one. FedYogi's server optimizer keeps Reddi et al.'s
+    defaults; the clients' learning rate is ``train.lr`` on the schedule, sent each round.
+    """
+
+    rounds: int | None = None
+    yogi_eta: float = 1e-2
+    yogi_beta_1: float = 0.9
+    yogi_beta_2: float = 0.99
+    yogi_tau: float = 1e-3
+
+
+@dataclass(frozen=True)
+class CanaryConfig:
+    """Planted secrets (Carlini et al. 2019) that make memorization measurable at any scale.
+
+    Each canary is a small realistic function holding a random secret, repeated ``counts``
+    times in one organization's training split (never in validation). Their copies take at
+    most ``max_fraction`` of the organization's training bytes (about the same fraction of
+    its tokens): that caps how many canaries each count gets.
+    """
+
+    enabled: bool = True
+    counts: tuple[int, ...] = (4, 16, 64)
+    per_count: int = 4  # canaries per count, at most (fewer when the budget is smaller)
+    max_fraction: float = 0.1
+    alternatives: int = 1000  # random secrets of the same format, to rank the true one among
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -166,6 +199,8 @@ class Config:
     clones: ClonesConfig = field(default_factory=ClonesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    federated: FederatedConfig = field(default_factory=FederatedConfig)
+    canaries: CanaryConfig = field(default_factory=CanaryConfig)
     description: str = ""
 
     def org(self, name: str) -> Organization:
@@ -378,6 +413,14 @@ def _check(obj: Any, where: str, path: Path) -> None:
             raise ConfigError(f"{path}: {where}.n_embd: must be a multiple of n_head")
     if isinstance(obj, TrainConfig) and obj.schedule not in ("cosine", "linear", "constant"):
         raise ConfigError(f"{path}: {where}.schedule: must be cosine, linear or constant")
+    if isinstance(obj, CanaryConfig) and (
+        not 0 < obj.max_fraction < 1 or any(c < 1 for c in obj.counts) or obj.alternatives < 10
+    ):
+        raise ConfigError(
+            f"{path}: {where}: max_fraction in (0, 1), counts >= 1, alternatives >= 10"
+        )
+    if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
+        raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
 

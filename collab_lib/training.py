@@ -41,7 +41,7 @@ class Curves:
     epoch_loss: list[float] = field(default_factory=list)
 
 
-def _lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
+def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
@@ -75,7 +75,7 @@ def train(
         lr=cfg.lr,
         fused=cuda,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: _lr_factor(s, total, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))
     curves, start_epoch = Curves(), 0
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():  # resume where an interrupted run stopped

@@ -1,0 +1,204 @@
+"""Start the federated apps: Flower's simulation engine here, or the deployment engine.
+
+Both engines run the same ``ClientApp`` and ``ServerApp``; what differs is how a client finds
+its organization's data. Everything a run needs is in one Flower app directory (a
+``pyproject.toml`` written here; ``flwr new`` would need the internet), so the deployment
+engine's ``flwr run`` and the simulation below read the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+from collab_lib.config import Config
+
+# the settings of every run, as [tool.flwr.app.config] in the app's pyproject.toml
+RUN_KEYS = (
+    "strategy", "num-rounds", "num-nodes", "base-model", "out-dir", "checkpoint-dir",
+    "simulation-nodes", "seed", "lr", "schedule", "context", "batch-size", "grad-accum",
+    "weight-decay", "warmup-steps", "grad-clip", "yogi-eta", "yogi-beta-1", "yogi-beta-2",
+    "yogi-tau",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class NodeData:
+    organization: str
+    data_path: Path  # JSONL of the organization's training documents
+
+
+def run_config(
+    cfg: Config, strategy: str, nodes: list[NodeData], base: Path, out: Path, ckpt: Path
+) -> dict:
+    """The run's settings; paths absolute (the ServerApp may run from an installed copy)."""
+    fed, tr = cfg.federated, cfg.train
+    rc = {
+        "strategy": strategy,
+        "num-rounds": fed.rounds or tr.epochs,
+        "num-nodes": len(nodes),
+        "base-model": str(base.resolve()),
+        "out-dir": str(out.resolve()),
+        "checkpoint-dir": str(ckpt.resolve()),
+        "simulation-nodes": json.dumps(
+            [
+                {"organization": n.organization, "data-path": str(n.data_path.resolve())}
+                for n in nodes
+            ]  # fmt: skip
+        ),
+        "seed": cfg.seed,
+        "lr": tr.lr,
+        "schedule": tr.schedule,
+        "context": cfg.model.context,
+        "batch-size": tr.batch_size,
+        "grad-accum": tr.grad_accum,
+        "weight-decay": tr.weight_decay,
+        "warmup-steps": tr.warmup_steps,
+        "grad-clip": tr.grad_clip,
+        "yogi-eta": fed.yogi_eta,
+        "yogi-beta-1": fed.yogi_beta_1,
+        "yogi-beta-2": fed.yogi_beta_2,
+        "yogi-tau": fed.yogi_tau,
+    }
+    assert tuple(rc) == RUN_KEYS
+    return rc
+
+
+def write_app(app_dir: Path, rc: dict) -> Path:
+    """A Flower app directory whose components are this package's apps."""
+    app_dir.mkdir(parents=True, exist_ok=True)
+    config = "\n".join(f"{k} = {_toml(v)}" for k, v in rc.items())
+    (app_dir / "pyproject.toml").write_text(
+        f"""[project]
+name = "collab-federated"
+version = "1.0.0"
+description = "Federated training of the collab_lib models (written by collab_lib)"
+license = "MIT"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "collab-lib"
+
+[tool.flwr.app.components]
+serverapp = "collab_lib.federated.server_app:app"
+clientapp = "collab_lib.federated.client_app:app"
+
+[tool.flwr.app.config]
+{config}
+""",
+        encoding="utf-8",
+    )
+    return app_dir
+
+
+def _toml(value) -> str:
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment for Flower's processes: its state inside ``home``, no installs at run time.
+
+    Without ``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION`` a SuperLink would ``uv sync``
+    the app's dependencies (and download a CUDA build of torch).
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    return {
+        "FLWR_HOME": str(home.resolve()),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+    }
+
+
+def simulate(app_dir: Path, rc: dict, home: Path) -> None:
+    """Run the apps on Flower's simulation engine (Ray): one virtual node per organization.
+
+    Each virtual client gets every CPU core, so clients train one after another, each as
+    fast as the machine allows, and the result does not depend on how Ray schedules them.
+    """
+    os.environ.update(flower_env(home))
+    from flwr.app import Context, RecordDict
+    from flwr.simulation.run_simulation import _run_simulation
+    from flwr.supercore.telemetry import EventType
+
+    from collab_lib.federated import client_app, server_app
+
+    context = Context(run_id=0, node_id=0, node_config={}, state=RecordDict(), run_config=rc)
+    cpus = os.cpu_count() or 1
+    _run_simulation(
+        num_supernodes=int(rc["num-nodes"]),
+        exit_event=EventType.PYTHON_API_RUN_SIMULATION_LEAVE,
+        client_app=client_app.app,
+        server_app=server_app.app,
+        backend_config={
+            "client_resources": {"num_cpus": cpus, "num_gpus": 1.0 if _cuda() else 0.0},
+            "init_args": {"num_cpus": cpus, "include_dashboard": False},
+        },
+        server_app_context=context,
+        app_dir=str(app_dir),  # the virtual clients read the run config from its pyproject
+        is_app=True,
+    )
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+@dataclass(frozen=True)
+class Process:
+    """One process of a deployment-engine run: its name and its command line."""
+
+    name: str
+    argv: list[str]
+
+    def shell(self, env: dict[str, str]) -> str:
+        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
+                         *map(shlex.quote, self.argv)])  # fmt: skip
+
+
+def deployment(
+    app_dir: Path, nodes: list[NodeData], *, host: str = "127.0.0.1", port: int = 9200
+) -> list[Process]:
+    """The processes of a deployment-engine run (README: "Across machines").
+
+    One SuperLink (its HTTP API on port 8000); one SuperNode per organization, each pointing
+    only at its own data and each with its own ``--port`` (two on one host would clash
+    otherwise); then ``flwr run`` submits the app to the SuperLink in ``FLWR_HOME/config.toml``.
+    """
+    procs = [Process("superlink", ["flower-superlink", "--insecure",
+                                   "--disable-runtime-dependency-installation"])]  # fmt: skip
+    for i, n in enumerate(nodes):
+        data = json.dumps(str(n.data_path.resolve()))
+        node_config = f"organization={json.dumps(n.organization)} data-path={data}"
+        procs.append(
+            Process(
+                f"supernode-{n.organization}",
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    f"{host}:8000",
+                    "--port",
+                    str(port + i),
+                    "--node-config",
+                    node_config,
+                ],
+            )  # fmt: skip
+        )
+    procs.append(Process("flwr-run", ["flwr", "run", str(app_dir.resolve()), "deployment"]))
+    return procs
+
+
+def write_connection(home: Path, host: str = "127.0.0.1") -> Path:
+    """``FLWR_HOME/config.toml`` naming the SuperLink that ``flwr run ... deployment`` uses."""
+    home.mkdir(parents=True, exist_ok=True)
+    path = home / "config.toml"
+    path.write_text(
+        f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\n'
+        f'address = "{host}:8000"\ninsecure = true\n'
+    )
+    return path

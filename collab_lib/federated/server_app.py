@@ -1,0 +1,159 @@
+"""The ServerApp: Flower's FedAvg or FedYogi over the organizations' replies.
+
+Two additions to Flower's strategies, both small: replies are sorted by organization before
+they are aggregated (a floating-point sum depends on its order, and replies arrive in any
+order), and after every round the global weights, the server optimizer's state and the
+curves are checkpointed, so an interrupted run resumes at the round it reached and ends with
+the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedYogi
+
+from collab_lib.config import TrainConfig
+from collab_lib.federated import task
+from collab_lib.training import lr_factor
+
+app = ServerApp()
+CHECKPOINT = "round.npz"
+
+
+class _Rounds:
+    """Mixed into a Flower strategy: per-round client rate, sorted replies, checkpoints."""
+
+    def setup(self, run_config: dict, checkpoint_dir: Path) -> None:
+        self.rc = run_config
+        self.checkpoint_dir = checkpoint_dir
+        self.done = 0  # rounds finished before this start (on resume)
+        self.curves: dict = {"round_loss": [], "organization_loss": {}, "lr": []}
+
+    def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):
+        r = self.done + server_round
+        schedule = TrainConfig(schedule=str(self.rc["schedule"]), warmup_steps=0)
+        lr = float(self.rc["lr"]) * lr_factor(r - 1, int(self.rc["num-rounds"]), schedule)
+        config["lr"] = lr
+        config["seed"] = int(self.rc["seed"]) * 10_007 + r
+        self.curves["lr"].append(lr)
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(self, server_round: int, replies):
+        replies = sorted(replies, key=_organization)
+        for msg in replies:
+            if not msg.has_error():
+                org = _organization(msg)
+                loss = float(msg.content["metrics"]["train-loss"])
+                self.curves["organization_loss"].setdefault(org, []).append(loss)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if arrays is None:
+            raise RuntimeError(f"round {self.done + server_round}: no client replied with weights")
+        self.curves["round_loss"].append(float(metrics["train-loss"]))
+        self._checkpoint(self.done + server_round, arrays)
+        return arrays, metrics
+
+    def _checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
+        state = {f"w/{k}": v.numpy() for k, v in arrays.items()}
+        for name in ("m_t", "v_t"):
+            for k, v in (getattr(self, name, None) or {}).items():
+                state[f"{name}/{k}"] = v
+        tmp = self.checkpoint_dir / f"{CHECKPOINT}.tmp{os.getpid()}.npz"
+        np.savez(tmp, **state)
+        (self.checkpoint_dir / "curves.json").write_text(json.dumps(self.curves | {"round": rnd}))
+        os.replace(tmp, self.checkpoint_dir / CHECKPOINT)  # the weights last: they mark a round
+
+    def resume(self) -> ArrayRecord | None:
+        """The weights of the last finished round, with the optimizer state; None if none."""
+        path = self.checkpoint_dir / CHECKPOINT
+        if not path.exists():
+            return None
+        curves = json.loads((self.checkpoint_dir / "curves.json").read_text())
+        self.done = curves.pop("round")
+        self.curves = curves
+        with np.load(path) as z:
+            parts = {name: {} for name in ("w", "m_t", "v_t")}
+            for key in z.files:
+                name, _, k = key.partition("/")
+                parts[name][k] = z[key]
+        for name in ("m_t", "v_t"):
+            if parts[name]:
+                setattr(self, name, parts[name])
+        return ArrayRecord({k: Array(v) for k, v in parts["w"].items()})
+
+
+class OrderedFedAvg(_Rounds, FedAvg):
+    """Flower's FedAvg, replies in organization order."""
+
+
+class OrderedFedYogi(_Rounds, FedYogi):
+    """Flower's FedYogi (Reddi et al.'s defaults unless configured), replies in order."""
+
+
+def _organization(msg: Message) -> str:
+    return str(msg.content["client"]["organization"]) if not msg.has_error() else ""
+
+
+def make_strategy(rc: dict) -> _Rounds:
+    """The configured strategy; every node trains each round, no federated evaluation."""
+    common = {
+        "fraction_evaluate": 0.0,
+        "min_train_nodes": int(rc["num-nodes"]),
+        "min_available_nodes": int(rc["num-nodes"]),
+    }
+    if rc["strategy"] == "FedAvg":
+        return OrderedFedAvg(**common)
+    if rc["strategy"] == "FedYogi":
+        return OrderedFedYogi(
+            **common,
+            eta=float(rc["yogi-eta"]),
+            eta_l=float(rc["lr"]),  # recorded only: Flower's FedOpt does not apply it
+            beta_1=float(rc["yogi-beta-1"]),
+            beta_2=float(rc["yogi-beta-2"]),
+            tau=float(rc["yogi-tau"]),
+        )
+    raise ValueError(f"unknown strategy {rc['strategy']!r} (FedAvg or FedYogi)")
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run the remaining rounds, then save the global model where the run config says."""
+    rc = dict(context.run_config)
+    out, ckpt = Path(str(rc["out-dir"])), Path(str(rc["checkpoint-dir"]))
+    ckpt.mkdir(parents=True, exist_ok=True)
+    strategy = make_strategy(rc)
+    strategy.setup(rc, ckpt)
+    model = task.load_model(str(rc["base-model"]))
+    arrays = strategy.resume()
+    if arrays is None:
+        arrays = task.to_arrays(model)
+    remaining = int(rc["num-rounds"]) - strategy.done
+    if remaining > 0:
+        train_config = ConfigRecord(
+            {
+                "context": int(rc["context"]),
+                "batch-size": int(rc["batch-size"]),
+                "grad-accum": int(rc["grad-accum"]),
+                "weight-decay": float(rc["weight-decay"]),
+                "warmup-steps": int(rc["warmup-steps"]),
+                "grad-clip": float(rc["grad-clip"]),
+            }
+        )
+        result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
+        arrays = result.arrays
+    model = task.load_model(str(rc["base-model"]), arrays)
+    save_global(model, str(rc["base-model"]), out, strategy.curves)
+
+
+def save_global(model, base_model: str, out: Path, curves: dict) -> None:
+    from collab_lib.model import load_tokenizer
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out / "model")
+    load_tokenizer(Path(base_model) / "model").save_pretrained(out / "model")
+    (out / "curves.json").write_text(json.dumps(curves))

@@ -1,0 +1,77 @@
+"""What the server and the clients share: the model and its weights as Flower records.
+
+GPT-2 ties its output layer to the token embedding, so ``state_dict()`` holds the same tensor
+twice. FedYogi keeps per-key optimizer state and needs the same float keys every round, so the
+tied ``lm_head.weight`` never crosses the wire; loading restores the tie.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, Context
+
+TIED = "lm_head.weight"
+
+
+def device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_arrays(model: torch.nn.Module) -> ArrayRecord:
+    """The model's weights, without the tied output layer."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items() if k != TIED}
+    return ArrayRecord(state)
+
+
+def load_model(base_dir: str | Path, arrays: ArrayRecord | None = None) -> torch.nn.Module:
+    """The base model's architecture, with ``arrays`` loaded when given (tie restored)."""
+    from transformers import GPT2LMHeadModel
+
+    model = GPT2LMHeadModel.from_pretrained(Path(base_dir) / "model")
+    if arrays is not None:
+        missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+        if set(missing) != {TIED} or unexpected:
+            raise ValueError(f"weights do not fit the model: {missing=} {unexpected=}")
+        model.tie_weights()
+    return model.to(device())
+
+
+@dataclass(frozen=True)
+class Node:
+    """Where one organization's client finds its data (and the public base model)."""
+
+    organization: str
+    data_path: str  # JSONL of {"content": ...}: the organization's training documents
+    base_model: str
+
+
+def node_settings(context: Context) -> Node:
+    """This client's organization and data.
+
+    On the deployment engine each SuperNode is started with ``--node-config`` naming its
+    organization and its data, and nothing else. On the simulation engine all virtual nodes
+    live on one machine: the run config maps each partition id to an organization.
+    """
+    nc, rc = context.node_config, context.run_config
+    base = str(nc.get("base-model", rc["base-model"]))
+    if "data-path" in nc:
+        return Node(str(nc["organization"]), str(nc["data-path"]), base)
+    nodes = json.loads(str(rc["simulation-nodes"]))
+    node = nodes[int(nc["partition-id"])]
+    return Node(node["organization"], node["data-path"], base)
+
+
+@lru_cache(maxsize=4)
+def packed_data(data_path: str, base_model: str, context: int) -> torch.Tensor:
+    """The organization's documents as packed sequences (cached for the following rounds)."""
+    from collab_lib.model import load_tokenizer
+    from collab_lib.training import pack
+
+    with open(data_path, encoding="utf-8") as fh:
+        texts = [json.loads(line)["content"] for line in fh]
+    return pack(texts, load_tokenizer(Path(base_model) / "model"), context)
