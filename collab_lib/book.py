@@ -25,7 +25,7 @@ class BookError(RuntimeError):
     """A notebook or the Jupyter Book build failed; the message says where to look."""
 
 
-NOTEBOOKS = ("01_datasets.ipynb", "99_reproducibility.ipynb")
+NOTEBOOKS = ("01_datasets.ipynb", "02_models.ipynb", "99_reproducibility.ipynb")
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 BUILD_ROOT = PROJECT_ROOT / "_build"

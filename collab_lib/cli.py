@@ -6,9 +6,11 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from collab_lib import pipeline
 from collab_lib.book import BookError, build_book
+from collab_lib.collaboration import ModelsNotTrained
 from collab_lib.config import ConfigError, load_config, parse_overrides
 from collab_lib.sources import SourceError
 
@@ -56,6 +58,17 @@ def _parser() -> argparse.ArgumentParser:
     with_profile(sp)
 
     sp = sub.add_parser(
+        "federation",
+        help="set up a federated model on Flower's deployment engine and print the commands",
+        description="Write the Flower app, each organization's training data and FLWR_HOME "
+        "into DIR, and print the commands: one SuperLink, one SuperNode per organization (each "
+        "reads only its own data), then `flwr run`. README: 'Across machines'.",
+    )
+    sp.add_argument("model", help="Federated_Avg_FMG, Federated_Yogi_FMG, Federated_Avg_MG, ...")
+    sp.add_argument("--dir", required=True, help="working directory for the run")
+    with_profile(sp)
+
+    sp = sub.add_parser(
         "clones",
         help="audit: Type-1 clone blocks of a file or tree, within it or found in a corpus",
         description="Print the clone blocks of QUERY_PATH (a .py file or a directory) found in "
@@ -92,13 +105,16 @@ def main(argv: list[str] | None = None) -> int:
             pipeline.table(args.name, cfg).to_csv(sys.stdout, index=False)
         elif args.command == "models":
             return _print_models(cfg)
+        elif args.command == "federation":
+            return _print_federation(cfg, args)
         elif args.command == "status":
             _print_status(pipeline.status(cfg), as_json=args.json)
         elif args.command == "book":
             overrides = parse_overrides(args.overrides)  # papermill passes them as a dict
             index = build_book(args.profile, overrides, run_steps=not args.no_run)
             print(f"book built: {index}")
-    except (ConfigError, SourceError, pipeline.NotBuiltError, BookError, KeyError) as exc:
+    except (ConfigError, SourceError, pipeline.NotBuiltError, BookError, KeyError,
+            ModelsNotTrained) as exc:  # fmt: skip
         print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -125,9 +141,22 @@ def _print_models(cfg) -> int:
     if missing:
         print(
             f"not built: {', '.join(missing)} (run `python -m collab_lib run train --profile "
-            f"{cfg.profile}`; federated models are not implemented yet)",
+            f"{cfg.profile}`)",
             file=sys.stderr,
         )
+        return 1
+    return 0
+
+
+def _print_federation(cfg, args: argparse.Namespace) -> int:
+    """Prepare a deployment-engine run and print its commands, one process per line."""
+    from collab_lib import collaboration
+
+    procs, env, out = collaboration.federation(cfg, args.model, Path(args.dir))
+    print(f"# {args.model} on Flower's deployment engine; the ServerApp saves it to {out}")
+    print("# start each line in its own shell (or machine), in this order:")
+    for p in procs:
+        print(p.shell(env))
     return 0
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts, canaries, datasets
@@ -158,15 +159,22 @@ def _save_model(out: Path, model, tok, curves) -> None:
     (out / "curves.json").write_text(json.dumps(curves.__dict__))
 
 
-def build_models(cfg: Config, *, force: bool = False) -> dict[str, artifacts.Artifact]:
-    """Train (or find cached) all 17 models; shared stages are trained once."""
+def training_texts(cfg: Config) -> dict[str, list[str]]:
+    """Each organization's training documents, its planted canaries included."""
     ds = datasets.datasets_for(cfg)
     planted = canaries.load(canaries.build_canaries(cfg))
-    base = build_base_model(cfg, force=force)
-    tok = load_tokenizer(base.path / "model")
-    texts = {
+    return {
         o.name: canaries.training_texts(ds, planted, o.name) for o in cfg.datasets.organizations
     }
+
+
+def build_models(
+    cfg: Config, *, force: bool = False, names: list[str] | None = None
+) -> dict[str, artifacts.Artifact]:
+    """Train (or find cached) all 17 models, or those ``names``; shared stages train once."""
+    texts = training_texts(cfg)
+    base = build_base_model(cfg, force=force)
+    tok = load_tokenizer(base.path / "model")
     packed: dict[str, object] = {}
 
     def data_for(orgs: tuple[str, ...]):
@@ -181,6 +189,10 @@ def build_models(cfg: Config, *, force: bool = False) -> dict[str, artifacts.Art
     out: dict[str, artifacts.Artifact] = {}
     forced: set[str] = set()  # with force, a shared stage is still retrained only once
     chains = jobs(cfg, base.ref, _data_refs(cfg))
+    unknown = set(names or ()) - set(chains)
+    if unknown:
+        raise KeyError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
+    chains = {n: c for n, c in chains.items() if names is None or n in names}
     for name, chain in tqdm(chains.items(), desc="models", disable=None):
         for job in chain:
             if job.ref in built:
@@ -249,13 +261,81 @@ def federation(cfg: Config, name: str, work: Path) -> tuple[list, dict[str, str]
     chain = jobs(cfg, "", _data_refs(cfg)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
         known = [s.name for s in paper_models() if s.setting == "federated"]
-        raise ValueError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
-    ds = datasets.datasets_for(cfg)
-    planted = canaries.load(canaries.build_canaries(cfg))
+        raise KeyError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
+    texts = training_texts(cfg)
     base = build_base_model(cfg)
-    texts = {o: canaries.training_texts(ds, planted, o) for o in chain[0].data}
     work = work.resolve()
     app, _, nodes = _prepare_federation(cfg, chain[0], base.path, texts, work, work / "output")
     home = work / "flwr-home"
     launch.write_connection(home)
     return launch.deployment(app, nodes), launch.flower_env(home), work / "output"
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+class ModelsNotTrained(RuntimeError):
+    """The book or a later step asked for models the train step has not built."""
+
+
+def load_models(cfg: Config) -> dict[str, artifacts.Artifact]:
+    """The profile's 17 models (and ``"base model"``) from the cache, without training."""
+    found, missing = {}, []
+    for name, (step, key) in plan(cfg).items():
+        art = artifacts.load(step, key)
+        if art is None:
+            missing.append(name)
+        else:
+            found[name] = art
+    if missing:
+        raise ModelsNotTrained(
+            f"{len(missing)} models of profile {cfg.profile!r} are not trained yet "
+            f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): run "
+            f"`python -m collab_lib run train --profile {cfg.profile}`"
+        )
+    return found
+
+
+def chain(art: artifacts.Artifact) -> list[artifacts.Artifact]:
+    """The stages of a model, first to last (a federated model is one job)."""
+    out = [art]
+    while out[0].step == STAGE_STEP:
+        step, _, key = out[0].manifest["inputs"][0].rpartition("/")
+        if step != STAGE_STEP:
+            break
+        out.insert(0, artifacts.load(step, key))
+    return out
+
+
+def model_curves(art: artifacts.Artifact) -> dict:
+    """Loss per optimizer step over a model's stages, or per round for a federated model."""
+    if art.step == FEDERATED_STEP:
+        return json.loads(art.file("curves.json").read_text()) | {"kind": "rounds"}
+    steps, bounds = [], []
+    for stage in chain(art):
+        steps += json.loads(stage.file("curves.json").read_text())["step_loss"]
+        bounds.append(len(steps))
+    return {"kind": "steps", "step_loss": steps, "stage_ends": bounds}
+
+
+def models_table(models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
+    """One row per model: how it was trained, its final training loss and training time."""
+
+    rows = []
+    for spec in paper_models():
+        art = models[spec.name]
+        jobs_ = chain(art)
+        rows.append(
+            {
+                "Model": spec.name,
+                "Setting": spec.setting,
+                "Organizations": " → ".join(spec.orgs)
+                if spec.setting == "incremental"
+                else " + ".join(spec.orgs),  # fmt: skip
+                "Strategy": spec.strategy or "",
+                "Jobs": len(jobs_),
+                "Final training loss": art.metrics["final_loss"],
+                "Training time (s)": sum(j.manifest["wall_s"] for j in jobs_),
+            }
+        )
+    return pd.DataFrame(rows)

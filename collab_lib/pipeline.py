@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from collab_lib import artifacts, clone_stats, collaboration, datasets
+from collab_lib import artifacts, canaries, clone_stats, collaboration, datasets
 from collab_lib.config import Config
 
 
@@ -42,13 +42,19 @@ STEPS: dict[str, Step] = {
         clone_stats.TABLES,
         "Type-1 clones within and across organizations (Figure 2, Table 7)",
     ),
+    "canaries": Step(
+        "canaries",
+        canaries.build_canaries,
+        canaries.plan,
+        canaries.TABLES,
+        "secrets planted in each organization's training split (memorization at any scale)",
+    ),
     "train": Step(
         "train",
         collaboration.build_models,
         collaboration.plan,
         (),
-        "base model and collaborative models (federated ones: not built yet)",
-        in_book=False,
+        "base model and the 17 collaborative models (Flower for the federated ones)",
     ),
 }
 

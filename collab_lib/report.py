@@ -137,3 +137,46 @@ def vendored_sources(summaries: dict[str, dict]) -> pd.DataFrame:
         if s.get("vendored")
     ]
     return pd.DataFrame(rows, columns=["organization", "vendored module", "license"])
+
+
+def loss_curves(curves: dict[str, dict]) -> plt.Figure:
+    """Training loss of every model: per step (stages marked) and per federated round."""
+    steps = {n: c for n, c in curves.items() if c["kind"] == "steps"}
+    rounds = {n: c for n, c in curves.items() if c["kind"] == "rounds"}
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[2, 1])
+    for name, c in steps.items():
+        (line,) = ax.plot(c["step_loss"], lw=0.8, label=name)
+        ends = c["stage_ends"][:-1]
+        ax.plot(ends, [c["step_loss"][e - 1] for e in ends], "|", ms=9, color=line.get_color())
+    ax.set_xlabel("optimizer step (| = next organization)")
+    ax.set_ylabel("training loss")
+    ax.set_title("Single-organization, centralized and incremental")
+    ax.legend(fontsize=6, ncol=2)
+    for name, c in rounds.items():
+        x = range(1, len(c["round_loss"]) + 1)
+        bx.plot(x, c["round_loss"], marker="o", label=name)
+    bx.set_xlabel("round")
+    bx.set_title("Federated (clients' mean loss)")
+    bx.legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def settings_table(cfg: Config) -> pd.DataFrame:
+    """The model and training settings of a profile, as the book states them."""
+    m, t = cfg.model, cfg.train
+    rows = [
+        ("base model", f"{m.base} ({m.checkpoint or 'GPT-2 pretrained on the stdlib'})"),
+        ("layers x width (heads)", f"{m.n_layer} x {m.n_embd} ({m.n_head})"),
+        ("vocabulary / context", f"{m.vocab_size} / {m.context} tokens"),
+        ("epochs (= federated rounds)", f"{t.epochs} ({cfg.federated.rounds or t.epochs} rounds)"),
+        ("batch x accumulation", f"{t.batch_size} x {t.grad_accum} sequences"),
+        ("AdamW lr, schedule, warm-up", f"{t.lr:g}, {t.schedule}, {t.warmup_steps} steps"),
+        ("seed", str(cfg.seed)),
+    ]
+    return pd.DataFrame(rows, columns=["Setting", "Value"])
+
+
+def show_code(text: str) -> None:
+    """Display Python source as a highlighted code block."""
+    display(Markdown(f"```python\n{text}```"))

@@ -84,6 +84,27 @@ def test_datasets_chapter_shows_tables_3_and_4_with_numbers(page):
     assert "natural (first-party only)" in t7 and "316" in t7
 
 
+def test_datasets_chapter_shows_the_planted_canaries(page):
+    page.goto(page.base + "/book/executed/01_datasets.html")
+    tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
+    can = next(t for t in tables if "Canary copies" in t)
+    assert all(org in can for org in ("Google", "Microsoft", "Facebook"))
+    assert "def " in page.inner_text("main")  # one canary's code is shown
+
+
+def test_models_chapter_lists_the_17_models_and_their_loss_curves(page):
+    from collab_lib.collaboration import paper_models
+
+    page.goto(page.base + "/book/executed/02_models.html")
+    text = page.inner_text("main")
+    tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
+    models = next(t for t in tables if "Final training loss" in t)
+    for spec in paper_models():
+        assert spec.name in models, spec.name
+    assert "FedYogi" in models and "layers x width" in next(t for t in tables if "Setting" in t)
+    assert "Loss curves" in text and page.locator("main img").count() >= 1
+
+
 def test_reproducibility_page_lists_the_artifacts(page, book):
     page.goto(page.base + "/book/executed/99_reproducibility.html")
     text = page.inner_text("main")
@@ -96,7 +117,7 @@ def test_reproducibility_page_lists_the_artifacts(page, book):
 def test_home_page_links_the_chapters(page):
     page.goto(page.base + "/book/intro.html")
     links = page.eval_on_selector_all("nav a", "as => as.map(a => a.innerText)")
-    for chapter in ("Methods", "Datasets", "Reproducibility"):
+    for chapter in ("Methods", "Datasets", "Models", "Reproducibility"):
         assert any(chapter in a for a in links), chapter
 
 

@@ -30,7 +30,7 @@ def _input_stage(art):
 def test_models_are_trained_once_and_listed(local_profile, artifact_root, capsys):
     cfg = load_config(local_profile)
     models = build_models(cfg)
-    assert len(models) == 13  # every model but the 4 federated ones
+    assert len(models) == 17
     assert plan(cfg)["Incremental_M2G"] == (
         models["Incremental_M2G"].step,
         models["Incremental_M2G"].key,
@@ -40,12 +40,20 @@ def test_models_are_trained_once_and_listed(local_profile, artifact_root, capsys
     assert second.manifest["inputs"][0] == models["Facebook_Only"].ref
     assert models["Incremental_M2G"].manifest["inputs"][0] == models["Microsoft_Only"].ref
     assert models["Incremental_M2G"].key == _input_stage(models["Incremental_M2G2F"]).key
-    # 3 single-org + 6 second + 6 third stages + 2 unions: each trained once
+    # 3 single-org + 6 second + 6 third stages + 2 unions: each trained once; 4 federated runs
     assert len([p for p in (artifact_root / "stage").iterdir() if not p.name.startswith(".")]) == 17
+    assert len(list((artifact_root / "federated").glob("[0-9a-f]*"))) == 4
+    assert models["Federated_Avg_MG"].metrics["data"] == ["Microsoft", "Google"]
 
     args = ["models", "--profile", str(local_profile)]
     assert main(args) == 0
     out = capsys.readouterr()
     rows = [line.split("\t") for line in out.out.strip().splitlines()]
-    assert len(rows) == 13 and all(row[1].endswith("/model") for row in rows)
-    assert "Federated_Avg_FMG" in out.err
+    assert len(rows) == 17 and all(row[1].endswith("/model") for row in rows)
+    assert [r[0] for r in rows] == [m.name for m in paper_models()]
+
+    # a model that is not federated cannot be deployed; the message names those that can
+    assert (
+        main(["federation", "Centralized_FMG", "--dir", "x", "--profile", str(local_profile)]) == 2
+    )
+    assert "Federated_Yogi_MG" in capsys.readouterr().err

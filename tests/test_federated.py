@@ -1,0 +1,182 @@
+"""Federated training with Flower: what leaves a client, and that both engines agree.
+
+The simulation engine (Ray) and the deployment engine (a SuperLink and one SuperNode per
+organization, as separate processes on 127.0.0.1) run the same apps; on CPU they give
+bit-identical weights, and a run stopped after a round resumes to the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import make_org_dir, write_profile
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from safetensors.numpy import load_file
+
+from collab_lib import collaboration
+from collab_lib.config import load_config
+from collab_lib.federated import client_app, launch, task
+
+FEDERATED = "Federated_Yogi_FMG"
+
+
+@pytest.fixture(scope="module")
+def fed_profile(tmp_path_factory) -> Path:
+    """Three small organizations, a tiny model and two FedYogi rounds."""
+    root = tmp_path_factory.mktemp("fed")
+    orgs = {
+        "Google": ("G", [make_org_dir(root / "google", "tensor", 12)], None),
+        "Microsoft": ("M", [make_org_dir(root / "ms", "azure", 8)], None),
+        "Facebook": ("F", [make_org_dir(root / "fb", "torch", 4)], None),
+    }
+    return write_profile(root / "fed.yml", orgs, federated={"rounds": 2})
+
+
+@pytest.fixture(scope="module")
+def simulated(fed_profile, tmp_path_factory):
+    """The federated model trained on the simulation engine, with its artifact cache."""
+    root = tmp_path_factory.mktemp("fed-artifacts")
+    old = os.environ.get("COLLAB_ARTIFACTS")
+    os.environ["COLLAB_ARTIFACTS"] = str(root)
+    cfg = load_config(fed_profile)
+    art = collaboration.build_models(cfg, names=[FEDERATED])[FEDERATED]
+    yield cfg, art, root
+    if old is not None:
+        os.environ["COLLAB_ARTIFACTS"] = old
+
+
+def _weights(model_dir: Path) -> dict[str, np.ndarray]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def _assert_same(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+def test_a_client_sends_only_weights_and_counts(simulated, tmp_path, monkeypatch):
+    cfg, art, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    base = collaboration.build_base_model(cfg).path
+    texts = collaboration.training_texts(cfg)["Microsoft"]
+    data = tmp_path / "Microsoft.jsonl"
+    data.write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
+
+    model = task.load_model(base)
+    config = ConfigRecord({"context": cfg.model.context, "batch-size": 4, "grad-accum": 1,
+                           "weight-decay": 0.1, "warmup-steps": 1, "grad-clip": 1.0,
+                           "lr": 1e-3, "seed": 1, "server-round": 1})  # fmt: skip
+    msg = Message(
+        content=RecordDict({"arrays": task.to_arrays(model), "config": config}),
+        message_type=MessageType.TRAIN,
+        dst_node_id=7,
+    )
+    context = Context(
+        run_id=1,
+        node_id=7,
+        node_config={"organization": "Microsoft", "data-path": str(data)},
+        state=RecordDict(),
+        run_config={"base-model": str(base)},
+    )
+    reply = client_app.app(msg, context)
+
+    content = reply.content
+    assert set(content.array_records) == {"arrays"}
+    assert set(content.metric_records) == {"metrics"}
+    assert set(content.config_records) == {"client"}
+    # weights: exactly the model's float tensors (the tied output layer left out), changed
+    sent = content["arrays"]
+    expected = {k: v for k, v in model.state_dict().items() if k != task.TIED}
+    assert set(sent.keys()) == set(expected)
+    for k, arr in sent.items():
+        a = arr.numpy()
+        assert a.dtype == np.float32 and a.shape == tuple(expected[k].shape)
+    assert not np.array_equal(
+        sent["transformer.wte.weight"].numpy(), expected["transformer.wte.weight"].numpy()
+    )
+    # counts and a loss, and the client's name: nothing else, and no text or token ids
+    tokens = task.packed_data(str(data), str(base), cfg.model.context)
+    assert dict(content["metrics"]).keys() == {"num-examples", "train-loss"}
+    assert content["metrics"]["num-examples"] == len(tokens)
+    assert dict(content["client"]) == {"organization": "Microsoft"}
+    payload = b"".join(arr.data for arr in sent.values())
+    assert texts[0][:40].encode() not in payload
+    assert tokens[0, :16].numpy().astype(np.int64).tobytes() not in payload
+
+
+def test_federated_model_is_saved_with_curves(simulated):
+    cfg, art, _ = simulated
+    curves = json.loads(art.file("curves.json").read_text())
+    assert len(curves["round_loss"]) == 2  # federated.rounds
+    assert set(curves["organization_loss"]) == {"Facebook", "Microsoft", "Google"}
+    assert curves["lr"][0] > curves["lr"][1]  # the cosine schedule, applied by the server
+    assert (art.path / "model" / "tokenizer.json").exists()
+
+
+def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path, monkeypatch):
+    cfg, art, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    base = collaboration.build_base_model(cfg).path
+    job = collaboration.jobs(cfg, "", [])[FEDERATED][0]
+    texts = collaboration.training_texts(cfg)
+    app, rc, _ = collaboration._prepare_federation(
+        cfg, job, base, texts, tmp_path, tmp_path / "out"
+    )
+    launch.simulate(app, rc | {"num-rounds": 1}, root / ".flwr")  # stopped after round 1
+    assert json.loads((tmp_path / "rounds" / "curves.json").read_text())["round"] == 1
+    launch.simulate(app, rc, root / ".flwr")  # the rerun resumes at round 2
+    _assert_same(_weights(tmp_path / "out" / "model"), _weights(art.path / "model"))
+
+
+def _wait_for_port(port: int, timeout: float = 60) -> None:
+    import socket
+
+    end = time.time() + timeout
+    while time.time() < end:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.3)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+@pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None,
+                    reason="Flower's executables are not installed")  # fmt: skip
+def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, monkeypatch):
+    cfg, art, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    procs, env, out = collaboration.federation(cfg, FEDERATED, tmp_path / "deploy")
+    env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    running: list[subprocess.Popen] = []
+    try:
+        for p in procs[:-1]:  # the SuperLink, then one SuperNode per organization
+            log = open(tmp_path / f"{p.name}.log", "w")  # noqa: SIM115 (the process keeps it)
+            running.append(subprocess.Popen(p.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True))  # fmt: skip
+            if p.name == "superlink":
+                _wait_for_port(8000)
+        run = subprocess.run(procs[-1].argv + ["--stream"], env=env, capture_output=True,
+                             text=True, timeout=400)  # fmt: skip
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        for _ in range(100):  # --stream returns when the run ends; the model is saved by then
+            if (out / "model" / "model.safetensors").exists():
+                break
+            time.sleep(0.5)
+    finally:
+        for proc in running:  # SuperNodes start SuperExec children: stop the whole group
+            os.killpg(proc.pid, 15)
+        for proc in running:
+            proc.wait(timeout=30)
+    _assert_same(_weights(out / "model"), _weights(art.path / "model"))
+    assert json.loads((out / "curves.json").read_text()) == json.loads(
+        art.file("curves.json").read_text()
+    )
