@@ -3,7 +3,7 @@
 Prints (1) each model's perplexity on the union of the organizations' validation splits beside
 the base model's (the baseline: a model that learned from the organizations' code is well
 below it), and (2) the mean rank exposure of each organization's canaries, by repetition
-count, under a few models (Carlini et al. 2019; chance is about 1 bit, the ceiling
+count, under a few models (Carlini et al. 2019; chance is about 1.4 bits, the ceiling
 log2(1001) = 9.97 bits). Run after `python -m collab_lib run train --profile P`.
 
     python bench/learning.py --profile default [--alternatives 1000]

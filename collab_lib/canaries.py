@@ -282,3 +282,11 @@ def exposure(
         losses += nll.sum(dim=1).tolist()
     rank = 1 + sum(loss < losses[0] for loss in losses[1:])
     return math.log2(len(candidates)) - math.log2(rank)
+
+
+def example(art: artifacts.Artifact) -> str:
+    """One planted canary's code, as it appears in the training data (or why there is none)."""
+    planted = load(art)
+    if planted:
+        return planted[0]["text"]
+    return "# no canaries planted: disabled, or every organization too small for one\n"

@@ -25,8 +25,14 @@ from tqdm import tqdm
 
 from collab_lib import artifacts, canaries, datasets
 from collab_lib.config import Config
-from collab_lib.model import build_tokenizer, init_model, load_tokenizer, stdlib_texts
-from collab_lib.training import pack, train
+from collab_lib.model import (
+    build_tokenizer,
+    init_model,
+    load_checkpoint,
+    load_tokenizer,
+    stdlib_texts,
+)
+from collab_lib.training import Curves, pack, train
 
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
@@ -135,10 +141,24 @@ def _base_config(cfg: Config) -> dict:
 
 
 def build_base_model(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
-    """GPT-2 at the profile's size, pretrained on the standard library (never on org code)."""
+    """The base model every model starts from, with its tokenizer (``save_pretrained``).
+
+    ``model.base: stdlib`` (the default): a GPT-2 of the profile's size pretrained on the
+    standard library, never on an organization's code. ``model.base: checkpoint``: the given
+    checkpoint as it is (the paper's GPT-2 124M), copied into the cache.
+    """
+    if cfg.model.base == "checkpoint":
+
+        def produce(out: Path) -> dict:
+            model, tok = load_checkpoint(cfg.model)
+            _save_model(out, model, tok, Curves())
+            return {"checkpoint": cfg.model.checkpoint}
+
+        return artifacts.build(BASE_STEP, _base_config(cfg), produce, [], seed=cfg.seed,
+                               force=force)  # fmt: skip
     tok_art = build_tokenizer(cfg)
 
-    def produce(out: Path) -> dict:
+    def pretrain(out: Path) -> dict:
         tok = load_tokenizer(tok_art.path)
         model = init_model(cfg.model, len(tok), cfg.seed)
         data = pack(
@@ -150,7 +170,7 @@ def build_base_model(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
         shutil.rmtree(out.parent / f".ckpt-{out.name}", ignore_errors=True)
         return {"sequences": len(data), "final_loss": curves.epoch_loss[-1]}
 
-    return artifacts.build(BASE_STEP, _base_config(cfg), produce, [], seed=cfg.seed, force=force)
+    return artifacts.build(BASE_STEP, _base_config(cfg), pretrain, [], seed=cfg.seed, force=force)
 
 
 def _save_model(out: Path, model, tok, curves) -> None:
@@ -250,7 +270,14 @@ def _prepare_federation(cfg: Config, job: Job, base: Path, texts, work: Path, ou
     return launch.write_app(work / "app", rc), rc, nodes
 
 
-def federation(cfg: Config, name: str, work: Path) -> tuple[list, dict[str, str], Path]:
+def federation(
+    cfg: Config,
+    name: str,
+    work: Path,
+    *,
+    link_port: int = 8000,
+    node_ports: list[int] | None = None,
+) -> tuple[list, dict[str, str], Path]:
     """Set up a deployment-engine run of one federated model in ``work``.
 
     Returns the processes to start (SuperLink, one SuperNode per organization, ``flwr
@@ -267,8 +294,9 @@ def federation(cfg: Config, name: str, work: Path) -> tuple[list, dict[str, str]
     work = work.resolve()
     app, _, nodes = _prepare_federation(cfg, chain[0], base.path, texts, work, work / "output")
     home = work / "flwr-home"
-    launch.write_connection(home)
-    return launch.deployment(app, nodes), launch.flower_env(home), work / "output"
+    launch.write_connection(home, port=link_port)
+    procs = launch.deployment(app, nodes, link_port=link_port, node_ports=node_ports)
+    return procs, launch.flower_env(home), work / "output"
 
 
 # --------------------------------------------------------------------------- reading back

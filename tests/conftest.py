@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,36 @@ def local_profile(tmp_path) -> Path:
         "Facebook": ("F", [make_org_dir(tmp_path / "fb", "torch", 6)], None),
     }
     return write_profile(tmp_path / "local.yml", orgs)
+
+
+@dataclass(frozen=True)
+class BuiltBook:
+    """A book built end to end on three local organizations (profile ``course.yml``, seed 5)."""
+
+    index: Path
+    profile: Path
+    artifacts: Path
+    overrides: dict
+
+
+@pytest.fixture(scope="session")
+def built_book(tmp_path_factory) -> BuiltBook:
+    """Every step of the study, run once for the session: the book test and the model tests
+    read the same artifacts (training 17 models, Ray included, is the suite's slowest part)."""
+    from collab_lib.book import build_book
+
+    base = tmp_path_factory.mktemp("book")
+    orgs = {
+        "Google": ("G", [make_org_dir(base / "google", "tensor", 15)], None),
+        "Microsoft": ("M", [make_org_dir(base / "ms", "azure", 8, bad_inputs=True)], None),
+        "Facebook": ("F", [make_org_dir(base / "fb", "torch", 5)], None),
+    }
+    # organizations this small hold canaries only with a larger share of their bytes
+    profile = write_profile(base / "course.yml", orgs, canaries={"max_fraction": 0.3})
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COLLAB_ARTIFACTS", str(base / "artifacts"))
+    try:
+        index = build_book(str(profile), {"seed": 5}, build_root=base / "_build")
+    finally:
+        mp.undo()
+    return BuiltBook(index, profile, base / "artifacts", {"seed": 5})

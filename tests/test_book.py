@@ -11,28 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from collab_lib.book import NOTEBOOKS, build_book
+from collab_lib.book import NOTEBOOKS
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def book(tmp_path_factory, request):
-    from tests.conftest import make_org_dir, write_profile
-
-    base = tmp_path_factory.mktemp("book")
-    orgs = {
-        "Google": ("G", [make_org_dir(base / "google", "tensor", 15)], None),
-        "Microsoft": ("M", [make_org_dir(base / "ms", "azure", 8, bad_inputs=True)], None),
-        "Facebook": ("F", [make_org_dir(base / "fb", "torch", 5)], None),
-    }
-    profile = write_profile(base / "course.yml", orgs)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("COLLAB_ARTIFACTS", str(base / "artifacts"))
-    request.addfinalizer(mp.undo)
-    index = build_book(str(profile), {"seed": 5}, build_root=base / "_build")
-    return index
+def book(built_book) -> Path:
+    return built_book.index
 
 
 def test_notebooks_ran_through_papermill_without_errors(book):

@@ -27,9 +27,11 @@ def _input_stage(art):
     return artifacts.load(step, key)
 
 
-def test_models_are_trained_once_and_listed(local_profile, artifact_root, capsys):
-    cfg = load_config(local_profile)
-    models = build_models(cfg)
+def test_models_are_trained_once_and_listed(built_book, monkeypatch, capsys):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    artifact_root, local_profile = built_book.artifacts, built_book.profile
+    cfg = load_config(local_profile, built_book.overrides)
+    models = build_models(cfg)  # all cached by the book's build: nothing is retrained
     assert len(models) == 17
     assert plan(cfg)["Incremental_M2G"] == (
         models["Incremental_M2G"].step,
@@ -45,7 +47,7 @@ def test_models_are_trained_once_and_listed(local_profile, artifact_root, capsys
     assert len(list((artifact_root / "federated").glob("[0-9a-f]*"))) == 4
     assert models["Federated_Avg_MG"].metrics["data"] == ["Microsoft", "Google"]
 
-    args = ["models", "--profile", str(local_profile)]
+    args = ["models", "--profile", str(local_profile), "--set", "seed=5"]
     assert main(args) == 0
     out = capsys.readouterr()
     rows = [line.split("\t") for line in out.out.strip().splitlines()]
@@ -57,3 +59,8 @@ def test_models_are_trained_once_and_listed(local_profile, artifact_root, capsys
         main(["federation", "Centralized_FMG", "--dir", "x", "--profile", str(local_profile)]) == 2
     )
     assert "Federated_Yogi_MG" in capsys.readouterr().err
+
+
+def test_models_command_says_what_to_run_before_training(local_profile, capsys):
+    assert main(["models", "--profile", str(local_profile)]) == 1
+    assert "run train --profile" in capsys.readouterr().err

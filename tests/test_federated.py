@@ -137,6 +137,18 @@ def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path
     _assert_same(_weights(tmp_path / "out" / "model"), _weights(art.path / "model"))
 
 
+def _free_ports(n: int) -> list[int]:
+    import socket
+
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 def _wait_for_port(port: int, timeout: float = 60) -> None:
     import socket
 
@@ -154,7 +166,10 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
 def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, monkeypatch):
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
-    procs, env, out = collaboration.federation(cfg, FEDERATED, tmp_path / "deploy")
+    link, *nodes = _free_ports(4)
+    procs, env, out = collaboration.federation(
+        cfg, FEDERATED, tmp_path / "deploy", link_port=link, node_ports=nodes
+    )
     env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     running: list[subprocess.Popen] = []
     try:
@@ -163,7 +178,7 @@ def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, mo
             running.append(subprocess.Popen(p.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
                                             start_new_session=True))  # fmt: skip
             if p.name == "superlink":
-                _wait_for_port(8000)
+                _wait_for_port(link)
         run = subprocess.run(procs[-1].argv + ["--stream"], env=env, capture_output=True,
                              text=True, timeout=400)  # fmt: skip
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]

@@ -1,7 +1,10 @@
 """Tokenizer and base model: offline by default, saved and loaded the standard way."""
 
 import pytest
+import torch
+from transformers import GPT2LMHeadModel
 
+from collab_lib.collaboration import build_base_model
 from collab_lib.config import load_config
 from collab_lib.model import (
     ModelError,
@@ -59,6 +62,13 @@ def test_a_local_checkpoint_loads_offline(tmp_path):
     ckpt = load_config("tiny", ["model.base=checkpoint", f"model.checkpoint={tmp_path / 'ckpt'}"])
     model, tokenizer = load_checkpoint(ckpt.model)
     assert model.config.n_layer == 1 and len(tokenizer) == len(tok)
+    # as the base model of the study, the checkpoint is used as it is (no pretraining)
+    base = build_base_model(ckpt)
+    again = GPT2LMHeadModel.from_pretrained(base.path / "model")
+    for (name, a), (_, b) in zip(
+        again.state_dict().items(), model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
 
 
 def test_a_missing_checkpoint_says_how_to_provide_it_without_touching_the_network():

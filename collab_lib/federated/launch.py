@@ -161,15 +161,22 @@ class Process:
 
 
 def deployment(
-    app_dir: Path, nodes: list[NodeData], *, host: str = "127.0.0.1", port: int = 9200
+    app_dir: Path,
+    nodes: list[NodeData],
+    *,
+    host: str = "127.0.0.1",
+    link_port: int = 8000,
+    node_ports: list[int] | None = None,
 ) -> list[Process]:
     """The processes of a deployment-engine run (README: "Across machines").
 
-    One SuperLink (its HTTP API on port 8000); one SuperNode per organization, each pointing
-    only at its own data and each with its own ``--port`` (two on one host would clash
-    otherwise); then ``flwr run`` submits the app to the SuperLink in ``FLWR_HOME/config.toml``.
+    One SuperLink (its HTTP API on ``link_port``, Flower's default 8000); one SuperNode per
+    organization, each pointing only at its own data and each with its own ``--port`` (two on
+    one host would clash otherwise); then ``flwr run`` submits the app to the SuperLink named
+    in ``FLWR_HOME/config.toml``.
     """
-    procs = [Process("superlink", ["flower-superlink", "--insecure",
+    node_ports = node_ports or [9200 + i for i in range(len(nodes))]
+    procs = [Process("superlink", ["flower-superlink", "--insecure", "--port", str(link_port),
                                    "--disable-runtime-dependency-installation"])]  # fmt: skip
     for i, n in enumerate(nodes):
         data = json.dumps(str(n.data_path.resolve()))
@@ -181,9 +188,9 @@ def deployment(
                     "flower-supernode",
                     "--insecure",
                     "--superlink",
-                    f"{host}:8000",
+                    f"{host}:{link_port}",
                     "--port",
-                    str(port + i),
+                    str(node_ports[i]),
                     "--node-config",
                     node_config,
                 ],
@@ -193,12 +200,12 @@ def deployment(
     return procs
 
 
-def write_connection(home: Path, host: str = "127.0.0.1") -> Path:
+def write_connection(home: Path, host: str = "127.0.0.1", port: int = 8000) -> Path:
     """``FLWR_HOME/config.toml`` naming the SuperLink that ``flwr run ... deployment`` uses."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
     path.write_text(
         f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\n'
-        f'address = "{host}:8000"\ninsecure = true\n'
+        f'address = "{host}:{port}"\ninsecure = true\n'
     )
     return path
