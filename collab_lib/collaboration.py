@@ -357,13 +357,13 @@ def models_table(models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
             {
                 "Model": spec.name,
                 "Setting": spec.setting,
-                "Organizations": " → ".join(spec.orgs)
-                if spec.setting == "incremental"
-                else " + ".join(spec.orgs),  # fmt: skip
+                "Data": (" → " if spec.setting == "incremental" else " + ").join(
+                    SHORT.get(o, o) for o in spec.orgs
+                ),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),
                 "Final training loss": art.metrics["final_loss"],
-                "Training time (s)": sum(j.manifest["wall_s"] for j in jobs_),
+                "Time (s)": sum(j.manifest["wall_s"] for j in jobs_),
             }
         )
     return pd.DataFrame(rows)

@@ -152,11 +152,14 @@ def loss_curves(curves: dict[str, dict]) -> plt.Figure:
     ax.set_ylabel("training loss")
     ax.set_title("Single-organization, centralized and incremental")
     ax.legend(fontsize=6, ncol=2)
-    for name, c in rounds.items():
-        x = range(1, len(c["round_loss"]) + 1)
-        bx.plot(x, c["round_loss"], marker="o", label=name)
-    bx.set_xlabel("round")
-    bx.set_title("Federated (clients' mean loss)")
+    for name, c in rounds.items():  # each client's loss in its local epoch, per round
+        orgs = sorted(c["organization_loss"])
+        for r in range(len(c["round_loss"])):
+            bx.plot(orgs, [c["organization_loss"][o][r] for o in orgs], marker="o", lw=0.8,
+                    alpha=0.4 + 0.6 * (r + 1) / len(c["round_loss"]),
+                    label=name if r == len(c["round_loss"]) - 1 else None)  # fmt: skip
+    bx.set_ylabel("client's training loss")
+    bx.set_title("Federated: each client, each round (last darkest)")
     bx.legend(fontsize=6)
     fig.tight_layout()
     return fig
