@@ -55,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     with_profile(sp)
 
     sp = sub.add_parser("models", help="each trained model's name and checkpoint directory")
+    sp.add_argument("--seed", type=int, help="the models of this seed (same as --set seed=S)")
     with_profile(sp)
 
     sp = sub.add_parser(
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clones":
         return _audit(args)
     try:
+        if getattr(args, "seed", None) is not None:
+            args.overrides.append(f"seed={args.seed}")
         cfg = load_config(args.profile, args.overrides)
         if args.command == "run":
             pipeline.run(args.step, cfg, force=args.force)

@@ -47,7 +47,7 @@ def test_models_are_trained_once_and_listed(built_book, monkeypatch, capsys):
     assert len(list((artifact_root / "federated").glob("[0-9a-f]*"))) == 4
     assert models["Federated_Avg_MG"].metrics["data"] == ["Microsoft", "Google"]
 
-    args = ["models", "--profile", str(local_profile), "--set", "seed=5"]
+    args = ["models", "--profile", str(local_profile), "--seed", "5"]
     assert main(args) == 0
     out = capsys.readouterr()
     rows = [line.split("\t") for line in out.out.strip().splitlines()]
