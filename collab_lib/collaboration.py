@@ -292,7 +292,8 @@ def federation(
     texts = training_texts(cfg)
     base = build_base_model(cfg)
     work = work.resolve()
-    app, _, nodes = _prepare_federation(cfg, chain[0], base.path, texts, work, work / "output")
+    app, rc, nodes = _prepare_federation(cfg, chain[0], base.path, texts, work, work / "output")
+    launch.write_app(app, rc | {"simulation-nodes": "[]"})  # each node names its own data
     home = work / "flwr-home"
     launch.write_connection(home, port=link_port)
     procs = launch.deployment(app, nodes, link_port=link_port, node_ports=node_ports)

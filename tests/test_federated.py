@@ -179,7 +179,7 @@ def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, mo
                                             start_new_session=True))  # fmt: skip
             if p.name == "superlink":
                 _wait_for_port(link)
-        run = subprocess.run(procs[-1].argv + ["--stream"], env=env, capture_output=True,
+        run = subprocess.run(procs[-1].argv, env=env, capture_output=True,
                              text=True, timeout=400)  # fmt: skip
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         for _ in range(100):  # --stream returns when the run ends; the model is saved by then

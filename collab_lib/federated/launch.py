@@ -196,7 +196,9 @@ def deployment(
                 ],
             )  # fmt: skip
         )
-    procs.append(Process("flwr-run", ["flwr", "run", str(app_dir.resolve()), "deployment"]))
+    procs.append(
+        Process("flwr-run", ["flwr", "run", str(app_dir.resolve()), "deployment", "--stream"])
+    )
     return procs
 
 
