@@ -59,28 +59,30 @@ class _Rounds:
         return arrays, metrics
 
     def _checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
+        """One file per round, replaced atomically: weights, optimizer state and curves agree."""
         state = {f"w/{k}": v.numpy() for k, v in arrays.items()}
         for name in ("m_t", "v_t"):
             for k, v in (getattr(self, name, None) or {}).items():
                 state[f"{name}/{k}"] = v
+        state["curves"] = np.array(json.dumps(self.curves | {"round": rnd}))
         tmp = self.checkpoint_dir / f"{CHECKPOINT}.tmp{os.getpid()}.npz"
         np.savez(tmp, **state)
-        (self.checkpoint_dir / "curves.json").write_text(json.dumps(self.curves | {"round": rnd}))
-        os.replace(tmp, self.checkpoint_dir / CHECKPOINT)  # the weights last: they mark a round
+        os.replace(tmp, self.checkpoint_dir / CHECKPOINT)
 
     def resume(self) -> ArrayRecord | None:
         """The weights of the last finished round, with the optimizer state; None if none."""
         path = self.checkpoint_dir / CHECKPOINT
         if not path.exists():
             return None
-        curves = json.loads((self.checkpoint_dir / "curves.json").read_text())
-        self.done = curves.pop("round")
-        self.curves = curves
+        parts: dict[str, dict] = {name: {} for name in ("w", "m_t", "v_t")}
         with np.load(path) as z:
-            parts = {name: {} for name in ("w", "m_t", "v_t")}
+            curves = json.loads(str(z["curves"]))
             for key in z.files:
                 name, _, k = key.partition("/")
-                parts[name][k] = z[key]
+                if name in parts:
+                    parts[name][k] = z[key]
+        self.done = curves.pop("round")
+        self.curves = curves
         for name in ("m_t", "v_t"):
             if parts[name]:
                 setattr(self, name, parts[name])
