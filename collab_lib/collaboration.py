@@ -37,7 +37,6 @@ from collab_lib.training import Curves, pack, train
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
 FEDERATED_STEP = "federated"
-STEP = "train"
 SHORT = {"Facebook": "F", "Microsoft": "M", "Google": "G"}
 
 
@@ -253,7 +252,9 @@ def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, dest: Pa
             "rounds": rc["num-rounds"]}  # fmt: skip
 
 
-def _prepare_federation(cfg: Config, job: Job, base: Path, texts, work: Path, out: Path):
+def _prepare_federation(
+    cfg: Config, job: Job, base: Path, texts, work: Path, out: Path, *, simulation: bool = True
+):
     """Each organization's training data where its client reads it, and the Flower app."""
     from collab_lib.federated import launch
 
@@ -266,7 +267,9 @@ def _prepare_federation(cfg: Config, job: Job, base: Path, texts, work: Path, ou
                 fh.writelines(json.dumps({"content": t}) + "\n" for t in texts[org])
             path.with_suffix(".tmp").replace(path)
         nodes.append(launch.NodeData(org, path))
-    rc = launch.run_config(cfg, job.config["strategy"], nodes, base, out, work / "rounds")
+    rc = launch.run_config(
+        cfg, job.config["strategy"], nodes, base, out, work / "rounds", simulation=simulation
+    )
     return launch.write_app(work / "app", rc), rc, nodes
 
 
@@ -292,8 +295,9 @@ def federation(
     texts = training_texts(cfg)
     base = build_base_model(cfg)
     work = work.resolve()
-    app, rc, nodes = _prepare_federation(cfg, chain[0], base.path, texts, work, work / "output")
-    launch.write_app(app, rc | {"simulation-nodes": "[]"})  # each node names its own data
+    app, _, nodes = _prepare_federation(
+        cfg, chain[0], base.path, texts, work, work / "output", simulation=False
+    )
     home = work / "flwr-home"
     launch.write_connection(home, port=link_port)
     procs = launch.deployment(app, nodes, link_port=link_port, node_ports=node_ports)
@@ -345,6 +349,11 @@ def model_curves(art: artifacts.Artifact) -> dict:
         steps += json.loads(stage.file("curves.json").read_text())["step_loss"]
         bounds.append(len(steps))
     return {"kind": "steps", "step_loss": steps, "stage_ends": bounds}
+
+
+def all_curves(models: dict[str, artifacts.Artifact]) -> dict[str, dict]:
+    """The loss curves of the 17 models (the base model's pretraining left out)."""
+    return {spec.name: model_curves(models[spec.name]) for spec in paper_models()}
 
 
 def models_table(models: dict[str, artifacts.Artifact]) -> pd.DataFrame:

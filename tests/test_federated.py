@@ -195,6 +195,8 @@ def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, mo
         for proc in running:
             proc.wait(timeout=30)
     _assert_same(_weights(out / "model"), _weights(art.path / "model"))
+    app_config = (tmp_path / "deploy" / "app" / "pyproject.toml").read_text()
+    assert "nodes/" not in app_config  # each SuperNode names its own data, the app none
     assert json.loads((out / "curves.json").read_text()) == json.loads(
         art.file("curves.json").read_text()
     )

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
@@ -21,8 +19,7 @@ def train(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     model = task.load_model(node.base_model, msg.content["arrays"])
     data = task.packed_data(node.data_path, node.base_model, int(config["context"]))
-    local = replace(
-        TrainConfig(),
+    local = TrainConfig(
         epochs=1,
         batch_size=int(config["batch-size"]),
         grad_accum=int(config["grad-accum"]),

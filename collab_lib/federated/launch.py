@@ -16,14 +16,6 @@ from pathlib import Path
 
 from collab_lib.config import Config
 
-# the settings of every run, as [tool.flwr.app.config] in the app's pyproject.toml
-RUN_KEYS = (
-    "strategy", "num-rounds", "num-nodes", "base-model", "out-dir", "checkpoint-dir",
-    "simulation-nodes", "seed", "lr", "schedule", "context", "batch-size", "grad-accum",
-    "weight-decay", "warmup-steps", "grad-clip", "yogi-eta", "yogi-beta-1", "yogi-beta-2",
-    "yogi-tau",
-)  # fmt: skip
-
 
 @dataclass(frozen=True)
 class NodeData:
@@ -32,9 +24,18 @@ class NodeData:
 
 
 def run_config(
-    cfg: Config, strategy: str, nodes: list[NodeData], base: Path, out: Path, ckpt: Path
+    cfg: Config,
+    strategy: str,
+    nodes: list[NodeData],
+    base: Path,
+    out: Path,
+    ckpt: Path,
+    *,
+    simulation: bool = True,
 ) -> dict:
-    """The run's settings; paths absolute (the ServerApp may run from an installed copy)."""
+    """The run's settings, [tool.flwr.app.config] of the app; paths absolute (the ServerApp
+    may run from an installed copy). Only a simulation maps nodes to data: on the deployment
+    engine each SuperNode names its own, and the run config names none."""
     fed, tr = cfg.federated, cfg.train
     rc = {
         "strategy": strategy,
@@ -47,7 +48,8 @@ def run_config(
             [
                 {"organization": n.organization, "data-path": str(n.data_path.resolve())}
                 for n in nodes
-            ]  # fmt: skip
+                if simulation
+            ]
         ),
         "seed": cfg.seed,
         "lr": tr.lr,
@@ -63,7 +65,6 @@ def run_config(
         "yogi-beta-2": fed.yogi_beta_2,
         "yogi-tau": fed.yogi_tau,
     }
-    assert tuple(rc) == RUN_KEYS
     return rc
 
 

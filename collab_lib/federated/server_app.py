@@ -148,7 +148,7 @@ def main(grid: Grid, context: Context) -> None:
         )
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays
-    model = task.load_model(str(rc["base-model"]), arrays)
+    task.set_arrays(model, arrays)
     save_global(model, str(rc["base-model"]), out, strategy.curves)
 
 

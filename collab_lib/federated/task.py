@@ -28,16 +28,22 @@ def to_arrays(model: torch.nn.Module) -> ArrayRecord:
     return ArrayRecord(state)
 
 
+def set_arrays(model: torch.nn.Module, arrays: ArrayRecord) -> torch.nn.Module:
+    """Load weights sent without the tied output layer, and restore the tie."""
+    missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
+    if set(missing) != {TIED} or unexpected:
+        raise ValueError(f"weights do not fit the model: {missing=} {unexpected=}")
+    model.tie_weights()
+    return model
+
+
 def load_model(base_dir: str | Path, arrays: ArrayRecord | None = None) -> torch.nn.Module:
-    """The base model's architecture, with ``arrays`` loaded when given (tie restored)."""
+    """The base model's architecture, with ``arrays`` loaded when given."""
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(Path(base_dir) / "model")
     if arrays is not None:
-        missing, unexpected = model.load_state_dict(arrays.to_torch_state_dict(), strict=False)
-        if set(missing) != {TIED} or unexpected:
-            raise ValueError(f"weights do not fit the model: {missing=} {unexpected=}")
-        model.tie_weights()
+        set_arrays(model, arrays)
     return model.to(device())
 
 
