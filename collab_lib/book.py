@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any
 
 from collab_lib import pipeline
-from collab_lib.config import PROJECT_ROOT, load_config
+from collab_lib.config import PROJECT_ROOT, UserError, load_config
 
 log = logging.getLogger(__name__)
 
 
-class BookError(RuntimeError):
+class BookError(UserError):
     """A notebook or the Jupyter Book build failed; the message says where to look."""
 
 

@@ -9,10 +9,8 @@ import sys
 from pathlib import Path
 
 from collab_lib import pipeline
-from collab_lib.book import BookError, build_book
-from collab_lib.collaboration import ModelsNotTrained
-from collab_lib.config import ConfigError, load_config, parse_overrides
-from collab_lib.sources import SourceError
+from collab_lib.book import build_book
+from collab_lib.config import UserError, load_config, parse_overrides
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -116,9 +114,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides = parse_overrides(args.overrides)  # papermill passes them as a dict
             index = build_book(args.profile, overrides, run_steps=not args.no_run)
             print(f"book built: {index}")
-    except (ConfigError, SourceError, pipeline.NotBuiltError, BookError, KeyError,
-            ModelsNotTrained) as exc:  # fmt: skip
-        print(f"error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(
@@ -135,18 +132,15 @@ def _print_models(cfg) -> int:
 
     keys = collaboration.plan(cfg)
     missing = []
-    for spec in collaboration.paper_models():
+    for spec in collaboration.roster(cfg):
         art = artifacts.load(*keys[spec.name]) if spec.name in keys else None
         if art is None:
             missing.append(spec.name)
         else:
             print(f"{spec.name}\t{art.path / 'model'}")
     if missing:
-        print(
-            f"not built: {', '.join(missing)} (run `python -m collab_lib run train --profile "
-            f"{cfg.profile}`)",
-            file=sys.stderr,
-        )
+        print(f"not built: {', '.join(missing)} (run `{cfg.command('run', 'train')}`)",
+              file=sys.stderr)  # fmt: skip
         return 1
     return 0
 

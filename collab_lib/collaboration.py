@@ -1,4 +1,9 @@
-"""The collaborative models of the paper (§2.3, §4.1-4.2), names exactly as the paper's.
+"""The collaborative models of the study (§2.3, §4.1-4.2), named in the paper's pattern.
+
+The roster comes from the profile's organizations (:func:`roster`): with the paper's three,
+listed Facebook, Microsoft, Google, the names are exactly the paper's (``Centralized_FMG``,
+``Incremental_F2M2G``, ...); with a user's own organizations the same pattern is built from
+their names and short letters.
 
 Every model is a chain of training stages from the base model: a stage trains E epochs on
 one organization's training split (``Facebook_Only``; each stage of ``Incremental_F2M2G``)
@@ -23,8 +28,8 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from collab_lib import artifacts, canaries, datasets
-from collab_lib.config import Config
+from collab_lib import artifacts, canaries, datasets, tuning
+from collab_lib.config import Config, ConfigError, UserError
 from collab_lib.model import (
     build_tokenizer,
     init_model,
@@ -37,37 +42,89 @@ from collab_lib.training import Curves, pack, train
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
 FEDERATED_STEP = "federated"
-SHORT = {"Facebook": "F", "Microsoft": "M", "Google": "G"}
+
+
+class NeedsDatasets(UserError):
+    """Which models the study trains depends on data the datasets step has not built yet."""
+
+
+class ModelsNotTrained(UserError):
+    """The book or a later step asked for models the train step has not built."""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """One model of the paper: how it is trained and on which organizations, in order."""
+    """One model of the study: how it is trained and on which organizations, in order."""
 
     name: str
     setting: str  # single | centralized | incremental | federated
     orgs: tuple[str, ...]
     strategy: str | None = None  # FedAvg | FedYogi for federated models
+    rq: str = "RQ1/RQ2"  # RQ3: the models of the cross-organization pair
 
 
-def paper_models() -> list[ModelSpec]:
-    """The 12 models of RQ1/RQ2 and the 5 on Microsoft and Google for RQ3."""
-    fmg = ("Facebook", "Microsoft", "Google")
-    specs = [ModelSpec(f"{o}_Only", "single", (o,)) for o in fmg]
-    specs.append(ModelSpec("Centralized_FMG", "centralized", fmg))
-    specs += [ModelSpec("Federated_Avg_FMG", "federated", fmg, "FedAvg"),
-              ModelSpec("Federated_Yogi_FMG", "federated", fmg, "FedYogi")]  # fmt: skip
-    for order in itertools.permutations(fmg):
-        specs.append(
-            ModelSpec("Incremental_" + "2".join(SHORT[o] for o in order), "incremental", order)
-        )
-    mg = ("Microsoft", "Google")
-    specs.append(ModelSpec("Centralized_MG", "centralized", mg))
-    specs += [ModelSpec("Federated_Avg_MG", "federated", mg, "FedAvg"),
-              ModelSpec("Federated_Yogi_MG", "federated", mg, "FedYogi")]  # fmt: skip
-    specs += [ModelSpec("Incremental_M2G", "incremental", mg),
-              ModelSpec("Incremental_G2M", "incremental", mg[::-1])]  # fmt: skip
-    return specs
+def roster(cfg: Config) -> list[ModelSpec]:
+    """Every model of the study, from the profile's organizations in the order it lists them.
+
+    One ``<Name>_Only`` per organization; on all of them ``Centralized_``, ``Federated_Avg_``
+    and ``Federated_Yogi_`` + their short letters, and ``Incremental_`` for every order (or
+    the profile's list); then the same union models and both orders on the RQ3 pair. A model
+    that two groups would both name (two organizations in all) is listed once.
+    """
+    orgs = tuple(o.name for o in cfg.datasets.organizations)
+    short = {o.name: o.short for o in cfg.datasets.organizations}
+    specs = [ModelSpec(f"{o}_Only", "single", (o,)) for o in orgs]
+    orders = cfg.collaboration.incremental_orders or tuple(itertools.permutations(orgs))
+    specs += _union_models(orgs, short, "RQ1/RQ2")
+    specs += [_incremental(order, short, "RQ1/RQ2") for order in orders]
+    pair = rq3_pair(cfg)
+    specs += _union_models(pair, short, "RQ3")
+    specs += [_incremental(order, short, "RQ3") for order in (pair, pair[::-1])]
+    unique: dict[str, ModelSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.name, spec)
+    return list(unique.values())
+
+
+def _union_models(orgs: tuple[str, ...], short: dict[str, str], rq: str) -> list[ModelSpec]:
+    tag = "".join(short[o] for o in orgs)
+    return [ModelSpec(f"Centralized_{tag}", "centralized", orgs, rq=rq),
+            ModelSpec(f"Federated_Avg_{tag}", "federated", orgs, "FedAvg", rq=rq),
+            ModelSpec(f"Federated_Yogi_{tag}", "federated", orgs, "FedYogi", rq=rq)]  # fmt: skip
+
+
+def _incremental(order: tuple[str, ...], short: dict[str, str], rq: str) -> ModelSpec:
+    name = "Incremental_" + "2".join(short[o] for o in order)
+    return ModelSpec(name, "incremental", tuple(order), rq=rq)
+
+
+def rq3_pair(cfg: Config) -> tuple[str, str]:
+    """The two organizations of RQ3, in profile order: the profile's, or the two largest.
+
+    Largest by ``size_mb`` when every organization has one; otherwise by the bytes of their
+    training splits, which the datasets step must have built first.
+    """
+    orgs = cfg.datasets.organizations
+    chosen = cfg.collaboration.rq3_pair
+    if chosen is None and all(o.size_mb is not None for o in orgs):
+        chosen = [o.name for o in sorted(orgs, key=lambda o: -(o.size_mb or 0))[:2]]
+    elif chosen is None:
+        ds = datasets.load_datasets(cfg)
+        if ds is None:
+            raise NeedsDatasets(
+                "the RQ3 pair (the two largest organizations by training data) is known "
+                f"once the datasets are built: run `{cfg.command('run', 'datasets')}`, or name "
+                "it in the profile (collaboration.rq3_pair)"
+            )  # fmt: skip
+        size = {o.name: sum(len(d["content"]) for d in ds.documents(o.name, "train"))
+                for o in orgs}  # fmt: skip
+        chosen = sorted(size, key=lambda o: -size[o])[:2]
+    a, b = [o.name for o in orgs if o.name in chosen]
+    return a, b
+
+
+def short_letters(cfg: Config) -> dict[str, str]:
+    return {o.name: o.short for o in cfg.datasets.organizations}
 
 
 def _stages(spec: ModelSpec) -> list[tuple[str, ...]]:
@@ -103,11 +160,14 @@ def jobs(cfg: Config, base_ref: str, data_refs: list[str]) -> dict[str, list[Job
     ``Incremental_F2M2G``) is one artifact, trained once.
     """
     out: dict[str, list[Job]] = {}
-    for spec in paper_models():
+    for spec in roster(cfg):
         if spec.setting == "federated":
             config = {"strategy": spec.strategy, "federated": cfg.federated,
                       **_stage_config(cfg, spec.orgs)}  # fmt: skip
-            out[spec.name] = [Job(FEDERATED_STEP, config, (base_ref, *data_refs), spec.orgs)]
+            inputs = (base_ref, *data_refs)
+            if spec.strategy == "FedYogi" and cfg.federated.tuned:  # the sweep's pair
+                inputs += (tuning.ref(cfg, base_ref, data_refs),)
+            out[spec.name] = [Job(FEDERATED_STEP, config, inputs, spec.orgs)]
             continue
         chain, prev = [], base_ref
         for data in _stages(spec):
@@ -130,7 +190,10 @@ def plan(cfg: Config) -> dict[str, tuple[str, str]]:
     """The artifacts of the base model and of every model, keyed without training anything."""
     base = (BASE_STEP, artifacts.artifact_key(BASE_STEP, _base_config(cfg), []))
     out = {"base model": base}
-    for name, chain in jobs(cfg, "{}/{}".format(*base), _data_refs(cfg)).items():
+    base_ref, data_refs = "{}/{}".format(*base), _data_refs(cfg)
+    if cfg.federated.tuned:
+        out["FedYogi sweep"] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
+    for name, chain in jobs(cfg, base_ref, data_refs).items():
         out[name] = (chain[-1].step, chain[-1].key)
     return out
 
@@ -187,10 +250,18 @@ def training_texts(cfg: Config) -> dict[str, list[str]]:
     }
 
 
+def build_sweep(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+    """FedYogi's server-rate sweep of the profile (:mod:`collab_lib.tuning`), cached."""
+    planted = {p["text"] for p in canaries.load(canaries.build_canaries(cfg))}
+    base = build_base_model(cfg)
+    return tuning.build_sweep(cfg, base, training_texts(cfg), _data_refs(cfg), planted, force=force)
+
+
 def build_models(
     cfg: Config, *, force: bool = False, names: list[str] | None = None
 ) -> dict[str, artifacts.Artifact]:
-    """Train (or find cached) all 17 models, or those ``names``; shared stages train once."""
+    """Train (or find cached) every model of the roster, or those ``names``; shared stages
+    train once."""
     texts = training_texts(cfg)
     base = build_base_model(cfg, force=force)
     tok = load_tokenizer(base.path / "model")
@@ -210,7 +281,7 @@ def build_models(
     chains = jobs(cfg, base.ref, _data_refs(cfg))
     unknown = set(names or ()) - set(chains)
     if unknown:
-        raise KeyError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
+        raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
     chains = {n: c for n, c in chains.items() if names is None or n in names}
     for name, chain in tqdm(chains.items(), desc="models", disable=None):
         for job in chain:
@@ -218,7 +289,10 @@ def build_models(
                 continue
             scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
             if job.step == FEDERATED_STEP:
-                produce = partial(_train_federated, cfg, job, base, texts, scratch)
+                yogi = None
+                if job.config["strategy"] == "FedYogi" and cfg.federated.tuned:
+                    yogi = tuning.best(build_sweep(cfg))
+                produce = partial(_train_federated, cfg, job, base, texts, scratch, yogi)
             else:
                 produce = partial(_train_stage, cfg, job, built[job.inputs[0]], tok, data_for,
                                   scratch)  # fmt: skip
@@ -241,36 +315,17 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     return {"final_loss": curves.epoch_loss[-1], "data": list(job.data)}
 
 
-def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, dest: Path) -> dict:
+def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, dest: Path) -> dict:
     """Run one federated model on Flower's simulation engine (resumes from its last round)."""
     from collab_lib.federated import launch
 
-    app, rc, _ = _prepare_federation(cfg, job, base.path, texts, scratch, dest)
+    app, rc, _ = launch.prepare(cfg, job.config["strategy"], {o: texts[o] for o in job.data},
+                                base.path, scratch, dest, yogi=yogi)  # fmt: skip
     launch.simulate(app, rc, artifacts.artifacts_root() / ".flwr")
     curves = json.loads((dest / "curves.json").read_text())
-    return {"final_loss": curves["round_loss"][-1], "data": list(job.data),
-            "rounds": rc["num-rounds"]}  # fmt: skip
-
-
-def _prepare_federation(
-    cfg: Config, job: Job, base: Path, texts, work: Path, out: Path, *, simulation: bool = True
-):
-    """Each organization's training data where its client reads it, and the Flower app."""
-    from collab_lib.federated import launch
-
-    nodes = []
-    for org in job.data:
-        path = work / "nodes" / f"{org}.jsonl"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path.with_suffix(".tmp"), "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps({"content": t}) + "\n" for t in texts[org])
-            path.with_suffix(".tmp").replace(path)
-        nodes.append(launch.NodeData(org, path))
-    rc = launch.run_config(
-        cfg, job.config["strategy"], nodes, base, out, work / "rounds", simulation=simulation
-    )
-    return launch.write_app(work / "app", rc), rc, nodes
+    out = {"final_loss": curves["round_loss"][-1], "data": list(job.data),
+           "rounds": rc["num-rounds"]}  # fmt: skip
+    return out | ({"yogi_eta": rc["yogi-eta"], "yogi_tau": rc["yogi-tau"]} if yogi else {})
 
 
 def federation(
@@ -290,14 +345,18 @@ def federation(
 
     chain = jobs(cfg, "", _data_refs(cfg)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
-        known = [s.name for s in paper_models() if s.setting == "federated"]
-        raise KeyError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
+        known = [s.name for s in roster(cfg) if s.setting == "federated"]
+        raise ConfigError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
     texts = training_texts(cfg)
     base = build_base_model(cfg)
     work = work.resolve()
-    app, _, nodes = _prepare_federation(
-        cfg, chain[0], base.path, texts, work, work / "output", simulation=False
-    )
+    job = chain[0]
+    yogi = None
+    if job.config["strategy"] == "FedYogi" and cfg.federated.tuned:
+        yogi = tuning.best(build_sweep(cfg))
+    app, _, nodes = launch.prepare(cfg, job.config["strategy"], {o: texts[o] for o in job.data},
+                                   base.path, work, work / "output", yogi=yogi,
+                                   simulation=False)  # fmt: skip
     home = work / "flwr-home"
     launch.write_connection(home, port=link_port)
     procs = launch.deployment(app, nodes, link_port=link_port, node_ports=node_ports)
@@ -307,12 +366,8 @@ def federation(
 # --------------------------------------------------------------------------- reading back
 
 
-class ModelsNotTrained(RuntimeError):
-    """The book or a later step asked for models the train step has not built."""
-
-
 def load_models(cfg: Config) -> dict[str, artifacts.Artifact]:
-    """The profile's 17 models (and ``"base model"``) from the cache, without training."""
+    """The profile's models (and ``"base model"``) from the cache, without training."""
     found, missing = {}, []
     for name, (step, key) in plan(cfg).items():
         art = artifacts.load(step, key)
@@ -324,7 +379,7 @@ def load_models(cfg: Config) -> dict[str, artifacts.Artifact]:
         raise ModelsNotTrained(
             f"{len(missing)} models of profile {cfg.profile!r} are not trained yet "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): run "
-            f"`python -m collab_lib run train --profile {cfg.profile}`"
+            f"`{cfg.command('run', 'train')}`"
         )
     return found
 
@@ -351,16 +406,16 @@ def model_curves(art: artifacts.Artifact) -> dict:
     return {"kind": "steps", "step_loss": steps, "stage_ends": bounds}
 
 
-def all_curves(models: dict[str, artifacts.Artifact]) -> dict[str, dict]:
-    """The loss curves of the 17 models (the base model's pretraining left out)."""
-    return {spec.name: model_curves(models[spec.name]) for spec in paper_models()}
+def all_curves(cfg: Config, models: dict[str, artifacts.Artifact]) -> dict[str, dict]:
+    """The loss curves of the study's models (the base model's pretraining left out)."""
+    return {spec.name: model_curves(models[spec.name]) for spec in roster(cfg)}
 
 
-def models_table(models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
+def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
     """One row per model: how it was trained, its final training loss and training time."""
-
+    short = short_letters(cfg)
     rows = []
-    for spec in paper_models():
+    for spec in roster(cfg):
         art = models[spec.name]
         jobs_ = chain(art)
         rows.append(
@@ -368,7 +423,7 @@ def models_table(models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
                 "Model": spec.name,
                 "Setting": spec.setting,
                 "Data": (" → " if spec.setting == "incremental" else " + ").join(
-                    SHORT.get(o, o) for o in spec.orgs
+                    short[o] for o in spec.orgs
                 ),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,7 +25,14 @@ CONFIG_DIR = PROJECT_ROOT / "configs"
 PROFILES = ("tiny", "default", "gpu", "paper")
 
 
-class ConfigError(ValueError):
+class UserError(Exception):
+    """An error a user can cause and fix (a profile, a source, a step not run yet).
+
+    Its message says what to do; the CLI prints it and exits 2, never a traceback.
+    """
+
+
+class ConfigError(UserError, ValueError):
     """A profile or an override is invalid; the message names the file and the key."""
 
 
@@ -129,9 +137,25 @@ class TrainConfig:
     grad_accum: int = 1
     lr: float = 5e-4
     weight_decay: float = 0.1
-    warmup_steps: int = 10
+    # Warm-up as a share of the job's optimizer steps, not a count: a fixed count longer
+    # than a small organization's job would keep it from ever reaching the peak rate.
+    warmup_fraction: float = 0.1
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
     grad_clip: float = 1.0
+
+
+@dataclass(frozen=True)
+class YogiSweepConfig:
+    """The grid FedYogi's server rate and tau are chosen from (when not given), and the data.
+
+    Every (eta, tau) pair trains the union's FedYogi model on the training splits less a
+    seeded ``holdout_fraction`` of each organization's training files, and is scored by
+    perplexity on those held-out files: never on the validation split the tables report.
+    """
+
+    etas: tuple[float, ...] = (1e-2, 3e-2, 1e-1)
+    taus: tuple[float, ...] = (1e-3,)
+    holdout_fraction: float = 0.1
 
 
 @dataclass(frozen=True)
@@ -139,15 +163,37 @@ class FederatedConfig:
     """Flower settings of the federated models (SPEC §2): ``rounds`` of 1 local epoch each.
 
     ``rounds: null`` uses ``train.epochs``, so a federated model sees each organization's
-    data as often as a centralized one. FedYogi's server optimizer keeps Reddi et al.'s
-    defaults; the clients' learning rate is ``train.lr`` on the schedule, sent each round.
+    data as often as a centralized one. Each client follows, across rounds, the schedule its
+    data would get alone over as many epochs (:func:`collab_lib.training.lr_factor`).
+    FedYogi's server rate ``yogi_eta`` and ``yogi_tau``: a number (Flower's defaults, from
+    Reddi et al., are 1e-2 and 1e-3), or null to take the best pair of ``yogi_sweep``.
     """
 
     rounds: int | None = None
-    yogi_eta: float = 1e-2
+    yogi_eta: float | None = 1e-2
     yogi_beta_1: float = 0.9
     yogi_beta_2: float = 0.99
-    yogi_tau: float = 1e-3
+    yogi_tau: float | None = 1e-3
+    yogi_sweep: YogiSweepConfig = field(default_factory=YogiSweepConfig)
+
+    @property
+    def tuned(self) -> bool:
+        """Whether FedYogi's server rate comes from the sweep rather than the profile."""
+        return self.yogi_eta is None or self.yogi_tau is None
+
+
+@dataclass(frozen=True)
+class CollaborationConfig:
+    """Which models the study trains, from the profile's organizations (SPEC §2).
+
+    ``rq3_pair``: the two organizations of the RQ3 models (the paper: Microsoft and Google);
+    null takes the two largest (by ``size_mb``, or by training data when a size is not set).
+    ``incremental_orders``: every order of the organizations when null (at most four
+    organizations: 24 orders); beyond four, list them.
+    """
+
+    rq3_pair: tuple[str, ...] | None = None
+    incremental_orders: tuple[tuple[str, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -187,6 +233,9 @@ class DatasetsConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
     download_timeout_s: float = 60.0
+    # Vendored copies take at most this share of an organization's training lines (the
+    # paper's shared M-G code is about 0.06 % of its lines); own code alone fills size_mb.
+    vendored_max_fraction: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -201,13 +250,25 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
+    collaboration: CollaborationConfig = field(default_factory=CollaborationConfig)
     description: str = ""
+    # Where the profile came from and the user's overrides: how a message tells the user the
+    # command to run next, with their own settings. Not part of any cache key.
+    source: str = ""
+    overrides: tuple[str, ...] = ()
+
+    def command(self, *words: str) -> str:
+        """``python -m collab_lib WORDS --profile P --set k=v ...``: this config's command."""
+        profile = self.profile if profile_path(self.profile) == Path(self.source) else self.source
+        sets = "".join(f" --set {o}" for o in self.overrides)
+        return f"python -m collab_lib {' '.join(words)} --profile {profile}{sets}"
 
     def org(self, name: str) -> Organization:
         for org in self.datasets.organizations:
             if org.name == name:
                 return org
-        raise KeyError(name)
+        known = ", ".join(o.name for o in self.datasets.organizations)
+        raise ConfigError(f"{self.source}: no organization named {name!r} (known: {known})")
 
 
 def to_dict(obj: Any) -> Any:
@@ -235,9 +296,12 @@ def load_config(
     """Load, merge ``extends``, apply overrides (``{"seed": 3}`` or ``["seed=3"]``), validate."""
     path = profile_path(profile)
     raw = _read_with_extends(path, seen=())
-    for key, value in parse_overrides(overrides, path).items():
+    parsed = parse_overrides(overrides, path)
+    for key, value in parsed.items():
         _set_dotted(raw, key, value, path)
     raw.setdefault("profile", path.stem)
+    raw["source"] = str(path)
+    raw["overrides"] = [f"{k}={json.dumps(v)}" for k, v in parsed.items()]
     _resolve_local_paths(raw, Path.cwd())  # paths given in overrides are relative to the shell
     return _build(Config, raw, where="", path=path)
 
@@ -398,6 +462,8 @@ def _check(obj: Any, where: str, path: Path) -> None:
             raise ConfigError(f"{path}: {where}.organizations: need unique, non-empty names")
         if not 0 < obj.validation_fraction < 1:
             raise ConfigError(f"{path}: {where}.validation_fraction: must be in (0, 1)")
+        if not 0 <= obj.vendored_max_fraction < 1:
+            raise ConfigError(f"{path}: {where}.vendored_max_fraction: must be in [0, 1)")
     if isinstance(obj, Source) and not 0 <= obj.patch_fraction < 1:
         raise ConfigError(f"{path}: {where}.patch_fraction: must be in [0, 1)")
     if isinstance(obj, ClonesConfig) and (
@@ -421,8 +487,52 @@ def _check(obj: Any, where: str, path: Path) -> None:
         )
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")
+    if isinstance(obj, YogiSweepConfig) and (
+        not obj.etas or not obj.taus or not 0 < obj.holdout_fraction < 0.5
+    ):
+        raise ConfigError(f"{path}: {where}: etas and taus non-empty, holdout_fraction in (0, 0.5)")
+    if isinstance(obj, TrainConfig) and not 0 <= obj.warmup_fraction < 1:
+        raise ConfigError(f"{path}: {where}.warmup_fraction: must be in [0, 1)")
+    if isinstance(obj, Organization) and not obj.short.isalpha():
+        raise ConfigError(f"{path}: {where}.short: letters only (model names join them with 2)")
+    if isinstance(obj, Config):
+        _check_study(obj, path)
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
+
+
+def _check_study(cfg: Config, path: Path) -> None:
+    """The organizations can make the study's models: two or more, short letters unique."""
+    orgs = cfg.datasets.organizations
+    key = "datasets.organizations"
+    if len(orgs) < 2:
+        raise ConfigError(f"{path}: {key}: collaboration needs at least two organizations")
+    shorts = [o.short for o in orgs]
+    twice = sorted({s for s in shorts if shorts.count(s) > 1})
+    if twice:
+        raise ConfigError(
+            f"{path}: {key}: two organizations have the short letter {twice[0]!r} "
+            "(model names such as Centralized_FMG need one short letter per organization)"
+        )
+    names = {o.name for o in orgs}
+    study = cfg.collaboration
+    if study.rq3_pair is not None and (len(set(study.rq3_pair)) != 2 or
+                                       not set(study.rq3_pair) <= names):  # fmt: skip
+        raise ConfigError(
+            f"{path}: collaboration.rq3_pair: two different organizations of "
+            f"{key} ({', '.join(o.name for o in orgs)}), got {list(study.rq3_pair)}"
+        )
+    for order in study.incremental_orders or ():
+        if sorted(order) != sorted(names):
+            raise ConfigError(
+                f"{path}: collaboration.incremental_orders: {list(order)} must name every "
+                f"organization once ({', '.join(o.name for o in orgs)})"
+            )
+    if study.incremental_orders is None and len(orgs) > 4:
+        raise ConfigError(
+            f"{path}: collaboration.incremental_orders: {len(orgs)} organizations have "
+            f"{math.factorial(len(orgs))} orders; list the ones to train"
+        )
 
 
 def config_hash_input(cfg: Any) -> str:

@@ -19,7 +19,7 @@ import sysconfig
 from pathlib import Path
 
 from collab_lib import artifacts
-from collab_lib.config import Config, ModelConfig
+from collab_lib.config import Config, ModelConfig, UserError
 from collab_lib.datasets import MB, check_input
 
 log = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ EOS = "<|endoftext|>"
 _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "__pycache__", "lib2to3"}
 
 
-class ModelError(RuntimeError):
+class ModelError(UserError):
     """A base model or tokenizer cannot be had; the message says how to provide it."""
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from collab_lib import artifacts, canaries, clone_stats, collaboration, datasets
-from collab_lib.config import Config
+from collab_lib.config import Config, UserError
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,12 @@ STEPS: dict[str, Step] = {
         collaboration.build_models,
         collaboration.plan,
         (),
-        "base model and the 17 collaborative models (Flower for the federated ones)",
+        "base model and the collaborative models (Flower for the federated ones)",
     ),
 }
 
 
-class NotBuiltError(RuntimeError):
+class NotBuiltError(UserError):
     """A table was asked for before the step that makes it ran."""
 
 
@@ -78,7 +78,12 @@ def status(cfg: Config) -> list[dict[str, str]]:
     """One row per planned artifact: step, what, key and state (cached/missing/corrupt)."""
     rows = []
     for step in STEPS.values():
-        for what, (art_step, key) in step.plan(cfg).items():
+        try:
+            planned = step.plan(cfg)
+        except UserError as exc:  # e.g. which models to train depends on the datasets
+            rows.append({"step": step.name, "artifact": str(exc), "key": "-", "state": "missing"})
+            continue
+        for what, (art_step, key) in planned.items():
             rows.append(
                 {
                     "step": step.name,
@@ -95,7 +100,7 @@ def step_of_table(name: str) -> Step:
         if name in step.tables:
             return step
     known = ", ".join(t for s in STEPS.values() for t in s.tables)
-    raise KeyError(f"unknown table {name!r} (known tables: {known})")
+    raise UserError(f"unknown table {name!r} (known tables: {known})")
 
 
 def table(name: str, cfg: Config) -> pd.DataFrame:
@@ -105,7 +110,7 @@ def table(name: str, cfg: Config) -> pd.DataFrame:
     if art is None:
         raise NotBuiltError(
             f"table {name} is not built for profile {cfg.profile!r} yet: run "
-            f"`python -m collab_lib run {step.name} --profile {cfg.profile}` first"
+            f"`{cfg.command('run', step.name)}` first"
         )
     return pd.read_csv(art.file(f"{name}.csv"))
 

@@ -32,14 +32,14 @@ from pathlib import Path
 from tqdm import tqdm
 
 from collab_lib import artifacts
-from collab_lib.config import Source
+from collab_lib.config import Source, UserError
 
 log = logging.getLogger(__name__)
 
 DOWNLOAD_STEP = "downloads"
 
 
-class SourceError(RuntimeError):
+class SourceError(UserError):
     """A source cannot be read or fetched; the message names it and says what to do."""
 
 

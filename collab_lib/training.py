@@ -39,17 +39,34 @@ class Curves:
 
     step_loss: list[float] = field(default_factory=list)
     epoch_loss: list[float] = field(default_factory=list)
+    step_lr: list[float] = field(default_factory=list)
+
+
+def warmup_steps(total: int, cfg: TrainConfig) -> int:
+    """Warm-up length of a ``total``-step job: ``warmup_fraction`` of it, rounded."""
+    return round(cfg.warmup_fraction * total)
 
 
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
-    if step < cfg.warmup_steps:
-        return (step + 1) / cfg.warmup_steps
+    """Multiplier of ``cfg.lr`` at optimizer ``step`` (0-based) of a ``total``-step job.
+
+    A linear warm-up over the first ``warmup_fraction`` of the job, then the schedule down to
+    zero at its end. Every job gets the same shape whatever its length, so a small
+    organization's job reaches the peak rate and anneals as a large one's does.
+    """
+    warmup = warmup_steps(total, cfg)
+    if step < warmup:
+        return (step + 1) / warmup
     if cfg.schedule == "constant":
         return 1.0
-    progress = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+    progress = (step - warmup) / max(1, total - warmup)
     if cfg.schedule == "linear":
         return max(0.0, 1.0 - progress)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def steps_per_epoch(sequences: int, cfg: TrainConfig) -> int:
+    return math.ceil(sequences / (cfg.batch_size * cfg.grad_accum))
 
 
 def train(
@@ -59,12 +76,17 @@ def train(
     seed: int,
     checkpoint_dir: Path | None = None,
     on_epoch: Callable[[int, Curves], None] | None = None,
+    schedule_span: tuple[int, int] | None = None,
 ) -> Curves:
-    """Train ``model`` on ``data`` (``(sequences, context)`` ids) for ``cfg.epochs`` epochs."""
+    """Train ``model`` on ``data`` (``(sequences, context)`` ids) for ``cfg.epochs`` epochs.
+
+    The learning rate follows :func:`lr_factor` over this call's steps, or, with
+    ``schedule_span=(first, total)``, over steps ``first, first + 1, ...`` of a longer
+    ``total``-step schedule: a federated client's round continues where the last one ended.
+    """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
-    steps_per_epoch = math.ceil(len(data) / (cfg.batch_size * cfg.grad_accum))
-    total = steps_per_epoch * cfg.epochs
+    first, total = schedule_span or (0, steps_per_epoch(len(data), cfg) * cfg.epochs)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -75,7 +97,9 @@ def train(
         lr=cfg.lr,
         fused=cuda,
     )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, cfg))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(first + s, total, cfg)
+    )
     curves, start_epoch = Curves(), 0
     ckpt = checkpoint_dir / CHECKPOINT if checkpoint_dir else None
     if ckpt is not None and ckpt.exists():  # resume where an interrupted run stopped
@@ -108,6 +132,7 @@ def train(
                 loss.backward()
                 step_loss += loss.item()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            curves.step_lr.append(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
             curves.step_loss.append(step_loss)

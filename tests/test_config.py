@@ -80,7 +80,9 @@ def test_relative_dirs_are_relative_to_the_profile(tmp_path):
     (tmp_path / "code").mkdir()
     data = {
         "seed": 0,
-        "datasets": {"organizations": [{"name": "A", "short": "A", "sources": [{"dir": "code"}]}]},
+        "datasets": {
+            "organizations": [{"name": n, "short": n, "sources": [{"dir": "code"}]} for n in "AB"]
+        },  # fmt: skip
     }
     cfg = load_config(_profile(tmp_path, yaml.safe_dump(data)))
     assert cfg.datasets.organizations[0].sources[0].dir == str((tmp_path / "code").resolve())
@@ -94,7 +96,9 @@ def test_relative_dirs_of_an_extended_profile_stay_relative_to_it(tmp_path):
     (tmp_path / "base" / "code").mkdir(parents=True)
     data = {
         "seed": 0,
-        "datasets": {"organizations": [{"name": "A", "short": "A", "sources": [{"dir": "code"}]}]},
+        "datasets": {
+            "organizations": [{"name": n, "short": n, "sources": [{"dir": "code"}]} for n in "AB"]
+        },  # fmt: skip
     }
     (tmp_path / "base" / "base.yml").write_text(yaml.safe_dump(data))
     (tmp_path / "child").mkdir()

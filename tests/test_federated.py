@@ -22,8 +22,9 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from safetensors.numpy import load_file
 
 from collab_lib import collaboration
-from collab_lib.config import load_config
+from collab_lib.config import TrainConfig, load_config
 from collab_lib.federated import client_app, launch, task
+from collab_lib.training import lr_factor, steps_per_epoch
 
 FEDERATED = "Federated_Yogi_FMG"
 
@@ -33,9 +34,9 @@ def fed_profile(tmp_path_factory) -> Path:
     """Three small organizations, a tiny model and two FedYogi rounds."""
     root = tmp_path_factory.mktemp("fed")
     orgs = {
-        "Google": ("G", [make_org_dir(root / "google", "tensor", 12)], None),
-        "Microsoft": ("M", [make_org_dir(root / "ms", "azure", 8)], None),
         "Facebook": ("F", [make_org_dir(root / "fb", "torch", 4)], None),
+        "Microsoft": ("M", [make_org_dir(root / "ms", "azure", 8)], None),
+        "Google": ("G", [make_org_dir(root / "google", "tensor", 12)], None),
     }
     return write_profile(root / "fed.yml", orgs, federated={"rounds": 2})
 
@@ -72,9 +73,9 @@ def test_a_client_sends_only_weights_and_counts(simulated, tmp_path, monkeypatch
     data.write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
 
     model = task.load_model(base)
-    config = ConfigRecord({"context": cfg.model.context, "batch-size": 4, "grad-accum": 1,
-                           "weight-decay": 0.1, "warmup-steps": 1, "grad-clip": 1.0,
-                           "lr": 1e-3, "seed": 1, "server-round": 1})  # fmt: skip
+    train = TrainConfig(batch_size=4, lr=1e-3)
+    config = ConfigRecord({"context": cfg.model.context, "seed": 1, "round": 1, "num-rounds": 2}
+                          | task.to_run_config(train))  # fmt: skip
     msg = Message(
         content=RecordDict({"arrays": task.to_arrays(model), "config": config}),
         message_type=MessageType.TRAIN,
@@ -105,7 +106,7 @@ def test_a_client_sends_only_weights_and_counts(simulated, tmp_path, monkeypatch
     )
     # counts and a loss, and the client's name: nothing else, and no text or token ids
     tokens = task.packed_data(str(data), str(base), cfg.model.context)
-    assert dict(content["metrics"]).keys() == {"num-examples", "train-loss"}
+    assert dict(content["metrics"]).keys() == {"num-examples", "train-loss", "lr-first", "lr-last"}
     assert content["metrics"]["num-examples"] == len(tokens)
     assert dict(content["client"]) == {"organization": "Microsoft"}
     payload = b"".join(arr.data for arr in sent.values())
@@ -118,19 +119,64 @@ def test_federated_model_is_saved_with_curves(simulated):
     curves = json.loads(art.file("curves.json").read_text())
     assert len(curves["round_loss"]) == 2  # federated.rounds
     assert set(curves["organization_loss"]) == {"Facebook", "Microsoft", "Google"}
-    assert curves["lr"][0] > curves["lr"][1]  # the cosine schedule, applied by the server
+    # each client follows the schedule its data would get alone over as many epochs: warm-up
+    # in round 1 only, and round 2 continues where round 1 ended
+    train = cfg.train
+    for org, (first, second) in curves["organization_lr"].items():
+        steps = steps_per_epoch(curves["organization_examples"][org], train)
+        expected = [train.lr * lr_factor(s, 2 * steps, train) for s in (0, steps - 1, steps)]
+        assert [first[0], first[1], second[0]] == pytest.approx(expected), org
+        assert second[0] > second[1], org
     assert (art.path / "model" / "tokenizer.json").exists()
+
+
+def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monkeypatch):
+    """Flower's FedAvg over two clients: their weights averaged by ``num-examples``, which
+    counts training sequences (not batches, which would over-weight a small organization)."""
+    cfg, _, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    base = collaboration.build_base_model(cfg).path
+    texts = collaboration.training_texts(cfg)
+    pair = {org: texts[org] for org in ("Microsoft", "Google")}
+    app, rc, nodes = launch.prepare(cfg, "FedAvg", pair, base, tmp_path, tmp_path / "out")
+    rc = rc | {"num-rounds": 1}
+    launch.simulate(app, rc, root / ".flwr")
+
+    round_1 = {
+        "context": cfg.model.context,
+        "num-rounds": 1,
+        "round": 1,
+        "seed": cfg.seed * 10_007 + 1,
+    }
+    config = ConfigRecord(round_1 | task.to_run_config(cfg.train))
+    start = task.to_arrays(task.load_model(base))
+    weights, counts = [], []
+    for node in nodes:  # each client's reply to the round's message, computed here
+        msg = Message(content=RecordDict({"arrays": start, "config": config}),
+                      message_type=MessageType.TRAIN, dst_node_id=1)  # fmt: skip
+        context = Context(run_id=1, node_id=1, state=RecordDict(), run_config=rc,
+                          node_config={"organization": node.organization,
+                                       "data-path": str(node.data_path)})  # fmt: skip
+        reply = client_app.app(msg, context).content
+        n = reply["metrics"]["num-examples"]
+        sequences = len(task.packed_data(str(node.data_path), str(base), cfg.model.context))
+        assert n == sequences and n > steps_per_epoch(n, cfg.train)  # examples, not batches
+        weights.append({k: v.numpy() for k, v in reply["arrays"].items()})
+        counts.append(n)
+    assert counts[0] != counts[1]  # unequal clients: a plain mean would differ
+    total = sum(counts)
+    got = _weights(tmp_path / "out" / "model")
+    for k in weights[0]:
+        mean = sum(c * w[k] for c, w in zip(counts, weights, strict=True)) / total
+        assert np.allclose(got[k], mean, rtol=1e-5, atol=1e-6), k
 
 
 def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path, monkeypatch):
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     base = collaboration.build_base_model(cfg).path
-    job = collaboration.jobs(cfg, "", [])[FEDERATED][0]
     texts = collaboration.training_texts(cfg)
-    app, rc, _ = collaboration._prepare_federation(
-        cfg, job, base, texts, tmp_path, tmp_path / "out"
-    )
+    app, rc, _ = launch.prepare(cfg, "FedYogi", texts, base, tmp_path, tmp_path / "out")
     launch.simulate(app, rc | {"num-rounds": 1}, root / ".flwr")  # stopped after round 1
     with np.load(tmp_path / "rounds" / "round.npz") as ckpt:  # the round's checkpoint
         assert (

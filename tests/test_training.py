@@ -5,7 +5,7 @@ import torch
 
 from collab_lib.config import TrainConfig, load_config
 from collab_lib.model import build_tokenizer, init_model, load_tokenizer
-from collab_lib.training import CHECKPOINT, pack, train
+from collab_lib.training import CHECKPOINT, lr_factor, pack, train
 
 TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.context=32"]
 TOK = ["model.tokenizer_corpus_mb=0.3", "model.vocab_size=512"]
@@ -32,7 +32,7 @@ def test_pack_makes_full_blocks_joined_by_eos(setup):
 def test_a_tiny_model_overfits_one_batch(setup):
     cfg, tok, data = setup
     model = init_model(cfg.model, len(tok), seed=0)
-    run = TrainConfig(epochs=60, batch_size=4, lr=3e-3, warmup_steps=2, schedule="constant")
+    run = TrainConfig(epochs=60, batch_size=4, lr=3e-3, warmup_fraction=0.05, schedule="constant")
     curves = train(model, data[:4], run, seed=0)
     assert curves.epoch_loss[-1] < 0.3 * curves.epoch_loss[0]
 
@@ -49,7 +49,7 @@ def test_same_seed_gives_bit_identical_weights(setup):
 
 def test_an_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
     cfg, tok, data = setup
-    run = TrainConfig(epochs=3, batch_size=4, warmup_steps=2)
+    run = TrainConfig(epochs=3, batch_size=4)
     straight = init_model(cfg.model, len(tok), seed=2)
     train(straight, data, run, seed=7)
 
@@ -66,3 +66,33 @@ def test_an_interrupted_run_resumes_to_the_same_weights(setup, tmp_path):
     assert len(curves.epoch_loss) == 3
     ws, wr = weights(straight), weights(resumed)
     assert all(torch.equal(ws[k], wr[k]) for k in ws)
+
+
+@pytest.mark.parametrize("total", [16, 48, 1000], ids=lambda t: f"{t}-steps")
+def test_every_job_warms_up_once_then_anneals_to_its_end(total):
+    """A small organization's job (16 steps) gets the same shape as a large one's: the peak
+    within the first 10 % of its steps, then a decay to near zero at its last step."""
+    cfg = TrainConfig(warmup_fraction=0.1, schedule="cosine")
+    factors = [lr_factor(s, total, cfg) for s in range(total)]
+    peak = factors.index(max(factors))
+    assert max(factors) == 1.0 and peak < 0.1 * total + 1
+    assert all(a <= b for a, b in zip(factors[:peak], factors[1 : peak + 1], strict=True))
+    assert all(a >= b for a, b in zip(factors[peak:-1], factors[peak + 1 :], strict=True))
+    assert factors[-1] < 0.05
+
+
+def test_a_schedule_span_continues_a_longer_schedule(setup):
+    """A federated client's round 2 trains with the rates of steps n..2n-1 of a 2n-step job."""
+    cfg, tok, data = setup
+    run = TrainConfig(epochs=1, batch_size=4)
+    alone = train(
+        init_model(cfg.model, len(tok), seed=3),
+        data,
+        run.__class__(**{**run.__dict__, "epochs": 2}),
+        seed=0,
+    )
+    n = len(alone.step_lr) // 2
+    second = train(
+        init_model(cfg.model, len(tok), seed=3), data, run, seed=1, schedule_span=(n, 2 * n)
+    )
+    assert second.step_lr == pytest.approx(alone.step_lr[n:])

@@ -23,6 +23,36 @@ class NodeData:
     data_path: Path  # JSONL of the organization's training documents
 
 
+def prepare(
+    cfg: Config,
+    strategy: str,
+    texts: dict[str, list[str]],
+    base: Path,
+    work: Path,
+    out: Path,
+    *,
+    yogi: tuple[float, float] | None = None,
+    simulation: bool = True,
+) -> tuple[Path, dict, list[NodeData]]:
+    """Everything one federated run needs in ``work``: each organization's training
+    documents where its client reads them (``texts``, in the order of the profile), the run
+    config and the Flower app. Returns the app directory, the run config and the nodes.
+    """
+    nodes = []
+    for org, docs in texts.items():
+        path = work / "nodes" / f"{org}.jsonl"
+        if not path.exists():  # written once: a resumed run reads the same file
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps({"content": t}) + "\n" for t in docs)
+            tmp.replace(path)
+        nodes.append(NodeData(org, path))
+    rc = run_config(cfg, strategy, nodes, base, out, work / "rounds", yogi=yogi,
+                    simulation=simulation)  # fmt: skip
+    return write_app(work / "app", rc), rc, nodes
+
+
 def run_config(
     cfg: Config,
     strategy: str,
@@ -31,12 +61,19 @@ def run_config(
     out: Path,
     ckpt: Path,
     *,
+    yogi: tuple[float, float] | None = None,
     simulation: bool = True,
 ) -> dict:
     """The run's settings, [tool.flwr.app.config] of the app; paths absolute (the ServerApp
     may run from an installed copy). Only a simulation maps nodes to data: on the deployment
-    engine each SuperNode names its own, and the run config names none."""
+    engine each SuperNode names its own, and the run config names none. ``yogi``: FedYogi's
+    server rate and tau, when not the profile's own (a tuned or a swept pair)."""
+    from collab_lib.federated import task
+
     fed, tr = cfg.federated, cfg.train
+    yogi = yogi or (fed.yogi_eta, fed.yogi_tau)
+    if strategy == "FedYogi" and None in yogi:
+        raise ValueError("FedYogi needs its server rate and tau (the profile's or the sweep's)")
     rc = {
         "strategy": strategy,
         "num-rounds": fed.rounds or tr.epochs,
@@ -52,19 +89,12 @@ def run_config(
             ]
         ),
         "seed": cfg.seed,
-        "lr": tr.lr,
-        "schedule": tr.schedule,
         "context": cfg.model.context,
-        "batch-size": tr.batch_size,
-        "grad-accum": tr.grad_accum,
-        "weight-decay": tr.weight_decay,
-        "warmup-steps": tr.warmup_steps,
-        "grad-clip": tr.grad_clip,
-        "yogi-eta": fed.yogi_eta,
-        "yogi-beta-1": fed.yogi_beta_1,
-        "yogi-beta-2": fed.yogi_beta_2,
-        "yogi-tau": fed.yogi_tau,
+        **task.to_run_config(tr),
     }
+    if strategy == "FedYogi":
+        rc |= {"yogi-eta": yogi[0], "yogi-beta-1": fed.yogi_beta_1,
+               "yogi-beta-2": fed.yogi_beta_2, "yogi-tau": yogi[1]}  # fmt: skip
     return rc
 
 

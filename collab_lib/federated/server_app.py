@@ -18,9 +18,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg, FedYogi
 
-from collab_lib.config import TrainConfig
 from collab_lib.federated import task
-from collab_lib.training import lr_factor
 
 app = ServerApp()
 CHECKPOINT = "round.npz"
@@ -33,15 +31,14 @@ class _Rounds:
         self.rc = run_config
         self.checkpoint_dir = checkpoint_dir
         self.done = 0  # rounds finished before this start (on resume)
-        self.curves: dict = {"round_loss": [], "organization_loss": {}, "lr": []}
+        self.curves: dict = {"round_loss": [], "organization_loss": {}, "organization_lr": {},
+                             "organization_examples": {}}  # fmt: skip
 
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):
+        """Each round's message names the round: a client places it on its own schedule."""
         r = self.done + server_round
-        schedule = TrainConfig(schedule=str(self.rc["schedule"]), warmup_steps=0)
-        lr = float(self.rc["lr"]) * lr_factor(r - 1, int(self.rc["num-rounds"]), schedule)
-        config["lr"] = lr
+        config["round"] = r
         config["seed"] = int(self.rc["seed"]) * 10_007 + r
-        self.curves["lr"].append(lr)
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(self, server_round: int, replies):
@@ -49,8 +46,12 @@ class _Rounds:
         for msg in replies:
             if not msg.has_error():
                 org = _organization(msg)
-                loss = float(msg.content["metrics"]["train-loss"])
+                metrics = msg.content["metrics"]
+                loss = float(metrics["train-loss"])
                 self.curves["organization_loss"].setdefault(org, []).append(loss)
+                lrs = [float(metrics["lr-first"]), float(metrics["lr-last"])]
+                self.curves["organization_lr"].setdefault(org, []).append(lrs)
+                self.curves["organization_examples"][org] = int(metrics["num-examples"])
         arrays, metrics = super().aggregate_train(server_round, replies)
         if arrays is None:
             raise RuntimeError(f"round {self.done + server_round}: no client replied with weights")
@@ -137,14 +138,8 @@ def main(grid: Grid, context: Context) -> None:
     remaining = int(rc["num-rounds"]) - strategy.done
     if remaining > 0:
         train_config = ConfigRecord(
-            {
-                "context": int(rc["context"]),
-                "batch-size": int(rc["batch-size"]),
-                "grad-accum": int(rc["grad-accum"]),
-                "weight-decay": float(rc["weight-decay"]),
-                "warmup-steps": int(rc["warmup-steps"]),
-                "grad-clip": float(rc["grad-clip"]),
-            }
+            {"context": int(rc["context"]), "num-rounds": int(rc["num-rounds"])}
+            | task.to_run_config(task.train_config(rc))
         )
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays

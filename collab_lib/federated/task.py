@@ -7,15 +7,46 @@ tied ``lm_head.weight`` never crosses the wire; loading restores the tie.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
+
+from collab_lib.config import TrainConfig
 
 TIED = "lm_head.weight"
+# The training settings a client needs, as Flower run-config keys (hyphens, as Flower's own).
+TRAIN_KEYS = {f.name.replace("_", "-"): f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def to_run_config(train: TrainConfig) -> dict:
+    """``TrainConfig`` as Flower run-config entries: ``warmup_fraction`` -> ``warmup-fraction``."""
+    return {key: getattr(train, name) for key, name in TRAIN_KEYS.items()}
+
+
+def train_config(config: dict | ConfigRecord, **changes) -> TrainConfig:
+    """The ``TrainConfig`` back from Flower's hyphenated keys (the one place they are read)."""
+    types = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    cast = {"int": int, "float": float, "str": str, "bool": bool}
+    values = {name: cast[str(types[name])](config[key]) for key, name in TRAIN_KEYS.items()}
+    return TrainConfig(**(values | changes))
+
+
+def client_schedule(rnd: int, num_rounds: int, sequences: int, train: TrainConfig):
+    """Round ``rnd`` (1-based) of a client's schedule: ``(first step, total steps)``.
+
+    A client follows, across rounds, the schedule its data would get alone over
+    ``num_rounds`` epochs: warm-up in round 1 only, then the decay carries on from round to
+    round. Clients stay stateless (a fresh optimizer each round, as Flower clients are).
+    """
+    from collab_lib.training import steps_per_epoch
+
+    per_round = steps_per_epoch(sequences, train)
+    return (rnd - 1) * per_round, num_rounds * per_round
 
 
 def device() -> torch.device:
