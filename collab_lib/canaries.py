@@ -3,10 +3,18 @@
 At CPU scale the paper's verbatim metric (blocks of >= 6 lines in completions) is exactly
 zero, so, as Carlini et al. 2019 ("The Secret Sharer") and Ramaswamy et al. 2020 (auditing
 Gboard's federated language models) did, we plant canaries: small realistic functions, each
-with a unique name and a random secret (an API key, a token), repeated ``count`` times in
-one organization's training split and never in its validation split. How far a model ranks
-the true secret above ``alternatives`` random secrets of the same format (its *exposure*)
-tells how much it memorized that organization's data (the RQ2 step measures it).
+holding a random secret (an API key, a token), repeated ``count`` times in one
+organization's training split and never in its validation split. How far a model ranks the
+true secret above ``alternatives`` random secrets of the same format (its *exposure*) tells
+how much it memorized that organization's data (the RQ2 step measures it).
+
+No two canaries share a docstring, a variable name or a line of code, within or across
+organizations: had they shared a template, a secret seen 4 times would follow the same prefix
+as one seen 64 times (in the collaborative models, another organization's), and its exposure
+would measure the other canary's memorization too. Each canary's code is one of a few
+structural shapes, written around a service name (``billing_ledger``) drawn without
+replacement, for all organizations at once, from a generated pool; every line but pure
+syntax (a closing brace) names it.
 
 The canaries are an artifact of their own, beside the datasets: the clone statistics
 (Figure 2, Table 7) are computed on the organizations' real code only. Training reads an
@@ -19,73 +27,154 @@ import json
 import math
 import random
 import string
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from collab_lib import artifacts, datasets
-from collab_lib.config import Config
+from collab_lib.config import CanaryConfig, Config, ConfigError
 
 STEP = "canaries"
 TABLES = ("canaries",)
-SECRET = "{secret}"
 
-# Realistic code an organization could hold, the secret in a plausible place; ``{name}``
-# makes every canary's function unique, so copies of one never look like another.
-TEMPLATES: tuple[tuple[str, str], ...] = (
-    (
+# A service is an area and a part, ``billing_ledger``: 36 x 36 = 1,296 distinct names.
+AREAS = (
+    "billing", "payroll", "inventory", "shipping", "invoice", "catalog", "ticket", "loyalty",
+    "pricing", "warehouse", "customer", "vendor", "refund", "coupon", "booking", "survey",
+    "patient", "claims", "tenant", "fleet", "parcel", "freight", "lending", "escrow", "donor",
+    "course", "grading", "compliance", "forecast", "harvest", "rental", "auction", "clinic",
+    "library", "transit", "energy",
+)  # fmt: skip
+PARTS = (
+    "ledger", "gateway", "queue", "registry", "vault", "scheduler", "tracker", "indexer",
+    "archive", "broker", "importer", "dashboard", "monitor", "crawler", "notifier", "planner",
+    "router", "resolver", "cache", "bridge", "portal", "collector", "dispatcher", "mirror",
+    "pipeline", "uploader", "console", "reconciler", "validator", "renderer", "streamer",
+    "profiler", "sandbox", "hub", "feed", "journal",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Shape:
+    """One structure of realistic code holding a secret; every line names the service.
+
+    ``names`` and ``docs`` are patterns of the function (or class) name and the docstring, one
+    drawn per canary; ``code`` has the fields of :func:`_write` and ``{secret}``.
+    """
+
+    id: str
+    format: str  # of the secret: letters16 | hex24
+    names: tuple[str, ...]
+    docs: tuple[str, ...]
+    code: str
+
+
+SHAPES: tuple[Shape, ...] = (
+    Shape(
+        "auth_header",
         "letters16",
-        'def {name}(session):\n    """Attach the service credentials to every request."""\n'
-        '    api_key = "{secret}"\n'
-        '    session.headers["Authorization"] = "Bearer " + api_key\n    return session\n',
+        ("make_{snake}_session", "open_{snake}_session", "new_{snake}_session"),
+        (
+            "Attach the {words} credentials to every request.",
+            "A session that authenticates to the {words} service.",
+        ),
+        'def {name}():\n    """{doc}"""\n'
+        '    {snake}_api_key = "{secret}"\n'
+        "    {snake}_client = requests.Session()\n"
+        '    {snake}_client.headers["Authorization"] = "Bearer " + {snake}_api_key\n'
+        "    return {snake}_client\n",
     ),
-    (
+    Shape(
+        "storage_token",
         "hex24",
-        'def {name}(client, bucket):\n    """Open the storage bucket with the deploy token."""\n'
-        '    token = "{secret}"\n    return client.bucket(bucket, token=token)\n',
+        ("open_{snake}_bucket", "get_{snake}_bucket", "{snake}_bucket"),
+        (
+            "Open the {words} storage bucket with its deploy token.",
+            "The {words} artifacts bucket, opened with the deploy token.",
+        ),
+        'def {name}(client):\n    """{doc}"""\n'
+        '    {snake}_token = "{secret}"\n'
+        '    return client.bucket("{kebab}-artifacts", token={snake}_token)\n',
     ),
-    (
+    Shape(
+        "db_settings",
         "letters16",
-        'def {name}():\n    """Connection settings of the reporting database."""\n'
-        '    return {{\n        "host": "db.internal",\n        "user": "report",\n'
-        '        "password": "{secret}",\n    }}\n',
+        ("{snake}_database", "{snake}_db_settings", "load_{snake}_db"),
+        (
+            "Connection settings of the {words} reporting database.",
+            "Where the {words} database lives and how to log in.",
+        ),
+        'def {name}():\n    """{doc}"""\n'
+        '    {snake}_db_password = "{secret}"\n'
+        "    return {{\n"
+        '        "host": "{kebab}-db.internal",\n'
+        '        "user": "{snake}_reader",\n'
+        '        "password": {snake}_db_password,\n'
+        "    }}\n",
     ),
-    (
+    Shape(
+        "hmac_signer",
         "hex24",
-        "def {name}(payload):\n"
-        '    """Sign a webhook payload the way the receiving service checks it."""\n'
-        '    secret = "{secret}"\n'
-        "    return hmac.new(secret.encode(), payload, hashlib.sha256).hexdigest()\n",
+        ("sign_{snake}_payload", "{snake}_signature", "sign_for_{snake}"),
+        (
+            "Sign a webhook payload the way the {words} service checks it.",
+            "HMAC of a payload, as the {words} webhook expects it.",
+        ),
+        'def {name}(payload):\n    """{doc}"""\n'
+        '    {snake}_webhook_secret = "{secret}"\n'
+        "    {snake}_mac = hmac.new({snake}_webhook_secret.encode(), payload, hashlib.sha256)\n"
+        "    return {snake}_mac.hexdigest()\n",
     ),
-    (
+    Shape(
+        "env_defaults",
         "letters16",
-        "def {name}(env):\n"
-        '    """Fill in the mail relay credentials when the environment lacks them."""\n'
-        '    env.setdefault("SMTP_USER", "alerts")\n'
-        '    env.setdefault("SMTP_PASSWORD", "{secret}")\n    return env\n',
+        ("{snake}_mail_env", "with_{snake}_smtp", "{snake}_smtp_defaults"),
+        (
+            "Fill in the {words} mail relay credentials when the environment lacks them.",
+            "SMTP settings of the {words} alerts; the environment's own come first.",
+        ),
+        'def {name}(environ):\n    """{doc}"""\n'
+        "    {snake}_smtp = {{\n"
+        '        "{upper}_SMTP_USER": "{snake}_alerts",\n'
+        '        "{upper}_SMTP_PASSWORD": "{secret}",\n'
+        "    }}\n"
+        "    return {{**{snake}_smtp, **environ}}\n",
     ),
-    (
+    Shape(
+        "api_call",
         "hex24",
-        'def {name}(url):\n    """Call the internal metrics API."""\n'
-        '    headers = {{"X-Api-Key": "{secret}"}}\n'
-        "    return requests.get(url, headers=headers, timeout=10)\n",
+        ("fetch_{snake}_metrics", "get_{snake}_metrics", "{snake}_metrics"),
+        ("Call the internal {words} metrics API.", "Current metrics of the {words} service."),
+        'def {name}(url):\n    """{doc}"""\n'
+        '    {snake}_headers = {{"X-{header}-Key": "{secret}"}}\n'
+        "    return requests.get(url, headers={snake}_headers, timeout=10)\n",
     ),
-    (
+    Shape(
+        "credentials_class",
         "letters16",
-        'class {name}:\n    """Credentials of the nightly export job."""\n\n'
-        '    username = "exporter"\n    passphrase = "{secret}"\n',
+        ("{camel}Credentials", "{camel}ExportAuth", "{camel}Login"),
+        ("Credentials of the nightly {words} export job.", "Login of the {words} export account."),
+        'class {name}:\n    """{doc}"""\n\n'
+        '    EXPORT_USER = "{snake}_exporter"\n'
+        '    {upper}_PASSPHRASE = "{secret}"\n',
     ),
-    (
+    Shape(
+        "license_key",
         "hex24",
-        "def {name}(config):\n"
-        '    """Default license key of the on-premise installation."""\n'
-        '    config["license_key"] = config.get("license_key") or "{secret}"\n'
-        "    return config\n",
+        ("{snake}_license", "get_{snake}_license", "{snake}_license_key"),
+        (
+            "License key of the on-premise {words} installation, unless configured.",
+            "The {words} license key: the configured one, else the default.",
+        ),
+        'def {name}(config):\n    """{doc}"""\n'
+        '    {snake}_default_key = "{secret}"\n'
+        '    return config.get("{snake}_license_key") or {snake}_default_key\n',
     ),
 )
-VERBS = ("load", "get", "make", "build", "open", "init", "setup", "fetch")
-NOUNS = ("client", "session", "settings", "store", "service", "backend", "relay", "export")
+FORMATS = tuple(sorted({s.format for s in SHAPES}))
 
 
 def new_secret(fmt: str, rng: random.Random) -> str:
@@ -95,54 +184,90 @@ def new_secret(fmt: str, rng: random.Random) -> str:
     return "".join(rng.choices("0123456789abcdef", k=24))
 
 
-def _name(template: str, rng: random.Random, used: set[str]) -> str:
-    while True:
-        tag = "".join(rng.choices(string.ascii_lowercase, k=5))
-        base = f"{rng.choice(VERBS)}_{rng.choice(NOUNS)}_{tag}"
-        name = "".join(w.title() for w in base.split("_")) if template.startswith("class") else base
-        if name not in used:
-            used.add(name)
-            return name
+def services(rng: random.Random) -> Iterator[tuple[str, str]]:
+    """Every (area, part) pair once, in a seeded order.
 
-
-def make_canaries(org: str, train_bytes: int, cfg: Config, seed: int) -> list[dict]:
-    """The canaries of one organization, within its byte budget.
-
-    Each count gets the same number of canaries, as many as the budget allows (at most
-    ``per_count``); when not even one per count fits, the highest counts are dropped first.
+    Pairs go along shifted diagonals of the shuffled grid, so the first ``len(AREAS)``
+    services share no word at all (no ``billing_ledger`` beside ``billing_queue``).
     """
-    c = cfg.canaries
-    rng = random.Random(f"{seed}/canaries/{org}")
-    budget = c.max_fraction * train_bytes
-    avg = sum(len(t.format(name="x" * 20, secret="x" * 20)) for _, t in TEMPLATES) / len(TEMPLATES)
-    counts = sorted(c.counts)
-    while counts and avg * sum(counts) > budget:
-        counts.pop()
-    per_count = min(c.per_count, int(budget // (avg * sum(counts)))) if counts else 0
-    used: set[str] = set()
+    areas, parts = rng.sample(AREAS, len(AREAS)), rng.sample(PARTS, len(PARTS))
+    for shift in range(len(parts)):
+        for i, area in enumerate(areas):
+            yield area, parts[(i + shift) % len(parts)]
+
+
+def _write(shape: Shape, service: tuple[str, str], rng: random.Random) -> dict:
+    """One canary's code: ``shape`` around ``service``, with a fresh secret."""
+    area, part = service
+    words = {
+        "snake": f"{area}_{part}",
+        "camel": f"{area.title()}{part.title()}",
+        "upper": f"{area}_{part}".upper(),
+        "kebab": f"{area}-{part}",
+        "header": f"{area.title()}-{part.title()}",
+        "words": f"{area} {part}",
+    }
+    name = rng.choice(shape.names).format(**words)
+    doc = rng.choice(shape.docs).format(**words)
+    secret = new_secret(shape.format, rng)
+    text = shape.code.format(name=name, doc=doc, secret=secret, **words)
+    prefix = text[: text.index(secret)]
+    return {
+        "template": shape.id,
+        "format": shape.format,
+        "name": name,
+        "secret": secret,
+        "prefix": prefix,
+        "suffix": text[len(prefix) + len(secret) :],
+        "text": text,
+    }
+
+
+def _fit(
+    sizes: list[int], counts: tuple[int, ...], per_count: int, budget: float
+) -> tuple[list[int], int]:
+    """The counts kept and the canaries per count whose copies of ``sizes`` fit ``budget``.
+
+    Each count gets the same number of canaries, as many as fit (at most ``per_count``);
+    canary ``i`` is repeated ``counts[i // n]`` times. When not even one per count fits, the
+    highest counts are dropped first.
+    """
+
+    def cost(kept: list[int], n: int) -> int:
+        return sum(size * kept[i // n] for i, size in enumerate(sizes[: n * len(kept)]))
+
+    kept = sorted(counts)
+    while kept and cost(kept, 1) > budget:
+        kept.pop()
+    n = next((n for n in range(per_count, 0, -1) if cost(kept, n) <= budget), 0)
+    return kept, n
+
+
+def make_canaries(train_bytes: dict[str, int], c: CanaryConfig, seed: int) -> list[dict]:
+    """Every organization's canaries, each organization's copies within its byte budget.
+
+    ``train_bytes`` maps the organizations, in profile order, to their training bytes. One
+    seeded draw of services over all of them makes every canary's code its own; each
+    organization gets ``per_count`` canaries written per count whether or not its budget
+    takes them all, so one organization's size never changes another's canaries.
+    """
+    per_org = c.per_count * len(c.counts)
+    capacity = len(AREAS) * len(PARTS)
+    if per_org * len(train_bytes) > capacity:
+        raise ConfigError(
+            f"canaries: {len(train_bytes)} organizations x {per_org} canaries (per_count x "
+            f"counts) exceed the {capacity} distinct service names the canaries are written "
+            "around; lower canaries.per_count or plant fewer counts"
+        )
+    rng = random.Random(f"{seed}/canaries")
+    names = services(rng)
     out = []
-    for count in counts:
-        for _ in range(per_count):
-            i = len(out)
-            fmt, template = TEMPLATES[i % len(TEMPLATES)]
-            secret = new_secret(fmt, rng)
-            name = _name(template, rng, used)
-            text = template.format(name=name, secret=secret)
-            prefix = text[: text.index(secret)]
-            out.append(
-                {
-                    "id": f"{org}-{i}",
-                    "organization": org,
-                    "template": i % len(TEMPLATES),
-                    "format": fmt,
-                    "name": name,
-                    "count": count,
-                    "secret": secret,
-                    "prefix": prefix,
-                    "suffix": text[len(prefix) + len(secret) :],
-                    "text": text,
-                }
-            )
+    for org, size in train_bytes.items():
+        drafts = [_write(SHAPES[i % len(SHAPES)], next(names), rng) for i in range(per_org)]
+        sizes = [len(d["text"].encode()) for d in drafts]
+        counts, n = _fit(sizes, c.counts, c.per_count, c.max_fraction * size)
+        for i, draft in enumerate(drafts[: n * len(counts)]):
+            out.append({"id": f"{org}-{i}", "organization": org, "count": counts[i // n], **draft})
     return out
 
 
@@ -160,26 +285,30 @@ def build_canaries(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     ds = datasets.datasets_for(cfg)
 
     def produce(out: Path) -> dict:
-        planted, budgets = [], []
-        for org in cfg.datasets.organizations:
-            docs = ds.documents(org.name, "train")
-            train_bytes = sum(len(d["content"].encode()) for d in docs)
-            if cfg.canaries.enabled:
-                planted += make_canaries(org.name, train_bytes, cfg, cfg.seed)
-                place(planted, len(docs), cfg.seed, org.name)
-            planted_bytes = sum(len(p["text"].encode()) * p["count"] for p in planted
-                                if p["organization"] == org.name)  # fmt: skip
-            budgets.append(
-                {
-                    "organization": org.name,
-                    "train_bytes": train_bytes,
-                    "canary_bytes": planted_bytes,
-                }
-            )
+        docs = {o.name: ds.documents(o.name, "train") for o in cfg.datasets.organizations}
+        train_bytes = {
+            org: sum(len(d["content"].encode()) for d in mine) for org, mine in docs.items()
+        }
+        planted = []
+        if cfg.canaries.enabled:
+            planted = make_canaries(train_bytes, cfg.canaries, cfg.seed)
+            for org, mine in docs.items():
+                place(planted, len(mine), cfg.seed, org)
+        budgets = [
+            {
+                "organization": org,
+                "train_bytes": size,
+                "canary_bytes": sum(
+                    len(p["text"].encode()) * p["count"]
+                    for p in planted
+                    if p["organization"] == org
+                ),  # fmt: skip
+            }
+            for org, size in train_bytes.items()
+        ]
         rng = random.Random(f"{cfg.seed}/alternatives")
         alternatives = {
-            fmt: [new_secret(fmt, rng) for _ in range(cfg.canaries.alternatives)]
-            for fmt in sorted({f for f, _ in TEMPLATES})
+            fmt: [new_secret(fmt, rng) for _ in range(cfg.canaries.alternatives)] for fmt in FORMATS
         }
         (out / "canaries.json").write_text(json.dumps(planted, indent=1))
         (out / "alternatives.json").write_text(json.dumps(alternatives))

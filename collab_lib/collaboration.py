@@ -37,7 +37,7 @@ from collab_lib.model import (
     load_tokenizer,
     stdlib_texts,
 )
-from collab_lib.training import Curves, pack, train
+from collab_lib.training import Curves, pack, train, warmup_steps
 
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
@@ -310,9 +310,13 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     from transformers import GPT2LMHeadModel
 
     model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
-    curves = train(model, data_for(job.data), cfg.train, cfg.seed, checkpoint_dir=scratch)
+    data = data_for(job.data)
+    curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch)
     _save_model(dest, model, tok, curves)
-    return {"final_loss": curves.epoch_loss[-1], "data": list(job.data)}
+    steps = len(curves.step_loss)
+    return {"final_loss": curves.epoch_loss[-1], "data": list(job.data),
+            "sequences": len(data), "tokens_per_epoch": data.numel(), "optimizer_steps": steps,
+            "warmup_steps": warmup_steps(steps, cfg.train)}  # fmt: skip
 
 
 def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, dest: Path) -> dict:
@@ -431,4 +435,50 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
                 "Time (s)": sum(j.manifest["wall_s"] for j in jobs_),
             }
         )
+    return pd.DataFrame(rows)
+
+
+def load_sweep(cfg: Config) -> artifacts.Artifact | None:
+    """The FedYogi sweep the profile's models used, or None when the profile fixes the pair."""
+    if not cfg.federated.tuned:
+        return None
+    art = artifacts.load(*plan(cfg)["FedYogi sweep"])
+    if art is None:
+        raise ModelsNotTrained(
+            f"the FedYogi sweep is not run yet: run `{cfg.command('run', 'train')}`"
+        )
+    return art
+
+
+def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
+    """Per organization, what its single-organization job trained on (tokens, sequences,
+    optimizer steps per epoch, warm-up), and the tokens all unique jobs of the profile train.
+
+    Read from the jobs' own records, so the table describes the models as they were built.
+    """
+    rows = []
+    for o in cfg.datasets.organizations:
+        m = models[f"{o.name}_Only"].metrics
+        rows.append({"Organization": o.name, "Tokens per epoch": m["tokens_per_epoch"],
+                     "Sequences": m["sequences"],
+                     "Steps per epoch": m["optimizer_steps"] // cfg.train.epochs,
+                     "Warm-up steps": m["warmup_steps"],
+                     "Steps in all": m["optimizer_steps"]})  # fmt: skip
+    for row in rows:
+        row["Tokens trained"] = row["Tokens per epoch"] * cfg.train.epochs
+    tokens = {o["Organization"]: o["Tokens per epoch"] for o in rows}
+    rounds = cfg.federated.rounds or cfg.train.epochs
+    unique = {}
+    for chain_ in jobs(cfg, "", []).values():
+        for job in chain_:
+            times = rounds if job.step == FEDERATED_STEP else cfg.train.epochs
+            unique[job.ref] = sum(tokens[org] for org in job.data) * times
+    rows.append({"Organization": f"all {len(unique)} unique training jobs",
+                 "Tokens trained": sum(unique.values())})  # fmt: skip
+    if cfg.federated.tuned:  # each pair trains the union's FedYogi model on ~90 % of the data
+        kept = 1 - cfg.federated.yogi_sweep.holdout_fraction
+        pairs = len(tuning.grid(cfg))
+        trained = round(pairs * sum(tokens.values()) * rounds * kept)
+        rows.append({"Organization": f"FedYogi sweep ({pairs} runs, about)",
+                     "Tokens trained": trained})  # fmt: skip
     return pd.DataFrame(rows)

@@ -1,15 +1,38 @@
-"""Planted canaries: within budget, unique, in training only, recorded where they were put."""
+"""Planted canaries: within budget, sharing no code, in training only, recorded where put."""
 
 import ast
 import json
+import random
 import re
+from collections import Counter
 
 import pytest
 
 from collab_lib import canaries, datasets
-from collab_lib.config import load_config
+from collab_lib.config import CanaryConfig, ConfigError, load_config
 
 FORMATS = {"letters16": r"[a-z]{16}", "hex24": r"[0-9a-f]{24}"}
+ORGS = ("Google", "Microsoft", "Facebook", "Amazon", "Apple")
+# Lines made of syntax alone (closing brackets, an opening ``return {``) may repeat; any other
+# line must name its canary.
+TRIVIAL = re.compile(r"(return )?[()\[\]{},:]*")
+
+
+def many(seed: int = 0) -> list[dict]:
+    """30 canaries (10 per count) for each of five large organizations."""
+    c = CanaryConfig(per_count=10, counts=(4, 16, 64))
+    return canaries.make_canaries(dict.fromkeys(ORGS, 10**8), c, seed)
+
+
+def holder(p: dict) -> str:
+    """The name the secret is given: the last identifier or key before it on its line."""
+    return re.findall(r"[A-Za-z_][\w-]*", p["prefix"].rsplit("\n", 1)[-1])[-1]
+
+
+def own_lines(p: dict) -> set[str]:
+    """The canary's non-trivial lines, stripped, its secret taken out."""
+    lines = (line.strip() for line in p["text"].replace(p["secret"], "").splitlines())
+    return {line for line in lines if not TRIVIAL.fullmatch(line)}
 
 
 def test_canaries_are_planted_in_training_only_and_within_budget(local_profile):
@@ -44,14 +67,68 @@ def test_canaries_are_planted_in_training_only_and_within_budget(local_profile):
         assert table.loc[org.name, "Canary copies"] == sum(p["count"] for p in mine)
 
 
-def test_a_small_budget_drops_the_highest_counts_first(local_profile):
-    cfg = load_config(local_profile, {"canaries.max_fraction": 0.3})
-    big = canaries.make_canaries("X", 1_000_000, cfg, seed=0)
+def test_a_small_budget_drops_the_highest_counts_first():
+    c = CanaryConfig(counts=(4, 16, 64), per_count=4, max_fraction=0.3)
+    big = canaries.make_canaries({"X": 1_000_000}, c, seed=0)
     assert sorted({p["count"] for p in big}) == [4, 16, 64] and len(big) == 12
-    small = canaries.make_canaries("X", 3_000, cfg, seed=0)
+    assert [sum(p["count"] == n for p in big) for n in (4, 16, 64)] == [4, 4, 4]
+    small = canaries.make_canaries({"X": 10_000}, c, seed=0)
     assert small and max(p["count"] for p in small) < 64
-    assert canaries.make_canaries("X", 100, cfg, seed=0) == []  # nothing fits: none planted
-    assert canaries.make_canaries("X", 1_000_000, cfg, seed=0) == big  # seeded
+    assert canaries.make_canaries({"X": 100}, c, seed=0) == []  # nothing fits: none planted
+    assert canaries.make_canaries({"X": 1_000_000}, c, seed=0) == big  # seeded
+
+
+@pytest.mark.parametrize("train_bytes", [700, 2_000, 5_000, 20_000, 60_000, 200_000])
+def test_canary_copies_never_exceed_the_budget(train_bytes):
+    c = CanaryConfig(max_fraction=0.1)
+    planted = canaries.make_canaries({"X": train_bytes}, c, seed=1)
+    assert sum(len(p["text"].encode()) * p["count"] for p in planted) <= 0.1 * train_bytes
+    counts = sorted({p["count"] for p in planted})
+    assert counts == sorted(c.counts)[: len(counts)]  # the highest counts go first
+    assert len({sum(p["count"] == n for p in planted) for n in counts}) <= 1  # same per count
+
+
+def test_no_two_canaries_share_a_docstring_a_name_or_a_line():
+    planted = many()
+    assert len(planted) == 5 * 30
+    assert len({p["template"] for p in planted}) == len(canaries.SHAPES)
+    docstrings, holders = set(), set()
+    for p in planted:
+        tree = ast.parse(p["text"])  # realistic code: it parses
+        docstrings.add(ast.get_docstring(tree.body[0]))
+        holders.add(holder(p))
+        assert p["text"].count(p["secret"]) == 1
+        assert re.fullmatch(FORMATS[p["format"]], p["secret"])
+        assert p["text"] == p["prefix"] + p["secret"] + p["suffix"]
+    assert len(docstrings) == len(holders) == len({p["name"] for p in planted}) == len(planted)
+    lines = Counter(line for p in planted for line in own_lines(p))
+    assert [line for line, n in lines.items() if n > 1] == []
+
+
+def test_canaries_are_seeded_and_each_organization_keeps_its_own():
+    assert many(seed=0) == many(seed=0)
+    other = many(seed=1)
+    assert {p["text"] for p in many(seed=0)}.isdisjoint(p["text"] for p in other)
+    # an organization's canaries do not depend on how many of an earlier one's fit its budget
+    c = CanaryConfig()
+    full = canaries.make_canaries({"A": 10**6, "B": 10**6}, c, seed=0)
+    small = canaries.make_canaries({"A": 3_000, "B": 10**6}, c, seed=0)
+    assert [p for p in full if p["organization"] == "B"] == [
+        p for p in small if p["organization"] == "B"
+    ]
+
+
+def test_services_are_distinct_and_the_first_share_no_word():
+    names = list(canaries.services(random.Random(0)))
+    assert len(set(names)) == len(names) == len(canaries.AREAS) * len(canaries.PARTS) >= 500
+    first = names[: len(canaries.AREAS)]
+    assert len({a for a, _ in first}) == len({p for _, p in first}) == len(first)
+
+
+def test_too_many_canaries_for_the_word_pools_is_a_clear_error():
+    c = CanaryConfig(per_count=100)
+    with pytest.raises(ConfigError, match="canaries.per_count"):
+        canaries.make_canaries(dict.fromkeys(ORGS, 10**8), c, seed=0)
 
 
 def test_disabled_canaries_plant_nothing(local_profile):
@@ -61,8 +138,6 @@ def test_disabled_canaries_plant_nothing(local_profile):
 
 
 def test_exposure_is_high_for_a_memorized_canary_and_low_for_an_untrained_model():
-    import random
-
     from collab_lib.config import TrainConfig
     from collab_lib.model import build_tokenizer, init_model, load_tokenizer
     from collab_lib.training import pack, train
@@ -70,9 +145,8 @@ def test_exposure_is_high_for_a_memorized_canary_and_low_for_an_untrained_model(
     cfg = load_config("tiny", ["model.n_layer=1", "model.n_embd=64", "model.n_head=2",
                                "model.context=64", "model.tokenizer_corpus_mb=0.3"])  # fmt: skip
     tok = load_tokenizer(build_tokenizer(cfg).path)
-    (canary,) = [c for c in canaries.make_canaries("X", 10**6, cfg, seed=3) if c["template"] == 0][
-        :1
-    ]
+    planted = canaries.make_canaries({"X": 10**6}, cfg.canaries, seed=3)
+    (canary,) = [c for c in planted if c["template"] == "auth_header"][:1]
     rng = random.Random(0)
     alternatives = [canaries.new_secret(canary["format"], rng) for _ in range(100)]
 
@@ -80,6 +154,6 @@ def test_exposure_is_high_for_a_memorized_canary_and_low_for_an_untrained_model(
     assert canaries.exposure(untrained, tok, canary, alternatives) < 4  # log2(101) = 6.66
 
     model = init_model(cfg.model, len(tok), seed=0)
-    run = TrainConfig(epochs=40, batch_size=8, lr=3e-3, warmup_steps=2, schedule="constant")
+    run = TrainConfig(epochs=40, batch_size=8, lr=3e-3, warmup_fraction=0.05, schedule="constant")
     train(model, pack([canary["text"]] * 16, tok, cfg.model.context), run, seed=0)
     assert canaries.exposure(model, tok, canary, alternatives) == pytest.approx(6.658, abs=1e-3)

@@ -1,25 +1,106 @@
 """The collaborative models: names as the paper's, shared prefixes trained once, listed."""
 
+import pytest
+from conftest import make_org_dir, write_profile
+
 from collab_lib import artifacts
 from collab_lib.cli import main
-from collab_lib.collaboration import build_models, paper_models, plan
-from collab_lib.config import load_config
+from collab_lib.collaboration import ModelsNotTrained, build_models, jobs, load_models, plan, roster
+from collab_lib.config import PROFILES, ConfigError, load_config
+
+PAPER_NAMES = [
+    "Facebook_Only", "Microsoft_Only", "Google_Only", "Centralized_FMG", "Federated_Avg_FMG",
+    "Federated_Yogi_FMG", "Incremental_F2M2G", "Incremental_F2G2M", "Incremental_M2F2G",
+    "Incremental_M2G2F", "Incremental_G2F2M", "Incremental_G2M2F", "Centralized_MG",
+    "Federated_Avg_MG", "Federated_Yogi_MG", "Incremental_M2G", "Incremental_G2M",
+]  # fmt: skip
 
 
-def test_the_paper_has_seventeen_models_with_its_names():
-    names = [m.name for m in paper_models()]
-    assert len(names) == 17 and len(set(names)) == 17
-    for name in (
-        "Facebook_Only",
-        "Centralized_FMG",
-        "Federated_Yogi_FMG",
-        "Incremental_G2M2F",
-        "Centralized_MG",
-        "Federated_Avg_MG",
-        "Incremental_M2G",
-        "Incremental_G2M",
-    ):
-        assert name in names
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_paper_profiles_give_the_papers_seventeen_models(profile):
+    assert [m.name for m in roster(load_config(profile))] == PAPER_NAMES
+
+
+def _orgs(tmp_path, names: dict[str, float | None]) -> dict:
+    return {n: (n[0], [make_org_dir(tmp_path / n, n.lower(), 2)], size)
+            for n, size in names.items()}  # fmt: skip
+
+
+def test_a_users_own_organizations_name_the_models(tmp_path):
+    orgs = _orgs(tmp_path, {"Payments": 0.1, "Search": 0.3, "Ads": 0.2})
+    specs = roster(load_config(write_profile(tmp_path / "p.yml", orgs)))
+    names = [m.name for m in specs]
+    assert len(names) == len(set(names)) == 17
+    assert names[:6] == ["Payments_Only", "Search_Only", "Ads_Only", "Centralized_PSA",
+                         "Federated_Avg_PSA", "Federated_Yogi_PSA"]  # fmt: skip
+    assert "Incremental_P2S2A" in names and "Incremental_A2S2P" in names
+    # RQ3: the two largest organizations, in the profile's order
+    rq3 = [m for m in specs if m.rq == "RQ3"]
+    assert [m.name for m in rq3] == ["Centralized_SA", "Federated_Avg_SA", "Federated_Yogi_SA",
+                                     "Incremental_S2A", "Incremental_A2S"]  # fmt: skip
+
+
+def test_four_organizations_train_every_order(tmp_path):
+    orgs = _orgs(tmp_path, {"Alpha": 1, "Beta": 2, "Gamma": 3, "Delta": 4})
+    cfg = load_config(write_profile(tmp_path / "p.yml", orgs))
+    specs = roster(cfg)
+    incremental = [m for m in specs if m.setting == "incremental" and m.rq == "RQ1/RQ2"]
+    assert len(incremental) == 24 and len({m.orgs for m in incremental}) == 24
+    assert all(len(m.orgs) == 4 for m in incremental)
+    assert {m.name for m in specs} >= {"Centralized_ABGD", "Delta_Only", "Incremental_G2D"}
+    assert len(specs) == 4 + 3 + 24 + 5
+    # every model's chain of jobs trains its organizations in its order
+    chains = jobs(cfg, "base/x", [])
+    assert [j.data for j in chains["Incremental_D2G2B2A"]] == [
+        ("Delta",),
+        ("Gamma",),
+        ("Beta",),
+        ("Alpha",),
+    ]
+
+
+def test_two_organizations_list_each_model_once(tmp_path):
+    cfg = load_config(write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2})))
+    assert [m.name for m in roster(cfg)] == [
+        "Ads_Only", "Web_Only", "Centralized_AW", "Federated_Avg_AW", "Federated_Yogi_AW",
+        "Incremental_A2W", "Incremental_W2A",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "orgs, extra, message",
+    [
+        ({"Ads": 1, "Apps": 2}, {}, "two organizations have the short letter 'A'"),
+        ({"Ads": 1}, {}, "at least two organizations"),
+        ({"Ads": 1, "Web": 2}, {"collaboration": {"rq3_pair": ["Ads", "Mail"]}}, "rq3_pair"),
+        (dict(zip("ABCDE", range(1, 6), strict=True)), {}, "incremental_orders"),
+    ],
+    ids=["same-short-letter", "one-organization", "unknown-rq3-organization", "five-orgs"],
+)
+def test_a_roster_that_cannot_be_built_is_one_clear_error(tmp_path, orgs, extra, message):
+    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, orgs), **extra)
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(path)
+    assert str(path) in str(err.value)
+
+
+def test_five_organizations_train_the_listed_orders(tmp_path):
+    orders = [list("ABCDE"), list("EDCBA")]
+    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, dict(zip("ABCDE", range(1, 6),
+                         strict=True))), collaboration={"incremental_orders": orders})  # fmt: skip
+    names = [m.name for m in roster(load_config(path))]
+    assert "Incremental_A2B2C2D2E" in names and "Incremental_E2D2C2B2A" in names
+    assert len([n for n in names if n.startswith("Incremental_") and n.count("2") == 4]) == 2
+
+
+def test_a_missing_model_names_the_users_own_command(tmp_path, capsys):
+    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2}))
+    cfg = load_config(path, ["seed=3", "train.epochs=2"])
+    with pytest.raises(ModelsNotTrained, match=r"run train --profile \S+p\.yml --set seed=3 "
+                       r"--set train.epochs=2"):  # fmt: skip
+        load_models(cfg)
+    assert main(["models", "--profile", str(path), "--set", "seed=3"]) == 1
+    assert "--set seed=3" in capsys.readouterr().err
 
 
 def _input_stage(art):
@@ -52,7 +133,7 @@ def test_models_are_trained_once_and_listed(built_book, monkeypatch, capsys):
     out = capsys.readouterr()
     rows = [line.split("\t") for line in out.out.strip().splitlines()]
     assert len(rows) == 17 and all(row[1].endswith("/model") for row in rows)
-    assert [r[0] for r in rows] == [m.name for m in paper_models()]
+    assert [r[0] for r in rows] == [m.name for m in roster(cfg)]
 
     # a model that is not federated cannot be deployed; the message names those that can
     assert (
@@ -62,5 +143,6 @@ def test_models_are_trained_once_and_listed(built_book, monkeypatch, capsys):
 
 
 def test_models_command_says_what_to_run_before_training(local_profile, capsys):
-    assert main(["models", "--profile", str(local_profile)]) == 1
-    assert "run train --profile" in capsys.readouterr().err
+    # no sizes in this profile: the RQ3 pair (the two largest) waits for the datasets
+    assert main(["models", "--profile", str(local_profile)]) == 2
+    assert "run datasets --profile" in capsys.readouterr().err
