@@ -271,8 +271,9 @@ def make_canaries(train_bytes: dict[str, int], c: CanaryConfig, seed: int) -> li
     return out
 
 
-def plan(cfg: Config) -> dict[str, tuple[str, str]]:
-    ds_ref = "{}/{}".format(*datasets.plan(cfg)["datasets"])
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The canaries' key; ``upstream``: the datasets step's plan, when the caller has it."""
+    ds_ref = "{}/{}".format(*(upstream or datasets.plan(cfg))["datasets"])
     return {"canaries": (STEP, artifacts.artifact_key(STEP, _config(cfg), [ds_ref]))}
 
 

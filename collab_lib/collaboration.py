@@ -181,16 +181,22 @@ def _stage_config(cfg: Config, data: tuple[str, ...]) -> dict:
     return {"data": list(data), "train": cfg.train, "model": cfg.model, "seed": cfg.seed}
 
 
-def _data_refs(cfg: Config) -> list[str]:
-    return ["{}/{}".format(*datasets.plan(cfg)["datasets"]),
-            "{}/{}".format(*canaries.plan(cfg)["canaries"])]  # fmt: skip
+def _data_refs(cfg: Config, upstream: dict | None = None) -> list[str]:
+    """The datasets and canaries artifacts every training job reads."""
+    upstream = dict(upstream or {})
+    if "datasets" not in upstream:
+        upstream |= datasets.plan(cfg)
+    if "canaries" not in upstream:
+        upstream |= canaries.plan(cfg, upstream)
+    return ["{}/{}".format(*upstream["datasets"]), "{}/{}".format(*upstream["canaries"])]
 
 
-def plan(cfg: Config) -> dict[str, tuple[str, str]]:
-    """The artifacts of the base model and of every model, keyed without training anything."""
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The artifacts of the base model and of every model, keyed without training anything;
+    ``upstream``: the datasets and canaries steps' plans, when the caller has them."""
     base = (BASE_STEP, artifacts.artifact_key(BASE_STEP, _base_config(cfg), []))
     out = {"base model": base}
-    base_ref, data_refs = "{}/{}".format(*base), _data_refs(cfg)
+    base_ref, data_refs = "{}/{}".format(*base), _data_refs(cfg, upstream)
     if cfg.federated.tuned:
         out["FedYogi sweep"] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
     for name, chain in jobs(cfg, base_ref, data_refs).items():
@@ -250,11 +256,14 @@ def training_texts(cfg: Config) -> dict[str, list[str]]:
     }
 
 
-def build_sweep(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+def build_sweep(
+    cfg: Config, *, force: bool = False, texts=None, data_refs: list[str] | None = None
+) -> artifacts.Artifact:
     """FedYogi's server-rate sweep of the profile (:mod:`collab_lib.tuning`), cached."""
     planted = {p["text"] for p in canaries.load(canaries.build_canaries(cfg))}
     base = build_base_model(cfg)
-    return tuning.build_sweep(cfg, base, training_texts(cfg), _data_refs(cfg), planted, force=force)
+    texts = texts or training_texts(cfg)
+    return tuning.build_sweep(cfg, base, texts, data_refs or _data_refs(cfg), planted, force=force)
 
 
 def build_models(
@@ -278,7 +287,8 @@ def build_models(
     built: dict[str, artifacts.Artifact] = {base.ref: base}
     out: dict[str, artifacts.Artifact] = {}
     forced: set[str] = set()  # with force, a shared stage is still retrained only once
-    chains = jobs(cfg, base.ref, _data_refs(cfg))
+    data_refs = _data_refs(cfg)
+    chains = jobs(cfg, base.ref, data_refs)
     unknown = set(names or ()) - set(chains)
     if unknown:
         raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
@@ -291,7 +301,7 @@ def build_models(
             if job.step == FEDERATED_STEP:
                 yogi = None
                 if job.config["strategy"] == "FedYogi" and cfg.federated.tuned:
-                    yogi = tuning.best(build_sweep(cfg))
+                    yogi = tuning.best(build_sweep(cfg, texts=texts, data_refs=data_refs))
                 produce = partial(_train_federated, cfg, job, base, texts, scratch, yogi)
             else:
                 produce = partial(_train_stage, cfg, job, built[job.inputs[0]], tok, data_for,
@@ -448,6 +458,15 @@ def load_sweep(cfg: Config) -> artifacts.Artifact | None:
             f"the FedYogi sweep is not run yet: run `{cfg.command('run', 'train')}`"
         )
     return art
+
+
+def yogi_table(cfg: Config) -> pd.DataFrame:
+    """The sweep's pairs and held-out perplexities, or the profile's fixed pair."""
+    sweep = load_sweep(cfg)
+    if sweep is not None:
+        return tuning.table(sweep)
+    f = cfg.federated
+    return pd.DataFrame([{"eta": f.yogi_eta, "tau": f.yogi_tau, "chosen": "fixed by the profile"}])
 
 
 def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:

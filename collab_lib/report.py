@@ -27,7 +27,7 @@ def show_table(
     df: pd.DataFrame, art: artifacts.Artifact, cfg: Config, table: str | None = None
 ) -> None:
     """Display a table without its index, then the line that says where it came from."""
-    display(df.style.hide(axis="index").format(precision=2, thousands=","))
+    display(df.style.hide(axis="index").format(precision=2, thousands=",", na_rep=""))
     display(source_line(art, cfg, table))
 
 
@@ -116,14 +116,27 @@ def table2_summary(table2: pd.DataFrame) -> pd.DataFrame:
 
 
 def figure2(fig2: pd.DataFrame) -> plt.Figure:
-    """Figure 2 of the paper: internal clone blocks and clone LOC per MB of training code."""
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3))
+    """Figure 2 of the paper: internal clone blocks and clone LOC per MB of each
+    organization's own training code; vendored copies, if any, as grey hatched bars."""
+    n_own = int((~fig2["vendored"]).sum())
+    # a vendored row's label is "<organization>: vendored copies (...)"; the axis keeps it short
+    labels = [
+        r["organization"].partition(": ")[0] + "\nvendored" if r["vendored"] else r["organization"]
+        for _, r in fig2.iterrows()
+    ]
+    fig, axes = plt.subplots(1, 2, figsize=(8 + 0.8 * (len(fig2) - n_own), 3))
     for ax, col, title in (
         (axes[0], "clone_blocks_per_mb", "Clone blocks per MB"),
         (axes[1], "clone_loc_per_mb", "Clone LOC per MB"),
     ):
-        ax.bar(fig2["organization"], fig2[col], color=["#4c72b0", "#dd8452", "#55a868"])
+        bars = ax.bar(labels, fig2[col])
+        for i, (bar, vendored) in enumerate(zip(bars, fig2["vendored"], strict=True)):
+            if vendored:
+                bar.set(facecolor="#dddddd", edgecolor="#666666", hatch="//")
+            else:
+                bar.set_color(("#4c72b0", "#dd8452", "#55a868")[i % 3])
         ax.set_title(title)
+        ax.tick_params(axis="x", labelsize=8)
     fig.tight_layout()
     return fig
 
@@ -174,10 +187,21 @@ def settings_table(cfg: Config) -> pd.DataFrame:
         ("vocabulary / context", f"{m.vocab_size} / {m.context} tokens"),
         ("epochs (= federated rounds)", f"{t.epochs} ({cfg.federated.rounds or t.epochs} rounds)"),
         ("batch x accumulation", f"{t.batch_size} x {t.grad_accum} sequences"),
-        ("AdamW lr, schedule, warm-up", f"{t.lr:g}, {t.schedule}, {t.warmup_steps} steps"),
+        (
+            "AdamW lr, schedule, warm-up",
+            f"{t.lr:g}, {t.schedule} to zero, first {t.warmup_fraction:.0%} of each job's steps",
+        ),
+        ("FedYogi server rate, tau", _yogi(cfg)),
         ("seed", str(cfg.seed)),
     ]
     return pd.DataFrame(rows, columns=["Setting", "Value"])
+
+
+def _yogi(cfg: Config) -> str:
+    f = cfg.federated
+    if f.tuned:
+        return f"chosen by a sweep on held-out training files (eta {list(f.yogi_sweep.etas)})"
+    return f"{f.yogi_eta:g}, {f.yogi_tau:g} (Flower's defaults: 0.01, 0.001)"
 
 
 def show_code(text: str) -> None:

@@ -113,9 +113,9 @@ def write_profile(
 def local_profile(tmp_path) -> Path:
     """A three-organization profile of local directories, one of them full of bad input."""
     orgs = {
-        "Google": ("G", [make_org_dir(tmp_path / "google", "tensor", 20)], None),
-        "Microsoft": ("M", [make_org_dir(tmp_path / "ms", "azure", 12, bad_inputs=True)], None),
         "Facebook": ("F", [make_org_dir(tmp_path / "fb", "torch", 6)], None),
+        "Microsoft": ("M", [make_org_dir(tmp_path / "ms", "azure", 12, bad_inputs=True)], None),
+        "Google": ("G", [make_org_dir(tmp_path / "google", "tensor", 20)], None),
     }
     return write_profile(tmp_path / "local.yml", orgs)
 
@@ -138,12 +138,17 @@ def built_book(tmp_path_factory) -> BuiltBook:
 
     base = tmp_path_factory.mktemp("book")
     orgs = {
-        "Google": ("G", [make_org_dir(base / "google", "tensor", 15)], None),
-        "Microsoft": ("M", [make_org_dir(base / "ms", "azure", 8, bad_inputs=True)], None),
         "Facebook": ("F", [make_org_dir(base / "fb", "torch", 5)], None),
+        "Microsoft": ("M", [make_org_dir(base / "ms", "azure", 8, bad_inputs=True)], None),
+        "Google": ("G", [make_org_dir(base / "google", "tensor", 15)], None),
     }
-    # organizations this small hold canaries only with a larger share of their bytes
-    profile = write_profile(base / "course.yml", orgs, canaries={"max_fraction": 0.3})
+    # organizations this small hold canaries only with a larger share of their bytes; FedYogi's
+    # server rate comes from a two-point sweep, as in the default profile
+    sweep = {"etas": [0.01, 0.1], "taus": [0.001], "holdout_fraction": 0.2}
+    federated = {"yogi_eta": None, "yogi_tau": None, "yogi_sweep": sweep}
+    profile = write_profile(
+        base / "course.yml", orgs, canaries={"max_fraction": 0.3}, federated=federated
+    )
     mp = pytest.MonkeyPatch()
     mp.setenv("COLLAB_ARTIFACTS", str(base / "artifacts"))
     try:

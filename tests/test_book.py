@@ -79,16 +79,22 @@ def test_datasets_chapter_shows_the_planted_canaries(page):
     assert "def " in page.inner_text("main")  # one canary's code is shown
 
 
-def test_models_chapter_lists_the_17_models_and_their_loss_curves(page):
-    from collab_lib.collaboration import paper_models
+def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(page, built_book):
+    from collab_lib.collaboration import roster
+    from collab_lib.config import load_config
 
     page.goto(page.base + "/book/executed/02_models.html")
     text = page.inner_text("main")
     tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
     models = next(t for t in tables if "Final training loss" in t)
-    for spec in paper_models():
+    for spec in roster(load_config(built_book.profile, built_book.overrides)):
         assert spec.name in models, spec.name
     assert "FedYogi" in models and "layers x width" in next(t for t in tables if "Setting" in t)
+    sizing = next(t for t in tables if "Steps per epoch" in t)
+    assert "unique training jobs" in sizing and "Facebook" in sizing
+    sweep = next(t for t in tables if "held-out perplexity" in t)
+    assert sweep.count("True") == 1  # one chosen pair
+    assert "deviation from Flower's defaults" in text and "fresh AdamW each round" in text
     assert "Loss curves" in text and page.locator("main img").count() >= 1
 
 

@@ -37,7 +37,7 @@ def test_run_then_table_then_status(local_profile, built_book, monkeypatch, caps
 
     code, out, _ = run_cli("table", "table4", *profile, capsys=capsys)
     t4 = pd.read_csv(io.StringIO(out))
-    assert code == 0 and list(t4["organization"]) == ["Google", "Microsoft", "Facebook"]
+    assert code == 0 and list(t4["organization"]) == ["Facebook", "Microsoft", "Google"]
 
     code, out, _ = run_cli("status", *profile, capsys=capsys)
     assert "missing" not in out and "would run: nothing" in out

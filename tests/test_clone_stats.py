@@ -1,22 +1,23 @@
 """The clones step: Figure 2 within organizations, Table 7 across them, with vendored code."""
 
+import pytest
 import yaml
 
 from collab_lib.clone_stats import build_clone_stats, table
 from collab_lib.config import load_config
-from tests.conftest import make_org_dir, py_module
+from collab_lib.datasets import MB, datasets_for
+from tests.conftest import make_org_dir
 
 
 def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
-    vendor = tmp_path / "vendor"
-    vendor.mkdir()
-    (vendor / "six_like.py").write_text("\n".join(py_module(i, "vend") for i in range(6)))
+    vendor = make_org_dir(tmp_path / "vendor", "vend", 12)
     orgs = {
         "Google": ("G", make_org_dir(tmp_path / "g", "tensor", 6)),
         "Microsoft": ("M", make_org_dir(tmp_path / "m", "azure", 6)),
         "Facebook": ("F", make_org_dir(tmp_path / "f", "torch", 3)),
     }
-    data = {"seed": 0, "datasets": {"organizations": []}}
+    # a generous budget, so that organizations this small vendor a few whole files
+    data = {"seed": 0, "datasets": {"organizations": [], "vendored_max_fraction": 0.5}}
     for name, (short, path) in orgs.items():
         sources = [{"dir": str(path)}]
         if name != "Facebook":
@@ -24,7 +25,8 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
         data["datasets"]["organizations"].append({"name": name, "short": short, "sources": sources})
     profile = tmp_path / "p.yml"
     profile.write_text(yaml.safe_dump(data))
-    art = build_clone_stats(load_config(profile))
+    cfg = load_config(profile)
+    art = build_clone_stats(cfg)
 
     t7 = table(art, "table7").set_index(["scenario", "organizations"])
     with_vendor = t7.loc[("with vendored code", "Microsoft ∩ Google")]
@@ -33,8 +35,28 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     assert natural["lines"] == 0  # the organizations' own modules share nothing
     assert t7.loc[("with vendored code", "all three"), "blocks"] == 0
     assert with_vendor["paper_blocks"] == 316
+    # the shared share: common lines over the union of both training splits' counted lines
+    assert with_vendor["train_lines"] > natural["train_lines"] > 0
+    assert with_vendor["shared_pct"] == round(
+        100 * with_vendor["lines"] / with_vendor["train_lines"], 3
+    )
+    assert 0 < with_vendor["shared_pct"] < 50  # vendored code is at most half of each side
+    assert with_vendor["paper_shared_pct"] == pytest.approx(100 * 7_536 / 18_541_980, abs=1e-3)
 
+    # Figure 2: each organization's own code; its vendored copies in a labelled row of their own
     fig2 = table(art, "figure2").set_index("organization")
-    assert list(fig2.index) == ["Google", "Microsoft", "Facebook"]
+    vendored_rows = [f"{o}: vendored copies (vendor)" for o in ("Google", "Microsoft")]
+    assert list(fig2.index) == ["Google", "Microsoft", "Facebook", *vendored_rows]
+    assert list(fig2["vendored"]) == [False] * 3 + [True] * 2
+    ds = datasets_for(cfg)
+    for org in ("Google", "Microsoft"):
+        s = ds.summary(org)
+        own_mb = (s["splits"]["train"]["bytes"] - s["vendored"]["bytes"]) / MB
+        assert fig2.loc[org, "train_mb"] == round(own_mb, 3)
+        assert fig2.loc[f"{org}: vendored copies (vendor)", "train_mb"] == round(
+            s["vendored"]["bytes"] / MB, 3
+        )
+    own_lines = fig2.loc["Google", "counted_lines"] + fig2.loc["Microsoft", "counted_lines"]
+    assert own_lines == natural["train_lines"]
     assert (fig2["train_mb"] > 0).all()
     assert (fig2["clone_loc_per_mb"] == (fig2["clone_loc"] / fig2["train_mb"]).round(2)).all()

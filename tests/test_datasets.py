@@ -198,3 +198,126 @@ def test_an_organization_left_with_no_usable_file_does_not_stop_the_run(tmp_path
     t3 = ds.table("table3").set_index(["organization", "split"])
     assert t3.loc[("Facebook", "train"), "files"] == 0
     assert ds.summary("Facebook")["skipped"] == {"binary": 1, "empty": 1}
+
+
+# --------------------------------------------------------------------------- vendored code
+
+
+def _vendor_dir(root):
+    """60 distinct third-party modules (far more lines than the organizations' own code) and
+    one two-line file that fits any budget of more than two lines."""
+    from tests.conftest import make_org_dir
+
+    make_org_dir(root, "vend", 60)
+    (root / "version.py").write_text('"""Version."""\n__version__ = "1.0.0"\n')
+    return root
+
+
+def _profile(tmp_path, own_files: dict, vendor, vendoring=(), fraction=0.05, size_mb=None):
+    """Organizations of local modules (name -> number of files); those in ``vendoring`` also
+    ship a lightly patched copy of ``vendor``."""
+    import yaml
+
+    from tests.conftest import make_org_dir, write_profile
+
+    orgs = {
+        name: (name[0], [make_org_dir(tmp_path / name, name.lower(), n)], size_mb)
+        for name, n in own_files.items()
+    }
+    path = write_profile(tmp_path / f"p{len(vendoring)}_{fraction}.yml", orgs)
+    data = yaml.safe_load(path.read_text())
+    data["datasets"]["vendored_max_fraction"] = fraction
+    for org in data["datasets"]["organizations"]:
+        if org["name"] in vendoring:
+            org["sources"].append({"dir": str(vendor), "vendored": True, "patch_fraction": 0.03})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _lines(docs: list[dict]) -> int:
+    return sum(len(d["content"].splitlines()) for d in docs)
+
+
+@pytest.mark.parametrize(
+    "fraction",
+    [
+        pytest.param(0.0, id="zero-vendors-nothing"),
+        pytest.param(0.05, id="default-5pct"),
+        pytest.param(0.3, id="30pct"),
+    ],
+)
+def test_vendored_lines_stay_within_their_share_of_the_training_lines(tmp_path, fraction):
+    vendor = _vendor_dir(tmp_path / "vendor")
+    profile = _profile(tmp_path, {"Google": 20, "Microsoft": 6}, vendor, ("Google",), fraction)
+    ds = build_datasets(load_config(profile))
+    train = ds.documents("Google", "train")
+    vendored = [d for d in train if d["path"].startswith(f"{vendor}/")]
+    own_lines = _lines(train) - _lines(vendored)
+    vendor_lines = sum(len(f.read_text().splitlines()) for f in vendor.glob("*.py"))
+    assert vendor_lines > 3 * own_lines  # the vendored source dwarfs the own code
+    assert _lines(vendored) <= fraction * _lines(train)
+    if fraction:  # version.py alone fits: something is vendored
+        assert _lines(vendored) > 0
+    else:
+        assert vendored == []
+    assert not any(d["path"].startswith(f"{vendor}/") for d in ds.documents("Google", "validation"))
+
+    s = ds.summary("Google")
+    assert (s["vendored"]["files"], s["vendored"]["lines"]) == (len(vendored), _lines(vendored))
+    assert s["removed"]["vendored_over_budget"] == 61 - len(vendored)
+    assert s["funnel"]["within_vendored_budget"] == sum(t["files"] for t in s["splits"].values())
+    t3 = ds.table("table3").set_index(["organization", "split"])
+    share = _lines(vendored) / _lines(train)
+    assert t3.loc[("Google", "train"), "vendored_lines_pct"] == round(100 * share, 2)
+    assert t3.loc[("Microsoft", "train"), "vendored_lines_pct"] == 0
+    skipped = ds.table("skipped").set_index(["organization", "reason"])["files"]
+    assert skipped[("Google", "vendored_over_budget")] == 61 - len(vendored)
+    assert ("Microsoft", "vendored_over_budget") not in skipped.index  # it vendors nothing
+
+
+def test_two_organizations_vendoring_the_same_package_pick_the_same_files(tmp_path):
+    vendor = _vendor_dir(tmp_path / "vendor")
+    orgs = {"Google": 30, "Microsoft": 12}
+    profile = _profile(tmp_path, orgs, vendor, ("Google", "Microsoft"), fraction=0.3)
+    ds = build_datasets(load_config(profile))
+    picks = {
+        org: {d["path"] for d in ds.documents(org, "train") if d["path"].startswith(f"{vendor}/")}
+        for org in orgs
+    }
+    # Microsoft's budget is the smaller; an organization-seeded choice of ~4 of 61 files would
+    # share about none of them with Google's ~10
+    assert 3 <= len(picks["Microsoft"]) < len(picks["Google"])
+    assert len(picks["Microsoft"] & picks["Google"]) >= 0.75 * len(picks["Microsoft"])
+
+
+def test_own_code_fills_size_mb_whatever_is_vendored(tmp_path):
+    vendor = _vendor_dir(tmp_path / "vendor")
+    orgs = {"Google": 40, "Microsoft": 6}
+    alone = build_datasets(load_config(_profile(tmp_path, orgs, vendor, (), size_mb=0.01)))
+    with_vendor = build_datasets(
+        load_config(_profile(tmp_path, orgs, vendor, ("Google",), fraction=0.3, size_mb=0.01))
+    )
+
+    def own(ds):
+        return [
+            (d["path"], d["content"])
+            for split in ("train", "validation")
+            for d in ds.documents("Google", split)
+            if not d["path"].startswith(f"{vendor}/")
+        ]
+
+    assert own(with_vendor) == own(alone)
+    assert with_vendor.summary("Google")["vendored"]["files"] > 0
+    sampled_mb = with_vendor.summary("Google")["sampled_mb"]
+    assert 0.01 - 0.0006 < sampled_mb <= 0.01  # full to within one ~500-byte file
+
+    # Table 4 describes the own code alone; the vendored copies get a row of their own
+    t4_alone = alone.table("table4").set_index("organization")
+    t4 = with_vendor.table("table4").set_index("organization")
+    label = f"Google: vendored copies ({vendor.name})"
+    assert list(t4_alone.index) == ["Google", "Microsoft"]
+    assert list(t4.index) == ["Google", "Microsoft", label]
+    assert t4.loc["Google"].equals(t4_alone.loc["Google"])
+    v = with_vendor.summary("Google")["vendored"]
+    assert t4.loc[label, "bytes_per_file"] == round(v["bytes"] / v["files"])
+    assert t4.loc[label].isna()["paper_loc_per_mb"]

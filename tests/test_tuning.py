@@ -1,0 +1,40 @@
+"""FedYogi's server rate: chosen on held-out training files, used by every FedYogi model."""
+
+from collab_lib import collaboration, tuning
+from collab_lib.config import load_config
+
+
+def test_hold_out_takes_a_seeded_slice_of_each_organizations_files_never_a_canary():
+    texts = {"A": [f"a{i}" for i in range(50)], "B": [f"b{i}" for i in range(10)] + ["canary"]}
+    train, held = tuning.hold_out(texts, 0.2, seed=1, keep={"canary"})
+    assert (
+        len([t for t in held if t[0] == "a"]) == 10 and len([t for t in held if t[0] == "b"]) == 2
+    )
+    assert "canary" in train["B"] and "canary" not in held
+    for org, docs in texts.items():  # a partition of each organization's documents, in order
+        assert sorted(train[org] + [t for t in held if t in docs]) == sorted(docs)
+        assert train[org] == [t for t in docs if t not in held]
+    assert tuning.hold_out(texts, 0.2, seed=1, keep={"canary"}) == (train, held)
+    assert tuning.hold_out(texts, 0.2, seed=2, keep={"canary"})[1] != held
+
+
+def test_the_sweeps_best_pair_trains_every_fedyogi_model(built_book, monkeypatch):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    cfg = load_config(built_book.profile, built_book.overrides)
+    sweep = collaboration.load_sweep(cfg)
+    table = tuning.table(sweep)
+    assert list(zip(table["eta"], table["tau"], strict=True)) == [(0.01, 0.001), (0.1, 0.001)]
+    best = table.loc[table["held-out perplexity"].idxmin()]
+    assert table["chosen"].sum() == 1 and bool(best["chosen"])
+    models = collaboration.load_models(cfg)
+    for spec in collaboration.roster(cfg):
+        if spec.strategy == "FedYogi":
+            m = models[spec.name].metrics
+            assert (m["yogi_eta"], m["yogi_tau"]) == tuning.best(sweep), spec.name
+            assert sweep.ref in models[spec.name].manifest["inputs"]
+    # a profile that fixes the pair (the paper's) has no sweep and names its values
+    fixed = load_config(built_book.profile, {**built_book.overrides, "federated.yogi_eta": 0.01,
+                                             "federated.yogi_tau": 0.001})  # fmt: skip
+    assert collaboration.load_sweep(fixed) is None and "FedYogi sweep" not in collaboration.plan(
+        fixed
+    )
