@@ -23,16 +23,22 @@ from collab_lib.config import load_config
 from collab_lib.effectiveness import perplexity
 from collab_lib.model import load_tokenizer
 
-EXPOSURE_MODELS = ("base model", "Microsoft_Only", "Google_Only", "Centralized_FMG",
-                   "Federated_Avg_FMG", "Federated_Yogi_FMG", "Incremental_M2G2F")  # fmt: skip
+
+def exposure_models(cfg) -> list[str]:
+    """The base model, each single-organization model, the union models and two orders."""
+    specs = [s for s in collaboration.roster(cfg) if s.rq == "RQ1/RQ2"]
+    incremental = [s.name for s in specs if s.setting == "incremental"]
+    return ["base model", *(s.name for s in specs if s.setting != "incremental"),
+            incremental[0], incremental[-1]]  # fmt: skip
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="default")
     ap.add_argument("--alternatives", type=int, default=1000)
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
-    cfg = load_config(args.profile)
+    cfg = load_config(args.profile, args.overrides)
     models = collaboration.load_models(cfg)
     ds = datasets.datasets_for(cfg)
     valid = [d["content"] for o in ds.corpora for d in ds.documents(o, "validation")]
@@ -52,9 +58,9 @@ def main() -> None:
     counts = sorted({p["count"] for p in planted})
     print(f"\nmean exposure (bits) of each organization's canaries, by count; "
           f"{args.alternatives} alternatives")  # fmt: skip
-    header = "".join(f"{o[:1]} x{c:<5}" for o in ds.corpora for c in counts)
+    header = "".join(f"{cfg.org(o).short} x{c:<5}" for o in ds.corpora for c in counts)
     print(f"  {'model':22} {header}")
-    for name in EXPOSURE_MODELS:
+    for name in exposure_models(cfg):
         cells = []
         for org in ds.corpora:
             for c in counts:

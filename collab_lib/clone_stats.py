@@ -22,11 +22,15 @@ from collab_lib.config import Config
 
 STEP = "clones"
 TABLES = ("figure2", "table7", "table7_blocks")
-PAPER_TABLE7 = {"Microsoft ∩ Google": (316, 7_536), "all three": (41, None)}
+# keyed by the organizations a row is about, so a user's own organizations get no paper value
+PAPER_TABLE7 = {
+    frozenset({"Microsoft", "Google"}): (316, 7_536),
+    frozenset({"Facebook", "Microsoft", "Google"}): (41, None),
+}
 # The paper's Table 7 "Total Lns" (lines of code in the training data): Google 12,040,783,
 # Microsoft 6,501,197, so its 7,536 common lines are 7,536 / 18,541,980 = 0.041 % of the
 # union of the two training splits (0.063 % of Google's alone). Facebook's is not given.
-PAPER_TRAIN_LINES = {"Microsoft ∩ Google": 12_040_783 + 6_501_197}
+PAPER_TRAIN_LINES = {frozenset({"Microsoft", "Google"}): 12_040_783 + 6_501_197}
 
 
 def clone_options(cfg: Config) -> CloneOptions:
@@ -34,14 +38,15 @@ def clone_options(cfg: Config) -> CloneOptions:
     return CloneOptions(c.min_lines, c.mode, c.slash_comments)
 
 
-def plan(cfg: Config) -> dict[str, tuple[str, str]]:
-    keys = datasets.plan(cfg)
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The clone statistics' key; ``upstream``: the datasets step's plan, when at hand."""
+    keys = upstream or datasets.plan(cfg)
     ref = "{}/{}".format(*keys["datasets"])
     return {"clones": (STEP, artifacts.artifact_key(STEP, _step_config(cfg), [ref]))}
 
 
 def _step_config(cfg: Config) -> dict:
-    return {"clones": cfg.clones, "seed": cfg.seed}
+    return {"clones": cfg.clones, "seed": cfg.seed, "rq3_pair": cfg.collaboration.rq3_pair}
 
 
 def build_clone_stats(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
@@ -50,7 +55,7 @@ def build_clone_stats(cfg: Config, *, force: bool = False) -> artifacts.Artifact
     return artifacts.build(
         STEP,
         _step_config(cfg),
-        lambda out: _write(ds, clone_options(cfg), out),
+        lambda out: _write(cfg, ds, clone_options(cfg), out),
         [ds.artifact.ref],
         seed=cfg.seed,
         force=force,
@@ -67,7 +72,7 @@ def _train_docs(ds: datasets.Datasets, org: str) -> dict[str, list[tuple[str, st
     return docs
 
 
-def _write(ds: datasets.Datasets, opts: CloneOptions, out: Path) -> dict:
+def _write(cfg: Config, ds: datasets.Datasets, opts: CloneOptions, out: Path) -> dict:
     orgs = list(ds.corpora)
     docs = {o: _train_docs(ds, o) for o in orgs}
     scenarios = {"with vendored code": ("own", "vendored"), "natural (first-party only)": ("own",)}
@@ -88,14 +93,17 @@ def _write(ds: datasets.Datasets, opts: CloneOptions, out: Path) -> dict:
     pd.DataFrame(rows).to_csv(out / "figure2.csv", index=False)
 
     table, blocks = [], []
+    pair = datasets.rq3_pair(cfg, ds)  # the RQ3 pair: Microsoft and Google in the paper
+    groups = [(" ∩ ".join(pair), list(pair))]
+    if len(orgs) > 2:
+        groups.append(("all three" if len(orgs) == 3 else f"all {len(orgs)}", list(orgs)))
     for scenario in scenarios:
-        pairs = [("Microsoft ∩ Google", ["Microsoft", "Google"]), ("all three", orgs)]
-        for name, members in pairs:
+        for name, members in groups:
             if not all(m in corpora[scenario] for m in members):
                 continue
             report = cross_clones([corpora[scenario][m] for m in members], opts)
-            paper_blocks, paper_lines = PAPER_TABLE7.get(name, (None, None))
-            paper_train_lines = PAPER_TRAIN_LINES.get(name)
+            paper_blocks, paper_lines = PAPER_TABLE7.get(frozenset(members), (None, None))
+            paper_train_lines = PAPER_TRAIN_LINES.get(frozenset(members))
             lines = sum(b.lines for b in report.blocks)
             # counted lines (Simian's "significant" lines) of the members' training splits
             train_lines = sum(corpora[scenario][m].n_lines for m in members)

@@ -42,10 +42,7 @@ from collab_lib.training import Curves, pack, train, warmup_steps
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
 FEDERATED_STEP = "federated"
-
-
-class NeedsDatasets(UserError):
-    """Which models the study trains depends on data the datasets step has not built yet."""
+SWEEP = "FedYogi sweep"  # its entry in the train step's plan
 
 
 class ModelsNotTrained(UserError):
@@ -77,7 +74,7 @@ def roster(cfg: Config) -> list[ModelSpec]:
     orders = cfg.collaboration.incremental_orders or tuple(itertools.permutations(orgs))
     specs += _union_models(orgs, short, "RQ1/RQ2")
     specs += [_incremental(order, short, "RQ1/RQ2") for order in orders]
-    pair = rq3_pair(cfg)
+    pair = datasets.rq3_pair(cfg)
     specs += _union_models(pair, short, "RQ3")
     specs += [_incremental(order, short, "RQ3") for order in (pair, pair[::-1])]
     unique: dict[str, ModelSpec] = {}
@@ -96,31 +93,6 @@ def _union_models(orgs: tuple[str, ...], short: dict[str, str], rq: str) -> list
 def _incremental(order: tuple[str, ...], short: dict[str, str], rq: str) -> ModelSpec:
     name = "Incremental_" + "2".join(short[o] for o in order)
     return ModelSpec(name, "incremental", tuple(order), rq=rq)
-
-
-def rq3_pair(cfg: Config) -> tuple[str, str]:
-    """The two organizations of RQ3, in profile order: the profile's, or the two largest.
-
-    Largest by ``size_mb`` when every organization has one; otherwise by the bytes of their
-    training splits, which the datasets step must have built first.
-    """
-    orgs = cfg.datasets.organizations
-    chosen = cfg.collaboration.rq3_pair
-    if chosen is None and all(o.size_mb is not None for o in orgs):
-        chosen = [o.name for o in sorted(orgs, key=lambda o: -(o.size_mb or 0))[:2]]
-    elif chosen is None:
-        ds = datasets.load_datasets(cfg)
-        if ds is None:
-            raise NeedsDatasets(
-                "the RQ3 pair (the two largest organizations by training data) is known "
-                f"once the datasets are built: run `{cfg.command('run', 'datasets')}`, or name "
-                "it in the profile (collaboration.rq3_pair)"
-            )  # fmt: skip
-        size = {o.name: sum(len(d["content"]) for d in ds.documents(o.name, "train"))
-                for o in orgs}  # fmt: skip
-        chosen = sorted(size, key=lambda o: -size[o])[:2]
-    a, b = [o.name for o in orgs if o.name in chosen]
-    return a, b
 
 
 def short_letters(cfg: Config) -> dict[str, str]:
@@ -198,7 +170,7 @@ def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]
     out = {"base model": base}
     base_ref, data_refs = "{}/{}".format(*base), _data_refs(cfg, upstream)
     if cfg.federated.tuned:
-        out["FedYogi sweep"] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
+        out[SWEEP] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
     for name, chain in jobs(cfg, base_ref, data_refs).items():
         out[name] = (chain[-1].step, chain[-1].key)
     return out
@@ -384,6 +356,8 @@ def load_models(cfg: Config) -> dict[str, artifacts.Artifact]:
     """The profile's models (and ``"base model"``) from the cache, without training."""
     found, missing = {}, []
     for name, (step, key) in plan(cfg).items():
+        if name == SWEEP:
+            continue
         art = artifacts.load(step, key)
         if art is None:
             missing.append(name)
@@ -452,7 +426,7 @@ def load_sweep(cfg: Config) -> artifacts.Artifact | None:
     """The FedYogi sweep the profile's models used, or None when the profile fixes the pair."""
     if not cfg.federated.tuned:
         return None
-    art = artifacts.load(*plan(cfg)["FedYogi sweep"])
+    art = artifacts.load(*plan(cfg)[SWEEP])
     if art is None:
         raise ModelsNotTrained(
             f"the FedYogi sweep is not run yet: run `{cfg.command('run', 'train')}`"

@@ -434,6 +434,11 @@ def _coerce(tp: Any, value: Any, key: str, path: Path) -> Any:
         return tuple(_coerce(args[0], v, f"{key}[{i}]", path) for i, v in enumerate(value))
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp in (int, str, bool) and type(value) is tp:
         return value
     want = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts, paper
-from collab_lib.config import Config, DatasetsConfig, Organization
+from collab_lib.config import Config, DatasetsConfig, Organization, UserError
 from collab_lib.dedup import deduplicate
 from collab_lib.sources import (
     Listing,
@@ -459,8 +459,9 @@ class Datasets:
         return json.loads(self.corpora[org].file("summary.json").read_text())
 
 
-def plan(cfg: Config) -> dict[str, tuple[str, str]]:
-    """Name -> (step, key) of every artifact the datasets step needs, without running it."""
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """Name -> (step, key) of every artifact the datasets step needs, without running it
+    (the first step: nothing upstream)."""
     d = cfg.datasets
     out: dict[str, tuple[str, str]] = {}
     for org in d.organizations:
@@ -621,3 +622,32 @@ def _skipped(summaries: dict[str, dict]) -> pd.DataFrame:
         for reason, n in sorted({**s["skipped"], **s["removed"]}.items()):
             rows.append({"organization": org, "reason": reason, "files": n})
     return pd.DataFrame(rows, columns=["organization", "reason", "files"])
+
+
+class NeedsDatasets(UserError):
+    """What the study does depends on data the datasets step has not built yet."""
+
+
+def rq3_pair(cfg: Config, ds: Datasets | None = None) -> tuple[str, str]:
+    """The two organizations of RQ3, in profile order: the profile's, or the two largest.
+
+    Largest by ``size_mb`` when every organization has one; otherwise by the bytes of their
+    training splits, which the datasets step must have built first.
+    """
+    orgs = cfg.datasets.organizations
+    chosen = cfg.collaboration.rq3_pair
+    if chosen is None and all(o.size_mb is not None for o in orgs):
+        chosen = [o.name for o in sorted(orgs, key=lambda o: -(o.size_mb or 0))[:2]]
+    elif chosen is None:
+        ds = ds or load_datasets(cfg)
+        if ds is None:
+            raise NeedsDatasets(
+                "the RQ3 pair (the two largest organizations by training data) is known "
+                f"once the datasets are built: run `{cfg.command('run', 'datasets')}`, or name "
+                "it in the profile (collaboration.rq3_pair)"
+            )  # fmt: skip
+        size = {o.name: sum(len(d["content"]) for d in ds.documents(o.name, "train"))
+                for o in orgs}  # fmt: skip
+        chosen = sorted(size, key=lambda o: -size[o])[:2]
+    a, b = [o.name for o in orgs if o.name in chosen]
+    return a, b

@@ -21,7 +21,9 @@ from collab_lib.config import Config, UserError
 class Step:
     name: str
     run: Callable[..., Any]
-    plan: Callable[[Config], dict[str, tuple[str, str]]]
+    # (config, the plans of the steps before it) -> {what: (step, key)}, computed from the
+    # config alone: ``status`` never runs anything
+    plan: Callable[[Config, dict], dict[str, tuple[str, str]]]
     tables: tuple[str, ...]
     description: str
     in_book: bool = True  # the book's notebooks read its artifacts
@@ -74,19 +76,31 @@ def run(step: str, cfg: Config, *, force: bool = False) -> list[Any]:
     return [STEPS[name].run(cfg, force=force) for name in names]
 
 
+def plans(cfg: Config) -> dict[str, dict[str, tuple[str, str]] | UserError]:
+    """Every step's plan, each computed once and handed to the steps after it; a step whose
+    plan needs an earlier step's output (the RQ3 pair needs the datasets) gets the error."""
+    out: dict[str, dict | UserError] = {}
+    upstream: dict[str, tuple[str, str]] = {}
+    for step in STEPS.values():
+        try:
+            out[step.name] = step.plan(cfg, upstream)
+            upstream |= out[step.name]
+        except UserError as exc:
+            out[step.name] = exc
+    return out
+
+
 def status(cfg: Config) -> list[dict[str, str]]:
     """One row per planned artifact: step, what, key and state (cached/missing/corrupt)."""
     rows = []
-    for step in STEPS.values():
-        try:
-            planned = step.plan(cfg)
-        except UserError as exc:  # e.g. which models to train depends on the datasets
-            rows.append({"step": step.name, "artifact": str(exc), "key": "-", "state": "missing"})
+    for name, planned in plans(cfg).items():
+        if isinstance(planned, UserError):  # e.g. which models to train depends on the datasets
+            rows.append({"step": name, "artifact": str(planned), "key": "-", "state": "missing"})
             continue
         for what, (art_step, key) in planned.items():
             rows.append(
                 {
-                    "step": step.name,
+                    "step": name,
                     "artifact": what,
                     "key": key,
                     "state": artifacts.state(art_step, key),
@@ -118,10 +132,10 @@ def table(name: str, cfg: Config) -> pd.DataFrame:
 def planned_artifacts(cfg: Config) -> list[artifacts.Artifact]:
     """Every cached artifact the profile's steps use, with the inputs they were built from."""
     seen: dict[str, artifacts.Artifact] = {}
-    for step in STEPS.values():
-        if not step.in_book:
+    for name, planned in plans(cfg).items():
+        if not STEPS[name].in_book or isinstance(planned, UserError):
             continue
-        for art_step, key in step.plan(cfg).values():
+        for art_step, key in planned.values():
             art = artifacts.load(art_step, key)
             if art is not None:
                 for a in artifacts.lineage(art):

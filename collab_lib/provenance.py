@@ -23,8 +23,9 @@ def provenance_table(cfg: Config) -> pd.DataFrame:
     """One row per artifact behind the book."""
     names = {
         f"{art_step}/{key}": what
-        for step in pipeline.STEPS.values()
-        for what, (art_step, key) in step.plan(cfg).items()
+        for planned in pipeline.plans(cfg).values()
+        if isinstance(planned, dict)
+        for what, (art_step, key) in planned.items()
     }
     rows = []
     for art in pipeline.planned_artifacts(cfg):

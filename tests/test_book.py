@@ -79,10 +79,13 @@ def test_datasets_chapter_shows_the_planted_canaries(page):
     assert "def " in page.inner_text("main")  # one canary's code is shown
 
 
-def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(page, built_book):
+def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(
+    page, built_book, monkeypatch
+):
     from collab_lib.collaboration import roster
     from collab_lib.config import load_config
 
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))  # the RQ3 pair reads data
     page.goto(page.base + "/book/executed/02_models.html")
     text = page.inner_text("main")
     tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
@@ -94,7 +97,7 @@ def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(page, buil
     assert "unique training jobs" in sizing and "Facebook" in sizing
     sweep = next(t for t in tables if "held-out perplexity" in t)
     assert sweep.count("True") == 1  # one chosen pair
-    assert "deviation from Flower's defaults" in text and "fresh AdamW each round" in text
+    assert "deviation from Flower" in text and "fresh AdamW each round" in text
     assert "Loss curves" in text and page.locator("main img").count() >= 1
 
 

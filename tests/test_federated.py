@@ -7,6 +7,7 @@ bit-identical weights, and a run stopped after a round resumes to the same weigh
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -23,7 +24,7 @@ from safetensors.numpy import load_file
 
 from collab_lib import collaboration
 from collab_lib.config import TrainConfig, load_config
-from collab_lib.federated import client_app, launch, task
+from collab_lib.federated import client_app, launch, server_app, task
 from collab_lib.training import lr_factor, steps_per_epoch
 
 FEDERATED = "Federated_Yogi_FMG"
@@ -171,13 +172,24 @@ def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monk
         assert np.allclose(got[k], mean, rtol=1e-5, atol=1e-6), k
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path, monkeypatch):
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     base = collaboration.build_base_model(cfg).path
     texts = collaboration.training_texts(cfg)
     app, rc, _ = launch.prepare(cfg, "FedYogi", texts, base, tmp_path, tmp_path / "out")
-    launch.simulate(app, rc | {"num-rounds": 1}, root / ".flwr")  # stopped after round 1
+    save = server_app._Rounds._checkpoint
+
+    def stop_after_round_1(self, rnd, arrays):  # the run dies once round 1 is checkpointed
+        save(self, rnd, arrays)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(server_app._Rounds, "_checkpoint", stop_after_round_1)
+    with contextlib.suppress(BaseException):
+        launch.simulate(app, rc, root / ".flwr")
+    monkeypatch.setattr(server_app._Rounds, "_checkpoint", save)
+    assert not (tmp_path / "out" / "model").exists()
     with np.load(tmp_path / "rounds" / "round.npz") as ckpt:  # the round's checkpoint
         assert (
             json.loads(str(ckpt["curves"]))["round"] == 1 and "v_t/transformer.wte.weight" in ckpt
