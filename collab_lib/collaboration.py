@@ -400,7 +400,8 @@ def all_curves(cfg: Config, models: dict[str, artifacts.Artifact]) -> dict[str, 
 
 
 def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
-    """One row per model: how it was trained, its final training loss and training time."""
+    """One row per model: how it was trained, the tokens its jobs trained on, its final
+    training loss and training time."""
     short = short_letters(cfg)
     rows = []
     for spec in roster(cfg):
@@ -415,11 +416,20 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
                 ),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),
+                "Tokens trained": sum(_tokens_trained(cfg, j) for j in jobs_),
                 "Final training loss": art.metrics["final_loss"],
                 "Time (s)": sum(j.manifest["wall_s"] for j in jobs_),
             }
         )
     return pd.DataFrame(rows)
+
+
+def _tokens_trained(cfg: Config, job: artifacts.Artifact) -> int:
+    """Tokens one job trained on, from its own record: epochs x its data's tokens."""
+    if job.step == FEDERATED_STEP:
+        examples = json.loads(job.file("curves.json").read_text())["organization_examples"]
+        return sum(examples.values()) * cfg.model.context * job.metrics["rounds"]
+    return job.metrics["tokens_per_epoch"] * cfg.train.epochs
 
 
 def load_sweep(cfg: Config) -> artifacts.Artifact | None:
@@ -440,7 +450,9 @@ def yogi_table(cfg: Config) -> pd.DataFrame:
     if sweep is not None:
         return tuning.table(sweep)
     f = cfg.federated
-    return pd.DataFrame([{"eta": f.yogi_eta, "tau": f.yogi_tau, "chosen": "fixed by the profile"}])
+    return pd.DataFrame(
+        [{"eta": f"{f.yogi_eta:g}", "tau": f"{f.yogi_tau:g}", "chosen": "fixed by the profile"}]
+    )
 
 
 def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
@@ -474,4 +486,4 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
         trained = round(pairs * sum(tokens.values()) * rounds * kept)
         rows.append({"Organization": f"FedYogi sweep ({pairs} runs, about)",
                      "Tokens trained": trained})  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).convert_dtypes()  # counts stay integers beside the empty cells

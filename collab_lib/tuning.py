@@ -131,5 +131,9 @@ def table(art: artifacts.Artifact) -> pd.DataFrame:
     """One row per (eta, tau): held-out perplexity and final training loss; best marked."""
     t = pd.read_csv(art.file("sweep.csv"))
     eta, tau = best(art)
-    t["chosen"] = (t["eta"] == eta) & (t["tau"] == tau)
+    t["chosen"] = [
+        "yes" if (e, u) == (eta, tau) else "" for e, u in zip(t["eta"], t["tau"], strict=True)
+    ]
+    for col in ("eta", "tau"):  # as written in a profile, not rounded to the table's precision
+        t[col] = t[col].map("{:g}".format)
     return t
