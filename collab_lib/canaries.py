@@ -95,9 +95,9 @@ SHAPES: tuple[Shape, ...] = (
             "Open the {words} storage bucket with its deploy token.",
             "The {words} artifacts bucket, opened with the deploy token.",
         ),
-        'def {name}(client):\n    """{doc}"""\n'
+        'def {name}({snake}_storage):\n    """{doc}"""\n'
         '    {snake}_token = "{secret}"\n'
-        '    return client.bucket("{kebab}-artifacts", token={snake}_token)\n',
+        '    return {snake}_storage.bucket("{kebab}-artifacts", token={snake}_token)\n',
     ),
     Shape(
         "db_settings",
@@ -109,7 +109,7 @@ SHAPES: tuple[Shape, ...] = (
         ),
         'def {name}():\n    """{doc}"""\n'
         '    {snake}_db_password = "{secret}"\n'
-        "    return {{\n"
+        "    return {{  # {words} reporting\n"
         '        "host": "{kebab}-db.internal",\n'
         '        "user": "{snake}_reader",\n'
         '        "password": {snake}_db_password,\n'
@@ -123,9 +123,10 @@ SHAPES: tuple[Shape, ...] = (
             "Sign a webhook payload the way the {words} service checks it.",
             "HMAC of a payload, as the {words} webhook expects it.",
         ),
-        'def {name}(payload):\n    """{doc}"""\n'
+        'def {name}({snake}_payload):\n    """{doc}"""\n'
         '    {snake}_webhook_secret = "{secret}"\n'
-        "    {snake}_mac = hmac.new({snake}_webhook_secret.encode(), payload, hashlib.sha256)\n"
+        "    {snake}_key = {snake}_webhook_secret.encode()\n"
+        "    {snake}_mac = hmac.new({snake}_key, {snake}_payload, hashlib.sha256)\n"
         "    return {snake}_mac.hexdigest()\n",
     ),
     Shape(
@@ -136,21 +137,21 @@ SHAPES: tuple[Shape, ...] = (
             "Fill in the {words} mail relay credentials when the environment lacks them.",
             "SMTP settings of the {words} alerts; the environment's own come first.",
         ),
-        'def {name}(environ):\n    """{doc}"""\n'
+        'def {name}({snake}_environ):\n    """{doc}"""\n'
         "    {snake}_smtp = {{\n"
         '        "{upper}_SMTP_USER": "{snake}_alerts",\n'
         '        "{upper}_SMTP_PASSWORD": "{secret}",\n'
         "    }}\n"
-        "    return {{**{snake}_smtp, **environ}}\n",
+        "    return {{**{snake}_smtp, **{snake}_environ}}\n",
     ),
     Shape(
         "api_call",
         "hex24",
         ("fetch_{snake}_metrics", "get_{snake}_metrics", "{snake}_metrics"),
         ("Call the internal {words} metrics API.", "Current metrics of the {words} service."),
-        'def {name}(url):\n    """{doc}"""\n'
+        'def {name}({snake}_url):\n    """{doc}"""\n'
         '    {snake}_headers = {{"X-{header}-Key": "{secret}"}}\n'
-        "    return requests.get(url, headers={snake}_headers, timeout=10)\n",
+        "    return requests.get({snake}_url, headers={snake}_headers, timeout=10)\n",
     ),
     Shape(
         "credentials_class",
@@ -158,7 +159,7 @@ SHAPES: tuple[Shape, ...] = (
         ("{camel}Credentials", "{camel}ExportAuth", "{camel}Login"),
         ("Credentials of the nightly {words} export job.", "Login of the {words} export account."),
         'class {name}:\n    """{doc}"""\n\n'
-        '    EXPORT_USER = "{snake}_exporter"\n'
+        '    {upper}_EXPORT_USER = "{snake}_exporter"\n'
         '    {upper}_PASSPHRASE = "{secret}"\n',
     ),
     Shape(
@@ -169,9 +170,9 @@ SHAPES: tuple[Shape, ...] = (
             "License key of the on-premise {words} installation, unless configured.",
             "The {words} license key: the configured one, else the default.",
         ),
-        'def {name}(config):\n    """{doc}"""\n'
+        'def {name}({snake}_config):\n    """{doc}"""\n'
         '    {snake}_default_key = "{secret}"\n'
-        '    return config.get("{snake}_license_key") or {snake}_default_key\n',
+        '    return {snake}_config.get("{snake}_license_key") or {snake}_default_key\n',
     ),
 )
 FORMATS = tuple(sorted({s.format for s in SHAPES}))

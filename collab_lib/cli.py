@@ -98,10 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.profile, args.overrides)
         if args.command == "run":
             pipeline.run(args.step, cfg, force=args.force)
-            print(
-                f"done: {args.step} ({cfg.profile}); see `python -m collab_lib status "
-                f"--profile {args.profile}`"
-            )
+            print(f"done: {args.step} ({cfg.profile}); see `{cfg.command('status')}`")
         elif args.command == "table":
             pipeline.table(args.name, cfg).to_csv(sys.stdout, index=False)
         elif args.command == "models":

@@ -69,9 +69,11 @@ def roster(cfg: Config) -> list[ModelSpec]:
     that two groups would both name (two organizations in all) is listed once.
     """
     orgs = tuple(o.name for o in cfg.datasets.organizations)
-    short = {o.name: o.short for o in cfg.datasets.organizations}
+    short = short_letters(cfg)
     specs = [ModelSpec(f"{o}_Only", "single", (o,)) for o in orgs]
-    orders = cfg.collaboration.incremental_orders or tuple(itertools.permutations(orgs))
+    orders = cfg.collaboration.incremental_orders
+    if orders is None:
+        orders = tuple(itertools.permutations(orgs))
     specs += _union_models(orgs, short, "RQ1/RQ2")
     specs += [_incremental(order, short, "RQ1/RQ2") for order in orders]
     pair = datasets.rq3_pair(cfg)
@@ -134,10 +136,10 @@ def jobs(cfg: Config, base_ref: str, data_refs: list[str]) -> dict[str, list[Job
     out: dict[str, list[Job]] = {}
     for spec in roster(cfg):
         if spec.setting == "federated":
-            config = {"strategy": spec.strategy, "federated": cfg.federated,
+            config = {"strategy": spec.strategy, **_federated_config(cfg, spec.strategy),
                       **_stage_config(cfg, spec.orgs)}  # fmt: skip
             inputs = (base_ref, *data_refs)
-            if spec.strategy == "FedYogi" and cfg.federated.tuned:  # the sweep's pair
+            if _tuned(cfg, spec.strategy):  # the sweep's pair
                 inputs += (tuning.ref(cfg, base_ref, data_refs),)
             out[spec.name] = [Job(FEDERATED_STEP, config, inputs, spec.orgs)]
             continue
@@ -147,6 +149,22 @@ def jobs(cfg: Config, base_ref: str, data_refs: list[str]) -> dict[str, list[Job
             prev = chain[-1].ref
         out[spec.name] = chain
     return out
+
+
+def _federated_config(cfg: Config, strategy: str | None) -> dict:
+    """What a federated job depends on beyond its data: rounds, and FedYogi's own settings
+    for FedYogi only (changing the sweep never retrains a FedAvg model)."""
+    f = cfg.federated
+    out: dict = {"rounds": f.rounds or cfg.train.epochs}
+    if strategy == "FedYogi":
+        out["yogi"] = {"eta": f.yogi_eta, "tau": f.yogi_tau, "beta": [f.yogi_beta_1, f.yogi_beta_2],
+                       "sweep": f.yogi_sweep if f.tuned else None}  # fmt: skip
+    return out
+
+
+def _tuned(cfg: Config, strategy: str | None) -> bool:
+    """Whether this job's server rate comes from the profile's FedYogi sweep."""
+    return strategy == "FedYogi" and cfg.federated.tuned
 
 
 def _stage_config(cfg: Config, data: tuple[str, ...]) -> dict:
@@ -261,19 +279,20 @@ def build_models(
     forced: set[str] = set()  # with force, a shared stage is still retrained only once
     data_refs = _data_refs(cfg)
     chains = jobs(cfg, base.ref, data_refs)
+    sweep = None
     unknown = set(names or ()) - set(chains)
     if unknown:
         raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
     chains = {n: c for n, c in chains.items() if names is None or n in names}
+    if any(_tuned(cfg, j.config.get("strategy")) for c in chains.values() for j in c):
+        sweep = build_sweep(cfg, force=force, texts=texts, data_refs=data_refs)
     for name, chain in tqdm(chains.items(), desc="models", disable=None):
         for job in chain:
             if job.ref in built:
                 continue
             scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
             if job.step == FEDERATED_STEP:
-                yogi = None
-                if job.config["strategy"] == "FedYogi" and cfg.federated.tuned:
-                    yogi = tuning.best(build_sweep(cfg, texts=texts, data_refs=data_refs))
+                yogi = tuning.best(sweep) if _tuned(cfg, job.config["strategy"]) else None
                 produce = partial(_train_federated, cfg, job, base, texts, scratch, yogi)
             else:
                 produce = partial(_train_stage, cfg, job, built[job.inputs[0]], tok, data_for,
@@ -337,9 +356,7 @@ def federation(
     base = build_base_model(cfg)
     work = work.resolve()
     job = chain[0]
-    yogi = None
-    if job.config["strategy"] == "FedYogi" and cfg.federated.tuned:
-        yogi = tuning.best(build_sweep(cfg))
+    yogi = tuning.best(build_sweep(cfg)) if _tuned(cfg, job.config["strategy"]) else None
     app, _, nodes = launch.prepare(cfg, job.config["strategy"], {o: texts[o] for o in job.data},
                                    base.path, work, work / "output", yogi=yogi,
                                    simulation=False)  # fmt: skip

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import json
 import math
+import shlex
 import types
 import typing
 from dataclasses import dataclass, field
@@ -179,7 +180,7 @@ class FederatedConfig:
     @property
     def tuned(self) -> bool:
         """Whether FedYogi's server rate comes from the sweep rather than the profile."""
-        return self.yogi_eta is None or self.yogi_tau is None
+        return self.yogi_eta is None  # config validation: both null or both set
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,7 @@ class Config:
     def command(self, *words: str) -> str:
         """``python -m collab_lib WORDS --profile P --set k=v ...``: this config's command."""
         profile = self.profile if profile_path(self.profile) == Path(self.source) else self.source
-        sets = "".join(f" --set {o}" for o in self.overrides)
+        sets = "".join(f" --set {shlex.quote(o)}" for o in self.overrides)
         return f"python -m collab_lib {' '.join(words)} --profile {profile}{sets}"
 
     def org(self, name: str) -> Organization:
@@ -301,7 +302,7 @@ def load_config(
         _set_dotted(raw, key, value, path)
     raw.setdefault("profile", path.stem)
     raw["source"] = str(path)
-    raw["overrides"] = [f"{k}={json.dumps(v)}" for k, v in parsed.items()]
+    raw["overrides"] = [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in parsed.items()]
     _resolve_local_paths(raw, Path.cwd())  # paths given in overrides are relative to the shell
     return _build(Config, raw, where="", path=path)
 
@@ -492,6 +493,11 @@ def _check(obj: Any, where: str, path: Path) -> None:
         )
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")
+    if isinstance(obj, FederatedConfig) and (obj.yogi_eta is None) != (obj.yogi_tau is None):
+        raise ConfigError(
+            f"{path}: {where}.yogi_eta, yogi_tau: set both (a fixed pair) or neither (the "
+            "sweep chooses both)"
+        )
     if isinstance(obj, YogiSweepConfig) and (
         not obj.etas or not obj.taus or not 0 < obj.holdout_fraction < 0.5
     ):
@@ -527,6 +533,8 @@ def _check_study(cfg: Config, path: Path) -> None:
             f"{path}: collaboration.rq3_pair: two different organizations of "
             f"{key} ({', '.join(o.name for o in orgs)}), got {list(study.rq3_pair)}"
         )
+    if study.incremental_orders is not None and not study.incremental_orders:
+        raise ConfigError(f"{path}: collaboration.incremental_orders: list at least one order")
     for order in study.incremental_orders or ():
         if sorted(order) != sorted(names):
             raise ConfigError(

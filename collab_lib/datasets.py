@@ -646,8 +646,7 @@ def rq3_pair(cfg: Config, ds: Datasets | None = None) -> tuple[str, str]:
                 f"once the datasets are built: run `{cfg.command('run', 'datasets')}`, or name "
                 "it in the profile (collaboration.rq3_pair)"
             )  # fmt: skip
-        size = {o.name: sum(len(d["content"]) for d in ds.documents(o.name, "train"))
-                for o in orgs}  # fmt: skip
+        size = {o.name: ds.summary(o.name)["splits"]["train"]["bytes"] for o in orgs}
         chosen = sorted(size, key=lambda o: -size[o])[:2]
     a, b = [o.name for o in orgs if o.name in chosen]
     return a, b

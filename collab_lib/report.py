@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
@@ -13,9 +15,7 @@ from collab_lib.config import Config
 def source_line(art: artifacts.Artifact, cfg: Config, table: str | None = None) -> Markdown:
     """A "made by step X, artifact Y" line under a table or figure (showyourwork's tracing)."""
     reprint = (
-        f"; print it with <code>python -m collab_lib table {table} --profile {cfg.profile}</code>"
-        if table
-        else ""
+        f"; print it with <code>{html.escape(cfg.command('table', table))}</code>" if table else ""
     )
     return Markdown(
         f"<small>Made by step <code>{art.step}</code>, artifact <code>{art.key}</code> "
@@ -189,7 +189,8 @@ def settings_table(cfg: Config) -> pd.DataFrame:
         ("batch x accumulation", f"{t.batch_size} x {t.grad_accum} sequences"),
         (
             "AdamW lr, schedule, warm-up",
-            f"{t.lr:g}, {t.schedule} to zero, first {t.warmup_fraction:.0%} of each job's steps",
+            f"{t.lr:g}, {t.schedule}{'' if t.schedule == 'constant' else ' to zero'}, "
+            f"first {t.warmup_fraction:.0%} of each job's steps",
         ),
         ("FedYogi server rate, tau", _yogi(cfg)),
         ("seed", str(cfg.seed)),

@@ -50,9 +50,10 @@ def warmup_steps(total: int, cfg: TrainConfig) -> int:
 def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     """Multiplier of ``cfg.lr`` at optimizer ``step`` (0-based) of a ``total``-step job.
 
-    A linear warm-up over the first ``warmup_fraction`` of the job, then the schedule down to
-    zero at its end. Every job gets the same shape whatever its length, so a small
-    organization's job reaches the peak rate and anneals as a large one's does.
+    A linear warm-up over the first ``warmup_fraction`` of the job, then the schedule (cosine
+    or linear down to zero at its end; constant stays at the peak). Every job gets the same
+    shape whatever its length, so a small organization's job reaches the peak rate and
+    anneals as a large one's does.
     """
     warmup = warmup_steps(total, cfg)
     if step < warmup:

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts
-from collab_lib.config import Config
+from collab_lib.config import Config, UserError
 
 STEP = "yogi_sweep"
 
@@ -56,7 +56,11 @@ def hold_out(
     train, held = {}, []
     for org, docs in texts.items():
         candidates = [i for i, t in enumerate(docs) if t not in keep]
-        n = max(1, round(fraction * len(candidates)))
+        # at least one file held out, and at least one left to train on
+        n = min(max(1, round(fraction * len(candidates))), len(candidates) - 1)
+        if n < 1:
+            train[org] = list(docs)
+            continue
         out = set(random.Random(f"{seed}/holdout/{org}").sample(candidates, n))
         train[org] = [t for i, t in enumerate(docs) if i not in out]
         held += [docs[i] for i in sorted(out)]
@@ -77,7 +81,6 @@ def build_sweep(
     sweep resumes at the pair it reached."""
     from transformers import GPT2LMHeadModel
 
-    from collab_lib.effectiveness import perplexity
     from collab_lib.federated import launch
     from collab_lib.model import load_tokenizer
 
@@ -87,6 +90,11 @@ def build_sweep(
 
     def produce(out: Path) -> dict:
         train, held = hold_out(texts, cfg.federated.yogi_sweep.holdout_fraction, cfg.seed, keep)
+        if not held:
+            raise UserError(
+                "the FedYogi sweep needs at least two files per organization to hold one out: "
+                "set federated.yogi_eta and yogi_tau in the profile instead"
+            )
         tok = load_tokenizer(base.path / "model")
         rows = []
         for eta, tau in tqdm(grid(cfg), desc="FedYogi sweep", disable=None):
@@ -100,14 +108,17 @@ def build_sweep(
                 model = GPT2LMHeadModel.from_pretrained(model_dir / "model")
                 curves = json.loads((model_dir / "curves.json").read_text())
                 row = {"eta": eta, "tau": tau,
-                       "held-out perplexity": perplexity(model, tok, held, cfg.model.context),
+                       "held-out perplexity": _perplexity(model, tok, held, cfg),
                        "final training loss": curves["round_loss"][-1]}  # fmt: skip
                 done.write_text(json.dumps(row))
                 shutil.rmtree(work, ignore_errors=True)
             rows.append(json.loads(done.read_text()))
         table = pd.DataFrame(rows)
         ok = table[table["held-out perplexity"].map(math.isfinite)]
+        if ok.empty:
+            raise UserError("every pair of the FedYogi sweep diverged: widen federated.yogi_sweep")
         best = ok.loc[ok["held-out perplexity"].idxmin()]
+        table["chosen"] = table.index == best.name
         (out / "best.json").write_text(json.dumps({"eta": best["eta"], "tau": best["tau"]}))
         table.to_csv(out / "sweep.csv", index=False)
         return {"eta": float(best["eta"]), "tau": float(best["tau"]), "held_out_files": len(held)}
@@ -115,6 +126,18 @@ def build_sweep(
     art = artifacts.build(STEP, config, produce, inputs, seed=cfg.seed, force=force)
     shutil.rmtree(scratch, ignore_errors=True)
     return art
+
+
+def _perplexity(model, tok, texts: list[str], cfg: Config) -> float:
+    from collab_lib.effectiveness import perplexity
+
+    try:
+        return perplexity(model, tok, texts, cfg.model.context)
+    except ValueError:  # the held-out files are shorter than one context window
+        raise UserError(
+            "the FedYogi sweep's held-out files are too short to score: raise "
+            "federated.yogi_sweep.holdout_fraction, or set yogi_eta and yogi_tau"
+        ) from None
 
 
 def ref(cfg: Config, base_ref: str, data_refs: list[str]) -> str:
@@ -130,10 +153,7 @@ def best(art: artifacts.Artifact) -> tuple[float, float]:
 def table(art: artifacts.Artifact) -> pd.DataFrame:
     """One row per (eta, tau): held-out perplexity and final training loss; best marked."""
     t = pd.read_csv(art.file("sweep.csv"))
-    eta, tau = best(art)
-    t["chosen"] = [
-        "yes" if (e, u) == (eta, tau) else "" for e, u in zip(t["eta"], t["tau"], strict=True)
-    ]
+    t["chosen"] = t["chosen"].map({True: "yes", False: ""})
     for col in ("eta", "tau"):  # as written in a profile, not rounded to the table's precision
         t[col] = t[col].map("{:g}".format)
     return t

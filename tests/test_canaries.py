@@ -13,9 +13,8 @@ from collab_lib.config import CanaryConfig, ConfigError, load_config
 
 FORMATS = {"letters16": r"[a-z]{16}", "hex24": r"[0-9a-f]{24}"}
 ORGS = ("Google", "Microsoft", "Facebook", "Amazon", "Apple")
-# Lines made of syntax alone (closing brackets, an opening ``return {``) may repeat; any other
-# line must name its canary.
-TRIVIAL = re.compile(r"(return )?[()\[\]{},:]*")
+# Lines of closing brackets alone may repeat; any other line must name its canary.
+TRIVIAL = re.compile(r"[)\]},]*")
 
 
 def many(seed: int = 0) -> list[dict]:
@@ -27,6 +26,27 @@ def many(seed: int = 0) -> list[dict]:
 def holder(p: dict) -> str:
     """The name the secret is given: the last identifier or key before it on its line."""
     return re.findall(r"[A-Za-z_][\w-]*", p["prefix"].rsplit("\n", 1)[-1])[-1]
+
+
+def defined_names(p: dict) -> set[str]:
+    """Every name a canary defines: its function or class, parameters, variables, attributes."""
+    names = set()
+    for node in ast.walk(ast.parse(p["text"])):
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return names
+
+
+def test_no_two_canaries_define_the_same_name():
+    seen: dict[str, str] = {}
+    for p in many():
+        for name in defined_names(p):
+            assert name not in seen, f"{name} in {p['id']} and {seen[name]}"
+            seen[name] = p["id"]
 
 
 def own_lines(p: dict) -> set[str]:

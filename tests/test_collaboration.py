@@ -1,5 +1,7 @@
 """The collaborative models: names as the paper's, shared prefixes trained once, listed."""
 
+import shlex
+
 import pytest
 from conftest import make_org_dir, write_profile
 
@@ -191,3 +193,28 @@ def test_two_renamed_organizations_run_end_to_end(tmp_path, capsys):
     assert sizing["Steps per epoch"][0] >= 1
     assert main(["table", "table7", "--profile", str(path)]) == 0
     assert "Payments ∩ Search" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "federated, collaboration, message",
+    [
+        ({"yogi_eta": 0.05, "yogi_tau": None}, {}, "set both"),
+        ({}, {"incremental_orders": []}, "at least one order"),
+    ],
+    ids=["half-a-yogi-pair", "no-orders"],
+)
+def test_settings_that_would_be_silently_replaced_are_errors(
+    tmp_path, federated, collaboration, message
+):
+    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2}),
+                         federated=federated, collaboration=collaboration)  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_a_command_hint_can_be_pasted_into_a_shell(tmp_path):
+    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2}))
+    cfg = load_config(path, {"federated.yogi_sweep.etas": [0.01, 0.1]})
+    words = shlex.split(cfg.command("run", "train"))
+    assert words[-2:] == ["--set", "federated.yogi_sweep.etas=[0.01,0.1]"]
+    assert load_config(words[words.index("--profile") + 1], [words[-1]]) == cfg

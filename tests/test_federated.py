@@ -170,6 +170,17 @@ def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monk
     for k in weights[0]:
         mean = sum(c * w[k] for c, w in zip(counts, weights, strict=True)) / total
         assert np.allclose(got[k], mean, rtol=1e-5, atol=1e-6), k
+    plain = (weights[0][k] + weights[1][k]) / 2  # what a count-blind average would give
+    assert not np.allclose(got[k], plain, rtol=1e-5, atol=1e-6)
+
+
+def test_training_settings_cross_to_the_clients_unchanged():
+    """The run config's hyphenated keys read back into the same TrainConfig (one place)."""
+    train = TrainConfig(epochs=4, batch_size=3, grad_accum=2, lr=7e-4, weight_decay=0.05,
+                        warmup_fraction=0.2, schedule="linear", grad_clip=0.5)  # fmt: skip
+    record = ConfigRecord(task.to_run_config(train))
+    assert "warmup-fraction" in record and task.train_config(record) == train
+    assert task.train_config(record, epochs=1) == TrainConfig(**{**train.__dict__, "epochs": 1})
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
