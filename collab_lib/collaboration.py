@@ -314,10 +314,9 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     data = data_for(job.data)
     curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch)
     _save_model(dest, model, tok, curves)
-    steps = len(curves.step_loss)
     return {"final_loss": curves.epoch_loss[-1], "data": list(job.data),
-            "sequences": len(data), "tokens_per_epoch": data.numel(), "optimizer_steps": steps,
-            "warmup_steps": warmup_steps(steps, cfg.train)}  # fmt: skip
+            "sequences": len(data), "tokens_per_epoch": data.numel(),
+            "optimizer_steps": len(curves.step_loss)}  # fmt: skip
 
 
 def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, dest: Path) -> dict:
@@ -484,7 +483,7 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
         rows.append({"Organization": o.name, "Tokens per epoch": m["tokens_per_epoch"],
                      "Sequences": m["sequences"],
                      "Steps per epoch": m["optimizer_steps"] // cfg.train.epochs,
-                     "Warm-up steps": m["warmup_steps"],
+                     "Warm-up steps": warmup_steps(m["optimizer_steps"], cfg.train),
                      "Steps in all": m["optimizer_steps"]})  # fmt: skip
     for row in rows:
         row["Tokens trained"] = row["Tokens per epoch"] * cfg.train.epochs

@@ -139,7 +139,7 @@ def main(grid: Grid, context: Context) -> None:
     if remaining > 0:
         train_config = ConfigRecord(
             {"context": int(rc["context"]), "num-rounds": int(rc["num-rounds"])}
-            | task.to_run_config(task.train_config(rc))
+            | {key: rc[key] for key in task.TRAIN_KEYS}  # as the run config holds them
         )
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays
