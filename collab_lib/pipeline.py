@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from collab_lib import artifacts, canaries, clone_stats, collaboration, datasets
+from collab_lib import artifacts, canaries, clone_stats, collaboration, datasets, evaluation
 from collab_lib.config import Config, UserError
 
 
@@ -57,6 +57,13 @@ STEPS: dict[str, Step] = {
         collaboration.plan,
         (),
         "base model and the collaborative models (Flower for the federated ones)",
+    ),
+    "rq1": Step(
+        "rq1",
+        evaluation.build_rq1,
+        evaluation.plan,
+        evaluation.TABLES,
+        "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)",
     ),
 }
 

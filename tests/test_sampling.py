@@ -1,0 +1,103 @@
+"""The batched sampler draws from transformers' next-token distribution and batches soundly."""
+
+import pytest
+import torch
+from scipy.stats import chisquare
+from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation.logits_process import (
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from collab_lib.sampling import SamplingConfig, filter_logits, generate, next_tokens, stop_at
+
+SETTINGS = [
+    pytest.param(SamplingConfig(0.6, top_p=0.6, top_k=50), id="rq2-T0.6-p0.6-k50"),
+    pytest.param(SamplingConfig(0.8, top_p=0.95, top_k=50), id="rq1-T0.8-p0.95-k50"),
+    pytest.param(SamplingConfig(1.3, top_p=1.0, top_k=5), id="top-k-only"),
+    pytest.param(SamplingConfig(0.7, top_p=0.9, top_k=0), id="top-p-only"),
+]
+
+
+def transformers_probs(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(cfg.temperature)])
+    if cfg.top_k:
+        warpers.append(TopKLogitsWarper(cfg.top_k))
+    if cfg.top_p < 1:
+        warpers.append(TopPLogitsWarper(cfg.top_p))
+    return warpers(None, logits.clone()).softmax(-1)[0]
+
+
+@pytest.mark.parametrize("cfg", SETTINGS)
+def test_draws_follow_transformers_distribution(cfg):
+    """Chi-square goodness of fit of 40,000 draws to transformers' filtered distribution:
+    reject at p < 0.001; no token outside its support ever drawn."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 64) * 0.5
+    expected = transformers_probs(logits, cfg)
+    assert torch.allclose(filter_logits(logits, cfg).softmax(-1)[0], expected, atol=1e-6)
+    n = 40_000
+    draws = next_tokens(logits.expand(n, -1), cfg, torch.Generator().manual_seed(1))
+    counts = torch.bincount(draws, minlength=64).double()
+    assert counts[expected == 0].sum() == 0
+    assert chi_square_p(counts, expected.double() * n) > 1e-3
+
+
+def chi_square_p(observed: torch.Tensor, expected: torch.Tensor) -> float:
+    """p-value of the fit, bins expecting fewer than 5 draws pooled (the test's validity)."""
+    big = expected >= 5
+    obs = torch.cat([observed[big], observed[~big & (expected > 0)].sum().view(1)])
+    exp = torch.cat([expected[big], expected[~big & (expected > 0)].sum().view(1)])
+    if exp[-1] < 5:  # nothing (or too little) to pool
+        obs, exp = obs[:-1], exp[:-1]
+    exp = exp * obs.sum() / exp.sum()
+    assert len(exp) >= 3, "too few tokens kept for a test: use flatter logits"
+    return float(chisquare(obs.numpy(), exp.numpy()).pvalue)
+
+
+def test_a_wrong_distribution_is_rejected():
+    """The same test can fail: draws at temperature 1.0 do not fit temperature 0.8's."""
+    torch.manual_seed(0)
+    logits = torch.randn(1, 64) * 0.5
+    expected = transformers_probs(logits, SamplingConfig(0.8))
+    n = 40_000
+    draws = next_tokens(logits.expand(n, -1), SamplingConfig(1.0), torch.Generator().manual_seed(1))
+    counts = torch.bincount(draws, minlength=64).double()
+    assert chi_square_p(counts, expected.double() * n) < 1e-3
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=50, n_positions=64, n_embd=32, n_layer=2, n_head=2)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def test_left_padded_batch_equals_each_prompt_alone(model):
+    """Greedy: a prompt padded into a batch of longer ones gives the tokens it gives alone."""
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15]]
+    greedy = SamplingConfig(temperature=0, max_new_tokens=10)
+    batched = generate(model, prompts, greedy, eos_id=49)
+    for p, got in zip(prompts, batched, strict=True):
+        assert generate(model, [p], greedy, eos_id=49) == [got]
+    alone = model.generate(torch.tensor([prompts[1]]), max_new_tokens=10, do_sample=False,
+                           pad_token_id=49, eos_token_id=49)  # fmt: skip
+    assert batched[1] == alone[0, 2:].tolist()[: len(batched[1])]
+
+
+def test_per_sequence_stop_and_seeded_draws(model):
+    prompts = [[1, 2, 3]] * 6
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=12)
+    stops = generate(model, prompts, cfg, eos_id=49, stop_check=lambda i, ids: len(ids) >= i + 1)
+    assert [len(s) <= i + 1 for i, s in enumerate(stops)] == [True] * 6
+    a = generate(model, prompts, cfg, eos_id=49, seed=3)
+    assert a == generate(model, prompts, cfg, eos_id=49, seed=3)
+    assert a != generate(model, prompts, cfg, eos_id=49, seed=4)
+
+
+def test_stop_at_cuts_at_the_first_stop_string():
+    text = "    return x\n\ndef other():\n    pass\n"
+    assert stop_at(text, ("\ndef", "\nclass")) == "    return x\n"
+    assert stop_at("    return 1", ("\ndef",)) == "    return 1"
