@@ -1,0 +1,188 @@
+"""Generated code is hostile: each attack is scored failed and harms nothing else.
+
+Every hostile sample is a completion of HumanEval/0 whose body starts with the attack and
+ends with the canonical solution, so a sample that "passes" means the attack went through
+unnoticed. Around them run canonical solutions of other problems, which must still pass.
+"""
+
+import os
+import shutil
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+
+from collab_lib import benchmarks
+from collab_lib.sandbox import UID_BASE, Limits, Outcome, Sandbox, bubblewrap
+
+BENCH = benchmarks.load_benchmark("humaneval")
+TASK = "HumanEval/0"
+
+
+def attacks(canary: str, port: int) -> dict[str, str]:
+    """name -> attack code (indented into the function body)."""
+    return {
+        "infinite loop": "while True:\n    pass",
+        "fork bomb": "import os\nwhile True:\n    os.fork()",
+        "fork bomb through ctypes": "import ctypes\nlibc = ctypes.CDLL(None)\n"
+        "while True:\n    if libc.fork() < 0:\n        raise OSError('no fork')",
+        "allocate 8 GB": "x = bytearray(8 * 1024 ** 3)",
+        "kill the parent": "import os\nos.kill(os.getppid(), 9)",
+        "kill every process we can (ctypes)": "import ctypes\nctypes.CDLL(None).kill(-1, 9)\n"
+        "raise SystemExit(1)",
+        "rmtree outside": f"import shutil\nshutil.rmtree({canary!r})",
+        "rmtree outside after undoing the guard": "import importlib, shutil\n"
+        f"importlib.reload(shutil)\nshutil.rmtree({canary!r})",
+        "write a file outside": f"import io\nio.open({canary!r} + '/evil.txt', 'w').write('x')",
+        "connect to 127.0.0.1": f"import socket\nsocket.create_connection(('127.0.0.1', {port}))",
+        "sys.exit(0) before the tests": "import sys\nsys.exit(0)",
+        "os._exit(0) before the tests": "import os\nos._exit(0)",
+        "replace builtins.AssertionError": "import builtins\n"
+        "builtins.AssertionError = type('Never', (BaseException,), {})\nreturn None",
+        "print a gigabyte": "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2 ** 20)",
+        "write a gigabyte": "f = open('big', 'wb') if open else None\n"
+        "import io\nf = io.open('big', 'wb')\nfor _ in range(1024):\n    f.write(b'x' * 2 ** 20)",
+        "crash the interpreter": "import sys\nsys.setrecursionlimit(10 ** 7)\n"
+        "def f(n):\n    return f(n + 1) + 1\nf(0)",
+        "leave a grandchild behind": "import ctypes, time\nlibc = ctypes.CDLL(None)\n"
+        "if libc.fork() == 0:\n    libc.setsid()\n    if libc.fork() == 0:\n"
+        "        time.sleep(30)\n    libc._exit(0)\nreturn None",
+        "read the harness's environment": "import os\nassert 'COLLAB_ARTIFACTS' not in os.environ"
+        "\nreturn None",
+        "close the report channel": "import os\nfor fd in range(3, 64):\n    try:\n"
+        "        os.close(fd)\n    except OSError:\n        pass",
+    }
+
+
+def hostile_sample(code: str) -> dict:
+    body = "".join(f"    {line}\n" for line in code.splitlines())
+    return {"task_id": TASK, "completion": body + BENCH.problems[TASK].canonical_solution}
+
+
+def canonical(task: str) -> dict:
+    return {"task_id": task, "completion": BENCH.problems[task].canonical_solution}
+
+
+@pytest.fixture
+def canary(tmp_path_factory):
+    path = tmp_path_factory.mktemp("canary")
+    (path / "keep.txt").write_text("still here")
+    os.chmod(path.parent, 0o755)
+    return path
+
+
+@pytest.fixture
+def listener():
+    """A TCP server on 127.0.0.1 that records every connection it accepts."""
+    server = socket.create_server(("127.0.0.1", 0))
+    accepted = []
+
+    def serve():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                accepted.append(server.accept())
+            except OSError:
+                pass
+
+    stop = threading.Event()
+    threading.Thread(target=serve, daemon=True).start()
+    yield server.getsockname()[1], accepted
+    stop.set()
+    server.close()
+
+
+def sandbox_processes() -> list[str]:
+    """Live processes of the sandbox's uids (exited ones awaiting their reaper are not)."""
+    out = subprocess.run(["ps", "-eo", "uid=,stat=,pid=,args="], capture_output=True, text=True)
+    rows = [line.split(None, 3) for line in out.stdout.splitlines()]
+    return [" ".join(r) for r in rows
+            if UID_BASE <= int(r[0]) < UID_BASE + 1000 and not r[1].startswith("Z")]  # fmt: skip
+
+
+def run_attacks(box: Sandbox, canary, port: int, skip=()) -> dict[str, dict]:
+    named = {k: v for k, v in attacks(str(canary), port).items() if k not in skip}
+    controls = [canonical(t) for t in list(BENCH.problems)[1:9]]
+    samples = []
+    for i, code in enumerate(named.values()):  # each attack between two honest samples
+        samples += [controls[i % len(controls)], hostile_sample(code)]
+    samples.append(controls[0])
+    results = benchmarks.score(BENCH, samples, box)
+    hostile = dict(zip(named, results[1::2], strict=True))
+    honest = results[0::2]
+    assert [r["status"] for r in honest] == ["pass"] * len(honest)
+    return hostile
+
+
+def check_nothing_harmed(canary, accepted) -> None:
+    assert sorted(p.name for p in canary.iterdir()) == ["keep.txt"]
+    assert (canary / "keep.txt").read_text() == "still here"
+    assert accepted == []
+    time.sleep(0.3)
+    assert sandbox_processes() == []
+
+
+def test_the_unmodified_canonical_completion_passes():
+    with Sandbox(limits=Limits(timeout_s=3)) as box:
+        assert benchmarks.score(BENCH, [hostile_sample("pass")], box)[0]["status"] == "pass"
+
+
+@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
+                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+def test_every_attack_fails_inside_bubblewrap_and_harms_nothing(canary, listener):
+    port, accepted = listener
+    with Sandbox(limits=Limits(timeout_s=2)) as box:
+        assert box.bwrap is not None, "CI must install bubblewrap (.ci/run)"
+        hostile = run_attacks(box, canary, port)
+    passed = [name for name, r in hostile.items() if r["passed"]]
+    assert passed == [], passed
+    assert hostile["infinite loop"]["status"] == "timeout"
+    assert hostile["os._exit(0) before the tests"]["status"] == "error"
+    check_nothing_harmed(canary, accepted)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="layers 2-4 drop to another uid: needs root")
+def test_without_bubblewrap_layers_2_to_4_still_hold(canary, listener, caplog):
+    """No network isolation without bubblewrap (the README says so): the socket attack is
+    left out here; every other attack still fails and harms nothing."""
+    port, accepted = listener
+    with Sandbox(limits=Limits(timeout_s=2), use_bubblewrap=False) as box:
+        assert "bubblewrap" not in box.isolation
+        hostile = run_attacks(box, canary, port, skip=("connect to 127.0.0.1",))
+    passed = [name for name, r in hostile.items() if r["passed"]]
+    assert passed == [], passed
+    check_nothing_harmed(canary, accepted)
+
+
+def test_the_process_limit_binds_and_the_wall_clock_kills_the_tree():
+    fork_loop = ("import ctypes\nlibc = ctypes.CDLL(None)\nn = 0\nwhile True:\n"
+                 "    pid = libc.fork()\n    if pid == 0:\n        import time\n"
+                 "        time.sleep(60)\n    if pid < 0:\n        break\n    n += 1\n"
+                 "assert n < 16, n\n")  # fmt: skip
+    with Sandbox(limits=Limits(timeout_s=2, processes=8)) as box:
+        if not box.root_user and box.bwrap is None:
+            pytest.skip("needs root (uid drop) or bubblewrap")
+        started = time.monotonic()
+        assert box.run(fork_loop) == Outcome("ok", "")
+        assert box.run("import time\ntime.sleep(30)").status == "timeout"
+        assert time.monotonic() - started < 10
+    time.sleep(0.3)
+    assert sandbox_processes() == []
+
+
+def test_an_unusable_interpreter_is_a_clear_error(tmp_path):
+    from collab_lib.sandbox import SandboxError
+
+    with pytest.raises(SandboxError, match="sandbox_python"):
+        Sandbox(python=str(tmp_path / "no-python"))
+
+
+def test_required_isolation_without_bubblewrap_is_an_error(monkeypatch):
+    from collab_lib import sandbox
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)
+    with pytest.raises(sandbox.SandboxError, match="bubblewrap"):
+        Sandbox(require_isolation=True)
+    assert shutil.which("python3") is None  # the patch was in force
