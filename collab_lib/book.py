@@ -25,7 +25,12 @@ class BookError(UserError):
     """A notebook or the Jupyter Book build failed; the message says where to look."""
 
 
-NOTEBOOKS = ("01_datasets.ipynb", "02_models.ipynb", "99_reproducibility.ipynb")
+NOTEBOOKS = (
+    "01_datasets.ipynb",
+    "02_models.ipynb",
+    "03_rq1_effectiveness.ipynb",
+    "99_reproducibility.ipynb",
+)
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 BUILD_ROOT = PROJECT_ROOT / "_build"

@@ -559,11 +559,18 @@ def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
     if e.problems is not None and e.problems < 1:
         raise ConfigError(f"{path}: {where}.problems: at least 1, or null for all")
     if e.perplexity_stride is not None and e.perplexity_stride < 1:
-        raise ConfigError(f"{path}: {where}.perplexity_stride: at least 1, or null")
+        raise ConfigError(
+            f"{path}: {where}.perplexity_stride: 1 to model.context - 1, or null (half)"
+        )
 
 
 def _check_study(cfg: Config, path: Path) -> None:
     """The organizations can make the study's models: two or more, short letters unique."""
+    stride = cfg.evaluation.perplexity_stride
+    if stride is not None and stride >= cfg.model.context:
+        raise ConfigError(
+            f"{path}: evaluation.perplexity_stride: below model.context ({cfg.model.context})"
+        )
     orgs = cfg.datasets.organizations
     key = "datasets.organizations"
     if len(orgs) < 2:

@@ -42,8 +42,8 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
     Positions ``first_scored .. end-1`` are predicted in that window; together the windows
     score positions 1 .. n_tokens-1 exactly once.
     """
-    if not 0 < stride <= context:
-        raise ValueError(f"stride must be in 1..context ({context}), got {stride}")
+    if not 0 < stride < context:  # each scored token needs one before it in its window
+        raise ValueError(f"stride must be in 1..context-1 ({context - 1}), got {stride}")
     out, scored_to, end = [], 1, 0
     while end < n_tokens:
         end = min(scored_to + stride, n_tokens) if out else min(context, n_tokens)
@@ -161,17 +161,21 @@ def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     def produce(out: Path) -> dict:
         val = {o.name: [d["content"] for d in ds.documents(o.name, "validation")]
                for o in cfg.datasets.organizations}  # fmt: skip
-        ppl = {name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
-               for name in tqdm(refs, desc="perplexity")}  # fmt: skip
+        ppl_arts = {name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
+                    for name in tqdm(refs, desc="perplexity")}  # fmt: skip
+        ppl = {name: pd.read_csv(a.file("perplexity.csv")) for name, a in ppl_arts.items()}
         bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
         problems = list(bench.problems)[: e.problems]
         runner = _LazySandbox(cfg)
         harness = _harness_artifact(cfg, bench, problems, runner, force)
+        # the cached pieces, listed for the Reproducibility page
+        parts = [a.ref for a in ppl_arts.values()] + [harness.ref]
         rows = []
         for name in tqdm(pass_models(cfg), desc="pass@k models"):
             for t in e.temperatures:
                 s_art = _samples_artifact(cfg, models[name], bench, problems, t, force)
                 x_art = _executions_artifact(cfg, s_art, bench, runner, force)
+                parts += [s_art.ref, x_art.ref]
                 results = _read_jsonl(x_art.file("results.jsonl"))
                 rows.append({"model": name, "temperature": t,
                              **benchmarks.pass_at_k(results, KS)})  # fmt: skip
@@ -187,7 +191,7 @@ def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
                 "problems": len(problems), "n_samples": e.n_samples,
                 "temperatures": list(e.temperatures), "isolation": isolation,
                 "pass_models": pass_models(cfg), "stride": _stride(cfg),
-                "stops": list(benchmarks.STOPS)}  # fmt: skip
+                "stops": list(benchmarks.STOPS), "parts": parts}  # fmt: skip
 
     inputs = [ds.artifact.ref, *refs.values()]
     return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
@@ -212,8 +216,7 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[str]],
         total = sum(r["loss_sum"] for r in rows) / sum(r["tokens"] for r in rows)
         return {"perplexity": math.exp(total)}
 
-    art = artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
-    return pd.read_csv(art.file("perplexity.csv"))
+    return artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
 
 
 def _load(model_art):
@@ -420,3 +423,63 @@ def _read_jsonl(path: Path) -> list[dict]:
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with open(path, "w", encoding="utf-8") as fh:
         fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+# --------------------------------------------------------------------------- reading back
+
+
+class NotEvaluated(UserError):
+    """The book asked for Table 8 before the rq1 step ran."""
+
+
+def load_rq1(cfg: Config) -> artifacts.Artifact:
+    """The profile's Table 8 artifact from the cache; never builds it."""
+    art = artifacts.load(*plan(cfg)[STEP])
+    if art is None:
+        raise NotEvaluated(f"Table 8 is not built for profile {cfg.profile!r}: run "
+                           f"`{cfg.command('run', 'rq1')}`")  # fmt: skip
+    return art
+
+
+def rq1_table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
+    return pd.read_csv(art.file(f"{name}.csv"))
+
+
+def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
+    """How Table 8 was measured, from the artifact's own record."""
+    m, c = art.metrics, art.manifest["config"]["evaluation"]
+    models = m["pass_models"]
+    rows = [
+        ("benchmark", f"{m['benchmark']}, {m['problems']} problems"),
+        ("benchmark file SHA-256", m["benchmark_sha256"][:16] + "…"),
+        ("samples per problem (n)", m["n_samples"]),
+        ("temperatures", ", ".join(f"{t:g}" for t in m["temperatures"])),
+        ("top-p, top-k", f"{c['top_p']:g}, {c['top_k']}"),
+        ("max new tokens", c["max_new_tokens"]),
+        ("completion stops at", " ".join(repr(s) for s in m["stops"])),
+        ("pass@k estimated for", f"{len(models)} models: " + ", ".join(models)),
+        (
+            "perplexity",
+            f"windows of {art.manifest['config']['context']} tokens, stride "
+            f"{m['stride']}, each token scored once",
+        ),  # fmt: skip
+        ("isolation of generated code", m["isolation"]),
+        ("per-sample limits", f"{c['timeout_s']:g} s wall clock, {c['memory_mb']} MB"),
+    ]
+    return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def table8_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 8 for reading: ours beside the paper's, pass@k to 3 decimals as the paper."""
+    cols = {"group": "group", "model": "model"}
+    out = pd.DataFrame({v: table[k] for k, v in cols.items()})
+    out[("perplexity", "ours")] = table["perplexity"].round(2)
+    out[("perplexity", "paper")] = table.get("paper perplexity")
+    for k in KS:
+        if f"pass@{k} (%)" in table:
+            out[(f"pass@{k} %", "ours")] = table[f"pass@{k} (%)"].round(3)
+            out[(f"pass@{k} %", "best T")] = table[f"T pass@{k}"]
+        out[(f"pass@{k} %", "paper")] = table.get(f"paper pass@{k} (%)")
+    out.columns = pd.MultiIndex.from_tuples([c if isinstance(c, tuple) else (c, "")
+                                             for c in out.columns])  # fmt: skip
+    return out

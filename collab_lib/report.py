@@ -208,3 +208,26 @@ def _yogi(cfg: Config) -> str:
 def show_code(text: str) -> None:
     """Display Python source as a highlighted code block."""
     display(Markdown(f"```python\n{text}```"))
+
+
+def perplexity_figure(table8: pd.DataFrame) -> plt.Figure:
+    """Validation perplexity per model (log scale), coloured by group, the paper's beside."""
+    colours = {"Baseline": "tab:gray", "Synchronous": "tab:blue", "Asynchronous": "tab:orange",
+               "RQ3 pair": "tab:green"}  # fmt: skip
+    fig, ax = plt.subplots(figsize=(8, 0.28 * len(table8) + 1.2))
+    y = range(len(table8))
+    ax.barh(y, table8["perplexity"], color=[colours.get(g, "k") for g in table8["group"]])
+    if "paper perplexity" in table8:
+        ax.scatter(table8["paper perplexity"], y, marker="|", s=120, color="k",
+                   label="paper's value", zorder=3)  # fmt: skip
+        ax.legend(loc="lower right")
+    ax.set_yticks(list(y), table8["model"])
+    ax.invert_yaxis()
+    ax.set_xscale("log")
+    ax.set_xlabel("perplexity on the union of validation splits (log scale; lower is better)")
+    for group, colour in colours.items():
+        if (table8["group"] == group).any():
+            ax.plot([], [], color=colour, linewidth=8, label=group)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -44,10 +44,26 @@ def filter_logits(logits: torch.Tensor, cfg: SamplingConfig) -> torch.Tensor:
 
 
 def next_tokens(logits: torch.Tensor, cfg: SamplingConfig, gen: torch.Generator) -> torch.Tensor:
-    """One token per row of ``logits`` (B, vocab): argmax at temperature 0, else a draw."""
+    """One token per row of ``logits`` (B, vocab): argmax at temperature 0, else a draw.
+
+    With top-k on, the draw is made among the k best tokens only (sorting k values, not the
+    vocabulary): top-k already gives every other token probability 0, and top-p over the
+    survivors is the same computation. Ties across the k-th value (where ``transformers``
+    keeps more than k tokens) take the full path.
+    """
     if cfg.temperature == 0:
         return logits.argmax(dim=-1)
-    probs = filter_logits(logits.float(), cfg).softmax(dim=-1)
+    logits = logits.float()
+    k = cfg.top_k
+    if 0 < k < logits.size(-1):
+        values, index = torch.topk(logits, k, dim=-1)  # (B, k), descending
+        kth = values[..., -1:]
+        if torch.equal((logits >= kth).sum(-1), (values >= kth).sum(-1)):
+            top = SamplingConfig(cfg.temperature, cfg.top_p, 0, cfg.max_new_tokens)
+            probs = filter_logits(values, top).softmax(dim=-1)
+            pick = torch.multinomial(probs, 1, generator=gen)
+            return index.gather(-1, pick).squeeze(-1)
+    probs = filter_logits(logits, cfg).softmax(dim=-1)
     return torch.multinomial(probs, 1, generator=gen).squeeze(-1)
 
 

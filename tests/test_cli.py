@@ -27,7 +27,11 @@ def test_run_then_table_then_status(local_profile, built_book, monkeypatch, caps
     assert code == 2 and "run datasets --profile" in err
 
     code, out, _ = run_cli("status", "--profile", str(local_profile), capsys=capsys)
-    assert code == 0 and "missing" in out and "would run: datasets, clones, canaries, train" in out
+    assert (
+        code == 0
+        and "missing" in out
+        and "would run: datasets, clones, canaries, train, rq1" in out
+    )
 
     # every step has run for the book's profile (the session's book build): `run all` finds
     # it all cached, and status has nothing left to run

@@ -5,6 +5,7 @@ ends with the canonical solution, so a sample that "passes" means the attack wen
 unnoticed. Around them run canonical solutions of other problems, which must still pass.
 """
 
+import contextlib
 import os
 import shutil
 import socket
@@ -41,7 +42,8 @@ def attacks(canary: str, port: int) -> dict[str, str]:
         "os._exit(0) before the tests": "import os\nos._exit(0)",
         "replace builtins.AssertionError": "import builtins\n"
         "builtins.AssertionError = type('Never', (BaseException,), {})\nreturn None",
-        "print a gigabyte": "import sys\nfor _ in range(1024):\n    sys.stdout.write('x' * 2 ** 20)",
+        "print a gigabyte": "import sys\nfor _ in range(1024):\n"
+        "    sys.stdout.write('x' * 2 ** 20)",
         "write a gigabyte": "f = open('big', 'wb') if open else None\n"
         "import io\nf = io.open('big', 'wb')\nfor _ in range(1024):\n    f.write(b'x' * 2 ** 20)",
         "crash the interpreter": "import sys\nsys.setrecursionlimit(10 ** 7)\n"
@@ -82,10 +84,8 @@ def listener():
     def serve():
         server.settimeout(0.2)
         while not stop.is_set():
-            try:
+            with contextlib.suppress(OSError):
                 accepted.append(server.accept())
-            except OSError:
-                pass
 
     stop = threading.Event()
     threading.Thread(target=serve, daemon=True).start()
