@@ -221,7 +221,8 @@ class EvaluationConfig:
     Perplexity: windows of the model's context sliding by ``perplexity_stride`` tokens (null:
     half the context). pass@k: ``n_samples`` completions per problem at each temperature,
     the best temperature per k reported (Chen et al. 2021); for the base model and the
-    models in ``models`` (null: every model). ``problems``: the first N of the benchmark
+    models in ``models`` (null: every model; an entry is a model or a setting, such as
+    ``federated``). ``problems``: the first N of the benchmark
     (null: all). Samples run in the sandbox (:mod:`collab_lib.sandbox`) under
     ``sandbox_python``, an interpreter every user can read.
     """
@@ -229,6 +230,7 @@ class EvaluationConfig:
     perplexity_stride: int | None = None
     benchmark: str = "humaneval"  # or humaneval+ (needs humaneval_plus_path)
     humaneval_plus_path: str | None = None  # EvalPlus's HumanEvalPlus-v*.jsonl[.gz]
+    # names or settings (single, centralized, federated, incremental); null: every model
     models: tuple[str, ...] | None = None
     problems: int | None = None
     n_samples: int = 200

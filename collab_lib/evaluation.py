@@ -132,19 +132,30 @@ def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]
     return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
 
 
+SETTINGS = ("single", "centralized", "federated", "incremental")
+
+
 def pass_models(cfg: Config) -> list[str]:
-    """The models pass@k is estimated for: the base model and ``evaluation.models``."""
-    names = _model_names(cfg)
+    """The models pass@k is estimated for: the base model and ``evaluation.models``.
+
+    An entry is a model's name or a setting (``single``, ``centralized``, ``federated``,
+    ``incremental``: that setting's models on all organizations, not the RQ3 pair's), so a
+    profile that extends another with its own organizations keeps a valid list.
+    """
+    specs = collaboration.roster(cfg)
     chosen = cfg.evaluation.models
     if chosen is None:
-        return names
-    unknown = [m for m in chosen if m not in names]
+        return [BASE, *(s.name for s in specs)]
+    names = [s.name for s in specs]
+    unknown = [m for m in chosen if m not in names and m not in SETTINGS]
     if unknown:
         raise ConfigError(
-            f"{cfg.source}: evaluation.models: unknown model {unknown[0]!r} (known: "
-            f"{', '.join(names[1:])})"
+            f"{cfg.source}: evaluation.models: unknown model {unknown[0]!r} (a setting: "
+            f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
         )
-    return [BASE, *(m for m in names[1:] if m in chosen)]
+    keep = [s.name for s in specs
+            if s.name in chosen or (s.setting in chosen and s.rq != "RQ3")]  # fmt: skip
+    return [BASE, *keep]
 
 
 def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:

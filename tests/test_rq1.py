@@ -1,0 +1,70 @@
+"""The rq1 step on the session's book profile: Table 8 for every model, cached pieces."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from collab_lib import artifacts, collaboration, evaluation, pipeline
+from collab_lib.config import ConfigError, load_config
+
+
+@pytest.fixture
+def cfg(built_book, monkeypatch):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    return load_config(built_book.profile, built_book.overrides)
+
+
+@pytest.mark.slow
+def test_table8_has_every_model_and_the_base_model(cfg):
+    t8 = pipeline.table("table8", cfg)
+    names = ["base model", *(s.name for s in collaboration.roster(cfg))]
+    assert sorted(t8["model"]) == sorted(names)
+    assert all(math.isfinite(p) and p > 1 for p in t8["perplexity"])
+    assert t8["pass@1 (%)"].between(0, 100).all()  # n = 2: pass@1 only
+    assert "pass@10 (%)" not in t8
+    assert list(dict.fromkeys(t8["group"])) == ["Baseline", "Synchronous", "Asynchronous",
+                                                "RQ3 pair"]  # fmt: skip
+    assert t8.set_index("model").loc["base model", "paper perplexity"] == 1084.78
+
+
+@pytest.mark.slow
+def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(cfg):
+    art = evaluation.load_rq1(cfg)
+    unions = evaluation.rq1_table(art, "perplexity_by_org")["union"].tolist()
+    orgs = [o.name for o in cfg.datasets.organizations]
+    parts = [p for p in art.metrics["parts"] if p.startswith(evaluation.PPL_STEP + "/")]
+    assert len(parts) == len(unions)
+    for part in parts:
+        frame = pd.read_csv(artifacts.load(*part.split("/")).file("perplexity.csv"))
+        union = math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())
+        assert any(math.isclose(union, u, rel_tol=1e-9) for u in unions)
+        per = [math.exp(r.loss_sum / r.tokens) for r in frame.itertuples()]
+        assert min(per) <= union <= max(per) and list(frame["organization"]) == orgs
+
+
+@pytest.mark.slow
+def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(cfg, built_book):
+    before = evaluation.load_rq1(cfg)
+    assert pipeline.run("rq1", cfg)[0].key == before.key  # cached
+    changed = load_config(built_book.profile, {**built_book.overrides,
+                                               "evaluation": {"timeout_s": 2.5}})  # fmt: skip
+    art = evaluation.build_rq1(changed)
+    samples = sorted(p for p in art.metrics["parts"] if p.startswith("samples/"))
+    assert samples == sorted(p for p in before.metrics["parts"] if p.startswith("samples/"))
+    executions = {p for p in art.metrics["parts"] if p.startswith("executions/")}
+    assert executions.isdisjoint(before.metrics["parts"])  # re-scored in the new sandbox
+
+
+def test_unknown_pass_at_k_model_is_a_clear_error():
+    bad = load_config("default", {"evaluation": {"models": ["Nobody_Only"]}})
+    with pytest.raises(ConfigError, match="unknown model 'Nobody_Only' \\(a setting"):
+        evaluation.pass_models(bad)
+
+
+def test_pass_at_k_models_by_name_or_setting():
+    cfg = load_config("default", {"evaluation": {"models": ["federated", "Google_Only"]}})
+    assert evaluation.pass_models(cfg) == ["base model", "Google_Only", "Federated_Avg_FMG",
+                                           "Federated_Yogi_FMG"]  # fmt: skip
+    every = evaluation.pass_models(load_config("default", {"evaluation": {"models": None}}))
+    assert len(every) == 18 and every[0] == "base model"
