@@ -7,30 +7,40 @@ layers, each of which holds when the ones inside it are bypassed:
 
 1. **bubblewrap**: new user, PID, network, IPC and UTS namespaces (no network at all, not
    even the host's loopback), a new session, killed with its parent; the system and the
-   interpreter's prefix read-only, a private ``/tmp`` and one scratch directory per program.
-2. **A real non-root user id** (one per worker slot, dropped with ``setpriv`` before
-   bubblewrap starts) and **resource limits**: address space, CPU seconds, file size, open
-   files, processes, no core files. The kernel never applies ``RLIMIT_NPROC`` to root, so
-   dropping the real uid is what makes the process limit bind.
-3. **A wall-clock limit**, after which the whole process tree is killed (bubblewrap's PID
-   namespace dies with its init; without bubblewrap, every process of the slot's uid).
+   interpreter's prefix read-only, a private ``/tmp``, and one scratch directory per program.
+2. **A real non-root user id** (one per worker, dropped with ``setpriv`` before bubblewrap
+   starts) and **resource limits**: address space, CPU seconds, file size, open files,
+   processes, no core files. The kernel never applies ``RLIMIT_NPROC`` to root, so dropping
+   the real uid is what makes the process limit bind.
+3. **A wall-clock limit**, after which the whole process tree is killed: the worker's
+   sandbox goes, and the next program gets a fresh one.
 4. **EvalPlus's guard** inside the interpreter, as a second line only.
+
+Each worker is one sandbox holding a small server (:data:`SERVER`) that forks one child per
+program, as ``multiprocessing``'s fork server does: the child gets a fresh scratch directory,
+its limits and the guard, runs the program and reports; then the server kills every other
+process in the sandbox and empties ``/tmp``, so nothing one program leaves behind meets the
+next. A fresh interpreter per program would cost 50-100 ms each (startup, the guard's
+imports, the namespaces); a fork costs about one. A program that outlives the wall clock,
+kills the server or breaks the protocol takes the whole sandbox down with it.
 
 Without bubblewrap, layers 2-4 run and :attr:`Sandbox.isolation` says so (callers warn, or
 refuse with ``require_isolation``). This module knows nothing of benchmarks: a program is a
-string, its outcome one of ``ok`` (ran to the end), ``exception`` (raised, the exception's
+string, its outcome one of ``ok`` (ran to the end), ``exception`` (raised; the exception's
 type in ``detail``), ``timeout`` or ``crashed`` (ended without reporting: killed by a
-signal, ``os._exit``, an interpreter that could not start).
+signal, ``os._exit``, a broken interpreter).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import logging
 import os
 import resource
 import secrets
+import select
 import shutil
 import signal
 import subprocess
@@ -45,44 +55,128 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
-UID_BASE = 61000  # worker slot i runs as uids UID_BASE + UIDS_PER_SLOT * i + (0 .. 3)
-# A slot rotates through its uids: the kernel reaps a finished sandbox's processes a moment
-# after it exits, and until then they count against the next program's RLIMIT_NPROC.
+UID_BASE = 61000  # worker i runs as uids UID_BASE + UIDS_PER_SLOT * i + (0 .. 3)
+# A worker's next sandbox takes the next of its uids: the kernel reaps a killed sandbox's
+# processes a moment after, and until then they count against RLIMIT_NPROC.
 UIDS_PER_SLOT = 4
 
-# The interpreter inside runs this file. It keeps the harness's channel (the original
-# stdout, a file outside the sandbox capped by RLIMIT_FSIZE), sends the program's own output
-# to /dev/null, reads the program before the guard removes ``open``, and reports with a
-# one-time token so that text a program prints can never pass for a result.
-RUNNER = r"""
-import os, sys
+# The server inside a worker's sandbox. Requests are JSON lines on stdin ({"token",
+# "program"}), replies JSON lines on stdout. The child keeps its report file open, sends the
+# program's own output to /dev/null and reports with the one-time token, so that text a
+# program writes can never pass for a result.
+SERVER = r'''
+import json, os, resource, signal, sys
+
 def main():
-    token = sys.stdin.readline().strip()
-    report, write, leave, name_of = os.dup(1), os.write, os._exit, type
-    null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    with open("program.py", encoding="utf-8") as f:
-        source = f.read()
-    if os.path.exists("/sandbox/guard.py") or os.path.exists(GUARD):
+    cfg = json.loads(sys.argv[1])
+    guard = None
+    if cfg["guard"]:
         import importlib.util
-        path = "/sandbox/guard.py" if os.path.exists("/sandbox/guard.py") else GUARD
-        spec = importlib.util.spec_from_file_location("guard", path)
+        spec = importlib.util.spec_from_file_location("guard", cfg["guard"])
         guard = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(guard)
-        guard.reliability_guard()
-    result = "ok"
-    try:
-        exec(compile(source, "program.py", "exec"), {})
-    except BaseException as exc:
+        spec.loader.exec_module(guard)  # loaded once; applied in each child
+        import shutil, subprocess  # what the guard imports to disable, imported once too
+    requests, replies = sys.stdin.buffer, sys.stdout
+    root, report = cfg["work"], os.path.join(cfg["work"], "report")
+    n = 0
+    while True:
+        line = requests.readline()
+        if not line:
+            return
+        req = json.loads(line)
+        n += 1
+        work = os.path.join(root, "s%d" % n)  # a fresh scratch directory per program
+        os.mkdir(work)
+        pid = fork()
+        if pid == 0:
+            child(req, work, report, cfg, guard)
+        _, status = os.waitpid(pid, 0)
+        clean_up(pid, cfg)
+        text = ""
         try:
-            result = "exception " + str(name_of(exc).__name__)[:80].replace("\n", " ")
-        except BaseException:
-            result = "exception ?"
-    write(report, ("\n%s %s\n" % (token, result)).encode())
-    leave(0)
+            with open(report, encoding="utf-8", errors="replace") as f:
+                f.seek(max(0, os.path.getsize(report) - 4096))
+                text = f.read()
+        except OSError:
+            pass
+        reply = {"status": os.WIFSIGNALED(status) and signal.Signals(os.WTERMSIG(status)).name
+                 or "", "report": text}
+        for entry in os.listdir(root):  # the scratch, the report, whatever else was left
+            try:
+                remove(os.path.join(root, entry))
+            except OSError:
+                pass
+        replies.write(json.dumps(reply) + "\n")
+        replies.flush()
+
+def fork():
+    """fork(), waiting out the moment the last program's killed processes still count
+    against the process limit (until the namespace's init reaps them)."""
+    import time
+    for _ in range(200):
+        try:
+            return os.fork()
+        except BlockingIOError:
+            time.sleep(0.01)
+    return os.fork()
+
+def child(req, work, report, cfg, guard):
+    try:
+        os.setsid()
+        os.chdir(work)
+        for name, value in cfg["limits"]:
+            limit = getattr(resource, name)
+            resource.setrlimit(limit, (value, value))
+        out = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        token, source = req["token"], req["program"]
+        req.clear()
+        write, name_of = os.write, type
+        if guard is not None:
+            guard.reliability_guard()
+        result = "ok"
+        try:
+            exec(compile(source, "program.py", "exec"), {})
+        except BaseException as exc:
+            try:
+                result = "exception " + str(name_of(exc).__name__)[:80].replace("\n", " ")
+            except BaseException:
+                result = "exception ?"
+        write(out, ("\n%s %s\n" % (token, result)).encode())
+    finally:
+        os._exit(0)
+
+def clean_up(pid, cfg):
+    """Kill what the program left behind: in its own namespace or uid, everything else."""
+    if cfg["kill_all"]:
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process we may signal, but ourselves and init
+        except ProcessLookupError:
+            pass
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    if cfg["private_tmp"]:
+        for entry in os.listdir("/tmp"):
+            try:
+                remove(os.path.join("/tmp", entry))
+            except OSError:
+                pass
+
+def remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        for entry in os.listdir(path):
+            remove(os.path.join(path, entry))
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+
 main()
-"""
+'''
 
 
 class SandboxError(RuntimeError):
@@ -97,7 +191,7 @@ class Limits:
     memory_mb: int = 1024  # address space (RLIMIT_AS)
     file_mb: int = 16  # largest file a program may write, its report included
     open_files: int = 64
-    processes: int = 16  # of the slot's uid, bubblewrap's own two included
+    processes: int = 16  # of the worker's uid, the sandbox's own three included
 
 
 @dataclass(frozen=True)
@@ -125,7 +219,7 @@ def evalplus_guard() -> Path | None:
 
 
 class Sandbox:
-    """Runs programs under the layers above, ``workers`` at a time.
+    """Runs programs under the layers above, on ``workers`` sandboxes at a time.
 
     Args:
         python: the interpreter inside; it must be readable by a non-root uid (a pyenv
@@ -162,15 +256,12 @@ class Sandbox:
         os.chmod(self._dir, 0o711)  # the sandbox uids traverse it, never list it
         self._lib = self._dir / "lib"
         self._lib.mkdir(mode=0o755)
-        (self._lib / "runner.py").write_text(
-            RUNNER.replace("GUARD", repr(str(self._lib / "guard.py")))
-        )
+        (self._lib / "server.py").write_text(SERVER)
         if self.guard is not None:
             shutil.copyfile(self.guard, self._lib / "guard.py")
         for f in self._lib.iterdir():
             f.chmod(0o644)
-        self._slots = list(range(self.workers))
-        self._runs = [0] * self.workers
+        self._free = [_Worker(self, i) for i in range(self.workers)]
         self._lock = threading.Lock()
         self._prefixes = self._interpreter_prefixes()
         self._check()
@@ -178,9 +269,9 @@ class Sandbox:
     @property
     def isolation(self) -> str:
         """The layers in force, in words (Table 8 states it)."""
-        layers = (
-            ["bubblewrap (no network, own PID namespace, read-only system)"] if self.bwrap else []
-        )
+        layers = []
+        if self.bwrap:
+            layers.append("bubblewrap (no network, own PID namespace, read-only system)")
         layers.append(f"uid {UID_BASE}+ with rlimits" if self.root_user else "rlimits")
         layers.append(f"{self.limits.timeout_s:g} s wall clock")
         if self.guard is not None:
@@ -188,6 +279,8 @@ class Sandbox:
         return " + ".join(layers)
 
     def close(self) -> None:
+        for worker in self._free:
+            worker.stop()
         shutil.rmtree(self._dir, ignore_errors=True)
 
     def __enter__(self) -> Sandbox:
@@ -196,12 +289,10 @@ class Sandbox:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # ------------------------------------------------------------------ running programs
-
     def run_many(
         self, programs: Sequence[str], progress: Callable[[int], None] | None = None
     ) -> list[Outcome]:
-        """Outcomes of ``programs``, in order, run in parallel on ``workers`` slots."""
+        """Outcomes of ``programs``, in order, run in parallel on the workers."""
 
         def one(program: str) -> Outcome:
             outcome = self.run(program)
@@ -213,122 +304,14 @@ class Sandbox:
             return list(pool.map(one, programs))
 
     def run(self, program: str) -> Outcome:
-        """Run one program in a fresh scratch directory; never raises for what it does."""
+        """Run one program on a free worker; never raises for what the program does."""
         with self._lock:
-            slot = self._slots.pop()
-            self._runs[slot] += 1
-            uid = UID_BASE + UIDS_PER_SLOT * slot + self._runs[slot] % UIDS_PER_SLOT
+            worker = self._free.pop()
         try:
-            outcome = self._run_in_slot(program, slot, uid)
-            if outcome.status == "crashed" and "bwrap: Can't fork" in outcome.detail:
-                time.sleep(0.05)  # the uid's last sandbox is still being reaped: once more
-                outcome = self._run_in_slot(program, slot, uid)
-            return outcome
+            return worker.run(program)
         finally:
             with self._lock:
-                self._slots.append(slot)
-
-    def _run_in_slot(self, program: str, slot: int, uid: int) -> Outcome:
-        work = Path(tempfile.mkdtemp(dir=self._dir, prefix=f"s{slot}-"))
-        work.chmod(0o711)  # the slot's uid reaches its scratch directory, nothing else
-        try:
-            (work / "program.py").write_text(program, encoding="utf-8")
-            token = secrets.token_hex(16)
-            with open(work / "in", "w+b") as stdin, open(work / "out", "w+b") as stdout:
-                stdin.write(token.encode() + b"\n")
-                stdin.seek(0)
-                scratch = work / "scratch"
-                scratch.mkdir()
-                shutil.copyfile(work / "program.py", scratch / "program.py")
-                if self.root_user:
-                    os.chown(scratch, uid, uid)
-                outcome = self._execute(self._command(scratch, uid), scratch, stdin, stdout)
-                stdout.seek(0)
-                report = stdout.read()[-4096:].decode("utf-8", "replace")
-        finally:
-            if self.root_user and self.bwrap is None:
-                self._kill_uid(uid)  # stragglers that left the process group
-            shutil.rmtree(work, ignore_errors=True)
-        if outcome is not None:
-            return outcome
-        for line in reversed(report.splitlines()):
-            if line.startswith(token + " "):
-                status, _, detail = line[len(token) + 1 :].partition(" ")
-                return Outcome(status, detail)
-        return Outcome("crashed", report.strip()[-200:] or "no report")
-
-    def _execute(self, argv: list[str], cwd: Path, stdin, stdout) -> Outcome | None:
-        """Start ``argv`` under the limits; ``timeout`` or ``crashed`` Outcome, else None."""
-        proc = subprocess.Popen(
-            argv,
-            cwd=cwd,
-            stdin=stdin,
-            stdout=stdout,
-            stderr=stdout,
-            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
-            start_new_session=True,  # its own process group: the wall clock kills it whole
-            preexec_fn=self._set_limits,
-        )
-        try:
-            rc = proc.wait(timeout=self.limits.timeout_s)
-        except subprocess.TimeoutExpired:
-            _kill_group(proc)
-            return Outcome("timeout", f"wall clock {self.limits.timeout_s:g} s")
-        _kill_group(proc)  # whatever it left behind in its group
-        if rc < 0:
-            sig = signal.Signals(-rc).name
-            return Outcome("timeout" if sig == "SIGXCPU" else "crashed", sig)
-        return None
-
-    def _command(self, scratch: Path, uid: int) -> list[str]:
-        inner = [self.python, "-I", "runner.py" if self.bwrap is None else "/sandbox/runner.py"]
-        if self.bwrap is None:
-            shutil.copyfile(self._lib / "runner.py", scratch / "runner.py")
-            cmd = inner
-        else:
-            cmd = [self.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
-                   *self._system_binds(),
-                   "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                   "--ro-bind", str(self._lib), "/sandbox",
-                   "--bind", str(scratch), "/work", "--chdir", "/work",
-                   "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-                   "--", *inner]  # fmt: skip
-        if self.root_user:
-            cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                   "--inh-caps=-all", "--", *cmd]  # fmt: skip
-        return cmd
-
-    def _system_binds(self) -> list[str]:
-        args = ["--ro-bind", "/usr", "/usr"]
-        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
-            p = Path(top)
-            if p.is_symlink():
-                args += ["--symlink", os.readlink(p), top]
-            elif p.is_dir():
-                args += ["--ro-bind", top, top]
-        for prefix in self._prefixes:
-            args += ["--ro-bind", prefix, prefix]
-        return args
-
-    def _set_limits(self) -> None:
-        """In the child, before ``setpriv``/``bwrap``: limits every descendant inherits."""
-        lim = self.limits
-        cpu = int(lim.timeout_s) + 2
-        nproc = lim.processes + (0 if self.root_user else _own_processes())
-        for which, value in (
-            (resource.RLIMIT_AS, lim.memory_mb * MB),
-            (resource.RLIMIT_CPU, cpu),
-            (resource.RLIMIT_FSIZE, lim.file_mb * MB),
-            (resource.RLIMIT_NOFILE, lim.open_files),
-            (resource.RLIMIT_NPROC, nproc),
-            (resource.RLIMIT_CORE, 0),
-        ):
-            resource.setrlimit(which, (value, value))
-
-    def _kill_uid(self, uid: int) -> None:
-        """SIGKILL every process of ``uid`` (what escaped the process group, e.g. by setsid)."""
-        subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                        "kill", "-KILL", "-1"], capture_output=True, check=False)  # fmt: skip
+                self._free.append(worker)
 
     # ------------------------------------------------------------------ set-up checks
 
@@ -350,13 +333,14 @@ class Sandbox:
 
     def _check(self) -> None:
         """Run a probe program through every layer; a clear error if the set-up fails."""
-        outcome = self.run("import sys\nassert sys.version_info >= (3, 8)\n")
+        probe = "import sys\nassert sys.version_info >= (3, 8)\n"
+        outcome = self.run(probe)
         if outcome.status == "ok":
             return
         if self.bwrap is not None and not self.require_isolation:
-            log.warning("bubblewrap failed here (%s); retrying without it", outcome.detail)
+            log.warning("bubblewrap failed here (%s); running without it", outcome.detail)
             self.bwrap = None
-            outcome = self.run("import sys\nassert sys.version_info >= (3, 8)\n")
+            outcome = self.run(probe)
             if outcome.status == "ok":
                 return
         who = f"as uid {UID_BASE}" if self.root_user else "as this user"
@@ -368,10 +352,156 @@ class Sandbox:
         )
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+class _Worker:
+    """One sandbox and the server inside it, started on first use and after each kill."""
+
+    def __init__(self, box: Sandbox, slot: int) -> None:
+        self.box, self.slot, self.starts = box, slot, 0
+        self.proc: subprocess.Popen | None = None
+        self.buffer = b""
+        self.stderr = None
+
+    @property
+    def uid(self) -> int:
+        return UID_BASE + UIDS_PER_SLOT * self.slot + self.starts % UIDS_PER_SLOT
+
+    def run(self, program: str) -> Outcome:
+        if self.proc is None:
+            self.start()
+        token = secrets.token_hex(16)
+        request = json.dumps({"token": token, "program": program}).encode() + b"\n"
+        try:
+            self.proc.stdin.write(request)
+            self.proc.stdin.flush()
+        except (BrokenPipeError, OSError):
+            return self.fail(Outcome("crashed", self.why_dead()))
+        line = self.read_line(self.box.limits.timeout_s)
+        if line is None:
+            return self.fail(Outcome("timeout", f"wall clock {self.box.limits.timeout_s:g} s"))
+        if not line:
+            return self.fail(Outcome("crashed", self.why_dead()))
+        reply = json.loads(line)
+        if reply["status"]:  # the program's process died of a signal
+            sig = reply["status"]
+            return Outcome("timeout" if sig == "SIGXCPU" else "crashed", sig)
+        for text in reversed(reply["report"].splitlines()):
+            if text.startswith(token + " "):
+                status, _, detail = text[len(token) + 1 :].partition(" ")
+                return Outcome(status, detail)
+        return Outcome("crashed", "no report")
+
+    def fail(self, outcome: Outcome) -> Outcome:
+        """The sandbox is in an unknown state: kill it whole; the next run starts afresh."""
+        self.stop()
+        return outcome
+
+    def read_line(self, timeout_s: float) -> bytes | None:
+        """The server's next reply line; ``b""`` if it died, None after ``timeout_s``."""
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                return None
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:
+                return b""
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+    def start(self) -> None:
+        self.starts += 1
+        box, uid = self.box, self.uid
+        work = box._dir / f"w{self.slot}-{self.starts}"
+        work.mkdir(mode=0o700)
+        if box.root_user:
+            os.chown(work, uid, uid)
+        inside = "/work" if box.bwrap else str(work)
+        guard = ("/sandbox/guard.py" if box.bwrap else str(box._lib / "guard.py")) if box.guard \
+            else None  # fmt: skip
+        cfg = {"work": inside, "guard": guard, "limits": self.child_limits(),
+               "kill_all": bool(box.bwrap or box.root_user),
+               "private_tmp": bool(box.bwrap)}  # fmt: skip
+        server = "/sandbox/server.py" if box.bwrap else str(box._lib / "server.py")
+        cmd = [box.python, "-I", server, json.dumps(cfg)]
+        if box.bwrap:
+            cmd = [box.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+                   *self.system_binds(),
+                   "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+                   "--ro-bind", str(box._lib), "/sandbox",
+                   "--bind", str(work), "/work", "--chdir", "/work",
+                   "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+                   "--", *cmd]  # fmt: skip
+        if box.root_user:
+            cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                   "--inh-caps=-all", "--", *cmd]  # fmt: skip
+        self.stderr = open(box._dir / f"w{self.slot}.err", "w+b")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=work,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.stderr,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
+            start_new_session=True,  # its own process group: the wall clock kills it whole
+            preexec_fn=self.worker_limits,
+        )
+        self.buffer = b""
+
+    def child_limits(self) -> list[tuple[str, int]]:
+        """Limits of each program's process (set in the child the server forks)."""
+        lim = self.box.limits
+        return [("RLIMIT_AS", lim.memory_mb * MB), ("RLIMIT_CPU", int(lim.timeout_s) + 2),
+                ("RLIMIT_FSIZE", lim.file_mb * MB), ("RLIMIT_NOFILE", lim.open_files),
+                ("RLIMIT_CORE", 0)]  # fmt: skip
+
+    def worker_limits(self) -> None:
+        """In the forked child, before ``setpriv``/``bwrap``: the worker's process limit."""
+        lim = self.box.limits
+        nproc = lim.processes + (0 if self.box.root_user else _own_processes())
+        resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (lim.file_mb * MB, lim.file_mb * MB))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+    def system_binds(self) -> list[str]:
+        args = ["--ro-bind", "/usr", "/usr"]
+        for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+            p = Path(top)
+            if p.is_symlink():
+                args += ["--symlink", os.readlink(p), top]
+            elif p.is_dir():
+                args += ["--ro-bind", top, top]
+        for prefix in self.box._prefixes:
+            args += ["--ro-bind", prefix, prefix]
+        return args
+
+    def why_dead(self) -> str:
+        if self.stderr is None:
+            return "no report"
+        self.stderr.seek(0)
+        tail = self.stderr.read()[-300:].decode("utf-8", "replace").strip()
+        return tail or "no report"
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+        self.proc = None
+        if self.box.root_user and self.box.bwrap is None:
+            _kill_uid(self.uid)  # what left the process group (setsid) dies too
+        shutil.rmtree(self.box._dir / f"w{self.slot}-{self.starts}", ignore_errors=True)
+
+
+def _kill_uid(uid: int) -> None:
+    """SIGKILL every process of ``uid`` (used where no PID namespace holds them)."""
+    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
+                    "kill", "-KILL", "-1"], capture_output=True, check=False)  # fmt: skip
 
 
 def _own_processes() -> int:

@@ -186,3 +186,22 @@ def test_required_isolation_without_bubblewrap_is_an_error(monkeypatch):
     with pytest.raises(sandbox.SandboxError, match="bubblewrap"):
         Sandbox(require_isolation=True)
     assert shutil.which("python3") is None  # the patch was in force
+
+
+@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
+                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+def test_nothing_one_program_leaves_behind_meets_the_next():
+    """One worker runs both: the first leaves files in /tmp, its scratch directory and the
+    one above it, and a daemonized grandchild; the second finds none of them."""
+    leave = ("import ctypes, io, os, time\nfor p in ('/tmp/leak', 'leak', '../leak'):\n"
+             "    try:\n        io.open(p, 'w').write('x')\n    except OSError:\n        pass\n"
+             "libc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
+             "    time.sleep(30)\n")  # fmt: skip
+    find = ("import os\nassert not [p for p in ('/tmp/leak', 'leak', '../leak')"
+            " if os.path.exists(p)], 'a file'\n"
+            "others = [p for p in os.listdir('/proc') if p.isdigit()"
+            " and int(p) not in (1, os.getpid(), os.getppid())]\n"
+            "assert not others, others\n")  # fmt: skip
+    with Sandbox(limits=Limits(timeout_s=3), workers=1) as box:
+        assert box.run(leave) == Outcome("ok", "")
+        assert box.run(find) == Outcome("ok", "")
