@@ -174,38 +174,46 @@ def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
                for o in cfg.datasets.organizations}  # fmt: skip
         ppl_arts = {name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
                     for name in tqdm(refs, desc="perplexity")}  # fmt: skip
-        ppl = {name: pd.read_csv(a.file("perplexity.csv")) for name, a in ppl_arts.items()}
         bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
         problems = list(bench.problems)[: e.problems]
         runner = _LazySandbox(cfg)
-        harness = _harness_artifact(cfg, bench, problems, runner, force)
-        # the cached pieces, listed for the Reproducibility page
-        parts = [a.ref for a in ppl_arts.values()] + [harness.ref]
-        rows = []
-        for name in tqdm(pass_models(cfg), desc="pass@k models"):
-            for t in e.temperatures:
-                s_art = _samples_artifact(cfg, models[name], bench, problems, t, force)
-                x_art = _executions_artifact(cfg, s_art, bench, runner, force)
-                parts += [s_art.ref, x_art.ref]
-                results = _read_jsonl(x_art.file("results.jsonl"))
-                rows.append({"model": name, "temperature": t,
-                             **benchmarks.pass_at_k(results, KS)})  # fmt: skip
-        isolation = runner.isolation or harness.metrics["isolation"]
-        runner.close()
-        by_temp = pd.DataFrame(rows)
-        table8(cfg, ppl, by_temp).to_csv(out / "table8.csv", index=False)
-        pd.read_csv(harness.file("table8_harness.csv")).to_csv(out / "table8_harness.csv",
-                                                               index=False)  # fmt: skip
-        by_temp.to_csv(out / "table8_temperatures.csv", index=False)
-        _by_org(ppl).to_csv(out / "perplexity_by_org.csv", index=False)
-        return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
-                "problems": len(problems), "n_samples": e.n_samples,
-                "temperatures": list(e.temperatures), "isolation": isolation,
-                "pass_models": pass_models(cfg), "stride": _stride(cfg),
-                "stops": list(benchmarks.STOPS), "parts": parts}  # fmt: skip
+        try:
+            return _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out, force)
+        finally:
+            runner.close()
 
     inputs = [ds.artifact.ref, *refs.values()]
     return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
+
+
+def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, force: bool) -> dict:
+    """pass@k of every pass model at every temperature, the check rows, the tables."""
+    e = cfg.evaluation
+    ppl = {name: pd.read_csv(a.file("perplexity.csv")) for name, a in ppl_arts.items()}
+    harness = _harness_artifact(cfg, bench, problems, runner, force)
+    # the cached pieces, listed for the Reproducibility page
+    parts = [a.ref for a in ppl_arts.values()] + [harness.ref]
+    rows = []
+    for name in tqdm(pass_models(cfg), desc="pass@k models"):
+        for t in e.temperatures:
+            s_art = _samples_artifact(cfg, models[name], bench, problems, t, force)
+            x_art = _executions_artifact(cfg, s_art, bench, runner, force)
+            parts += [s_art.ref, x_art.ref]
+            results = _read_jsonl(x_art.file("results.jsonl"))
+            rows.append({"model": name, "temperature": t,
+                         **benchmarks.pass_at_k(results, KS)})  # fmt: skip
+    isolation = runner.isolation or harness.metrics["isolation"]
+    by_temp = pd.DataFrame(rows)
+    table8(cfg, ppl, by_temp).to_csv(out / "table8.csv", index=False)
+    pd.read_csv(harness.file("table8_harness.csv")).to_csv(out / "table8_harness.csv",
+                                                           index=False)  # fmt: skip
+    by_temp.to_csv(out / "table8_temperatures.csv", index=False)
+    _by_org(ppl).to_csv(out / "perplexity_by_org.csv", index=False)
+    return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
+            "problems": len(problems), "n_samples": e.n_samples,
+            "temperatures": list(e.temperatures), "isolation": isolation,
+            "pass_models": pass_models(cfg), "stride": _stride(cfg),
+            "stops": list(benchmarks.STOPS), "parts": parts}  # fmt: skip
 
 
 def _stride(cfg: Config) -> int:
@@ -481,16 +489,23 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
 
 
 def table8_view(table: pd.DataFrame) -> pd.DataFrame:
-    """Table 8 for reading: ours beside the paper's, pass@k to 3 decimals as the paper."""
-    cols = {"group": "group", "model": "model"}
-    out = pd.DataFrame({v: table[k] for k, v in cols.items()})
-    out[("perplexity", "ours")] = table["perplexity"].round(2)
-    out[("perplexity", "paper")] = table.get("paper perplexity")
+    """Table 8 for reading: ours beside the paper's, perplexity to 2 decimals and pass@k to 3
+    as the paper prints them; "–" where a value was not measured (pass@k of a model the
+    profile left out, a k above n) or the paper has none (the RQ3 pair)."""
+
+    def fmt(values, digits: int) -> list[str]:
+        return ["–" if pd.isna(v) else f"{v:.{digits}f}" for v in values]
+
+    def col(name: str) -> pd.Series:
+        return table[name] if name in table else pd.Series([float("nan")] * len(table))
+
+    out = {("group", ""): table["group"], ("model", ""): table["model"],
+           ("perplexity", "ours"): fmt(table["perplexity"], 2),
+           ("perplexity", "paper"): fmt(col("paper perplexity"), 2)}  # fmt: skip
     for k in KS:
-        if f"pass@{k} (%)" in table:
-            out[(f"pass@{k} %", "ours")] = table[f"pass@{k} (%)"].round(3)
-            out[(f"pass@{k} %", "best T")] = table[f"T pass@{k}"]
-        out[(f"pass@{k} %", "paper")] = table.get(f"paper pass@{k} (%)")
-    out.columns = pd.MultiIndex.from_tuples([c if isinstance(c, tuple) else (c, "")
-                                             for c in out.columns])  # fmt: skip
-    return out
+        out[(f"pass@{k} %", "ours")] = fmt(col(f"pass@{k} (%)"), 3)
+        out[(f"pass@{k} %", "best T")] = fmt(col(f"T pass@{k}"), 1)
+        out[(f"pass@{k} %", "paper")] = fmt(col(f"paper pass@{k} (%)"), 3)
+    frame = pd.DataFrame({key: list(v) for key, v in out.items()})
+    frame.columns = pd.MultiIndex.from_tuples(frame.columns)
+    return frame

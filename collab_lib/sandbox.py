@@ -64,10 +64,14 @@ UIDS_PER_SLOT = 4
 # "program"}), replies JSON lines on stdout. The child keeps its report file open, sends the
 # program's own output to /dev/null and reports with the one-time token, so that text a
 # program writes can never pass for a result.
-SERVER = r'''
-import json, os, resource, signal, sys
+SERVER = r"""
+import ctypes, json, os, resource, signal, subprocess, sys
 
 def main():
+    # Not dumpable: a program (same uid) can neither ptrace this server nor write its memory
+    # through /proc/<pid>/mem; the children it forks inherit the flag.
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
     cfg = json.loads(sys.argv[1])
     guard = None
     if cfg["guard"]:
@@ -75,9 +79,9 @@ def main():
         spec = importlib.util.spec_from_file_location("guard", cfg["guard"])
         guard = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(guard)  # loaded once; applied in each child
-        import shutil, subprocess  # what the guard imports to disable, imported once too
+        import shutil  # what the guard imports to disable, imported once too
     requests, replies = sys.stdin.buffer, sys.stdout
-    root, report = cfg["work"], os.path.join(cfg["work"], "report")
+    root = cfg["work"]
     n = 0
     while True:
         line = requests.readline()
@@ -86,32 +90,39 @@ def main():
         req = json.loads(line)
         n += 1
         work = os.path.join(root, "s%d" % n)  # a fresh scratch directory per program
-        os.mkdir(work)
+        os.mkdir(work, 0o700)
+        read_end, write_end = os.pipe()  # the report: the program cannot read it back
         pid = fork()
         if pid == 0:
-            child(req, work, report, cfg, guard)
+            os.close(read_end)
+            child(req, work, write_end, cfg, guard)
+        os.close(write_end)
+        del req, line
         _, status = os.waitpid(pid, 0)
-        clean_up(pid, cfg)
-        text = ""
-        try:
-            with open(report, encoding="utf-8", errors="replace") as f:
-                f.seek(max(0, os.path.getsize(report) - 4096))
-                text = f.read()
-        except OSError:
-            pass
+        text = read_report(read_end)
+        clean_up(pid, cfg, libc)
         reply = {"status": os.WIFSIGNALED(status) and signal.Signals(os.WTERMSIG(status)).name
                  or "", "report": text}
-        for entry in os.listdir(root):  # the scratch, the report, whatever else was left
-            try:
-                remove(os.path.join(root, entry))
-            except OSError:
-                pass
         replies.write(json.dumps(reply) + "\n")
         replies.flush()
 
+def read_report(fd):
+    os.set_blocking(fd, False)
+    data = b""
+    try:
+        while len(data) < 65536:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            data += chunk
+    except BlockingIOError:
+        pass
+    os.close(fd)
+    return data[-4096:].decode("utf-8", "replace")
+
 def fork():
-    """fork(), waiting out the moment the last program's killed processes still count
-    against the process limit (until the namespace's init reaps them)."""
+    # waits out the moment the last program's killed processes still count against the
+    # process limit, until they are reaped
     import time
     for _ in range(200):
         try:
@@ -121,62 +132,79 @@ def fork():
     return os.fork()
 
 def child(req, work, report, cfg, guard):
+    _exit, write, name_of, catch_all = os._exit, os.write, type, BaseException
     try:
         os.setsid()
         os.chdir(work)
         for name, value in cfg["limits"]:
             limit = getattr(resource, name)
             resource.setrlimit(limit, (value, value))
-        out = os.open(report, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
         token, source = req["token"], req["program"]
         req.clear()
-        write, name_of = os.write, type
         if guard is not None:
             guard.reliability_guard()
         result = "ok"
         try:
             exec(compile(source, "program.py", "exec"), {})
-        except BaseException as exc:
-            try:
-                result = "exception " + str(name_of(exc).__name__)[:80].replace("\n", " ")
-            except BaseException:
+        except catch_all as exc:
+            try:  # %-formatting copies the characters: no method of the program's objects
+                result = "exception %.80s" % (name_of(exc).__name__,)
+            except catch_all:
                 result = "exception ?"
-        write(out, ("\n%s %s\n" % (token, result)).encode())
+        write(report, ("\n%s %s\n" % (token, result.replace("\n", " "))).encode())
     finally:
-        os._exit(0)
+        _exit(0)
 
-def clean_up(pid, cfg):
-    """Kill what the program left behind: in its own namespace or uid, everything else."""
-    if cfg["kill_all"]:
+def clean_up(pid, cfg, libc):
+    # kill what the program left behind (in the sandbox, everything but this server), reap
+    # it, and empty every place it could write
+    while True:
         try:
-            os.kill(-1, signal.SIGKILL)  # every process we may signal, but ourselves and init
-        except ProcessLookupError:
-            pass
-    else:
-        try:
-            os.killpg(pid, signal.SIGKILL)
+            if cfg["kill_all"]:
+                os.kill(-1, signal.SIGKILL)  # every process we may signal, but ourselves
+            else:
+                os.killpg(pid, signal.SIGKILL)  # as a plain user: its process group only
         except (ProcessLookupError, PermissionError):
             pass
-    if cfg["private_tmp"]:
-        for entry in os.listdir("/tmp"):
+        try:
+            if os.waitpid(-1, 0)[0] == 0:
+                break
+        except ChildProcessError:
+            break
+    for place in cfg["writable"]:
+        for entry in os.listdir(place):
+            remove(os.path.join(place, entry))
+    if cfg["private_ipc"]:
+        for kind, rmid in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
             try:
-                remove(os.path.join("/tmp", entry))
+                rows = open("/proc/sysvipc/" + kind).read().splitlines()[1:]
             except OSError:
-                pass
+                continue
+            for row in rows:
+                ident = int(row.split()[1])
+                if kind == "sem":
+                    rmid(ident, 0, 0, 0)  # IPC_RMID
+                else:
+                    rmid(ident, 0, None)
 
 def remove(path):
-    if os.path.isdir(path) and not os.path.islink(path):
-        for entry in os.listdir(path):
-            remove(os.path.join(path, entry))
-        os.rmdir(path)
-    else:
-        os.unlink(path)
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            os.chmod(path, 0o700)
+            for entry in os.listdir(path):
+                remove(os.path.join(path, entry))
+            os.rmdir(path)
+        else:
+            os.unlink(path)
+    except (OSError, RecursionError):  # a deep or unreadable tree: the tools that cope
+        subprocess.run(["chmod", "-R", "u+rwx", path], stderr=subprocess.DEVNULL)
+        subprocess.run(["rm", "-rf", "--one-file-system", path], stderr=subprocess.DEVNULL)
 
 main()
-'''
+"""
 
 
 class SandboxError(RuntimeError):
@@ -191,7 +219,8 @@ class Limits:
     memory_mb: int = 1024  # address space (RLIMIT_AS)
     file_mb: int = 16  # largest file a program may write, its report included
     open_files: int = 64
-    processes: int = 16  # of the worker's uid, the sandbox's own three included
+    processes: int = 16  # of the worker's uid, the sandbox's own two included
+    scratch_mb: int = 64  # each of the sandbox's writable places: /work, /tmp, /dev/shm
 
 
 @dataclass(frozen=True)
@@ -263,8 +292,12 @@ class Sandbox:
             f.chmod(0o644)
         self._free = [_Worker(self, i) for i in range(self.workers)]
         self._lock = threading.Lock()
-        self._prefixes = self._interpreter_prefixes()
-        self._check()
+        try:
+            self._prefixes = self._interpreter_prefixes()
+            self._check()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def isolation(self) -> str:
@@ -281,7 +314,7 @@ class Sandbox:
     def close(self) -> None:
         for worker in self._free:
             worker.stop()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        _remove_tree(self._dir)
 
     def __enter__(self) -> Sandbox:
         return self
@@ -413,7 +446,7 @@ class _Worker:
     def start(self) -> None:
         self.starts += 1
         box, uid = self.box, self.uid
-        work = box._dir / f"w{self.slot}-{self.starts}"
+        work = box._dir / f"w{self.slot}-{self.starts}"  # the scratch area without bubblewrap
         work.mkdir(mode=0o700)
         if box.root_user:
             os.chown(work, uid, uid)
@@ -422,16 +455,23 @@ class _Worker:
             else None  # fmt: skip
         cfg = {"work": inside, "guard": guard, "limits": self.child_limits(),
                "kill_all": bool(box.bwrap or box.root_user),
-               "private_tmp": bool(box.bwrap)}  # fmt: skip
+               "writable": ["/work", "/tmp", "/dev/shm"] if box.bwrap else [str(work)],
+               "private_ipc": bool(box.bwrap)}  # fmt: skip
         server = "/sandbox/server.py" if box.bwrap else str(box._lib / "server.py")
         cmd = [box.python, "-I", server, json.dumps(cfg)]
         if box.bwrap:
-            cmd = [box.bwrap, "--unshare-all", "--die-with-parent", "--new-session",
+            size = str(box.limits.scratch_mb * MB)
+            # the server is PID 1 (it reaps); every writable place a size-capped tmpfs of the
+            # sandbox's own, emptied after each program; the rest read-only
+            cmd = [box.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
+                   "--die-with-parent", "--new-session", "--as-pid-1",
                    *self.system_binds(),
-                   "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
-                   "--ro-bind", str(box._lib), "/sandbox",
-                   "--bind", str(work), "/work", "--chdir", "/work",
-                   "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
+                   "--proc", "/proc", "--dev", "/dev",
+                   "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
+                   "--size", size, "--tmpfs", "/tmp",
+                   "--perms", "0700", "--size", size, "--tmpfs", "/work",
+                   "--ro-bind", str(box._lib), "/sandbox", "--remount-ro", "/",
+                   "--chdir", "/work", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
                    "--", *cmd]  # fmt: skip
         if box.root_user:
             cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
@@ -495,7 +535,15 @@ class _Worker:
         self.proc = None
         if self.box.root_user and self.box.bwrap is None:
             _kill_uid(self.uid)  # what left the process group (setsid) dies too
-        shutil.rmtree(self.box._dir / f"w{self.slot}-{self.starts}", ignore_errors=True)
+        _remove_tree(self.box._dir / f"w{self.slot}-{self.starts}")
+
+
+def _remove_tree(path: Path) -> None:
+    """Remove what a program may have left (deep, or unreadable trees too) without raising."""
+    try:
+        shutil.rmtree(path, ignore_errors=True)
+    except RecursionError:
+        subprocess.run(["rm", "-rf", "--one-file-system", str(path)], check=False)
 
 
 def _kill_uid(uid: int) -> None:

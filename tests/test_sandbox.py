@@ -205,3 +205,69 @@ def test_nothing_one_program_leaves_behind_meets_the_next():
     with Sandbox(limits=Limits(timeout_s=3), workers=1) as box:
         assert box.run(leave) == Outcome("ok", "")
         assert box.run(find) == Outcome("ok", "")
+
+
+FORGERIES = {
+    "patch the server's memory": (
+        "import io, os, re\np = os.getppid()\nfd = os.open('/proc/%d/mem' % p, os.O_RDWR)\n"
+        "for m in io.open('/proc/%d/maps' % p).read().splitlines():\n"
+        "    a, perm = m.split()[:2]\n    if 'rw' not in perm:\n        continue\n"
+        "    lo, hi = (int(x, 16) for x in a.split('-'))\n"
+        "    data = os.pread(fd, hi - lo, lo)\n"
+        "    for mt in re.finditer(b'exception ', data):\n"
+        "        os.pwrite(fd, b'ok        ', lo + mt.start())\n"
+    ),
+    "ptrace the server": "import ctypes, os\n"
+    "assert ctypes.CDLL(None).ptrace(16, os.getppid(), 0, 0) == 0\nimport time\ntime.sleep(9)",
+    "an exception whose name is a str subclass": (
+        "class S(str):\n    def __str__(self):\n        return self\n"
+        "    def __getitem__(self, k):\n        return self\n"
+        "    def replace(self, *a):\n        return self\n"
+        "    def __radd__(self, other):\n        return 'ok'\n"
+        "E = type('E', (Exception,), {})\nE.__name__ = S('E')\nraise E()\n"
+    ),
+    "replace builtins.str": "import builtins\nbuiltins.str = lambda *a: 'ok'\nraise AssertionError",
+    "hook os._exit to append a result": (
+        "import os, io\nreal = os._exit\ndef hook(c):\n"
+        "    for fd in range(3, 32):\n        try:\n            os.write(fd, b'\\nok ok\\n')\n"
+        "        except OSError:\n            pass\n    real(c)\nos._exit = hook\n"
+        "raise AssertionError"
+    ),
+}
+
+
+@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
+                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+@pytest.mark.parametrize("name", list(FORGERIES))
+def test_a_program_cannot_forge_its_result_or_a_later_ones(name):
+    with Sandbox(limits=Limits(timeout_s=2), workers=1) as box:
+        assert box.run(FORGERIES[name]).status != "ok"
+        assert box.run("assert 1 == 2").status == "exception"  # the next one is honest
+
+
+@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
+                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+def test_state_in_every_writable_place_is_gone_and_the_harness_survives_deep_trees():
+    leave = (
+        "import ctypes, io, os\nlibc = ctypes.CDLL(None)\n"
+        "for p in ('/leak', '/dev/leak', '/dev/shm/leak', '/tmp/leak', '/work/leak'):\n"
+        "    try:\n        io.open(p, 'w').write('x')\n    except OSError:\n        pass\n"
+        "os.mkdir('/tmp/locked')\nio.open('/tmp/locked/x', 'w').write('x')\n"
+        "libc.chmod(b'/tmp/locked', 0)\nassert libc.shmget(0x1234, 4096, 0o1666) >= 0\n"
+        "fd = os.open('.', os.O_RDONLY)\nfor i in range(3000):\n"
+        "    os.mkdir('d', dir_fd=fd)\n    new = os.open('d', os.O_RDONLY, dir_fd=fd)\n"
+        "    os.close(fd)\n    fd = new\n"
+    )
+    find = (
+        "import ctypes, os\nfound = [p for p in ('/leak', '/dev/leak', '/dev/shm/leak',"
+        " '/tmp/leak', '/work/leak', '/tmp/locked') if os.path.lexists(p)]\n"
+        "assert not found, found\nassert ctypes.CDLL(None).shmget(0x1234, 0, 0) == -1\n"
+        "assert os.listdir('/tmp') == [] and os.listdir('/dev/shm') == []\n"
+    )
+    with Sandbox(limits=Limits(timeout_s=5), workers=1) as box:
+        assert box.run(leave) == Outcome("ok", "")
+        assert box.run(find) == Outcome("ok", "")
+        big = (
+            "import io\nfor i in range(30):\n    io.open('/tmp/f%d' % i, 'wb').write(b'x' * 2**24)"
+        )
+        assert box.run(big) == Outcome("exception", "OSError")  # the tmpfs is full at 64 MB
