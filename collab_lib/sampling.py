@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 
 @dataclass(frozen=True)
@@ -81,59 +82,147 @@ def generate(
     """New token ids for each prompt (token ids), stopping at EOS (included) or ``stop_check``.
 
     ``stop_check(i, new_ids)`` is asked after each token of an unfinished sequence ``i``;
-    True ends it there. Finished sequences leave the batch, so the cost follows the
-    sequences still running. Deterministic for a seed on CPU.
+    True ends it there. A prompt repeated in ``prompts`` (n samples of one problem) runs
+    through the model once. Finished sequences leave the batch once a quarter of it has
+    finished (each removal copies the cache), so the cost follows the sequences still
+    running. Deterministic for a seed on CPU.
     """
     device = next(model.parameters()).device
     gen = torch.Generator(device="cpu").manual_seed(seed)
     pad = eos_id if pad_id is None else pad_id
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, width - len(p) :] = torch.tensor(list(p), dtype=torch.long)
+    # each distinct prompt runs through the model once; its rows share the result
+    distinct = list(dict.fromkeys(tuple(p) for p in prompts))
+    width = max(len(p) for p in distinct)
+    ids = torch.full((len(distinct), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(distinct), width), dtype=torch.long)
+    for i, p in enumerate(distinct):
+        ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
         mask[i, width - len(p) :] = 1
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    out: list[list[int]] = [[] for _ in prompts]
-    alive = torch.arange(len(prompts), device=device)  # rows still generating, by index
     model.eval()
-    result = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
-    cache, logits = result.past_key_values, result.logits[:, -1]
-    last_pos = positions[:, -1]
-    for _ in range(cfg.max_new_tokens):
-        tok = next_tokens(logits, cfg, gen).to(device)  # (B_alive,)
-        keep = []
-        for row, (i, t) in enumerate(zip(alive.tolist(), tok.tolist(), strict=True)):
-            out[i].append(t)
-            done = t == eos_id or (stop_check is not None and stop_check(i, out[i]))
-            if not done:
-                keep.append(row)
-        if not keep or len(out[alive[0]]) >= cfg.max_new_tokens:
+    decoder = (GPT2Decoder if GPT2Decoder.fits(model) else CacheDecoder)(model, cfg.max_new_tokens)
+    logits = decoder.start(ids, mask, positions)
+    where = {p: i for i, p in enumerate(distinct)}
+    expand = torch.tensor([where[tuple(p)] for p in prompts], device=device)
+    if len(distinct) < len(prompts):
+        decoder.keep(expand)
+    logits, pos = logits[expand], positions[expand, -1]
+    out: list[list[int]] = [[] for _ in prompts]
+    rows = list(range(len(prompts)))  # the prompt of each row of the batch
+    done = [False] * len(prompts)
+    for step in range(cfg.max_new_tokens):
+        tok = next_tokens(logits, cfg, gen).to(device)  # (rows,)
+        for i, t in zip(rows, tok.tolist(), strict=True):
+            if not done[i]:
+                out[i].append(t)
+                done[i] = t == eos_id or (stop_check is not None and stop_check(i, out[i]))
+        live = [r for r, i in enumerate(rows) if not done[i]]
+        if not live or step == cfg.max_new_tokens - 1:
             break
-        if len(keep) < len(alive):  # drop finished rows from the batch and its cache
-            rows = torch.tensor(keep, device=device)
-            alive, tok, mask, last_pos = alive[rows], tok[rows], mask[rows], last_pos[rows]
-            cache = _select_rows(cache, rows)
-        mask = torch.cat([mask, mask.new_ones((len(alive), 1))], dim=1)
-        last_pos = last_pos + 1
-        result = model(
-            input_ids=tok[:, None],
-            attention_mask=mask,
-            position_ids=last_pos[:, None],
-            past_key_values=cache,
-            use_cache=True,
-        )
-        cache, logits = result.past_key_values, result.logits[:, -1]
+        if len(live) < 0.75 * len(rows):
+            keep = torch.tensor(live, device=device)
+            decoder.keep(keep)
+            rows, tok, pos = [rows[r] for r in live], tok[keep], pos[keep]
+        pos = pos + 1
+        logits = decoder.step(tok, pos)
     return out
 
 
-def _select_rows(cache, rows: torch.Tensor):
-    """Keep the batch ``rows`` of a KV cache (a ``transformers`` Cache or legacy tuples)."""
-    if hasattr(cache, "batch_select_indices"):
-        cache.batch_select_indices(rows)
-        return cache
-    return tuple(tuple(t[rows] for t in layer) for layer in cache)
+class CacheDecoder:
+    """Any causal LM through its own forward and ``transformers``' KV cache."""
+
+    def __init__(self, model, max_new_tokens: int) -> None:
+        self.model = model
+
+    def start(self, ids, mask, positions) -> torch.Tensor:
+        self.mask = mask
+        r = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+        self.cache = r.past_key_values
+        return r.logits[:, -1]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.mask = self.mask[rows]
+        if hasattr(self.cache, "batch_select_indices"):
+            self.cache.batch_select_indices(rows)
+        else:  # legacy tuples
+            self.cache = tuple(tuple(t[rows] for t in layer) for layer in self.cache)
+
+    def step(self, tok, pos) -> torch.Tensor:
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(tok), 1))], dim=1)
+        r = self.model(input_ids=tok[:, None], attention_mask=self.mask,
+                       position_ids=pos[:, None], past_key_values=self.cache,
+                       use_cache=True)  # fmt: skip
+        self.cache = r.past_key_values
+        return r.logits[:, -1]
+
+
+class GPT2Decoder(CacheDecoder):
+    """GPT-2's decoding step written out over a preallocated KV cache.
+
+    ``transformers``' dynamic cache grows by concatenation, copying the whole cache at every
+    token: on a CPU and a small model that and the framework's per-call work cost several
+    times the arithmetic. The prompt still runs through the model's own forward; each new
+    token then goes through the same modules (layer norms, projections, MLP, LM head) with
+    attention over the cache computed here. A test checks the logits against the model's.
+    """
+
+    @staticmethod
+    def fits(model) -> bool:
+        c = getattr(model, "config", None)
+        return (getattr(c, "model_type", None) == "gpt2" and c.scale_attn_weights
+                and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn
+                and not model.training)  # fmt: skip
+
+    def __init__(self, model, max_new_tokens: int) -> None:
+        super().__init__(model, max_new_tokens)
+        self.max_new_tokens = max_new_tokens
+        c = model.config
+        self.heads, self.width = c.n_head, c.n_embd
+        self.scale = (c.n_embd // c.n_head) ** -0.5
+
+    def start(self, ids, mask, positions) -> torch.Tensor:
+        logits = super().start(ids, mask, positions)
+        b, t = ids.shape
+        layers = self.cache.layers
+        shape = (len(layers), b, self.heads, t + self.max_new_tokens, self.width // self.heads)
+        self.k = ids.new_zeros(shape, dtype=layers[0].keys.dtype)  # (L, B, H, T, D)
+        self.v = torch.zeros_like(self.k)
+        for i, layer in enumerate(layers):
+            self.k[i, :, :, :t], self.v[i, :, :, :t] = layer.keys, layer.values
+        self.cache = None
+        self.attend = torch.zeros((b, t + self.max_new_tokens), dtype=torch.bool,
+                                  device=ids.device)  # fmt: skip
+        self.attend[:, :t] = mask.bool()
+        self.t = t
+        return logits
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.k, self.v, self.attend = self.k[:, rows], self.v[:, rows], self.attend[rows]
+
+    def mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
+        """GPT-2's MLP; its "gelu_new" is the tanh GELU, here in one fused call."""
+        if self.model.config.activation_function in ("gelu_new", "gelu_pytorch_tanh"):
+            return mlp.c_proj(F.gelu(mlp.c_fc(x), approximate="tanh"))
+        return mlp(x)
+
+    def step(self, tok, pos) -> torch.Tensor:
+        m, t = self.model, self.t
+        b, h = len(tok), self.heads
+        x = m.transformer.wte(tok) + m.transformer.wpe(pos)  # (B, C)
+        self.attend[:, t] = True
+        blocked = ~self.attend[:, None, None, : t + 1]  # (B, 1, 1, T)
+        for i, block in enumerate(m.transformer.h):
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.width, dim=-1)
+            self.k[i, :, :, t] = k.view(b, h, -1)
+            self.v[i, :, :, t] = v.view(b, h, -1)
+            att = q.view(b, h, 1, -1) @ self.k[i, :, :, : t + 1].transpose(-1, -2)  # (B,H,1,T)
+            att = (att * self.scale).masked_fill(blocked, float("-inf")).softmax(dim=-1)
+            y = (att @ self.v[i, :, :, : t + 1]).reshape(b, self.width)
+            x = x + block.attn.c_proj(y)
+            x = x + self.mlp(block.mlp, block.ln_2(x))
+        self.t += 1
+        return m.lm_head(m.transformer.ln_f(x))
 
 
 def stop_at(text: str, stops: Sequence[str]) -> str:

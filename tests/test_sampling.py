@@ -76,8 +76,9 @@ def model():
 
 
 def test_left_padded_batch_equals_each_prompt_alone(model):
-    """Greedy: a prompt padded into a batch of longer ones gives the tokens it gives alone."""
-    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15]]
+    """Greedy: a prompt padded into a batch of longer ones (or repeated in it) gives the
+    tokens it gives alone."""
+    prompts = [[5, 6, 7, 8, 9, 10, 11], [3, 4], [12, 13, 14, 15], [3, 4]]
     greedy = SamplingConfig(temperature=0, max_new_tokens=10)
     batched = generate(model, prompts, greedy, eos_id=49)
     for p, got in zip(prompts, batched, strict=True):
@@ -101,3 +102,32 @@ def test_stop_at_cuts_at_the_first_stop_string():
     text = "    return x\n\ndef other():\n    pass\n"
     assert stop_at(text, ("\ndef", "\nclass")) == "    return x\n"
     assert stop_at("    return 1", ("\ndef",)) == "    return 1"
+
+
+def test_the_written_out_gpt2_step_gives_the_models_logits(model):
+    """Left-padded prompts, then five tokens: GPT2Decoder's logits equal the model's own
+    forward over the whole padded sequence (and the generic cache decoder's)."""
+    from collab_lib.sampling import CacheDecoder, GPT2Decoder
+
+    assert GPT2Decoder.fits(model)
+    torch.manual_seed(1)
+    ids = torch.randint(0, 49, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[0, :4], mask[1, :1] = 0, 0  # left padding
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    new = torch.randint(0, 49, (3, 5))
+    got = {}
+    for cls in (GPT2Decoder, CacheDecoder):
+        dec = cls(model, 5)
+        with torch.no_grad():
+            rows = [dec.start(ids, mask, positions)]
+            for j in range(4):
+                rows.append(dec.step(new[:, j], positions[:, -1] + j + 1))
+        got[cls] = torch.stack(rows, 1)  # (B, 5, V)
+    full_ids = torch.cat([ids, new[:, :4]], 1)
+    full_mask = torch.cat([mask, torch.ones(3, 4, dtype=mask.dtype)], 1)
+    pos = (full_mask.cumsum(-1) - 1).clamp(min=0)
+    with torch.no_grad():
+        ref = model(input_ids=full_ids, attention_mask=full_mask, position_ids=pos).logits[:, 8:]
+    assert torch.allclose(got[GPT2Decoder], ref, atol=1e-5)
+    assert torch.allclose(got[CacheDecoder], ref, atol=1e-5)
