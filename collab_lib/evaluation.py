@@ -120,7 +120,7 @@ def _model_names(cfg: Config) -> list[str]:
 def _step_config(cfg: Config) -> dict:
     # whether bubblewrap is here changes what a hostile sample can do, so it is in the key
     return {"evaluation": cfg.evaluation, "context": cfg.model.context, "seed": cfg.seed,
-            "bubblewrap": sandbox.bubblewrap() is not None}  # fmt: skip
+            "bubblewrap": sandbox.bubblewrap() is not None, "sandbox": sandbox.VERSION}  # fmt: skip
 
 
 def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
@@ -340,7 +340,8 @@ def make_sandbox(cfg: Config) -> sandbox.Sandbox:
 def _sandbox_config(cfg: Config, bench) -> dict:
     e = cfg.evaluation
     return {"benchmark": bench.sha256, "timeout_s": e.timeout_s, "memory_mb": e.memory_mb,
-            "python": e.sandbox_python, "bubblewrap": sandbox.bubblewrap() is not None}  # fmt: skip
+            "python": e.sandbox_python, "bubblewrap": sandbox.bubblewrap() is not None,
+            "sandbox": sandbox.VERSION}  # fmt: skip
 
 
 def _executions_artifact(cfg, samples_art, bench, runner: _LazySandbox, force: bool):

@@ -55,6 +55,8 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
+# Part of every cached execution's key: a change to the layers re-runs them, never sampling.
+VERSION = 3
 UID_BASE = 61000  # worker i runs as uids UID_BASE + UIDS_PER_SLOT * i + (0 .. 3)
 # A worker's next sandbox takes the next of its uids: the kernel reaps a killed sandbox's
 # processes a moment after, and until then they count against RLIMIT_NPROC.
@@ -133,6 +135,7 @@ def fork():
 
 def child(req, work, report, cfg, guard):
     _exit, write, name_of, catch_all = os._exit, os.write, type, BaseException
+    token = req["token"]
     try:
         os.setsid()
         os.chdir(work)
@@ -142,7 +145,7 @@ def child(req, work, report, cfg, guard):
         null = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
-        token, source = req["token"], req["program"]
+        source = req["program"]
         req.clear()
         if guard is not None:
             guard.reliability_guard()
@@ -155,6 +158,8 @@ def child(req, work, report, cfg, guard):
             except catch_all:
                 result = "exception ?"
         write(report, ("\n%s %s\n" % (token, result.replace("\n", " "))).encode())
+    except catch_all as exc:  # the set-up failed: say so (never the program's doing)
+        write(report, ("\n%s crashed set-up: %.80r\n" % (token, exc)).encode())
     finally:
         _exit(0)
 
@@ -292,6 +297,9 @@ class Sandbox:
             f.chmod(0o644)
         self._free = [_Worker(self, i) for i in range(self.workers)]
         self._lock = threading.Lock()
+        # bubblewrap's --die-with-parent fires when the *thread* that started it ends, so
+        # every sandbox is started from this one thread, which lives as long as the Sandbox
+        self._spawner = ThreadPoolExecutor(1, thread_name_prefix="sandbox-spawner")
         try:
             self._prefixes = self._interpreter_prefixes()
             self._check()
@@ -314,6 +322,7 @@ class Sandbox:
     def close(self) -> None:
         for worker in self._free:
             worker.stop()
+        self._spawner.shutdown()
         _remove_tree(self._dir)
 
     def __enter__(self) -> Sandbox:
@@ -399,6 +408,8 @@ class _Worker:
         return UID_BASE + UIDS_PER_SLOT * self.slot + self.starts % UIDS_PER_SLOT
 
     def run(self, program: str) -> Outcome:
+        if self.proc is not None and self.proc.poll() is not None:
+            self.stop()  # it ended while idle: start afresh rather than blame this program
         if self.proc is None:
             self.start()
         token = secrets.token_hex(16)
@@ -477,7 +488,8 @@ class _Worker:
             cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                    "--inh-caps=-all", "--", *cmd]  # fmt: skip
         self.stderr = open(box._dir / f"w{self.slot}.err", "w+b")  # noqa: SIM115
-        self.proc = subprocess.Popen(
+        self.proc = box._spawner.submit(
+            subprocess.Popen,
             cmd,
             cwd=work,
             stdin=subprocess.PIPE,
@@ -486,7 +498,7 @@ class _Worker:
             env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"},
             start_new_session=True,  # its own process group: the wall clock kills it whole
             preexec_fn=self.worker_limits,
-        )
+        ).result()
         self.buffer = b""
 
     def child_limits(self) -> list[tuple[str, int]]:

@@ -271,3 +271,13 @@ def test_state_in_every_writable_place_is_gone_and_the_harness_survives_deep_tre
             "import io\nfor i in range(30):\n    io.open('/tmp/f%d' % i, 'wb').write(b'x' * 2**24)"
         )
         assert box.run(big) == Outcome("exception", "OSError")  # the tmpfs is full at 64 MB
+
+
+def test_workers_outlive_the_threads_that_used_them():
+    """bubblewrap's --die-with-parent follows the thread that started it: batches from
+    thread pools that come and go must still find their workers alive."""
+    with Sandbox(limits=Limits(timeout_s=2)) as box:
+        for _ in range(3):
+            assert {o.status for o in box.run_many(["x = 1"] * 6)} == {"ok"}
+        assert box.run_many(["while True:\n    pass", "x = 1"])[1].status == "ok"
+        assert {o.status for o in box.run_many(["x = 1"] * 6)} == {"ok"}
