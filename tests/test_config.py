@@ -107,3 +107,27 @@ def test_relative_dirs_of_an_extended_profile_stay_relative_to_it(tmp_path):
     cfg = load_config(child)
     assert cfg.seed == 4
     assert cfg.datasets.organizations[0].sources[0].dir == str(tmp_path / "base" / "code")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        pytest.param({"evaluation.max_new_tokens": 256}, "evaluation.max_new_tokens: below",
+                     id="no-room-for-a-prompt"),  # fmt: skip
+        pytest.param({"evaluation.perplexity_stride": 256}, "perplexity_stride: below",
+                     id="stride-of-a-whole-window"),  # fmt: skip
+        pytest.param({"evaluation.benchmark": "mbpp"}, "humaneval or humaneval+", id="benchmark"),
+        pytest.param({"evaluation.temperatures": [0.0]}, "each above 0", id="temperature"),
+    ],
+)
+def test_evaluation_settings_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("default", override)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_paper_scale_profiles_keep_the_papers_pass_at_k_settings(profile):
+    e = load_config(profile).evaluation
+    if profile in ("gpu", "paper"):
+        assert e.n_samples == 200 and len(e.temperatures) == 10 and e.models is None
+    assert e.max_new_tokens < load_config(profile).model.context

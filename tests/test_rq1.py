@@ -47,8 +47,7 @@ def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(cfg):
 def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(cfg, built_book):
     before = evaluation.load_rq1(cfg)
     assert pipeline.run("rq1", cfg)[0].key == before.key  # cached
-    changed = load_config(built_book.profile, {**built_book.overrides,
-                                               "evaluation": {"timeout_s": 2.5}})  # fmt: skip
+    changed = load_config(built_book.profile, {**built_book.overrides, "evaluation.timeout_s": 2.5})
     art = evaluation.build_rq1(changed)
     samples = sorted(p for p in art.metrics["parts"] if p.startswith("samples/"))
     assert samples == sorted(p for p in before.metrics["parts"] if p.startswith("samples/"))
@@ -57,14 +56,14 @@ def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(cfg, built_book):
 
 
 def test_unknown_pass_at_k_model_is_a_clear_error():
-    bad = load_config("default", {"evaluation": {"models": ["Nobody_Only"]}})
+    bad = load_config("default", {"evaluation.models": ["Nobody_Only"]})
     with pytest.raises(ConfigError, match="unknown model 'Nobody_Only' \\(a setting"):
         evaluation.pass_models(bad)
 
 
 def test_pass_at_k_models_by_name_or_setting():
-    cfg = load_config("default", {"evaluation": {"models": ["federated", "Google_Only"]}})
+    cfg = load_config("default", {"evaluation.models": ["federated", "Google_Only"]})
     assert evaluation.pass_models(cfg) == ["base model", "Google_Only", "Federated_Avg_FMG",
                                            "Federated_Yogi_FMG"]  # fmt: skip
-    every = evaluation.pass_models(load_config("default", {"evaluation": {"models": None}}))
+    every = evaluation.pass_models(load_config("default", {"evaluation.models": None}))
     assert len(every) == 18 and every[0] == "base model"
