@@ -112,10 +112,16 @@ def test_relative_dirs_of_an_extended_profile_stay_relative_to_it(tmp_path):
 @pytest.mark.parametrize(
     "override, message",
     [
-        pytest.param({"evaluation.max_new_tokens": 256}, "evaluation.max_new_tokens: below",
-                     id="no-room-for-a-prompt"),  # fmt: skip
-        pytest.param({"evaluation.perplexity_stride": 256}, "perplexity_stride: below",
-                     id="stride-of-a-whole-window"),  # fmt: skip
+        pytest.param(
+            {"evaluation.max_new_tokens": 256},
+            "evaluation.max_new_tokens: below",
+            id="no-room-for-a-prompt",
+        ),  # fmt: skip
+        pytest.param(
+            {"evaluation.perplexity_stride": 256},
+            "perplexity_stride: below",
+            id="stride-of-a-whole-window",
+        ),  # fmt: skip
         pytest.param({"evaluation.benchmark": "mbpp"}, "humaneval or humaneval+", id="benchmark"),
         pytest.param({"evaluation.temperatures": [0.0]}, "each above 0", id="temperature"),
     ],
