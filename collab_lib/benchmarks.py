@@ -17,7 +17,6 @@ sample, runs it in the :mod:`collab_lib.sandbox`, and gives pass / fail / timeou
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -99,33 +98,26 @@ def _human_eval_plus(path: str | None) -> Benchmark:
             "it and set evaluation.humaneval_plus_path (or HUMANEVAL_OVERRIDE_PATH) to it"
             + (f"; not found: {path}" if path else "")
         )
-    path = _unzipped(Path(path))
     os.environ["HUMANEVAL_OVERRIDE_PATH"] = str(path)  # read by EvalPlus when imported
     import evalplus.data.humaneval as he
 
     he.HUMANEVAL_OVERRIDE_PATH = str(path)  # in case it was imported before
-    try:
+    try:  # EvalPlus's loader reads .jsonl and .jsonl.gz in place
         tasks = he.get_human_eval_plus(err_incomplete=False)
-    except (KeyError, ValueError, json.JSONDecodeError) as exc:
-        raise BenchmarkError(f"{path}: not an EvalPlus HumanEval+ file ({exc})") from None
-    problems = {
-        tid: Problem(tid, t["prompt"], t["entry_point"], t["canonical_solution"], _plus_test(t))
-        for tid, t in tasks.items()
-    }
+        problems = {
+            tid: Problem(
+                tid, t["prompt"], t["entry_point"], t["canonical_solution"], _plus_test(t)
+            )  # fmt: skip
+            for tid, t in tasks.items()
+        }
+    except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:
+        raise BenchmarkError(
+            f"{path}: not an EvalPlus HumanEval+ file ({type(exc).__name__}: {exc})"
+        ) from None
     from importlib.metadata import version
 
     return Benchmark(HUMANEVAL_PLUS, f"HumanEval+ ({Path(path).name}, evalplus "
-                     f"{version('evalplus')})", _sha256(path), problems)  # fmt: skip
-
-
-def _unzipped(path: Path) -> Path:
-    """EvalPlus reads plain JSONL; a ``.gz`` release file is unpacked beside itself once."""
-    if path.suffix != ".gz":
-        return path
-    out = path.with_suffix("")
-    if not out.exists():
-        out.write_bytes(gzip.decompress(path.read_bytes()))
-    return out
+                     f"{version('evalplus')})", _sha256(Path(path)), problems)  # fmt: skip
 
 
 # EvalPlus's differential test, run inside the sandbox with the stdlib only (the sandbox's
@@ -135,8 +127,8 @@ _PLUS_TEST = """
 def _evalplus_check(candidate):
     import copy, json, math
     ns = {}
-    exec(REF_SOURCE, ns)
-    reference = ns[ENTRY]
+    exec(_REF_SOURCE, ns)
+    reference = ns[_ENTRY]
 
     def flat(x):
         if isinstance(x, (list, tuple)):
@@ -145,15 +137,15 @@ def _evalplus_check(candidate):
         else:
             yield x
 
-    def close(a, b, atol):
-        return all(math.isclose(p, q, rel_tol=1e-07, abs_tol=atol) or p == q
+    def close(a, b, atol):  # np.allclose(a, b, rtol=1e-07, atol=atol), elementwise
+        return all(abs(p - q) <= atol + 1e-07 * abs(q) or p == q
                    for p, q in zip(flat(a), flat(b), strict=True))
 
-    for inp in json.loads(INPUTS):
+    atol = _ATOL  # as in EvalPlus: once raised for floats, it stays raised for the task
+    for inp in json.loads(_INPUTS):
         expected = reference(*copy.deepcopy(inp))
         out = candidate(*copy.deepcopy(inp))
-        atol = ATOL
-        if ENTRY == "find_zero":
+        if _ENTRY == "find_zero":
             assert abs(ns["poly"](*inp, out)) <= atol
             continue
         exact = out == expected
@@ -169,20 +161,21 @@ def _evalplus_check(candidate):
             assert close(out, expected, atol)
         else:
             assert exact
-
-_evalplus_check(ENTRY_NAME)
 """
 
 
 def _plus_test(task: dict) -> str:
+    """The program's tail for one HumanEval+ task: its constants, then the check."""
     inputs = list(task["base_input"]) + list(task.get("plus_input", []))
-    return (
-        _PLUS_TEST.replace("REF_SOURCE", repr(task["prompt"] + task["canonical_solution"]))
-        .replace("INPUTS", repr(json.dumps(inputs)))
-        .replace("ATOL", repr(float(task.get("atol", 0) or 0)))
-        .replace("ENTRY_NAME", task["entry_point"])
-        .replace("ENTRY", repr(task["entry_point"]))
+    entry = task["entry_point"]
+    if not entry.isidentifier():
+        raise ValueError(f"entry point {entry!r} is not a Python name")
+    preamble = (
+        f"\n_REF_SOURCE = {task['prompt'] + task['canonical_solution']!r}\n"
+        f"_INPUTS = {json.dumps(inputs)!r}\n_ATOL = {float(task.get('atol', 0) or 0)!r}\n"
+        f"_ENTRY = {entry!r}\n"
     )
+    return preamble + _PLUS_TEST + f"\n_evalplus_check({entry})\n"
 
 
 def _sha256(path: Path) -> str:
@@ -196,7 +189,8 @@ def read_samples(path: str | Path, bench: Benchmark) -> list[dict]:
     """EvalPlus-format samples, each checked; a bad line stops with its number (1-based)."""
     samples = []
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        # split on "\n" only: JSON strings may hold U+2028 and the like, which splitlines cuts
+        lines = Path(path).read_text(encoding="utf-8").split("\n")
     except (OSError, UnicodeDecodeError) as exc:
         raise BenchmarkError(f"cannot read samples file {path}: {exc}") from None
     for n, line in enumerate(lines, 1):
@@ -241,8 +235,9 @@ def score(
     """``{"task_id", "index", "passed", "status", "detail"}`` for each sample, in order
     (``index``: the sample's own, e.g. its 0-based line in a file, else its position).
 
-    Two shortcuts that cannot change a result: a program that does not compile fails
-    without running (compiling executes nothing), and identical programs run once.
+    Two shortcuts: a program that does not compile fails without running (compiling
+    executes nothing), and identical programs run once (the same verdict for deterministic
+    tests, which HumanEval's are).
     """
     programs = [program(bench.problems[s["task_id"]], s) for s in samples]
     outcomes: dict[str, Outcome] = {}
@@ -251,7 +246,8 @@ def score(
         try:
             compile(prog, "program.py", "exec")
             to_run.append(prog)
-        except (SyntaxError, ValueError) as exc:  # ValueError: a NUL byte in the source
+        except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
+            # ValueError: a NUL byte; RecursionError, MemoryError: nesting too deep to parse
             outcomes[prog] = Outcome("exception", type(exc).__name__)
     if progress is not None:
         progress(len(programs) - len(to_run))

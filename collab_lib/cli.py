@@ -190,6 +190,12 @@ def _evaluate(cfg, args: argparse.Namespace) -> int:
     for s, r in zip(samples, results, strict=True):
         detail = f" ({r['detail']})" if r["detail"] and r["status"] != "pass" else ""
         print(f"line {s['index'] + 1}\t{r['task_id']}\t{r['status']}{detail}")
+    per_task: dict[str, list[bool]] = {}
+    for r in results:
+        per_task.setdefault(r["task_id"], []).append(r["passed"])
+    print("task\tsamples\tpassed")
+    for task, passed in per_task.items():
+        print(f"{task}\t{len(passed)}\t{sum(passed)}")
     print(f"{bench.version}; isolation: {isolation}")
     print("  ".join(f"{k} {100 * v:.2f} %" for k, v in scores.items()))
     return 0

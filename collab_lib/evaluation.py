@@ -1,12 +1,13 @@
 """Effectiveness (paper §2.4, RQ1, Table 8): perplexity and pass@k.
 
-Perplexity, one method for every model: the validation files are tokenized and joined by
-EOS into one stream (as training packs them); windows of the model's ``context`` tokens
-slide over it by ``stride`` tokens, and each window scores only the tokens the previous
-window did not, so every token after the first is predicted exactly once, with at least
-``context - stride`` tokens of left context (fewer only at the start). No padding is ever
-scored; the last, shorter window runs at its own length. The result is exp of the mean loss
-over all scored tokens (token-weighted across files).
+Perplexity, one method for every model: each organization's validation files are tokenized
+and joined by EOS into one stream (as training packs them); windows of the model's
+``context`` tokens slide over it by ``stride`` tokens, and each window scores only the
+tokens the previous window did not, so every token after the first is predicted exactly
+once, with at least ``context - stride`` tokens of left context (fewer only at the start).
+No padding is ever scored (a stream shorter than the context is one shorter window). The
+union's perplexity is exp of the mean loss over the scored tokens of every organization's
+stream (token-weighted across files and organizations).
 """
 
 from __future__ import annotations
@@ -193,12 +194,13 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
     harness = _harness_artifact(cfg, bench, problems, runner, force)
     # the cached pieces, listed for the Reproducibility page
     parts = [a.ref for a in ppl_arts.values()] + [harness.ref]
-    rows = []
+    rows, fitted = [], 0
     for name in tqdm(pass_models(cfg), desc="pass@k models"):
         for t in e.temperatures:
             s_art = _samples_artifact(cfg, models[name], bench, problems, t, force)
             x_art = _executions_artifact(cfg, s_art, bench, runner, force)
             parts += [s_art.ref, x_art.ref]
+            fitted = s_art.metrics["prompts_cut"]
             results = _read_jsonl(x_art.file("results.jsonl"))
             rows.append({"model": name, "temperature": t,
                          **benchmarks.pass_at_k(results, KS)})  # fmt: skip
@@ -213,7 +215,8 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
             "problems": len(problems), "n_samples": e.n_samples,
             "temperatures": list(e.temperatures), "isolation": isolation,
             "pass_models": pass_models(cfg), "stride": _stride(cfg),
-            "stops": list(benchmarks.STOPS), "parts": parts}  # fmt: skip
+            "stops": list(benchmarks.STOPS), "parts": parts, "prompts_fitted": fitted,
+            "prompt_room": cfg.model.context - max_new_tokens(cfg)}  # fmt: skip
 
 
 def max_new_tokens(cfg: Config) -> int:
@@ -249,7 +252,8 @@ def _load(model_art):
     from collab_lib.model import load_tokenizer
 
     path = model_art.path / "model"
-    return GPT2LMHeadModel.from_pretrained(path).eval(), load_tokenizer(path)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return GPT2LMHeadModel.from_pretrained(path).to(device).eval(), load_tokenizer(path)
 
 
 def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: float, force):
@@ -258,12 +262,14 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
     config = {"benchmark": bench.sha256, "problems": problems, "n": e.n_samples,
               "temperature": temperature, "top_p": e.top_p, "top_k": e.top_k,
               "max_new_tokens": max_new_tokens(cfg), "batch_size": e.batch_size,
-              "context": cfg.model.context, "seed": cfg.seed}  # fmt: skip
+              "context": cfg.model.context, "seed": cfg.seed,
+              "prompt_fit": "def line kept"}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, tok = _load(model_art)
         sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, max_new_tokens(cfg))
-        completions, stats = complete(model, tok, [bench.problems[p].prompt for p in problems],
+        prompts = [(bench.problems[p].prompt, bench.problems[p].entry_point) for p in problems]
+        completions, stats = complete(model, tok, prompts,
                                       e.n_samples, sc, cfg.model.context, e.batch_size,
                                       seed=cfg.seed)  # fmt: skip
         with open(out / "samples.jsonl", "w", encoding="utf-8") as fh:
@@ -276,17 +282,37 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
                            force=force)  # fmt: skip
 
 
-def complete(model, tok, prompts: list[str], n: int, sc, context: int, batch_size: int,
-             seed: int) -> tuple[list[str], dict]:  # fmt: skip
-    """``n`` completions of each prompt, cut at :data:`benchmarks.STOPS`, prompt-major.
+def fit_prompt(prompt: str, entry_point: str, tok, room: int) -> list[int]:
+    """The prompt's token ids, at most ``room`` of them, keeping what matters most.
 
-    A prompt longer than ``context - max_new_tokens`` tokens keeps its last tokens (the
-    function's signature and docstring, closest to the completion).
+    First what comes before the function's ``def`` line goes (imports, helpers: the test
+    program still has them), then the start of its docstring; the ``def`` line and the end
+    of the prompt, where the completion begins, always stay.
     """
+    ids = tok(prompt, verbose=False)["input_ids"]
+    start = prompt.find(f"def {entry_point}(")
+    if len(ids) <= room or start < 0:
+        return ids[-room:]
+    body = prompt[start:]
+    ids = tok(body, verbose=False)["input_ids"]
+    if len(ids) <= room:
+        return ids
+    line_end = body.find("\n") + 1
+    head = tok(body[:line_end], verbose=False)["input_ids"]
+    tail = tok(body[line_end:], verbose=False)["input_ids"]
+    keep = room - len(head)
+    return head + tail[-keep:] if keep > 0 else ids[-room:]
+
+
+def complete(model, tok, prompts: list[tuple[str, str]], n: int, sc, context: int,
+             batch_size: int, seed: int) -> tuple[list[str], dict]:  # fmt: skip
+    """``n`` completions of each ``(prompt, entry_point)``, cut at :data:`benchmarks.STOPS`,
+    prompt-major. A prompt longer than ``context - max_new_tokens`` tokens is fitted by
+    :func:`fit_prompt`; how many were is in the returned stats."""
     room = max(1, context - sc.max_new_tokens)
-    ids = [tok(p, verbose=False)["input_ids"] for p in prompts]
-    cut = sum(len(x) > room for x in ids)
-    rows = [x[-room:] for x in ids for _ in range(n)]
+    fitted = [fit_prompt(p, entry, tok, room) for p, entry in prompts]
+    cut = sum(len(tok(p, verbose=False)["input_ids"]) > room for p, _ in prompts)
+    rows = [x for x in fitted for _ in range(n)]
     pieces = [tok.decode([i]) for i in range(len(tok))]
     texts: dict[int, str] = {}
 
@@ -417,7 +443,9 @@ def table8(cfg: Config, ppl: dict[str, pd.DataFrame], by_temp: pd.DataFrame) -> 
             col = f"pass@{k}"
             if col in mine and mine[col].notna().any():
                 best = mine.loc[mine[col].idxmax()]
-                row[f"{col} (%)"], row[f"T {col}"] = 100 * best[col], best["temperature"]
+                row[f"{col} (%)"] = 100 * best[col]
+                # a best temperature only where one is better: at 0 % every one ties
+                row[f"T {col}"] = best["temperature"] if best[col] > 0 else float("nan")
         paper_row = paper.TABLE8.get("GPT-2" if name == BASE else name)
         if paper_row is not None:
             row |= {"paper perplexity": paper_row[0]}
@@ -485,6 +513,12 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
             c["max_new_tokens"] or f"{art.manifest['config']['context'] // 2} (half the context)",
         ),
         ("completion stops at", " ".join(repr(s) for s in m["stops"])),
+        (
+            "prompts longer than the model's room",
+            f"{m['prompts_fitted']} of {m['problems']}, "
+            f"fitted to {m['prompt_room']} tokens: imports and helpers dropped first, then the "
+            "start of the docstring; the def line and the docstring's end kept",
+        ),
         ("pass@k estimated for", f"{len(models)} models: " + ", ".join(models)),
         (
             "perplexity",

