@@ -57,7 +57,10 @@ log = logging.getLogger(__name__)
 MB = 1024 * 1024
 # Part of every cached execution's key: a change to the layers re-runs them, never sampling.
 VERSION = 4
-UID_BASE = 61000  # worker i runs as uids UID_BASE + UIDS_PER_SLOT * i + (0 .. 3)
+UID_BASE = 61000  # worker i runs as uids block + UIDS_PER_SLOT * i + (0 .. 3)
+# Each Sandbox at a time on this machine holds its own block of uids (a lock file), so two
+# (an `evaluate` beside a `run rq1`) never share a process limit or kill each other's.
+UID_BLOCK, UID_BLOCKS = 256, 64
 # A worker's next sandbox takes the next of its uids: the kernel reaps a killed sandbox's
 # processes a moment after, and until then they count against RLIMIT_NPROC.
 UIDS_PER_SLOT = 4
@@ -277,7 +280,8 @@ class Sandbox:
         self.python = python
         self.limits = limits
         self.require_isolation = require_isolation
-        self.workers = workers or len(os.sched_getaffinity(0)) or 1
+        self.workers = min(workers or len(os.sched_getaffinity(0)) or 1,
+                           UID_BLOCK // UIDS_PER_SLOT)  # fmt: skip
         self.root_user = os.geteuid() == 0
         self.bwrap = bubblewrap() if use_bubblewrap else None
         if self.bwrap is None and require_isolation:
@@ -289,6 +293,7 @@ class Sandbox:
         if self.root_user and shutil.which("setpriv") is None:
             raise SandboxError("running as root needs `setpriv` (util-linux) to drop the uid")
         self.guard = evalplus_guard() if guard else None
+        self._lock_file, self.uid_base = _claim_uid_block()
         self._dir = Path(tempfile.mkdtemp(prefix="collab-sandbox-"))
         os.chmod(self._dir, 0o711)  # the sandbox uids traverse it, never list it
         self._lib = self._dir / "lib"
@@ -316,7 +321,7 @@ class Sandbox:
         layers = []
         if self.bwrap:
             layers.append("bubblewrap (no network, own PID namespace, read-only system)")
-        layers.append(f"uid {UID_BASE}+ with rlimits" if self.root_user else "rlimits")
+        layers.append(f"uid {self.uid_base}+ with rlimits" if self.root_user else "rlimits")
         layers.append(f"{self.limits.timeout_s:g} s wall clock")
         if self.guard is not None:
             layers.append("EvalPlus reliability_guard")
@@ -327,6 +332,7 @@ class Sandbox:
             worker.stop()
         self._spawner.shutdown()
         _remove_tree(self._dir)
+        self._lock_file.close()  # the uid block is free again
 
     def __enter__(self) -> Sandbox:
         return self
@@ -388,7 +394,7 @@ class Sandbox:
             outcome = self.run(probe)
             if outcome.status == "ok":
                 return
-        who = f"as uid {UID_BASE}" if self.root_user else "as this user"
+        who = f"as uid {self.uid_base}" if self.root_user else "as this user"
         raise SandboxError(
             f"the sandbox's interpreter {self.python!r} cannot run a program {who} "
             f"({outcome.status}: {outcome.detail}): set evaluation.sandbox_python to a Python 3 "
@@ -408,7 +414,7 @@ class _Worker:
 
     @property
     def uid(self) -> int:
-        return UID_BASE + UIDS_PER_SLOT * self.slot + self.starts % UIDS_PER_SLOT
+        return self.box.uid_base + UIDS_PER_SLOT * self.slot + self.starts % UIDS_PER_SLOT
 
     def run(self, program: str) -> Outcome:
         if self.proc is not None and self.proc.poll() is not None:
@@ -552,6 +558,22 @@ class _Worker:
         if self.box.root_user and self.box.bwrap is None:
             _kill_uid(self.uid)  # what left the process group (setsid) dies too
         _remove_tree(self.box._dir / f"w{self.slot}-{self.starts}")
+
+
+def _claim_uid_block():
+    """A lock file held for the Sandbox's life, and the first uid of the block it stands for."""
+    import fcntl
+
+    for k in range(UID_BLOCKS):
+        path = Path(tempfile.gettempdir()) / f"collab-sandbox-uids-{k}.lock"
+        f = open(path, "a")  # noqa: SIM115 - held open until close()
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        return f, UID_BASE + k * UID_BLOCK
+    raise SandboxError(f"{UID_BLOCKS} sandboxes already run on this machine: wait for one")
 
 
 def _remove_tree(path: Path) -> None:

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from collab_lib import benchmarks
-from collab_lib.sandbox import UID_BASE, Limits, Outcome, Sandbox, bubblewrap
+from collab_lib.sandbox import UID_BASE, UID_BLOCK, UID_BLOCKS, Limits, Outcome, Sandbox, bubblewrap
 
 BENCH = benchmarks.load_benchmark("humaneval")
 TASK = "HumanEval/0"
@@ -99,7 +99,8 @@ def sandbox_processes() -> list[str]:
     out = subprocess.run(["ps", "-eo", "uid=,stat=,pid=,args="], capture_output=True, text=True)
     rows = [line.split(None, 3) for line in out.stdout.splitlines()]
     return [" ".join(r) for r in rows
-            if UID_BASE <= int(r[0]) < UID_BASE + 1000 and not r[1].startswith("Z")]  # fmt: skip
+            if UID_BASE <= int(r[0]) < UID_BASE + UID_BLOCK * UID_BLOCKS
+            and not r[1].startswith("Z")]  # fmt: skip
 
 
 def run_attacks(box: Sandbox, canary, port: int, skip=()) -> dict[str, dict]:
@@ -281,3 +282,12 @@ def test_workers_outlive_the_threads_that_used_them():
             assert {o.status for o in box.run_many(["x = 1"] * 6)} == {"ok"}
         assert box.run_many(["while True:\n    pass", "x = 1"])[1].status == "ok"
         assert {o.status for o in box.run_many(["x = 1"] * 6)} == {"ok"}
+
+
+def test_two_sandboxes_at_once_hold_different_uids():
+    with Sandbox(workers=1) as a, Sandbox(workers=1) as b:
+        assert a.uid_base != b.uid_base
+        prog = "import os\nassert os.getuid() != 0\n"
+        assert a.run(prog).status == "ok" and b.run(prog).status == "ok"
+    with Sandbox(workers=1) as c:
+        assert c.uid_base <= min(a.uid_base, b.uid_base)  # their blocks are free again
