@@ -111,6 +111,7 @@ def write_profile(
             "max_new_tokens": 12,
             "batch_size": 8,
             "harness_timeouts": 1,
+            "models": ["centralized"],  # pass@k for the base model and Centralized_FMG
         },
     }
     data.update(extra)
