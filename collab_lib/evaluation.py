@@ -108,10 +108,12 @@ KS = (1, 10, 100)
 
 
 def _model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
-    planned = {k: v for k, v in (upstream or {}).items() if k in _model_names(cfg)}
-    if len(planned) < len(_model_names(cfg)):
+    """Each model's ``step/key``: from the train step's plan when the caller has it."""
+    names = _model_names(cfg)  # the roster once: it may read the datasets' summary
+    planned = upstream or {}
+    if not all(name in planned for name in names):
         planned = collaboration.plan(cfg, upstream)
-    return {name: "{}/{}".format(*planned[name]) for name in _model_names(cfg)}
+    return {name: "{}/{}".format(*planned[name]) for name in names}
 
 
 def _model_names(cfg: Config) -> list[str]:
@@ -310,8 +312,10 @@ def complete(model, tok, prompts: list[tuple[str, str]], n: int, sc, context: in
     prompt-major. A prompt longer than ``context - max_new_tokens`` tokens is fitted by
     :func:`fit_prompt`; how many were is in the returned stats."""
     room = max(1, context - sc.max_new_tokens)
-    fitted = [fit_prompt(p, entry, tok, room) for p, entry in prompts]
-    cut = sum(len(tok(p, verbose=False)["input_ids"]) > room for p, _ in prompts)
+    full = [tok(p, verbose=False)["input_ids"] for p, _ in prompts]
+    fitted = [ids if len(ids) <= room else fit_prompt(p, entry, tok, room)
+              for ids, (p, entry) in zip(full, prompts, strict=True)]  # fmt: skip
+    cut = sum(len(ids) > room for ids in full)
     rows = [x for x in fitted for _ in range(n)]
     pieces = [tok.decode([i]) for i in range(len(tok))]
     texts: dict[int, str] = {}
