@@ -706,6 +706,12 @@ def summarize_self(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> dict[
     }
 
 
+def self_covered(corpus: Corpus, opts: CloneOptions = CloneOptions()) -> np.ndarray:
+    """Mask of the corpus's counted lines that lie inside an internal clone block."""
+    longest, _ = longest_common(corpus, opts.min_lines)
+    return _covered(longest, maximal_starts(longest, corpus), corpus.n_lines)
+
+
 def cross_clones(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions()) -> CloneReport:
     """Blocks of the first corpus that also occur in every other one (Table 7: M and G).
 
@@ -816,8 +822,16 @@ class CloneIndex:
     def n_lines(self) -> int:
         return len(self.lines)
 
-    def query(self, query: Corpus, with_blocks: bool = True) -> CloneReport:
-        """Blocks of ``query`` found in the index, and the memorization ratio's line counts."""
+    def query(
+        self, query: Corpus, with_blocks: bool = True, counts: np.ndarray | None = None
+    ) -> CloneReport:
+        """Blocks of ``query`` found in the index, and the memorization ratio's line counts.
+
+        ``counts`` (one bool per counted line of ``query``) says which lines count: matching
+        runs over every line, so a block that starts in a prompt and runs into its completion
+        is found whole, but only its counted lines are counted (in ``counted_lines`` and
+        ``cloned_lines``), and a block with none of them is not reported.
+        """
         q_end = query.file_end()
         q_keys = _window_keys(query.hashes, q_end, self.opts.min_lines)
         longest, source = _match(
@@ -832,8 +846,16 @@ class CloneIndex:
         )
         starts = maximal_starts(longest, query)
         covered = _covered(longest, starts, query.n_lines)
+        if counts is not None:
+            if counts.shape != (query.n_lines,):
+                raise ValueError(f"counts: {query.n_lines} lines expected, got {counts.shape}")
+            # a block counts if any of its lines does: prefix sums over the mask
+            upto = np.concatenate([[0], np.cumsum(counts)])
+            starts = starts[upto[starts + longest[starts]] > upto[starts]]
+            covered &= counts
+        n = query.n_lines if counts is None else int(counts.sum())
         blocks = self._blocks(query, longest, source, starts) if with_blocks else []
-        return CloneReport(blocks, query.n_lines, int(covered.sum()))
+        return CloneReport(blocks, n, int(covered.sum()))
 
     def _blocks(self, query, longest, source, starts) -> list[Block]:
         line_numbers: dict[int, np.ndarray] = {}

@@ -247,6 +247,37 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class MemorizationConfig:
+    """RQ2 and RQ3 (paper §2.5, §4.4, §4.5) and the measures that show at any scale (§4b).
+
+    RQ2: prompts are the signature and docstring of the training splits' functions, at most
+    ``prompt_max_tokens`` tokens (and at most what the context leaves after
+    ``max_new_tokens``); ``sample_fraction`` of them per organization (paper: 10 %),
+    ``n_samples`` completions each at ``temperature``/``top_p``/``top_k`` (paper: 5 at 0.6,
+    0.6 and transformers' default top-k 50), for the base model and ``models`` (names or
+    settings, as ``evaluation.models``; null: every RQ1/RQ2 model). Memorized: blocks of
+    ``clones.min_lines`` lines (RQ3: ``rq3_min_lines``) also in the training split.
+    Canary exposure ranks each secret among the first ``alternatives`` random secrets (null:
+    all the canaries step drew); the duplication signal scores at most
+    ``duplication_tokens`` tokens per organization and split (null: all).
+    """
+
+    models: tuple[str, ...] | None = ("centralized", "federated", "incremental")
+    prompt_max_tokens: int = 512
+    sample_fraction: float = 0.1
+    n_samples: int = 5
+    temperature: float = 0.6
+    top_p: float = 0.6
+    top_k: int = 50  # transformers' generate applies 50 unless told otherwise
+    max_new_tokens: int = 512
+    batch_size: int = 256
+    rq3_min_lines: int = 3
+    alternatives: int | None = None
+    duplication_tokens: int | None = None
+    examples: int = 5  # memorized completions shown in the book
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -285,6 +316,7 @@ class Config:
     canaries: CanaryConfig = field(default_factory=CanaryConfig)
     collaboration: CollaborationConfig = field(default_factory=CollaborationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
     description: str = ""
     # Where the profile came from and the user's overrides: how a message tells the user the
     # command to run next, with their own settings. Not part of any cache key.
@@ -541,6 +573,8 @@ def _check(obj: Any, where: str, path: Path) -> None:
         raise ConfigError(f"{path}: {where}.short: letters only (model names join them with 2)")
     if isinstance(obj, EvaluationConfig):
         _check_evaluation(obj, where, path)
+    if isinstance(obj, MemorizationConfig):
+        _check_memorization(obj, where, path)
     if isinstance(obj, Config):
         _check_study(obj, path)
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
@@ -566,11 +600,33 @@ def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
         )
 
 
+def _check_memorization(m: MemorizationConfig, where: str, path: Path) -> None:
+    if not 0 < m.sample_fraction <= 1:
+        raise ConfigError(f"{path}: {where}.sample_fraction: must be in (0, 1]")
+    if min(m.n_samples, m.max_new_tokens, m.batch_size, m.prompt_max_tokens, m.rq3_min_lines) < 1:
+        raise ConfigError(
+            f"{path}: {where}: n_samples, max_new_tokens, batch_size, prompt_max_tokens and "
+            "rq3_min_lines must be at least 1"
+        )
+    if m.temperature < 0 or not 0 < m.top_p <= 1 or m.top_k < 0:
+        raise ConfigError(f"{path}: {where}: temperature >= 0 (0: greedy), top_p in (0, 1], "
+                          "top_k >= 0 (0: off)")  # fmt: skip
+    for key in ("alternatives", "duplication_tokens"):
+        value = getattr(m, key)
+        if value is not None and value < 10:
+            raise ConfigError(f"{path}: {where}.{key}: at least 10, or null for all")
+
+
 def _check_study(cfg: Config, path: Path) -> None:
     """The organizations can make the study's models: two or more, short letters unique."""
     if (cfg.evaluation.max_new_tokens or 0) >= cfg.model.context:
         raise ConfigError(
             f"{path}: evaluation.max_new_tokens: below model.context ({cfg.model.context}), "
+            "which must hold the prompt too"
+        )
+    if cfg.memorization.max_new_tokens >= cfg.model.context:
+        raise ConfigError(
+            f"{path}: memorization.max_new_tokens: below model.context ({cfg.model.context}), "
             "which must hold the prompt too"
         )
     stride = cfg.evaluation.perplexity_stride

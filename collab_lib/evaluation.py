@@ -16,8 +16,10 @@ import json
 import logging
 import math
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
@@ -55,31 +57,35 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 
 
 @torch.no_grad()
-def token_losses_sum(
-    model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16
-) -> tuple[float, int]:
-    """Summed next-token loss (nats) and the number of tokens scored over ``ids``."""
+def token_losses(model, ids: Sequence[int], context: int, stride: int,
+                 batch_size: int = 16) -> np.ndarray:  # fmt: skip
+    """Next-token loss (nats) of every position of ``ids``; NaN where never scored (the first)."""
     spans = windows(len(ids), context, stride)
     device = next(model.parameters()).device
     model.eval()
     stream = torch.tensor(ids, dtype=torch.long)
-    total, count = 0.0, 0
+    out = np.full(len(ids), np.nan)
     # equal-length windows share a batch; only the last one can be shorter
     for length in sorted({e - b for b, e, _ in spans}):
         same = [s for s in spans if s[1] - s[0] == length]
         for i in range(0, len(same), batch_size):
             part = same[i : i + batch_size]
             x = torch.stack([stream[b:e] for b, e, _ in part]).to(device)  # (B, length)
-            labels = x.clone()
-            for row, (b, _, first) in enumerate(part):
-                labels[row, : first - b] = -100  # scored by an earlier window (or never)
             logits = model(input_ids=x).logits[:, :-1].float()  # (B, length-1, vocab)
-            target = labels[:, 1:]
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), target.reshape(-1), reduction="sum"
-            ).item()
-            count += int((target != -100).sum())
-    return total, count
+            nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+            nll = nll.cpu().double().numpy()
+            for row, (b, e, first) in enumerate(part):
+                out[first:e] = nll[row, first - b - 1 :]  # scored by this window only
+    return out
+
+
+def token_losses_sum(
+    model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16
+) -> tuple[float, int]:
+    """Summed next-token loss (nats) and the number of tokens scored over ``ids``."""
+    losses = token_losses(model, ids, context, stride, batch_size)
+    scored = losses[~np.isnan(losses)]
+    return float(scored.sum()), len(scored)
 
 
 def perplexity(
@@ -107,7 +113,7 @@ GROUPS = {"single": "Baseline", "centralized": "Synchronous", "federated": "Sync
 KS = (1, 10, 100)
 
 
-def _model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
+def model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
     """Each model's ``step/key``: from the train step's plan when the caller has it."""
     names = _model_names(cfg)  # the roster once: it may read the datasets' summary
     planned = upstream or {}
@@ -131,7 +137,7 @@ def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]
     upstream = dict(upstream or {})
     if "datasets" not in upstream:
         upstream |= datasets.plan(cfg)
-    refs = ["{}/{}".format(*upstream["datasets"]), *_model_refs(cfg, upstream).values()]
+    refs = ["{}/{}".format(*upstream["datasets"]), *model_refs(cfg, upstream).values()]
     return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
 
 
@@ -139,21 +145,25 @@ SETTINGS = ("single", "centralized", "federated", "incremental")
 
 
 def pass_models(cfg: Config) -> list[str]:
-    """The models pass@k is estimated for: the base model and ``evaluation.models``.
+    """The models pass@k is estimated for: the base model and ``evaluation.models``."""
+    return chosen_models(cfg, cfg.evaluation.models, "evaluation.models")
+
+
+def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[str]:
+    """The base model and the models a profile key lists (null: every model).
 
     An entry is a model's name or a setting (``single``, ``centralized``, ``federated``,
     ``incremental``: that setting's models on all organizations, not the RQ3 pair's), so a
     profile that extends another with its own organizations keeps a valid list.
     """
     specs = collaboration.roster(cfg)
-    chosen = cfg.evaluation.models
     if chosen is None:
         return [BASE, *(s.name for s in specs)]
     names = [s.name for s in specs]
     unknown = [m for m in chosen if m not in names and m not in SETTINGS]
     if unknown:
         raise ConfigError(
-            f"{cfg.source}: evaluation.models: unknown model {unknown[0]!r} (a setting: "
+            f"{cfg.source}: {key}: unknown model {unknown[0]!r} (a setting: "
             f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
         )
     keep = [s.name for s in specs
@@ -169,7 +179,7 @@ def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     ds = datasets.load_datasets(cfg)
     if ds is None:
         raise collaboration.ModelsNotTrained(f"run `{cfg.command('run', 'datasets')}` first")
-    refs = _model_refs(cfg)
+    refs = model_refs(cfg)
     e = cfg.evaluation
 
     def produce(out: Path) -> dict:
@@ -216,7 +226,7 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
     return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
             "problems": len(problems), "n_samples": e.n_samples,
             "temperatures": list(e.temperatures), "isolation": isolation,
-            "pass_models": pass_models(cfg), "stride": _stride(cfg),
+            "pass_models": pass_models(cfg), "stride": perplexity_stride(cfg),
             "stops": list(benchmarks.STOPS), "parts": parts, "prompts_fitted": fitted,
             "prompt_room": cfg.model.context - max_new_tokens(cfg)}  # fmt: skip
 
@@ -226,20 +236,20 @@ def max_new_tokens(cfg: Config) -> int:
     return cfg.evaluation.max_new_tokens or max(1, cfg.model.context // 2)
 
 
-def _stride(cfg: Config) -> int:
+def perplexity_stride(cfg: Config) -> int:
     return cfg.evaluation.perplexity_stride or max(1, cfg.model.context // 2)
 
 
 def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[str]], force: bool):
     """Summed loss and tokens of one model on each organization's validation split."""
-    config = {"context": cfg.model.context, "stride": _stride(cfg)}
+    config = {"context": cfg.model.context, "stride": perplexity_stride(cfg)}
 
     def produce(out: Path) -> dict:
-        model, tok = _load(model_art)
+        model, tok = load_model(model_art)
         rows = []
         for org, texts in val.items():
             ids = token_stream(texts, tok)
-            loss, n = token_losses_sum(model, ids, cfg.model.context, _stride(cfg))
+            loss, n = token_losses_sum(model, ids, cfg.model.context, perplexity_stride(cfg))
             rows.append({"organization": org, "loss_sum": loss, "tokens": n})
         pd.DataFrame(rows).to_csv(out / "perplexity.csv", index=False)
         total = sum(r["loss_sum"] for r in rows) / sum(r["tokens"] for r in rows)
@@ -248,7 +258,7 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[str]],
     return artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
 
 
-def _load(model_art):
+def load_model(model_art):
     from transformers import GPT2LMHeadModel
 
     from collab_lib.model import load_tokenizer
@@ -268,7 +278,7 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
               "prompt_fit": "def line kept"}  # fmt: skip
 
     def produce(out: Path) -> dict:
-        model, tok = _load(model_art)
+        model, tok = load_model(model_art)
         sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, max_new_tokens(cfg))
         prompts = [(bench.problems[p].prompt, bench.problems[p].entry_point) for p in problems]
         completions, stats = complete(model, tok, prompts,
@@ -316,25 +326,11 @@ def complete(model, tok, prompts: list[tuple[str, str]], n: int, sc, context: in
     fitted = [ids if len(ids) <= room else fit_prompt(p, entry, tok, room)
               for ids, (p, entry) in zip(full, prompts, strict=True)]  # fmt: skip
     cut = sum(len(ids) > room for ids in full)
-    rows = [x for x in fitted for _ in range(n)]
-    pieces = [tok.decode([i]) for i in range(len(tok))]
-    texts: dict[int, str] = {}
-
-    def stop_check(i: int, new: list[int]) -> bool:
-        texts[i] = texts.get(i, "") + pieces[new[-1]]
-        tail = texts[i][-(len(pieces[new[-1]]) + 8) :]
-        return any(s in tail for s in benchmarks.STOPS)
-
-    out, new_tokens = [], 0
-    for b in tqdm(range(0, len(rows), batch_size), desc="sampling", leave=False):
-        texts.clear()
-        batch = rows[b : b + batch_size]
-        gen = sampling.generate(model, batch, sc, eos_id=tok.eos_token_id,
-                                stop_check=stop_check, seed=seed * 1_000_003 + b)  # fmt: skip
-        new_tokens += sum(len(g) for g in gen)
-        out += [sampling.stop_at(tok.decode(g, skip_special_tokens=True), benchmarks.STOPS)
-                for g in gen]  # fmt: skip
-    return out, {"prompts_cut": cut, "new_tokens": new_tokens, "sequences": len(rows)}
+    out, new_tokens = sampling.sample_texts(
+        model, tok, fitted, n, sc, cut=partial(sampling.first_stop, stops=benchmarks.STOPS),
+        batch_size=batch_size, seed=seed,
+    )  # fmt: skip
+    return out, {"prompts_cut": cut, "new_tokens": new_tokens, "sequences": len(out)}
 
 
 class _LazySandbox:

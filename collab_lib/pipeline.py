@@ -13,7 +13,15 @@ from typing import Any
 
 import pandas as pd
 
-from collab_lib import artifacts, canaries, clone_stats, collaboration, datasets, evaluation
+from collab_lib import (
+    artifacts,
+    canaries,
+    clone_stats,
+    collaboration,
+    datasets,
+    evaluation,
+    memorization,
+)
 from collab_lib.config import Config, UserError
 
 
@@ -64,6 +72,20 @@ STEPS: dict[str, Step] = {
         evaluation.plan,
         evaluation.TABLES,
         "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)",
+    ),
+    "rq2": Step(
+        "rq2",
+        memorization.build_rq2,
+        memorization.plan_rq2,
+        memorization.RQ2_TABLES,
+        "RQ2 memorization: Tables 6, 9, 10, canary exposure and extraction, duplication",
+    ),
+    "rq3": Step(
+        "rq3",
+        memorization.build_rq3,
+        memorization.plan_rq3,
+        memorization.RQ3_TABLES,
+        "RQ3 cross-organization clones memorized (Table 11)",
     ),
 }
 

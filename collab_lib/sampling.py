@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,54 @@ class GPT2Decoder(CacheDecoder):
         return m.lm_head(m.transformer.ln_f(x))
 
 
+def sample_texts(
+    model,
+    tok,
+    prompts: Sequence[Sequence[int]],
+    n: int,
+    cfg: SamplingConfig,
+    *,
+    cut: Callable[[str], int | None],
+    batch_size: int,
+    seed: int,
+    desc: str = "sampling",
+) -> tuple[list[str], int]:
+    """``n`` completions of each prompt (token ids), prompt-major, and the new tokens drawn.
+
+    ``cut(text)`` gives the index where a completion ends (its stop rule: a stop string, the
+    end of a function body), or None; it is asked about the whole text after every token
+    (a scan of a few KB at C speed). A sequence stops at its ending or EOS, and its text is
+    cut there. Batches of
+    ``batch_size`` rows each draw with their own seed, so a batch's draws do not depend on
+    how many batches ran before it in this process.
+    """
+    rows = [list(p) for p in prompts for _ in range(n)]
+    pieces = [tok.decode([i]) for i in range(len(tok))]
+    texts: dict[int, str] = {}
+
+    def stop_check(i: int, new: list[int]) -> bool:
+        texts[i] = texts.get(i, "") + pieces[new[-1]]
+        return cut(texts[i]) is not None
+
+    out, new_tokens = [], 0
+    for b in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
+        texts.clear()
+        gen = generate(model, rows[b : b + batch_size], cfg, eos_id=tok.eos_token_id,
+                       stop_check=stop_check, seed=seed * 1_000_003 + b)  # fmt: skip
+        new_tokens += sum(len(g) for g in gen)
+        for g in gen:
+            text = tok.decode(g, skip_special_tokens=True)
+            end = cut(text)
+            out.append(text if end is None else text[:end])
+    return out, new_tokens
+
+
 def stop_at(text: str, stops: Sequence[str]) -> str:
     """``text`` cut at the first occurrence of any of ``stops`` (the stop string dropped)."""
-    cut = min((i for s in stops if (i := text.find(s)) >= 0), default=len(text))
-    return text[:cut]
+    end = first_stop(text, stops)
+    return text if end is None else text[:end]
+
+
+def first_stop(text: str, stops: Sequence[str]) -> int | None:
+    """Where the first of ``stops`` starts in ``text``, or None."""
+    return min((i for s in stops if (i := text.find(s)) >= 0), default=None)

@@ -113,6 +113,16 @@ def write_profile(
             "harness_timeouts": 1,
             "models": ["centralized"],  # pass@k for the base model and Centralized_FMG
         },
+        # RQ2 and RQ3 in seconds: the base and centralized models, short completions
+        "memorization": {
+            "models": ["centralized"],
+            "sample_fraction": 0.5,
+            "n_samples": 2,
+            "max_new_tokens": 12,
+            "batch_size": 64,
+            "alternatives": 20,
+            "duplication_tokens": 1000,
+        },
     }
     data.update(extra)
     path.write_text(yaml.safe_dump(data, sort_keys=False))
