@@ -29,6 +29,8 @@ NOTEBOOKS = (
     "01_datasets.ipynb",
     "02_models.ipynb",
     "03_rq1_effectiveness.ipynb",
+    "04_rq2_memorization.ipynb",
+    "05_rq3_cross_org_clones.ipynb",
     "99_reproducibility.ipynb",
 )
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"

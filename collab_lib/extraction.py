@@ -9,8 +9,11 @@ Listing 1 shows such a prompt, a method cut out of its class::
 
 so a prompt here runs from the ``def`` (or ``async def``) keyword, never its decorators,
 through the end of the docstring, exactly as written (a multi-line signature too), dedented
-by the def line's indentation so that a method starts at column 0 as in the listing, and ends
-with one ``"\\n"``: the model's first token then starts the body's first line. Only
+by the def line's indentation so that a method starts at column 0 as in the listing. It ends
+at the docstring's closing quotes, not after a line break: a byte-level BPE merges a line
+break with the indentation after it (``"\\n   "`` is one token), so a prompt ending in
+``"\\n"`` would stop where training never stopped and the model would start a new
+top-level statement, not the body (measured: most completions empty). Only
 functions whose first statement is a plain string (what ``ast.get_docstring`` accepts; not an
 f-string) give a prompt: without a docstring the prompt would be a bare signature, not the
 paper's. Prompts longer than ``max_tokens`` tokens (512 in the paper's setting) are dropped,
@@ -20,7 +23,8 @@ RQ3 (§4.5) prompts a model with the first half of a block of code that two orga
 share (a clone block) and compares the completion with the second half. A block whose first
 half is too long is split in two, each half a block of its own, until the prompt fits; a
 piece too short to split keeps its prompt's last lines. Clone prompts are not dedented: a
-clone block is code as written, at its own indentation.
+clone block is code as written, at its own indentation; for the same reason as above the
+prompt's last line break starts the target.
 
 The stop rule: a completion is the function's body until the first line that starts at the
 def's column or left of it (:func:`body_end`); blank lines never end it. Lines of the prompt
@@ -44,7 +48,6 @@ from dataclasses import dataclass
 _BREAK = re.compile(r"\r\n|\r|\n")
 # A line break followed by a character that neither indents nor breaks: a line at column 0.
 _BODY_END = re.compile(r"(?:\r\n|\r|\n)(?=[^ \t\f\r\n])")
-_INDENT_OR_BREAK = " \t\f\r\n"  # what Python indents with, and line breaks
 _BATCH = 1024  # texts per tokenizer call
 
 
@@ -54,7 +57,7 @@ class Function:
 
     name: str  # qualified by the enclosing classes and functions: "Cls.method", "outer.inner"
     line: int  # 1-based line of the def keyword
-    prompt: str | None  # signature + docstring + "\n", dedented
+    prompt: str | None  # signature + docstring, dedented
 
 
 def split_lines(text: str) -> list[str]:
@@ -121,7 +124,7 @@ def _prompt(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> s
     raw[0] = raw[0][node.col_offset :]
     if indent:  # a continuation written left of the def (docstring text at column 0) stays
         raw[1:] = [r[len(indent) :] if r.startswith(indent) else r for r in raw[1:]]
-    return b"".join(raw).decode() + "\n"
+    return b"".join(raw).decode()
 
 
 def _token_counts(tokenizer, texts: list[str]) -> list[int]:
@@ -182,13 +185,11 @@ def sample_prompts(prompts: list[dict], fraction: float, seed: int | str) -> lis
 def body_end(completion: str) -> int | None:
     """Where the function body ends in ``completion``: the start of its first line at column 0.
 
-    A completion follows a prompt ending with ``"\\n"``, so it starts at a line start whose
-    column 0 is the def's: a line starting there with anything but indentation (a ``def``, a
-    decorator, a comment, code) is outside the body. Blank and whitespace-only lines never
-    end it; None while the body has not ended.
+    A completion follows a prompt that ends with the docstring's closing quotes, so its first
+    line break starts the body; a line starting at column 0 (the def's) with anything but
+    indentation (a ``def``, a decorator, a comment, code) is outside the body. Blank and
+    whitespace-only lines never end it; None while the body has not ended.
     """
-    if completion and completion[0] not in _INDENT_OR_BREAK:
-        return 0
     m = _BODY_END.search(completion)
     return None if m is None else m.end()
 
@@ -215,7 +216,7 @@ def clone_prompts(
     last lines that fit (at least one). Each result is ``{"file", "start", "end",
     "prompt_lines", "prompt", "target", "tokens", "block"}``: ``block`` is the index in
     ``blocks``, ``start`` the first line kept, so ``prompt + target`` is lines ``start`` to
-    ``end`` as written (a final line without a line break gets ``"\\n"`` in the prompt).
+    ``end`` as written.
     Sorted by block, then line.
     """
     file_lines: dict[str, list[str]] = {}
@@ -251,12 +252,12 @@ def _block_lines(lines: list[str], block: dict) -> list[str]:
 
 
 def _halves(lines: list[str], k: int | None = None) -> tuple[str, str]:
-    """(prompt, target): the first ``k`` lines (default: half, at least one), then the rest."""
+    """(prompt, target): the first ``k`` lines (default: half, at least one), then the rest;
+    the prompt's last line break begins the target (see the module's docstring)."""
     k = max(len(lines) // 2, 1) if k is None else k
     prompt = "".join(lines[:k])
-    if not prompt.endswith(("\n", "\r")):  # only a file's last line lacks a break
-        prompt += "\n"
-    return prompt, "".join(lines[k:])
+    body = prompt.rstrip("\r\n")
+    return body, prompt[len(body) :] + "".join(lines[k:])
 
 
 def _record(piece: tuple, k: int, tokens: int) -> dict:

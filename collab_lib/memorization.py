@@ -190,9 +190,9 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
             exposures[name] = pd.read_csv(art.file("exposure.csv"))
         exposure_table(exposures).to_csv(out / "exposure.csv", index=False)
 
-        lines = {
-            (o, s): line_sample(ds, o, s, opts, cfg) for o in orgs for s in ("train", "validation")
-        }
+        tok = _tokenizer(models[BASE])
+        lines = {(o, s): line_sample(ds, tok, o, s, opts, cfg)
+                 for o in orgs for s in ("train", "validation")}  # fmt: skip
         dup = {}
         for name in tqdm(rq2_models(cfg), desc="duplication"):
             art = _duplication_artifact(cfg, models[name], ds.artifact.ref, lines, force)
@@ -206,7 +206,7 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
             "canaries": len(planted),
             "sampling": _sampling(cfg).__dict__,
             "min_lines": opts.min_lines,
-            "duplication_tokens": {f"{o}/{s}": v["tokens"] for (o, s), v in lines.items()},
+            "duplication_tokens": {f"{o} {s}": v["tokens"] for (o, s), v in lines.items()},
         }
 
     return artifacts.build(
@@ -217,7 +217,8 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
 def _prompts_artifact(cfg: Config, base_art, ds_ref: str, train: dict, force: bool):
     """Table 6: every organization's functions, its prompts, the seeded sample (JSONL)."""
     m = cfg.memorization
-    config = {"room": prompt_room(cfg), "fraction": m.sample_fraction, "seed": cfg.seed}
+    config = {"room": prompt_room(cfg), "fraction": m.sample_fraction, "seed": cfg.seed,
+              "ends": "closing quotes"}  # fmt: skip
 
     def produce(out: Path) -> dict:
         tok = _tokenizer(base_art)
@@ -314,7 +315,8 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
     docs, first_generated = [], []
     for p, c in generated:
         docs.append((f"{c['prompt']}/{c['sample']}", p["prompt"] + c["completion"]))
-        first_generated.append(p["prompt"].count("\n") + 1)  # prompts end with "\n"
+        # the first line the completion begins is the prompt's last: generated lines follow
+        first_generated.append(p["prompt"].count("\n") + 1 + (not p["prompt"].endswith("\n")))
     if not docs:
         return {"generated lines": 0, "memorized blocks": 0, "memorized lines": 0}, []
     query = build_corpus(docs, index.opts)
@@ -566,31 +568,43 @@ def exposure_table(exposures: dict[str, pd.DataFrame]) -> pd.DataFrame:
 # --------------------------------------------------------------------------- duplication
 
 
-def line_sample(ds, org: str, split: str, opts: CloneOptions, cfg: Config) -> dict:
-    """The files of one split the duplication signal scores, and the class of their lines.
+CLASSES = ("none", "clone", "other")  # a token's line: not counted, in a clone block, other
+
+
+def line_sample(ds, tok, org: str, split: str, opts: CloneOptions, cfg: Config) -> dict:
+    """The token stream of one split's sampled files, and the class of each token's line.
 
     ``clone`` lines lie inside an internal clone block of the split (the detector's own
-    definition, Figure 2's), ``other`` lines are the split's remaining counted lines. Files
-    that hold clone lines come first (seeded order within each group), then the rest, until
-    ``memorization.duplication_tokens`` tokens (estimated at 3 characters each).
+    definition, Figure 2's), ``other`` lines are the split's remaining counted lines; blank
+    and comment lines, and tokens of whitespace only, are in neither. Files that hold clone
+    lines come first (seeded order within each group), then the rest, until
+    ``memorization.duplication_tokens`` tokens. Tokenized once for every model.
     """
     docs = [(d["path"], d["content"]) for d in ds.documents(org, split)]
     corpus = build_corpus(docs, opts)
     covered = self_covered(corpus, opts)
-    classes = {}
-    for f, (path, _) in enumerate(docs):
-        lo, hi = corpus.starts[f], corpus.starts[f + 1]
-        lines, inside = corpus.line_no[lo:hi], covered[lo:hi]
-        classes[path] = {"clone": lines[inside].tolist(), "other": lines[~inside].tolist()}
+    has_clone = np.add.reduceat(covered, corpus.starts[:-1]) if len(docs) and corpus.n_lines else []
     rng = random.Random(f"{cfg.seed}/duplication/{org}/{split}")
-    order = sorted(docs, key=lambda d: (not classes[d[0]]["clone"], rng.random()))
-    cap, chosen, size = cfg.memorization.duplication_tokens, [], 0
-    for path, text in order:
-        if cap is not None and size >= 3 * cap:
+    order = sorted(range(len(docs)), key=lambda f: (not has_clone[f] if len(has_clone) else True,
+                                                    rng.random()))  # fmt: skip
+    cap = cfg.memorization.duplication_tokens
+    ids, file_of, kind, files = [], [], [], []
+    for f in order:
+        if cap is not None and len(ids) >= cap:
             break
-        chosen.append((path, text))
-        size += len(text)
-    return {"docs": chosen, "classes": classes, "tokens": size // 3}
+        path, text = docs[f]
+        lo, hi = corpus.starts[f], corpus.starts[f + 1]
+        line_kind = np.zeros(text.count("\n") + 2, np.int8)  # by 1-based line number
+        line_kind[corpus.line_no[lo:hi]] = np.where(covered[lo:hi], 1, 2)
+        enc = tok(text, return_offsets_mapping=True, verbose=False)
+        lines = line_of_tokens(text, enc["offset_mapping"])
+        kinds = np.where(lines > 0, line_kind[np.minimum(lines, len(line_kind) - 1)], 0)
+        ids += enc["input_ids"] + [tok.eos_token_id]
+        kind += kinds.tolist() + [0]
+        file_of += [len(files)] * (len(kinds) + 1)
+        files.append(path)
+    return {"ids": ids, "file": np.array(file_of), "kind": np.array(kind, np.int8),
+            "files": files, "tokens": len(ids)}  # fmt: skip
 
 
 def line_of_tokens(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
@@ -605,50 +619,30 @@ def line_of_tokens(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
     return out
 
 
-def _duplication_artifact(cfg: Config, model_art, ds_ref: str, lines: dict, force: bool):
+def _duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, force: bool):
     """One model's summed loss and tokens on clone and other lines of each file sampled."""
-    config = {
-        "tokens": cfg.memorization.duplication_tokens,
-        "context": cfg.model.context,
-        "stride": evaluation.perplexity_stride(cfg),
-        "clones": cfg.clones,
-        "seed": cfg.seed,
-    }
+    config = {"tokens": cfg.memorization.duplication_tokens, "context": cfg.model.context,
+              "stride": evaluation.perplexity_stride(cfg), "clones": cfg.clones,
+              "seed": cfg.seed, "sample": "real tokens"}  # fmt: skip
 
     def produce(out: Path) -> dict:
-        model, tok = evaluation.load_model(model_art)
-        rows = []
-        for (org, split), sample in lines.items():
-            ids, where = [], []  # token ids of the split's stream; (file, line) of each
-            for path, text in sample["docs"]:
-                enc = tok(text, return_offsets_mapping=True, verbose=False)
-                ids += enc["input_ids"] + [tok.eos_token_id]
-                where += [(path, n) for n in line_of_tokens(text, enc["offset_mapping"])]
-                where.append((path, 0))
-            losses = evaluation.token_losses(
-                model, ids, cfg.model.context, evaluation.perplexity_stride(cfg)
-            )
-            rows += _per_file(org, split, losses, where, sample["classes"])
-        pd.DataFrame(rows).to_csv(out / "losses.csv", index=False)
-        return {"rows": len(rows)}
+        model, _ = evaluation.load_model(model_art)
+        frames = []
+        for (org, split), sample in samples.items():
+            losses = evaluation.token_losses(model, sample["ids"], cfg.model.context,
+                                             evaluation.perplexity_stride(cfg))  # fmt: skip
+            keep = (sample["kind"] > 0) & ~np.isnan(losses)
+            frame = pd.DataFrame({"file": np.array(sample["files"])[sample["file"][keep]],
+                                  "lines": np.array(CLASSES)[sample["kind"][keep]],
+                                  "loss": losses[keep]})  # fmt: skip
+            g = frame.groupby(["file", "lines"])["loss"].agg(loss_sum="sum", tokens="size")
+            frames.append(g.reset_index().assign(organization=org, split=split))
+        cols = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
+        pd.concat(frames)[cols].to_csv(out / "losses.csv", index=False)
+        return {"rows": sum(len(f) for f in frames)}
 
-    return artifacts.build(DUPLICATION_STEP, config, produce, [model_art.ref, ds_ref], force=force)
-
-
-def _per_file(org, split, losses: np.ndarray, where: list, classes: dict) -> list[dict]:
-    sums: dict[tuple[str, str], list[float]] = {}
-    line_class = {(p, n): c for p, cl in classes.items() for c, ns in cl.items() for n in ns}
-    for loss, (path, n) in zip(losses, where, strict=True):
-        c = line_class.get((path, n))
-        if c is None or math.isnan(loss):
-            continue
-        acc = sums.setdefault((path, c), [0.0, 0])
-        acc[0] += loss
-        acc[1] += 1
-    return [
-        {"organization": org, "split": split, "file": p, "lines": c, "loss_sum": s, "tokens": n}
-        for (p, c), (s, n) in sorted(sums.items())
-    ]
+    return artifacts.build(DUPLICATION_STEP, config, produce, [model_art.ref, ds_ref],
+                           force=force)  # fmt: skip
 
 
 def duplication_table(losses: dict[str, pd.DataFrame]) -> pd.DataFrame:
@@ -761,7 +755,8 @@ def shared_blocks(clones_art, pair: tuple[str, str]) -> pd.DataFrame:
 
 
 def _clone_prompts_artifact(cfg: Config, base_art, clones_art, ds, pair, force: bool):
-    config = {"kind": RQ3, "room": prompt_room(cfg), "min_lines": cfg.clones.min_lines}
+    config = {"kind": RQ3, "room": prompt_room(cfg), "min_lines": cfg.clones.min_lines,
+              "ends": "before the last line break"}  # fmt: skip
 
     def produce(out: Path) -> dict:
         tok = _tokenizer(base_art)
@@ -805,6 +800,32 @@ def load_step(cfg: Config, step: str) -> artifacts.Artifact:
             f"`{cfg.command('run', step)}`"
         )
     return art
+
+
+def table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
+    """One of the step's tables (an empty one has its columns)."""
+    return pd.read_csv(art.file(f"{name}.csv"))
+
+
+def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
+    """How RQ2 was measured, from the artifact's own record."""
+    m, c = art.metrics, art.manifest["config"]["memorization"]
+    s = m["sampling"]
+    rows = [
+        ("prompts", f"signature and docstring, at most {m['prompt_room']} tokens; "
+                    f"{100 * c['sample_fraction']:g} % of each organization's sampled"),
+        ("completions per prompt", c["n_samples"]),
+        ("temperature, top-p, top-k", f"{s['temperature']:g}, {s['top_p']:g}, {s['top_k']}"),
+        ("max new tokens", f"{s['max_new_tokens']} (stops at the end of the function body)"),
+        ("memorized", f"a block of >= {m['min_lines']} counted lines also in the "
+                      "organization's training split; completion lines only"),
+        ("models", ", ".join(m["models"])),
+        ("canaries", f"{m['canaries']}, each ranked among "
+                     f"{c['alternatives'] or 'all'} alternatives of its format"),
+        ("duplication signal", "tokens scored per organization and split: "
+         + ", ".join(f"{k} {v:,}" for k, v in m["duplication_tokens"].items())),
+    ]  # fmt: skip
+    return pd.DataFrame(rows, columns=["setting", "value"])
 
 
 def _tokenizer(model_art):

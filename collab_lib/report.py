@@ -231,3 +231,40 @@ def perplexity_figure(table8: pd.DataFrame) -> plt.Figure:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposure - base"):
+    """Models x organizations, one panel per repetition count: a canary measure (bits)."""
+    counts = sorted(exposure["count"].unique())
+    models = list(dict.fromkeys(exposure["model"]))
+    orgs = list(dict.fromkeys(exposure["organization"]))
+    values = exposure.pivot_table(index="model", columns=["count", "organization"],
+                                  values=column)  # fmt: skip
+    top = max(abs(values.to_numpy()).max(), 1e-9) if values.size else 1.0
+    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts) + 1.6,
+                                                      0.3 * len(models) + 1.6),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, count in zip(axes[0], counts, strict=True):
+        grid = values[count].reindex(index=models, columns=orgs)
+        image = ax.imshow(grid.to_numpy(), cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
+        for (i, j), v in pd.DataFrame(grid.to_numpy()).stack().items():
+            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(orgs)), orgs, rotation=30, ha="right")
+        ax.set_title(f"{count} copies")
+    axes[0][0].set_yticks(range(len(models)), models)
+    fig.colorbar(image, ax=axes[0].tolist(), label=f"{column} (bits)", shrink=0.8)
+    return fig
+
+
+def memorized_examples(examples: pd.DataFrame) -> None:
+    """Each memorized block, collapsed: the generated text beside the training source."""
+    if examples.empty:
+        display(Markdown("*No completion holds a memorized block at this scale.*"))
+        return
+    for r in examples.itertuples():
+        display(Markdown(
+            f"<details><summary>{html.escape(r.model)}: {r.lines} lines of "
+            f"{html.escape(r.organization)}'s <code>{html.escape(r.source_file)}</code>, lines "
+            f"{r.source_start}-{r.source_end}</summary>\n\nGenerated:\n\n```python\n"
+            f"{r.generated}```\n\nTraining source:\n\n```python\n{r.source}```\n\n</details>"
+        ))  # fmt: skip

@@ -176,3 +176,17 @@ def built_book(tmp_path_factory) -> BuiltBook:
     finally:
         mp.undo()
     return BuiltBook(index, profile, base / "artifacts", {"seed": 5})
+
+
+@pytest.fixture(scope="session")
+def tok():
+    """A tiny byte-level BPE, built as the project builds its own (model._train_tokenizer)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    texts = [py_module(i, flavour) for i in range(4) for flavour in ("torch", "azure")]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=2, show_progress=False)
+    out = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
+    out.add_special_tokens({"eos_token": "<|endoftext|>"})
+    return out

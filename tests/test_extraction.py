@@ -3,7 +3,6 @@
 import sys
 
 import pytest
-from conftest import py_module
 
 from collab_lib.extraction import (
     Function,
@@ -15,18 +14,6 @@ from collab_lib.extraction import (
     sample_prompts,
     split_lines,
 )
-
-
-@pytest.fixture(scope="module")
-def tok():
-    """A tiny byte-level BPE, built as the project builds its own (model._train_tokenizer)."""
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
-    texts = [py_module(i, flavour) for i in range(4) for flavour in ("torch", "azure")]
-    bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=2, show_progress=False)
-    return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
 
 
 def n_tokens(tok, text: str) -> int:
@@ -137,7 +124,9 @@ class Client:
     ],
 )
 def test_function_prompts_are_exact(source, expected):
-    assert functions(source) == [Function(*e) for e in expected]
+    """The expected prompts are written as whole lines; a prompt stops at the closing quotes."""
+    want = [Function(name, line, p and p.removesuffix("\n")) for name, line, p in expected]
+    assert functions(source) == want
 
 
 @pytest.mark.parametrize(
@@ -164,9 +153,9 @@ def test_lines_split_only_where_ast_counts_a_line():
 
 
 def test_function_prompts_counts_and_the_token_limit(tok):
-    short = 'def short():\n    """Short."""\n'
-    long = 'def long():\n    """' + " ".join(f"word{i}" for i in range(60)) + '."""\n'
-    source = short + "    return 1\n\n" + long + "    return 2\n\ndef bare():\n    return 3\n"
+    short = 'def short():\n    """Short."""'
+    long = 'def long():\n    """' + " ".join(f"word{i}" for i in range(60)) + '."""'
+    source = short + "\n    return 1\n\n" + long + "\n    return 2\n\ndef bare():\n    return 3\n"
     docs = [("a.py", source), ("py2.py", 'print "x"\n'), ("empty.py", "")]
 
     prompts, counts = function_prompts(docs, tok, max_tokens=n_tokens(tok, short))
@@ -225,15 +214,17 @@ def test_sample_rejects_a_fraction_out_of_range():
 @pytest.mark.parametrize(
     "completion, end",
     [
-        pytest.param("    return x\n\ndef g():\n", 14, id="dedented-def"),
-        pytest.param("    a = 1\n\n   \n\t\n    return a\n", None, id="blank-lines-inside"),
-        pytest.param("def g():\n    pass\n", 0, id="starts-at-column-0"),
-        pytest.param("    return 1\n", None, id="next-line-unknown"),
+        # a completion starts right after the docstring's closing quotes
+        pytest.param("\n    return x\n\ndef g():\n", 15, id="dedented-def"),
+        pytest.param("\n    a = 1\n\n   \n\t\n    return a\n", None, id="blank-lines-inside"),
+        pytest.param("\ndef g():\n    pass\n", 1, id="empty-body"),
+        pytest.param("  # same line\n    return 1\n", None, id="rest-of-the-docstring-line"),
+        pytest.param("\n    return 1\n", None, id="next-line-unknown"),
         pytest.param("", None, id="empty"),
-        pytest.param("    x = 1\r\n\r\n@deco\r\n", 13, id="crlf"),
-        pytest.param("    x = 1\rclass A:", 10, id="lone-cr"),
-        pytest.param("    x\n# note\n", 6, id="comment-at-column-0"),
-        pytest.param("    x\nde", 6, id="partial-line"),
+        pytest.param("\r\n    x = 1\r\n\r\n@deco\r\n", 15, id="crlf"),
+        pytest.param("\n    x = 1\rclass A:", 11, id="lone-cr"),
+        pytest.param("\n    x\n# note\n", 7, id="comment-at-column-0"),
+        pytest.param("\n    x\nde", 7, id="partial-line"),
     ],
 )
 def test_body_end(completion, end):
@@ -242,7 +233,7 @@ def test_body_end(completion, end):
 
 
 def test_cut_body_drops_the_ending_line():
-    assert cut_body("    y = 2\n    return y\n\nprint(f(1))\n") == "    y = 2\n    return y\n\n"
+    assert cut_body("\n    y = 2\n    return y\n\nprint(f(1))\n") == "\n    y = 2\n    return y\n\n"
 
 
 # ------------------------------------------------------------------ clone prompts
@@ -257,15 +248,16 @@ def piece_text(r: dict) -> str:
 
 def test_a_clone_prompt_is_the_first_half_of_the_block(tok):
     [r] = clone_prompts([{"file": "a.py", "start": 2, "end": 8}], {"a.py": CODE}, tok, 10_000)
-    assert r["prompt"] == "".join(LINES[1:4])  # 7 // 2 = 3 lines, as written (indented)
-    assert r["target"] == "".join(LINES[4:8])
+    # 7 // 2 = 3 lines, as written (indented); the last line break starts the target
+    assert r["prompt"] == "".join(LINES[1:4]).removesuffix("\n")
+    assert r["target"] == "\n" + "".join(LINES[4:8])
     assert (r["file"], r["start"], r["end"], r["prompt_lines"], r["block"]) == ("a.py", 2, 8, 3, 0)
     assert r["tokens"] == n_tokens(tok, r["prompt"])
 
 
 def test_a_one_line_block_at_the_end_of_a_file(tok):
     [r] = clone_prompts([{"file": "a.py", "start": 2, "end": 2}], {"a.py": "x = 1\ny = 2"}, tok, 99)
-    assert (r["prompt"], r["target"], r["prompt_lines"]) == ("y = 2\n", "", 1)
+    assert (r["prompt"], r["target"], r["prompt_lines"]) == ("y = 2", "", 1)
 
 
 def test_a_long_block_is_split_until_every_prompt_fits(tok):
@@ -285,16 +277,16 @@ def test_a_short_piece_keeps_the_last_prompt_lines_that_fit(tok):
     blocks = [{"file": "a.py", "start": 1, "end": 5}]  # fewer than min_lines: not split
     fits = n_tokens(tok, LINES[1])
     [r] = clone_prompts(blocks, {"a.py": CODE}, tok, fits, min_lines=6)
-    assert (r["start"], r["end"], r["prompt_lines"], r["prompt"]) == (2, 5, 1, LINES[1])
+    assert (r["start"], r["end"], r["prompt_lines"], r["prompt"]) == (2, 5, 1, LINES[1][:-1])
     assert r["prompt"] + r["target"] == piece_text(r)
     [r] = clone_prompts(blocks, {"a.py": CODE}, tok, 1, min_lines=6)  # not even one line fits
-    assert (r["start"], r["prompt"]) == (2, LINES[1])
+    assert (r["start"], r["prompt"]) == (2, LINES[1][:-1])
     assert r["tokens"] > 1
 
 
 def test_a_one_line_block_that_never_fits_does_not_loop(tok):
     [r] = clone_prompts([{"file": "a.py", "start": 3, "end": 3}], {"a.py": CODE}, tok, 1, 1)
-    assert (r["start"], r["end"], r["prompt"], r["target"]) == (3, 3, LINES[2], "")
+    assert (r["start"], r["end"], r["prompt"], r["target"]) == (3, 3, LINES[2][:-1], "\n")
 
 
 def test_clone_prompts_keep_the_blocks_order(tok):
@@ -302,8 +294,8 @@ def test_clone_prompts_keep_the_blocks_order(tok):
     blocks = [{"file": "b.py", "start": 1, "end": 3}, {"file": "a.py", "start": 1, "end": 4}]
     out = clone_prompts(blocks, texts, tok, 10_000)
     assert [(r["block"], r["file"], r["prompt"]) for r in out] == [
-        (0, "b.py", "p = 1\n"),
-        (1, "a.py", "".join(LINES[:2])),
+        (0, "b.py", "p = 1"),
+        (1, "a.py", "".join(LINES[:2])[:-1]),
     ]
 
 

@@ -1,0 +1,202 @@
+"""Memorization: generated lines only, canary exposure, greedy extraction, the tables."""
+
+import math
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from collab_lib import canaries, memorization
+from collab_lib.clones import CloneIndex, CloneOptions
+
+TRAIN = "".join(f"    total_{i} = combine(total_{i - 1}, weight={i})\n" for i in range(1, 13))
+TRAIN_LINES = TRAIN.splitlines(keepends=True)
+NEW = "".join(f"    fresh_{i} = other_call({i})\n" for i in range(5))
+
+
+def detect(prompt: str, completion: str) -> dict:
+    index = CloneIndex.build([("lib.py", TRAIN)], CloneOptions(6))
+    row, blocks = memorization.detect(
+        index, [({"prompt": prompt}, {"prompt": 0, "sample": 0, "completion": completion})]
+    )
+    return row | {"blocks": blocks}
+
+
+def test_lines_copied_inside_the_prompt_are_never_memorized():
+    """A docstring (here: 8 lines) copied from training into the prompt is not the model's."""
+    row = detect("".join(TRAIN_LINES[:8]), NEW)
+    assert row["generated lines"] == 5
+    assert row["memorized blocks"] == row["memorized lines"] == 0
+
+
+def test_a_block_running_from_the_prompt_into_the_completion_counts_completion_lines_only():
+    row = detect("".join(TRAIN_LINES[:4]), "".join(TRAIN_LINES[4:7]) + NEW)
+    assert row["generated lines"] == 8
+    assert row["memorized blocks"] == 1 and row["memorized lines"] == 3
+    block = row["blocks"][0]
+    assert (block["start"], block["end"], block["source_start"]) == (1, 7, 1)
+    assert block["text"] == "".join(TRAIN_LINES[:7])
+
+
+def test_a_block_inside_the_completion_counts_whole():
+    row = detect("def f():\n", NEW + "".join(TRAIN_LINES[2:9]))
+    assert row["generated lines"] == 12 and row["memorized lines"] == 7
+
+
+def test_too_short_a_copy_is_not_memorized():
+    row = detect("def f():\n", "".join(TRAIN_LINES[2:7]) + NEW)
+    assert row["memorized lines"] == 0
+
+
+def test_table10_sums_organizations_and_ranks_by_ratio():
+    t9 = pd.DataFrame(
+        [
+            {"model": "A", "organization": "X", "generated lines": 100, "memorized blocks": 1,
+             "memorized lines": 6},
+            {"model": "A", "organization": "Y", "generated lines": 100, "memorized blocks": 0,
+             "memorized lines": 0},
+            {"model": "Centralized_FMG", "organization": "X", "generated lines": 50,
+             "memorized blocks": 2, "memorized lines": 12},
+            {"model": "Centralized_FMG", "organization": "Y", "generated lines": 0,
+             "memorized blocks": 0, "memorized lines": 0},
+        ]
+    )  # fmt: skip
+    t10 = memorization.table10(t9)
+    assert list(t10["model"]) == ["Centralized_FMG", "A"] and list(t10["rank"]) == [1, 2]
+    assert t10["ratio (%)"].tolist() == pytest.approx([24.0, 3.0])
+    assert t10["paper ratio (%)"].tolist()[0] == 1.711
+
+
+# --------------------------------------------------------------------------- canaries
+
+
+def tiny_model(vocab: int, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=1, n_head=2)
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.fixture(scope="module")
+def canary():
+    rng = random.Random(3)
+    planted = canaries._write(canaries.SHAPES[0], ("billing", "ledger"), rng)
+    alternatives = [canaries.new_secret(planted["format"], rng) for _ in range(63)]
+    return planted, alternatives
+
+
+def test_secret_losses_equal_scoring_each_candidate_whole(tok, canary):
+    """The shared-prefix cache, right padding and chunking change nothing."""
+    planted, alternatives = canary
+    model = tiny_model(len(tok))
+    secrets = [planted["secret"], *alternatives[:9], "ab"]  # lengths differ
+    fast = memorization.secret_losses(model, tok, planted["prefix"], secrets, batch_size=4)
+    prefix = tok(planted["prefix"])["input_ids"]
+    for secret, got in zip(secrets, fast, strict=True):
+        ids = tok(secret)["input_ids"]
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prefix + ids])).logits[0]
+        logp = logits.log_softmax(-1)
+        want = -sum(logp[len(prefix) + j - 1, t].item() for j, t in enumerate(ids))
+        assert got == pytest.approx(want, abs=1e-4)
+
+
+def train_on(model, ids: list[int], steps: int = 150) -> None:
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.tensor([ids])
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    model.eval()
+
+
+def test_a_model_trained_on_a_canary_exposes_it_and_one_that_was_not_does_not(tok, canary):
+    planted, alternatives = canary
+    fresh = tiny_model(len(tok))
+    trained = tiny_model(len(tok))
+    train_on(trained, tok(planted["text"])["input_ids"])
+    measured = {}
+    for name, model in (("fresh", fresh), ("trained", trained)):
+        losses = memorization.secret_losses(
+            model, tok, planted["prefix"], [planted["secret"], *alternatives]
+        )
+        measured[name] = (
+            memorization.rank_exposure(losses[0], losses[1:]),
+            memorization.extrapolated_exposure(losses[0], losses[1:]),
+        )
+    assert measured["trained"][0] == math.log2(64)  # ranked first of 64
+    assert measured["fresh"][0] < 4
+    # the extrapolation goes on where the rank saturates
+    assert measured["trained"][1] > math.log2(64) > measured["fresh"][1]
+    greedy = memorization.greedy_secrets(trained, tok, [planted])
+    assert greedy[0].startswith(planted["secret"])
+    assert not memorization.greedy_secrets(fresh, tok, [planted])[0].startswith(planted["secret"])
+
+
+def test_extrapolated_exposure_is_about_one_bit_at_the_median():
+    rng = np.random.default_rng(0)
+    alt = rng.gamma(4.0, 2.0, 5000) + 20
+    assert memorization.extrapolated_exposure(float(np.median(alt)), alt) == pytest.approx(
+        1.0, abs=0.1
+    )
+    assert memorization.extrapolated_exposure(float(alt.min()) - 5, alt) > math.log2(5001)
+
+
+def test_rank_exposure_counts_only_strictly_better_alternatives():
+    alt = np.array([1.0, 2.0, 3.0])
+    assert memorization.rank_exposure(0.5, alt) == 2.0  # first of 4
+    assert memorization.rank_exposure(2.5, alt) == pytest.approx(math.log2(4) - math.log2(3))
+
+
+def test_exposure_table_subtracts_the_base_models_value_per_canary():
+    def frame(rank: list[float]) -> pd.DataFrame:
+        return pd.DataFrame(
+            {"canary": ["a", "b"], "organization": ["X", "X"], "count": [4, 4],
+             "candidates": [64, 64], "rank_exposure": rank, "extrapolated_exposure": rank,
+             "extracted": [False, True], "leaked": [None, "a"]}
+        )  # fmt: skip
+
+    t = memorization.exposure_table({"base model": frame([1.0, 2.0]), "M": frame([5.0, 6.0])})
+    row = t[t["model"] == "M"].iloc[0]
+    assert row["rank exposure - base"] == 4.0 and row["rank exposure"] == 5.5
+    assert row["extracted (%)"] == 50.0 and row["leaked (%)"] == 50.0
+
+
+# --------------------------------------------------------------------------- duplication
+
+
+def test_tokens_are_placed_on_the_line_of_their_first_visible_character(tok):
+    text = "def f(x):\n    return x\n\n\ny = f(1)\n"
+    enc = tok(text, return_offsets_mapping=True)
+    lines = memorization.line_of_tokens(text, enc["offset_mapping"])
+    for (a, b), line in zip(enc["offset_mapping"], lines, strict=True):
+        piece = text[a:b]
+        if piece.strip():
+            first = a + len(piece) - len(piece.lstrip())
+            assert line == text[:first].count("\n") + 1
+        else:
+            assert line == 0
+    assert set(lines.tolist()) == {0, 1, 2, 5}
+
+
+def test_duplication_signal_is_the_training_excess_net_of_validation():
+    def frame(train_clone, train_other, val_clone, val_other):
+        rows = []
+        for split, lines, mean in (("train", "clone", train_clone), ("train", "other", train_other),
+                                   ("validation", "clone", val_clone),
+                                   ("validation", "other", val_other)):  # fmt: skip
+            rows.append({"organization": "X", "split": split, "file": "a.py", "lines": lines,
+                         "loss_sum": 10 * mean, "tokens": 10})  # fmt: skip
+        return pd.DataFrame(rows)
+
+    t = memorization.duplication_table(
+        {"base model": frame(3.0, 3.0, 3.0, 3.0), "M": frame(1.0, 2.0, 2.5, 2.6)}
+    )
+    row = t[t["model"] == "M"].iloc[0]
+    assert row["train clone drop"] == 2.0 and row["train other drop"] == 1.0
+    assert row["duplication signal"] == pytest.approx((2.0 - 1.0) - (0.5 - 0.4))
