@@ -100,7 +100,7 @@ def write_profile(
             "n_layer": 1,
             "n_embd": 16,
             "n_head": 2,
-            "context": 32,
+            "context": 64,  # room for a prompt of about 50 tokens before 12 new ones
         },
         "train": {"epochs": 1},
         # RQ1 in seconds: a few problems, two samples each, short completions

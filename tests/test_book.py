@@ -123,6 +123,33 @@ def test_rq1_chapter_shows_table8_the_figure_and_the_harness_rows(page, built_bo
     assert page.locator("main img").count() >= 1 and "Checking the harness" in text
 
 
+def test_rq2_chapter_shows_tables_6_9_10_exposure_and_duplication(page):
+    page.goto(page.base + "/book/executed/04_rq2_memorization.html")
+    text = page.inner_text("main")
+    tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
+    t6 = next(t for t in tables if "with_docstring" in t)
+    assert "475,256" in t6 and all(org in t6 for org in ("Google", "Microsoft", "Facebook"))
+    t9 = next(t for t in tables if "generated lines" in t and "organization" in t)
+    assert "Centralized_FMG" in t9 and "base model" in t9 and "6.35" in t9  # the paper's beside
+    t10 = next(t for t in tables if "rank" in t and "generated lines" in t)
+    assert "Centralized_FMG" in t10 and "1.71" in t10
+    exposure = next(t for t in tables if "extrapolated exposure" in t)
+    assert "Centralized_FMG" in exposure and "nan" not in exposure.lower()
+    assert "duplication signal" in next(t for t in tables if "duplication signal" in t)
+    assert "temperature, top-p, top-k" in text and "0.6, 0.6, 50" in text
+    assert page.locator("main img").count() >= 1  # the exposure heatmap
+
+
+def test_rq3_chapter_shows_table11(page):
+    page.goto(page.base + "/book/executed/05_rq3_cross_org_clones.html")
+    tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
+    t11 = next(t for t in tables if "memorized lines" in t)
+    for model in ("Centralized_MG", "Federated_Avg_MG", "Incremental_G2M", "base model"):
+        assert model in t11, model
+    assert "paper ratio (%)" in t11
+    assert any("shared blocks" in t for t in tables)
+
+
 def test_reproducibility_page_lists_the_artifacts(page, book):
     page.goto(page.base + "/book/executed/99_reproducibility.html")
     text = page.inner_text("main")
@@ -135,7 +162,7 @@ def test_reproducibility_page_lists_the_artifacts(page, book):
 def test_home_page_links_the_chapters(page):
     page.goto(page.base + "/book/intro.html")
     links = page.eval_on_selector_all("nav a", "as => as.map(a => a.innerText)")
-    for chapter in ("Methods", "Datasets", "Models", "RQ1", "Reproducibility"):
+    for chapter in ("Methods", "Datasets", "Models", "RQ1", "RQ2", "RQ3", "Reproducibility"):
         assert any(chapter in a for a in links), chapter
 
 

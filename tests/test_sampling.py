@@ -143,3 +143,25 @@ def test_rows_that_finish_early_leave_the_others_untouched(model):
     for i, p in enumerate(prompts):
         alone = generate(model, [p], greedy, eos_id=49)[0]
         assert got[i] == (alone[:2] if i % 2 == 0 else alone), i
+
+
+def test_sample_texts_stops_each_completion_where_its_rule_says(tok):
+    """Completions end at the rule's cut (the body's end for RQ2), prompt-major, seeded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from collab_lib.extraction import body_end
+    from collab_lib.sampling import sample_texts
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)
+    lm = GPT2LMHeadModel(config).eval()
+    prompts = [tok('def f(x):\n    """Doc."""')["input_ids"], tok("x = 1")["input_ids"]]
+    cfg = SamplingConfig(temperature=1.0, max_new_tokens=30)
+    texts, new = sample_texts(lm, tok, prompts, 3, cfg, cut=body_end, batch_size=4, seed=1)
+    assert len(texts) == 6 and new > 0
+    assert all(body_end(t) is None for t in texts)  # each cut before its body ended
+    again, _ = sample_texts(lm, tok, prompts, 3, cfg, cut=body_end, batch_size=4, seed=1)
+    assert again == texts
+    cut_at_x = lambda t: t.find("x") if "x" in t else None  # noqa: E731
+    short, _ = sample_texts(lm, tok, prompts, 3, cfg, cut=cut_at_x, batch_size=4, seed=1)
+    assert all("x" not in t for t in short)
