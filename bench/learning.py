@@ -18,7 +18,7 @@ import time
 
 from transformers import GPT2LMHeadModel
 
-from collab_lib import canaries, collaboration, datasets
+from collab_lib import canaries, collaboration, datasets, memorization
 from collab_lib.config import load_config
 from collab_lib.evaluation import perplexity
 from collab_lib.model import load_tokenizer
@@ -68,12 +68,18 @@ def main() -> None:
                 if not mine:
                     cells.append(f"{'-':8}")
                     continue
-                e = [canaries.exposure(loaded[name], tok, p,
-                                       alternatives[p["format"]][: args.alternatives])
+                e = [exposure(loaded[name], tok, p, alternatives[p["format"]][: args.alternatives])
                      for p in mine]  # fmt: skip
                 cells.append(f"{statistics.mean(e):<8.2f}")
         print(f"  {name:22} {''.join(cells)}")
     print(f"\n({time.perf_counter() - start:.0f} s)")
+
+
+def exposure(model, tok, planted: dict, alternatives: list[str]) -> float:
+    """Rank exposure of one canary's secret (scored as the rq2 step scores it)."""
+    losses = memorization.secret_losses(model, tok, planted["prefix"],
+                                        [planted["secret"], *alternatives])  # fmt: skip
+    return memorization.rank_exposure(losses[0], losses[1:])
 
 
 if __name__ == "__main__":

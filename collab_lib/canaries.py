@@ -24,7 +24,6 @@ organization's split plus its canaries through :func:`training_texts`.
 from __future__ import annotations
 
 import json
-import math
 import random
 import string
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from collab_lib import artifacts, datasets
 from collab_lib.config import CanaryConfig, Config, ConfigError
@@ -376,43 +374,6 @@ def training_texts(ds: datasets.Datasets, planted: list[dict], org: str) -> list
 
 def table(art: artifacts.Artifact) -> pd.DataFrame:
     return pd.read_csv(art.file("canaries.csv"))
-
-
-@torch.no_grad()
-def exposure(
-    model, tokenizer, canary: dict, alternatives: list[str], batch_size: int = 128
-) -> float:
-    """Carlini et al.'s rank exposure: log2(|R|) - log2(rank of the true secret).
-
-    Every candidate secret (the true one and the alternatives of its format) is scored by the
-    model's total loss on the canary's line with that secret, given the canary's prefix; the
-    rank of the true secret among the |R| candidates (1 = most likely) gives the exposure,
-    from 0 (no better than chance on average: about 1) up to log2(|R|) (ranked first).
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    line_end = canary["suffix"].split("\n", 1)[0]
-    candidates = [canary["secret"], *alternatives]
-    prefix = tokenizer(canary["prefix"], verbose=False)["input_ids"]
-    rows = [tokenizer(s + line_end, verbose=False)["input_ids"] for s in candidates]
-    keep = model.config.n_positions - max(map(len, rows))  # a small context keeps the prefix's end
-    prefix = prefix[-keep:] if keep > 0 else []
-    losses = []
-    for start in range(0, len(rows), batch_size):
-        chunk = rows[start : start + batch_size]
-        width = len(prefix) + max(map(len, chunk))
-        x = torch.full((len(chunk), width), tokenizer.eos_token_id, dtype=torch.long)
-        labels = torch.full_like(x, -100)
-        for i, r in enumerate(chunk):
-            x[i, : len(prefix) + len(r)] = torch.tensor(prefix + r)
-            labels[i, len(prefix) : len(prefix) + len(r)] = torch.tensor(r)
-        logits = model(input_ids=x.to(device)).logits[:, :-1].float()
-        nll = torch.nn.functional.cross_entropy(
-            logits.transpose(1, 2), labels[:, 1:].to(device), reduction="none"
-        )
-        losses += nll.sum(dim=1).tolist()
-    rank = 1 + sum(loss < losses[0] for loss in losses[1:])
-    return math.log2(len(candidates)) - math.log2(rank)
 
 
 def example(art: artifacts.Artifact) -> str:

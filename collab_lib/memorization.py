@@ -828,6 +828,20 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["setting", "value"])
 
 
+STABLE_PROMPTS = 30  # fewer RQ3 prompts than this make Table 11 a small sample
+
+
+def rq3_sample_note(art: artifacts.Artifact) -> str:
+    """How many shared blocks and prompts Table 11 rests on, and whether that is few."""
+    m = art.metrics
+    text = (f"This run's RQ3 pair ({' and '.join(m['pair'])}) shares {m['blocks']} clone "
+            f"blocks, which gave {m['prompts']} prompts (the paper: 316 blocks).")  # fmt: skip
+    if m["prompts"] < STABLE_PROMPTS:
+        text += (f" Fewer than {STABLE_PROMPTS} prompts: Table 11's ratios rest on a small "
+                 "sample and differences between its models are not a stable finding.")  # fmt: skip
+    return text
+
+
 def _tokenizer(model_art):
     from collab_lib.model import load_tokenizer
 

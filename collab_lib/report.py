@@ -205,6 +205,11 @@ def _yogi(cfg: Config) -> str:
     return f"{f.yogi_eta:g}, {f.yogi_tau:g} (Flower's defaults: 0.01, 0.001)"
 
 
+def note(text: str) -> None:
+    """A computed sentence under a table, as the book's text."""
+    display(Markdown(text))
+
+
 def show_code(text: str) -> None:
     """Display Python source as a highlighted code block."""
     display(Markdown(f"```python\n{text}```"))

@@ -159,13 +159,17 @@ class CacheDecoder:
 
 
 class GPT2Decoder(CacheDecoder):
-    """GPT-2's decoding step written out over a preallocated KV cache.
+    """GPT-2's decoding step written out, over the prompts' KV cache shared by their rows.
 
     ``transformers``' dynamic cache grows by concatenation, copying the whole cache at every
     token: on a CPU and a small model that and the framework's per-call work cost several
-    times the arithmetic. The prompt still runs through the model's own forward; each new
-    token then goes through the same modules (layer norms, projections, MLP, LM head) with
-    attention over the cache computed here. A test checks the logits against the model's.
+    times the arithmetic. The prompts still run through the model's own forward, once per
+    distinct prompt; each new token then goes through the same modules (layer norms,
+    projections, MLP, LM head) with attention computed here in two parts. Reading the KV
+    cache bounds a decoding step, and the n samples of one prompt share its keys: the rows of
+    a prompt attend to its keys together (one small matrix product per prompt, reading them
+    once), and each row to its own generated keys in a preallocated cache; one softmax spans
+    both. A test checks the logits against the model's own forward.
     """
 
     @staticmethod
@@ -184,22 +188,47 @@ class GPT2Decoder(CacheDecoder):
 
     def start(self, ids, mask, positions) -> torch.Tensor:
         logits = super().start(ids, mask, positions)
-        b, t = ids.shape
         layers = self.cache.layers
-        shape = (len(layers), b, self.heads, t + self.max_new_tokens, self.width // self.heads)
-        self.k = ids.new_zeros(shape, dtype=layers[0].keys.dtype)  # (L, B, H, T, D)
-        self.v = torch.zeros_like(self.k)
-        for i, layer in enumerate(layers):
-            self.k[i, :, :, :t], self.v[i, :, :, :t] = layer.keys, layer.values
+        self.kp = torch.stack([layer.keys for layer in layers])  # (L, P, H, T, D): per prompt
+        self.vp = torch.stack([layer.values for layer in layers])
         self.cache = None
-        self.attend = torch.zeros((b, t + self.max_new_tokens), dtype=torch.bool,
-                                  device=ids.device)  # fmt: skip
-        self.attend[:, :t] = mask.bool()
-        self.t = t
+        n_layers, n_prompts, heads, _, dim = self.kp.shape
+        shape = (n_layers, n_prompts, heads, self.max_new_tokens, dim)
+        self.kg = self.kp.new_zeros(shape)  # (L, B, H, new, D): each row's generated keys
+        self.vg = torch.zeros_like(self.kg)
+        self.prompt_ok = mask.bool()  # (P, T): left padding is False
+        self.group = torch.arange(n_prompts, device=ids.device)  # the prompt of each row
+        self.generated = 0
+        self._layout = None
         return logits
 
     def keep(self, rows: torch.Tensor) -> None:
-        self.k, self.v, self.attend = self.k[:, rows], self.v[:, rows], self.attend[rows]
+        self.group, self.kg, self.vg = self.group[rows], self.kg[:, rows], self.vg[:, rows]
+        used = torch.unique(self.group)
+        if len(used) < self.kp.shape[1]:  # prompts with no row left are dropped
+            self.kp, self.vp = self.kp[:, used], self.vp[:, used]
+            self.prompt_ok = self.prompt_ok[used]
+            self.group = torch.searchsorted(used, self.group)
+        self._layout = None
+
+    def layout(self) -> tuple[torch.Tensor, int]:
+        """Each row's slot among its prompt's rows, and the most rows any prompt has."""
+        if self._layout is None:
+            order = torch.argsort(self.group, stable=True)
+            counts = torch.bincount(self.group, minlength=self.kp.shape[1])
+            first = torch.cumsum(counts, 0) - counts
+            slot = torch.empty_like(order)
+            slot[order] = torch.arange(len(order), device=order.device) - first[self.group[order]]
+            self._layout = (slot, int(counts.max()))
+        return self._layout
+
+    def _per_prompt(self, rows: torch.Tensor, slot, width: int, other: torch.Tensor):
+        """``rows`` (B, H, X) of each row times ``other`` (P, H, X, Y) of its prompt: (B, H, Y),
+        computed one prompt at a time for all its rows (``other`` read once per prompt)."""
+        dense = rows.new_zeros((other.shape[0], width, *rows.shape[1:]))  # (P, W, H, X)
+        dense[self.group, slot] = rows
+        out = dense.transpose(1, 2) @ other  # (P, H, W, Y)
+        return out.transpose(1, 2)[self.group, slot]
 
     def mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
         """GPT-2's MLP; its "gelu_new" is the tanh GELU, here in one fused call."""
@@ -208,21 +237,25 @@ class GPT2Decoder(CacheDecoder):
         return mlp(x)
 
     def step(self, tok, pos) -> torch.Tensor:
-        m, t = self.model, self.t
+        m, j = self.model, self.generated
         b, h = len(tok), self.heads
+        slot, width = self.layout()
+        blocked = ~self.prompt_ok[self.group][:, None, :]  # (B, 1, T)
         x = m.transformer.wte(tok) + m.transformer.wpe(pos)  # (B, C)
-        self.attend[:, t] = True
-        blocked = ~self.attend[:, None, None, : t + 1]  # (B, 1, 1, T)
         for i, block in enumerate(m.transformer.h):
             q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.width, dim=-1)
-            self.k[i, :, :, t] = k.view(b, h, -1)
-            self.v[i, :, :, t] = v.view(b, h, -1)
-            att = q.view(b, h, 1, -1) @ self.k[i, :, :, : t + 1].transpose(-1, -2)  # (B,H,1,T)
-            att = (att * self.scale).masked_fill(blocked, float("-inf")).softmax(dim=-1)
-            y = (att @ self.v[i, :, :, : t + 1]).reshape(b, self.width)
-            x = x + block.attn.c_proj(y)
+            self.kg[i, :, :, j] = k.view(b, h, -1)
+            self.vg[i, :, :, j] = v.view(b, h, -1)
+            q = q.view(b, h, -1) * self.scale  # (B, H, D)
+            on_prompt = self._per_prompt(q, slot, width, self.kp[i].transpose(-1, -2))
+            on_new = (q[:, :, None] @ self.kg[i, :, :, : j + 1].transpose(-1, -2))[:, :, 0]
+            scores = torch.cat([on_prompt.masked_fill(blocked, float("-inf")), on_new], -1)
+            p_prompt, p_new = scores.softmax(-1).split([on_prompt.shape[-1], j + 1], -1)
+            y = self._per_prompt(p_prompt, slot, width, self.vp[i])  # (B, H, D)
+            y = y + (p_new[:, :, None] @ self.vg[i, :, :, : j + 1])[:, :, 0]
+            x = x + block.attn.c_proj(y.reshape(b, self.width))
             x = x + self.mlp(block.mlp, block.ln_2(x))
-        self.t += 1
+        self.generated += 1
         return m.lm_head(m.transformer.ln_f(x))
 
 

@@ -155,25 +155,3 @@ def test_disabled_canaries_plant_nothing(local_profile):
     cfg = load_config(local_profile, {"canaries.enabled": False})
     assert canaries.load(canaries.build_canaries(cfg)) == []
     assert load_config("paper").canaries.enabled is False  # the paper's data stays the paper's
-
-
-def test_exposure_is_high_for_a_memorized_canary_and_low_for_an_untrained_model():
-    from collab_lib.config import TrainConfig
-    from collab_lib.model import build_tokenizer, init_model, load_tokenizer
-    from collab_lib.training import pack, train
-
-    cfg = load_config("tiny", ["model.n_layer=1", "model.n_embd=64", "model.n_head=2",
-                               "model.context=64", "model.tokenizer_corpus_mb=0.3"])  # fmt: skip
-    tok = load_tokenizer(build_tokenizer(cfg).path)
-    planted = canaries.make_canaries({"X": 10**6}, cfg.canaries, seed=3)
-    (canary,) = [c for c in planted if c["template"] == "auth_header"][:1]
-    rng = random.Random(0)
-    alternatives = [canaries.new_secret(canary["format"], rng) for _ in range(100)]
-
-    untrained = init_model(cfg.model, len(tok), seed=0)
-    assert canaries.exposure(untrained, tok, canary, alternatives) < 4  # log2(101) = 6.66
-
-    model = init_model(cfg.model, len(tok), seed=0)
-    run = TrainConfig(epochs=40, batch_size=8, lr=3e-3, warmup_fraction=0.05, schedule="constant")
-    train(model, pack([canary["text"]] * 16, tok, cfg.model.context), run, seed=0)
-    assert canaries.exposure(model, tok, canary, alternatives) == pytest.approx(6.658, abs=1e-3)

@@ -133,6 +133,44 @@ def test_the_written_out_gpt2_step_gives_the_models_logits(model):
     assert torch.allclose(got[CacheDecoder], ref, atol=1e-5)
 
 
+def test_rows_sharing_a_prompt_get_the_models_logits_as_rows_leave(model):
+    """Two left-padded prompts expanded to five rows, each row its own tokens; rows then
+    leave the batch (the last row of the second prompt too): every row's logits at every
+    step equal the model's forward over that row's whole sequence."""
+    from collab_lib.sampling import GPT2Decoder
+
+    torch.manual_seed(2)
+    ids = torch.randint(0, 49, (2, 6))
+    mask = torch.ones_like(ids)
+    mask[1, :3] = 0
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    expand = torch.tensor([0, 1, 0, 0, 1])
+    new = torch.randint(0, 49, (5, 4))
+    dec = GPT2Decoder(model, 4)
+    got: dict[int, list] = {r: [] for r in range(5)}
+    with torch.no_grad():
+        first = dec.start(ids, mask, positions)[expand]
+        dec.keep(expand)
+        for r in range(5):
+            got[r].append(first[r])
+        alive = list(range(5))
+        for j, keep in enumerate([None, [0, 2, 4], [0, 1]]):
+            if keep is not None:
+                dec.keep(torch.tensor(keep))
+                alive = [alive[k] for k in keep]
+            rows = torch.tensor(alive)
+            out = dec.step(new[rows, j], positions[expand[rows], -1] + j + 1)
+            for k, r in enumerate(alive):
+                got[r].append(out[k])
+    for r in range(5):
+        seq = torch.cat([ids[expand[r]], new[r, : len(got[r]) - 1]])[None]
+        m = torch.cat([mask[expand[r]], torch.ones(len(got[r]) - 1, dtype=mask.dtype)])[None]
+        pos = (m.cumsum(-1) - 1).clamp(min=0)
+        with torch.no_grad():
+            ref = model(input_ids=seq, attention_mask=m, position_ids=pos).logits[0, 5:]
+        assert torch.allclose(torch.stack(got[r]), ref, atol=1e-5), r
+
+
 def test_rows_that_finish_early_leave_the_others_untouched(model):
     """Greedy: half the rows stop after two tokens (so the batch is compacted); the others
     give exactly what they give alone."""
