@@ -251,11 +251,11 @@ class MemorizationConfig:
     """RQ2 and RQ3 (paper §2.5, §4.4, §4.5) and the measures that show at any scale (§4b).
 
     RQ2: prompts are the signature and docstring of the training splits' functions, at most
-    ``prompt_max_tokens`` tokens (and at most what the context leaves after
-    ``max_new_tokens``); ``sample_fraction`` of them per organization (paper: 10 %),
+    ``prompt_max_tokens`` tokens and at most what the context leaves after ``max_new_tokens``
+    (null: half the context); ``sample_fraction`` of them per organization (paper: 10 %),
     ``n_samples`` completions each at ``temperature``/``top_p``/``top_k`` (paper: 5 at 0.6,
     0.6 and transformers' default top-k 50), for the base model and ``models`` (names or
-    settings, as ``evaluation.models``; null: every RQ1/RQ2 model). Memorized: blocks of
+    settings, as ``evaluation.models``; null: every model). Memorized: blocks of
     ``clones.min_lines`` lines (RQ3: ``rq3_min_lines``) also in the training split.
     Canary exposure ranks each secret among the first ``alternatives`` random secrets (null:
     all the canaries step drew); the duplication signal scores at most
@@ -269,7 +269,7 @@ class MemorizationConfig:
     temperature: float = 0.6
     top_p: float = 0.6
     top_k: int = 50  # transformers' generate applies 50 unless told otherwise
-    max_new_tokens: int = 512
+    max_new_tokens: int | None = None  # null: half the model's context (the rest: the prompt)
     batch_size: int = 256
     rq3_min_lines: int = 3
     alternatives: int | None = None
@@ -603,7 +603,9 @@ def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
 def _check_memorization(m: MemorizationConfig, where: str, path: Path) -> None:
     if not 0 < m.sample_fraction <= 1:
         raise ConfigError(f"{path}: {where}.sample_fraction: must be in (0, 1]")
-    if min(m.n_samples, m.max_new_tokens, m.batch_size, m.prompt_max_tokens, m.rq3_min_lines) < 1:
+    counts = (m.n_samples, m.max_new_tokens or 1, m.batch_size, m.prompt_max_tokens,
+              m.rq3_min_lines)  # fmt: skip
+    if min(counts) < 1:
         raise ConfigError(
             f"{path}: {where}: n_samples, max_new_tokens, batch_size, prompt_max_tokens and "
             "rq3_min_lines must be at least 1"
@@ -624,7 +626,7 @@ def _check_study(cfg: Config, path: Path) -> None:
             f"{path}: evaluation.max_new_tokens: below model.context ({cfg.model.context}), "
             "which must hold the prompt too"
         )
-    if cfg.memorization.max_new_tokens >= cfg.model.context:
+    if (cfg.memorization.max_new_tokens or 0) >= cfg.model.context:
         raise ConfigError(
             f"{path}: memorization.max_new_tokens: below model.context ({cfg.model.context}), "
             "which must hold the prompt too"

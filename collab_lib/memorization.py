@@ -80,15 +80,19 @@ def rq3_models(cfg: Config) -> list[str]:
     return [BASE, *(s.name for s in collaboration.roster(cfg) if s.rq == "RQ3")]
 
 
+def max_new_tokens(cfg: Config) -> int:
+    """``memorization.max_new_tokens``, or half the model's context (the rest: the prompt)."""
+    return cfg.memorization.max_new_tokens or max(1, cfg.model.context // 2)
+
+
 def prompt_room(cfg: Config) -> int:
     """Tokens a prompt may have: the paper's 512, and what the context leaves after generation."""
-    m = cfg.memorization
-    return min(m.prompt_max_tokens, cfg.model.context - m.max_new_tokens)
+    return min(cfg.memorization.prompt_max_tokens, cfg.model.context - max_new_tokens(cfg))
 
 
 def _sampling(cfg: Config) -> sampling.SamplingConfig:
     m = cfg.memorization
-    return sampling.SamplingConfig(m.temperature, m.top_p, m.top_k, m.max_new_tokens)
+    return sampling.SamplingConfig(m.temperature, m.top_p, m.top_k, max_new_tokens(cfg))
 
 
 # --------------------------------------------------------------------------- plans
@@ -155,41 +159,9 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     def produce(out: Path) -> dict:
         train = {o: ds.documents(o, "train") for o in orgs}
         prompts_art = _prompts_artifact(cfg, models[BASE], ds.artifact.ref, train, force)
-        prompts = _read_jsonl(prompts_art.file("prompts.jsonl"))
-        index = {
-            o: CloneIndex.build(((d["path"], d["content"]) for d in train[o]), opts) for o in orgs
-        }
-        rows, found, parts = [], [], [prompts_art.ref]
-        for name in tqdm(rq2_models(cfg), desc="rq2 generations"):
-            gen = _generations_artifact(cfg, models[name], prompts_art, RQ2, force)
-            parts.append(gen.ref)
-            completions = _read_jsonl(gen.file("generations.jsonl"))
-            for org in orgs:
-                mine = [
-                    (prompts[c["prompt"]], c)
-                    for c in completions
-                    if prompts[c["prompt"]]["organization"] == org
-                ]
-                row, blocks = detect(index[org], mine)
-                rows.append({"model": name, "organization": org, **row})
-                found += [{"model": name, "organization": org, **b} for b in blocks]
-        table9 = pd.DataFrame(rows)
-        table9_view(table9).to_csv(out / "table9.csv", index=False)
-        table10(table9).to_csv(out / "table10.csv", index=False)
-        _examples(found, cfg.memorization.examples, train).to_csv(
-            out / "memorized.csv", index=False
-        )
-        pd.read_csv(prompts_art.file("table6.csv")).to_csv(out / "table6.csv", index=False)
-
-        planted = canaries.load(can)
-        alternatives = json.loads(can.file("alternatives.json").read_text())
-        exposures = {}
-        for name in tqdm(list(models), desc="canary exposure"):
-            art = _exposure_artifact(cfg, models[name], can, planted, alternatives, force)
-            parts.append(art.ref)
-            exposures[name] = pd.read_csv(art.file("exposure.csv"))
-        exposure_table(exposures).to_csv(out / "exposure.csv", index=False)
-
+        parts = [prompts_art.ref]
+        parts += _verbatim(cfg, models, prompts_art, train, opts, out, force)
+        parts += _exposures(cfg, models, can, out, force)
         tok = _tokenizer(models[BASE])
         lines = {(o, s): line_sample(ds, tok, o, s, opts, cfg)
                  for o in orgs for s in ("train", "validation")}  # fmt: skip
@@ -199,19 +171,54 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
             parts.append(art.ref)
             dup[name] = pd.read_csv(art.file("losses.csv"))
         duplication_table(dup).to_csv(out / "duplication.csv", index=False)
-        return {
-            "models": rq2_models(cfg),
-            "parts": parts,
-            "prompt_room": prompt_room(cfg),
-            "canaries": len(planted),
-            "sampling": _sampling(cfg).__dict__,
-            "min_lines": opts.min_lines,
-            "duplication_tokens": {f"{o} {s}": v["tokens"] for (o, s), v in lines.items()},
-        }
+        return {"models": rq2_models(cfg), "parts": parts, "prompt_room": prompt_room(cfg),
+                "canaries": len(canaries.load(can)), "sampling": _sampling(cfg).__dict__,
+                "min_lines": opts.min_lines,
+                "duplication_tokens": {f"{o} {s}": v["tokens"] for (o, s), v in lines.items()},
+                }  # fmt: skip
 
     return artifacts.build(
         RQ2, _rq2_config(cfg), produce, sorted(refs.values()), seed=cfg.seed, force=force
     )
+
+
+def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: bool) -> list:
+    """Tables 6, 9, 10 and the memorized examples: each model's completions of the prompts,
+    searched in their organization's training split. Returns the generations' refs."""
+    prompts = _read_jsonl(prompts_art.file("prompts.jsonl"))
+    index = {org: CloneIndex.build(((d["path"], d["content"]) for d in docs), opts)
+             for org, docs in train.items()}  # fmt: skip
+    rows, found, parts = [], [], []
+    for name in tqdm(rq2_models(cfg), desc="rq2 generations"):
+        gen = _generations_artifact(cfg, models[name], prompts_art, RQ2, force)
+        parts.append(gen.ref)
+        completions = _read_jsonl(gen.file("generations.jsonl"))
+        for org in train:
+            mine = [(prompts[c["prompt"]], c) for c in completions
+                    if prompts[c["prompt"]]["organization"] == org]  # fmt: skip
+            row, blocks = detect(index[org], mine)
+            rows.append({"model": name, "organization": org, **row})
+            found += [{"model": name, "organization": org, **b} for b in blocks]
+    counts = pd.DataFrame(rows)
+    table9(counts).to_csv(out / "table9.csv", index=False)
+    table10(counts).to_csv(out / "table10.csv", index=False)
+    memorized = _examples(found, cfg.memorization.examples, train)
+    memorized.to_csv(out / "memorized.csv", index=False)
+    pd.read_csv(prompts_art.file("table6.csv")).to_csv(out / "table6.csv", index=False)
+    return parts
+
+
+def _exposures(cfg: Config, models, can, out: Path, force: bool) -> list:
+    """Table ``exposure`` from every model's canary scores; returns their refs."""
+    planted = canaries.load(can)
+    alternatives = json.loads(can.file("alternatives.json").read_text())
+    exposures, parts = {}, []
+    for name in tqdm(list(models), desc="canary exposure"):
+        art = _exposure_artifact(cfg, models[name], can, planted, alternatives, force)
+        parts.append(art.ref)
+        exposures[name] = pd.read_csv(art.file("exposure.csv"))
+    exposure_table(exposures).to_csv(out / "exposure.csv", index=False)
+    return parts
 
 
 def _prompts_artifact(cfg: Config, base_art, ds_ref: str, train: dict, force: bool):
@@ -357,10 +364,10 @@ def _lines(text: str, start: int, end: int) -> str:
     return "".join(text.splitlines(keepends=True)[start - 1 : end])
 
 
-def table9_view(table9: pd.DataFrame) -> pd.DataFrame:
+def table9(counts: pd.DataFrame) -> pd.DataFrame:
     """Table 9: per model and organization, generated and memorized lines and the ratio (%),
     with the paper's values beside."""
-    t = table9.copy()
+    t = counts.copy()
     t["ratio (%)"] = (
         100 * t["memorized lines"] / t["generated lines"].where(t["generated lines"] > 0)
     )
@@ -370,10 +377,10 @@ def table9_view(table9: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
-def table10(table9: pd.DataFrame) -> pd.DataFrame:
+def table10(counts: pd.DataFrame) -> pd.DataFrame:
     """Table 10: Table 9 summed over organizations, ranked by memorization ratio."""
     cols = ["generated lines", "memorized blocks", "memorized lines"]
-    t = table9.groupby("model", sort=False)[cols].sum().reset_index()
+    t = counts.groupby("model", sort=False)[cols].sum().reset_index()
     t["ratio (%)"] = (
         100 * t["memorized lines"] / t["generated lines"].where(t["generated lines"] > 0)
     )
@@ -487,6 +494,21 @@ def extrapolated_exposure(secret_loss: float, alternative_losses: np.ndarray) ->
     return -stats.skewnorm.logcdf(secret_loss, alpha, xi, omega) / math.log(2)
 
 
+EXPOSURE_COLUMNS = [
+    "canary",
+    "organization",
+    "count",
+    "format",
+    "secret_loss",
+    "candidates",
+    "rank_exposure",
+    "extrapolated_exposure",
+    "greedy",
+    "extracted",
+    "leaked",
+]
+
+
 def _exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, force: bool):
     """One model's exposure and greedy extraction of every canary (``exposure.csv``)."""
     n_alt = cfg.memorization.alternatives
@@ -516,7 +538,7 @@ def _exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, f
                     "leaked": " ".join(leaked),
                 }
             )
-        pd.DataFrame(rows).to_csv(out / "exposure.csv", index=False)
+        pd.DataFrame(rows, columns=EXPOSURE_COLUMNS).to_csv(out / "exposure.csv", index=False)
         return {"canaries": len(rows)}
 
     return artifacts.build(
