@@ -275,7 +275,7 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
               "temperature": temperature, "top_p": e.top_p, "top_k": e.top_k,
               "max_new_tokens": max_new_tokens(cfg), "batch_size": e.batch_size,
               "context": cfg.model.context, "seed": cfg.seed,
-              "prompt_fit": "def line kept"}  # fmt: skip
+              "prompt_fit": "def line kept", "sampler": sampling.VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, tok = load_model(model_art)

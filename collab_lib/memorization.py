@@ -272,6 +272,7 @@ def _generations_artifact(cfg: Config, model_art, prompts_art, kind: str, force:
         "seed": cfg.seed,
         "batch_size": m.batch_size,
         "stop": "function body" if kind == RQ2 else "EOS",
+        "sampler": sampling.VERSION,
     }
 
     def produce(out: Path) -> dict:

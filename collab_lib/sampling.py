@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+# In the key of every artifact of sampled text: a new decoder can change a draw's last bits.
+VERSION = 2
+
 
 @dataclass(frozen=True)
 class SamplingConfig:
