@@ -129,7 +129,8 @@ def _model_names(cfg: Config) -> list[str]:
 def _step_config(cfg: Config) -> dict:
     # whether bubblewrap is here changes what a hostile sample can do, so it is in the key
     return {"evaluation": cfg.evaluation, "context": cfg.model.context, "seed": cfg.seed,
-            "bubblewrap": sandbox.bubblewrap() is not None, "sandbox": sandbox.VERSION}  # fmt: skip
+            "bubblewrap": sandbox.bubblewrap() is not None, "sandbox": sandbox.VERSION,
+            "sampler": sampling.VERSION}  # fmt: skip
 
 
 def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:

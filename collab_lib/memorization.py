@@ -115,6 +115,7 @@ def _rq2_config(cfg: Config) -> dict:
         "memorization": cfg.memorization,
         "clones": cfg.clones,
         "seed": cfg.seed,
+        "sampler": sampling.VERSION,
         "context": cfg.model.context,
         "stride": evaluation.perplexity_stride(cfg),
     }
@@ -125,6 +126,7 @@ def _rq3_config(cfg: Config) -> dict:
         "memorization": cfg.memorization,
         "clones": cfg.clones,
         "seed": cfg.seed,
+        "sampler": sampling.VERSION,
         "context": cfg.model.context,
         "pair": datasets.rq3_pair(cfg),
     }
