@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import itertools
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -252,8 +253,12 @@ def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposur
     for ax, count in zip(axes[0], counts, strict=True):
         grid = values[count].reindex(index=models, columns=orgs)
         image = ax.imshow(grid.to_numpy(), cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
-        for (i, j), v in pd.DataFrame(grid.to_numpy()).stack().items():
-            ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=7)
+        cells = grid.to_numpy()
+        for i, j in itertools.product(range(len(models)), range(len(orgs))):
+            v = cells[i, j]
+            dark = pd.notna(v) and abs(v) > 0.6 * top
+            ax.text(j, i, "–" if pd.isna(v) else f"{v:.1f}", ha="center", va="center",
+                    fontsize=7, color="white" if dark else "black")  # fmt: skip
         ax.set_xticks(range(len(orgs)), orgs, rotation=30, ha="right")
         ax.set_title(f"{count} copies")
     axes[0][0].set_yticks(range(len(models)), models)
