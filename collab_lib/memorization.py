@@ -584,10 +584,15 @@ def exposure_table(exposures: dict[str, pd.DataFrame]) -> pd.DataFrame:
                     "extrapolated exposure": extra.mean(),
                     "extrapolated exposure - base": (extra - b["extrapolated_exposure"]).mean(),
                     "extracted (%)": 100 * g["extracted"].mean(),
-                    "leaked (%)": 100 * g["leaked"].fillna("").astype(bool).mean(),
+                    "leaked (%)": 100 * _nonempty(g["leaked"]).mean(),
                 }
             )
     return pd.DataFrame(rows)
+
+
+def _nonempty(texts: pd.Series) -> pd.Series:
+    """True where a text column (read back from CSV: empty cells are NaN) has text."""
+    return texts.astype("string").fillna("").str.len() > 0
 
 
 # --------------------------------------------------------------------------- duplication
