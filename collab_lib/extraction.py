@@ -45,7 +45,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 
-_BREAK = re.compile(r"\r\n|\r|\n")
+LINE_BREAK = re.compile(r"\r\n|\r|\n")  # as ast and the clone detector break lines
 # A line break followed by a character that neither indents nor breaks: a line at column 0.
 _BODY_END = re.compile(r"(?:\r\n|\r|\n)(?=[^ \t\f\r\n])")
 _BATCH = 1024  # texts per tokenizer call
@@ -63,7 +63,7 @@ class Function:
 def split_lines(text: str) -> list[str]:
     """``text``'s physical lines with their endings, numbered as ``ast`` numbers them."""
     lines, start = [], 0
-    for m in _BREAK.finditer(text):
+    for m in LINE_BREAK.finditer(text):
         lines.append(text[start : m.end()])
         start = m.end()
     if start < len(text):

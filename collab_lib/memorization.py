@@ -77,7 +77,11 @@ def rq2_models(cfg: Config) -> list[str]:
 
 def rq3_models(cfg: Config) -> list[str]:
     """The base model and the RQ3 pair's models (paper: Centralized_MG ... Incremental_G2M)."""
-    return [BASE, *(s.name for s in collaboration.roster(cfg) if s.rq == "RQ3")]
+    pair = set(datasets.rq3_pair(cfg))
+    # by organizations, not by the RQ3 tag: with two organizations the pair's models are the
+    # study's own union models, listed once under RQ1/RQ2
+    specs = collaboration.roster(cfg)
+    return [BASE, *(s.name for s in specs if s.setting != "single" and set(s.orgs) == pair)]
 
 
 def max_new_tokens(cfg: Config) -> int:
@@ -325,8 +329,9 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
     docs, first_generated = [], []
     for p, c in generated:
         docs.append((f"{c['prompt']}/{c['sample']}", p["prompt"] + c["completion"]))
-        # the first line the completion begins is the prompt's last: generated lines follow
-        first_generated.append(p["prompt"].count("\n") + 1 + (not p["prompt"].endswith("\n")))
+        # a completion begins on the prompt's last line (or the next, after a line break):
+        # generated lines come after the prompt's lines, counted as the detector counts them
+        first_generated.append(len(extraction.split_lines(p["prompt"])) + 1)
     if not docs:
         return {"generated lines": 0, "memorized blocks": 0, "memorized lines": 0}, []
     query = build_corpus(docs, index.opts)
@@ -334,6 +339,7 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
     counts = query.line_no >= np.asarray(first_generated)[file_of]
     report = index.query(query, counts=counts)
     by_name = dict(docs)
+    first = {name: f for (name, _), f in zip(docs, first_generated, strict=True)}
     blocks = []
     for b in report.blocks:
         prompt_id, sample = map(int, b.file.split("/"))
@@ -348,6 +354,7 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
                 "source_start": b.source_start,
                 "source_end": b.source_end,
                 "text": _lines(by_name[b.file], b.start, b.end),
+                "generated": b.end - max(b.start, first[b.file]) + 1,  # physical lines
             }
         )
     row = {
@@ -364,7 +371,7 @@ def _ratio(t: pd.DataFrame) -> pd.Series:
 
 
 def _lines(text: str, start: int, end: int) -> str:
-    return "".join(text.splitlines(keepends=True)[start - 1 : end])
+    return "".join(extraction.split_lines(text)[start - 1 : end])
 
 
 def table9(counts: pd.DataFrame) -> pd.DataFrame:
@@ -408,7 +415,8 @@ def _examples(found: list[dict], k: int, train: dict[str, list[dict]]) -> pd.Dat
     if not found:
         return pd.DataFrame(columns=cols)
     texts = {(o, d["path"]): d["content"] for o, docs in train.items() for d in docs}
-    best = sorted(found, key=lambda b: (-b["lines"], b["model"], b["prompt"]))[:k]
+    # the longest in generated lines: a block may start with lines the prompt copied
+    best = sorted(found, key=lambda b: (-b["generated"], b["model"], b["prompt"]))[:k]
     rows = [
         {
             **{c: b[c] for c in cols[:6]},
@@ -481,20 +489,29 @@ def extrapolated_exposure(secret_loss: float, alternative_losses: np.ndarray) ->
     """Carlini et al. 2019 §4.3: -log2 P(loss <= the secret's) under a skew-normal fitted to
     the alternatives' losses; unlike the rank, it does not saturate at log2 |R|.
 
-    The skew-normal is fitted by the method of moments (Azzalini's closed form, sample
-    skewness clipped to what a skew-normal can have): thousands of fits in milliseconds.
+    The skew-normal is fitted by the method of moments (Azzalini's closed form): thousands of
+    fits in milliseconds, where maximum likelihood takes a tenth of a second each. Where the
+    sample is more skewed than a skew-normal can be (|skewness| >= 0.99) the fit would start
+    abruptly and put no mass in the lower tail, so the normal of the same mean and spread is
+    used; it is also the tail's fallback wherever the fitted one underflows.
     """
     x = np.asarray(alternative_losses, dtype=float)
     mean, sd = x.mean(), x.std()
     if sd == 0:
         return 0.0 if secret_loss >= mean else math.inf
-    gamma = float(np.clip(stats.skew(x), -0.99, 0.99))
-    g = abs(gamma) ** (2 / 3)
-    delta = math.copysign(math.sqrt(math.pi / 2 * g / (g + ((4 - math.pi) / 2) ** (2 / 3))), gamma)
-    omega = sd / math.sqrt(1 - 2 * delta**2 / math.pi)
-    xi = mean - omega * delta * math.sqrt(2 / math.pi)
-    alpha = delta / math.sqrt(1 - delta**2)
-    return -stats.skewnorm.logcdf(secret_loss, alpha, xi, omega) / math.log(2)
+    gamma = float(stats.skew(x))
+    log_p = -math.inf
+    if abs(gamma) < 0.99:
+        g = abs(gamma) ** (2 / 3)
+        delta = math.copysign(math.sqrt(math.pi / 2 * g / (g + ((4 - math.pi) / 2) ** (2 / 3))),
+                              gamma)  # fmt: skip
+        omega = sd / math.sqrt(1 - 2 * delta**2 / math.pi)
+        xi = mean - omega * delta * math.sqrt(2 / math.pi)
+        alpha = delta / math.sqrt(1 - delta**2)
+        log_p = stats.skewnorm.logcdf(secret_loss, alpha, xi, omega)
+    if not np.isfinite(log_p):
+        log_p = stats.norm.logcdf(secret_loss, mean, sd)
+    return float(-log_p / math.log(2))
 
 
 EXPOSURE_COLUMNS = [
@@ -515,7 +532,8 @@ EXPOSURE_COLUMNS = [
 def _exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, force: bool):
     """One model's exposure and greedy extraction of every canary (``exposure.csv``)."""
     n_alt = cfg.memorization.alternatives
-    config = {"alternatives": n_alt, "method": "secret tokens after the prefix"}
+    config = {"alternatives": n_alt, "method": "secret tokens after the prefix",
+              "fit": "moments, else normal", "sampler": sampling.VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, tok = evaluation.load_model(model_art)
@@ -567,6 +585,9 @@ def exposure_table(exposures: dict[str, pd.DataFrame]) -> pd.DataFrame:
     emits (``extracted``) and that emit any planted secret (``leaked``)."""
     base = exposures[BASE].set_index("canary")
     rows = []
+    columns = ["model", "organization", "count", "canaries", "candidates", "rank exposure",
+               "rank exposure - base", "extrapolated exposure", "extrapolated exposure - base",
+               "extracted (%)", "leaked (%)"]  # fmt: skip
     for name, frame in exposures.items():
         f = frame.set_index("canary")
         for (org, count), g in f.groupby(["organization", "count"], sort=True):
@@ -587,7 +608,7 @@ def exposure_table(exposures: dict[str, pd.DataFrame]) -> pd.DataFrame:
                     "leaked (%)": 100 * _nonempty(g["leaked"]).mean(),
                 }
             )
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def _nonempty(texts: pd.Series) -> pd.Series:
@@ -613,10 +634,10 @@ def line_sample(ds, tok, org: str, split: str, opts: CloneOptions, cfg: Config) 
     docs = [(d["path"], d["content"]) for d in ds.documents(org, split)]
     corpus = build_corpus(docs, opts)
     covered = self_covered(corpus, opts)
-    has_clone = np.add.reduceat(covered, corpus.starts[:-1]) if len(docs) and corpus.n_lines else []
+    upto = np.concatenate([[0], np.cumsum(covered)])  # clone lines before each counted line
+    has_clone = upto[corpus.starts[1:]] > upto[corpus.starts[:-1]]  # per file
     rng = random.Random(f"{cfg.seed}/duplication/{org}/{split}")
-    order = sorted(range(len(docs)), key=lambda f: (not has_clone[f] if len(has_clone) else True,
-                                                    rng.random()))  # fmt: skip
+    order = sorted(range(len(docs)), key=lambda f: (not has_clone[f], rng.random()))
     cap = cfg.memorization.duplication_tokens
     ids, file_of, kind, files = [], [], [], []
     for f in order:
@@ -624,7 +645,7 @@ def line_sample(ds, tok, org: str, split: str, opts: CloneOptions, cfg: Config) 
             break
         path, text = docs[f]
         lo, hi = corpus.starts[f], corpus.starts[f + 1]
-        line_kind = np.zeros(text.count("\n") + 2, np.int8)  # by 1-based line number
+        line_kind = np.zeros(len(extraction.split_lines(text)) + 2, np.int8)  # by line number
         line_kind[corpus.line_no[lo:hi]] = np.where(covered[lo:hi], 1, 2)
         enc = tok(text, return_offsets_mapping=True, verbose=False)
         lines = line_of_tokens(text, enc["offset_mapping"])
@@ -633,19 +654,22 @@ def line_sample(ds, tok, org: str, split: str, opts: CloneOptions, cfg: Config) 
         kind += kinds.tolist() + [0]
         file_of += [len(files)] * (len(kinds) + 1)
         files.append(path)
-    return {"ids": ids, "file": np.array(file_of), "kind": np.array(kind, np.int8),
+    return {"ids": ids, "file": np.array(file_of, np.int64), "kind": np.array(kind, np.int8),
             "files": files, "tokens": len(ids)}  # fmt: skip
 
 
 def line_of_tokens(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
-    """1-based line of each token's first non-space character (0: a whitespace-only token)."""
-    newlines = np.flatnonzero(np.frombuffer(text.encode("utf-32-le"), np.uint32) == 10)
+    """1-based line of each token's first non-space character (0: a whitespace-only token).
+
+    Lines break where the clone detector breaks them (``\\n``, ``\\r\\n``, a lone ``\\r``).
+    """
+    line_ends = np.array([m.end() for m in extraction.LINE_BREAK.finditer(text)], np.int64)
     out = np.zeros(len(offsets), np.int64)
     for i, (a, b) in enumerate(offsets):
         piece = text[a:b]
         stripped = len(piece) - len(piece.lstrip())
         if stripped < len(piece):
-            out[i] = 1 + np.searchsorted(newlines, a + stripped)
+            out[i] = 1 + np.searchsorted(line_ends, a + stripped, side="right")
     return out
 
 
@@ -653,12 +677,14 @@ def _duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, fo
     """One model's summed loss and tokens on clone and other lines of each file sampled."""
     config = {"tokens": cfg.memorization.duplication_tokens, "context": cfg.model.context,
               "stride": evaluation.perplexity_stride(cfg), "clones": cfg.clones,
-              "seed": cfg.seed, "sample": "real tokens"}  # fmt: skip
+              "seed": cfg.seed, "sample": "real tokens", "lines": "detector's breaks"}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, _ = evaluation.load_model(model_art)
         frames = []
         for (org, split), sample in samples.items():
+            if len(sample["ids"]) < 2:  # an empty split (an organization of one file)
+                continue
             losses = evaluation.token_losses(model, sample["ids"], cfg.model.context,
                                              evaluation.perplexity_stride(cfg))  # fmt: skip
             keep = (sample["kind"] > 0) & ~np.isnan(losses)
@@ -668,7 +694,8 @@ def _duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, fo
             g = frame.groupby(["file", "lines"])["loss"].agg(loss_sum="sum", tokens="size")
             frames.append(g.reset_index().assign(organization=org, split=split))
         cols = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
-        pd.concat(frames)[cols].to_csv(out / "losses.csv", index=False)
+        table = pd.concat(frames)[cols] if frames else pd.DataFrame(columns=cols)
+        table.to_csv(out / "losses.csv", index=False)
         return {"rows": sum(len(f) for f in frames)}
 
     return artifacts.build(DUPLICATION_STEP, config, produce, [model_art.ref, ds_ref],

@@ -241,6 +241,11 @@ def perplexity_figure(table8: pd.DataFrame) -> plt.Figure:
 
 def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposure - base"):
     """Models x organizations, one panel per repetition count: a canary measure (bits)."""
+    if exposure.empty:
+        fig, ax = plt.subplots(figsize=(6, 0.8))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no canaries planted in this profile", ha="center", va="center")
+        return fig
     counts = sorted(exposure["count"].unique())
     models = list(dict.fromkeys(exposure["model"]))
     orgs = list(dict.fromkeys(exposure["organization"]))

@@ -140,11 +140,18 @@ def test_a_model_trained_on_a_canary_exposes_it_and_one_that_was_not_does_not(to
 
 def test_extrapolated_exposure_is_about_one_bit_at_the_median():
     rng = np.random.default_rng(0)
-    alt = rng.gamma(4.0, 2.0, 5000) + 20
+    alt = rng.gamma(16.0, 1.0, 5000) + 20  # skewness 0.5
     assert memorization.extrapolated_exposure(float(np.median(alt)), alt) == pytest.approx(
         1.0, abs=0.1
     )
     assert memorization.extrapolated_exposure(float(alt.min()) - 5, alt) > math.log2(5001)
+
+
+def test_extrapolated_exposure_stays_finite_beyond_a_skew_normal():
+    """Alternatives more skewed than a skew-normal can be: the normal gives the tail."""
+    alt = 50 + 5 * np.random.default_rng(0).exponential(size=1000)  # skewness about 2
+    values = [memorization.extrapolated_exposure(s, alt) for s in (45.0, 40.0, 30.0)]
+    assert all(math.isfinite(v) for v in values) and values == sorted(values)
 
 
 def test_rank_exposure_counts_only_strictly_better_alternatives():
@@ -167,6 +174,29 @@ def test_exposure_table_subtracts_the_base_models_value_per_canary():
     assert row["extracted (%)"] == 50.0 and row["leaked (%)"] == 50.0
 
 
+def test_no_canaries_give_an_empty_exposure_table_with_its_columns(tmp_path):
+    from collab_lib import report
+
+    empty = pd.DataFrame(columns=memorization.EXPOSURE_COLUMNS)
+    table = memorization.exposure_table({"base model": empty, "M": empty})
+    table.to_csv(tmp_path / "exposure.csv", index=False)
+    back = pd.read_csv(tmp_path / "exposure.csv")
+    assert back.empty and "extrapolated exposure - base" in back.columns
+    report.exposure_heatmap(back)  # a figure that says so, no error
+
+
+def test_rq3_models_of_a_two_organization_profile_are_its_union_models():
+    from collab_lib.config import load_config
+
+    names = memorization.rq3_models(load_config("tiny", {
+        "datasets.organizations": [
+            {"name": "Ads", "short": "A", "size_mb": 0.1, "sources": [{"installed": "absl-py"}]},
+            {"name": "Web", "short": "W", "size_mb": 0.2, "sources": [{"installed": "torch"}]},
+        ]}))  # fmt: skip
+    assert names == ["base model", "Centralized_AW", "Federated_Avg_AW", "Federated_Yogi_AW",
+                     "Incremental_A2W", "Incremental_W2A"]  # fmt: skip
+
+
 # --------------------------------------------------------------------------- duplication
 
 
@@ -182,6 +212,27 @@ def test_tokens_are_placed_on_the_line_of_their_first_visible_character(tok):
         else:
             assert line == 0
     assert set(lines.tolist()) == {0, 1, 2, 5}
+
+
+def test_line_sample_classes_lines_as_the_detector_breaks_them(tok):
+    """A lone carriage return breaks a line; a last file with no counted line is no error."""
+    from types import SimpleNamespace
+
+    from collab_lib.config import load_config
+
+    block = "".join(f"value_{i} = compute({i})\r" for i in range(7))  # lone \r line breaks
+    docs = {"train": [{"path": "a.py", "content": block + "x = 1\r\n"},
+                      {"path": "b.py", "content": "y = 2\n" + block},
+                      {"path": "c/__init__.py", "content": "# license only\n"}]}  # fmt: skip
+    ds = SimpleNamespace(documents=lambda org, split: docs[split])
+    cfg = load_config("tiny", {"memorization.duplication_tokens": None})
+    sample = memorization.line_sample(ds, tok, "X", "train", CloneOptions(6), cfg)
+    assert sample["files"][:2] == ["a.py", "b.py"] or sample["files"][:2] == ["b.py", "a.py"]
+    kinds = dict(zip(sample["file"].tolist(), sample["kind"].tolist(), strict=True))
+    assert set(sample["kind"].tolist()) == {0, 1, 2} and len(kinds) == 3
+    first_file = sample["files"].index("a.py")
+    a_tokens = sample["kind"][sample["file"] == first_file]
+    assert (a_tokens == 1).sum() > (a_tokens == 2).sum()  # 7 clone lines, 1 other
 
 
 def test_duplication_signal_is_the_training_excess_net_of_validation():
