@@ -59,6 +59,8 @@ from collab_lib.config import Config, UserError
 
 log = logging.getLogger(__name__)
 
+# In the key of rq2, rq3 and each of their parts: a change of method rebuilds them all.
+VERSION = 2
 RQ2, RQ3 = "rq2", "rq3"
 PROMPTS_STEP, GENERATIONS_STEP = "prompts", "generations"
 EXPOSURE_STEP, DUPLICATION_STEP = "exposure", "duplication"
@@ -119,6 +121,7 @@ def _rq2_config(cfg: Config) -> dict:
         "memorization": cfg.memorization,
         "clones": cfg.clones,
         "seed": cfg.seed,
+        "version": VERSION,
         "sampler": sampling.VERSION,
         "context": cfg.model.context,
         "stride": evaluation.perplexity_stride(cfg),
@@ -130,6 +133,7 @@ def _rq3_config(cfg: Config) -> dict:
         "memorization": cfg.memorization,
         "clones": cfg.clones,
         "seed": cfg.seed,
+        "version": VERSION,
         "sampler": sampling.VERSION,
         "context": cfg.model.context,
         "pair": datasets.rq3_pair(cfg),
@@ -533,7 +537,8 @@ def _exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, f
     """One model's exposure and greedy extraction of every canary (``exposure.csv``)."""
     n_alt = cfg.memorization.alternatives
     config = {"alternatives": n_alt, "method": "secret tokens after the prefix",
-              "fit": "moments, else normal", "sampler": sampling.VERSION}  # fmt: skip
+              "fit": "moments, else normal", "sampler": sampling.VERSION,
+              "version": VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, tok = evaluation.load_model(model_art)
@@ -677,7 +682,7 @@ def _duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, fo
     """One model's summed loss and tokens on clone and other lines of each file sampled."""
     config = {"tokens": cfg.memorization.duplication_tokens, "context": cfg.model.context,
               "stride": evaluation.perplexity_stride(cfg), "clones": cfg.clones,
-              "seed": cfg.seed, "sample": "real tokens", "lines": "detector's breaks"}  # fmt: skip
+              "seed": cfg.seed, "version": VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, _ = evaluation.load_model(model_art)
