@@ -33,6 +33,7 @@ import json
 import logging
 import math
 import random
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -107,37 +108,28 @@ def _sampling(cfg: Config) -> sampling.SamplingConfig:
 def _refs(cfg: Config, upstream: dict | None) -> dict[str, str]:
     """``step/key`` of the datasets, clones, canaries and every model, from the plans."""
     planned = dict(upstream or {})
-    for name, step_plan in (("datasets", datasets.plan), ("clones", clone_stats.plan)):
+    steps = (("datasets", datasets.plan), ("clones", clone_stats.plan),
+             ("canaries", canaries.plan))  # fmt: skip
+    for name, step_plan in steps:
         if name not in planned:
             planned |= step_plan(cfg, planned)
-    if "canaries" not in planned:
-        planned |= canaries.plan(cfg, planned)
     refs = {n: "{}/{}".format(*planned[n]) for n in ("datasets", "clones", "canaries")}
     return refs | evaluation.model_refs(cfg, planned)
 
 
+def _step_config(cfg: Config, **extra) -> dict:
+    """What an rq2 or rq3 artifact depends on beyond its inputs' keys."""
+    return {"memorization": cfg.memorization, "clones": cfg.clones, "seed": cfg.seed,
+            "version": VERSION, "sampler": sampling.VERSION, "context": cfg.model.context,
+            **extra}  # fmt: skip
+
+
 def _rq2_config(cfg: Config) -> dict:
-    return {
-        "memorization": cfg.memorization,
-        "clones": cfg.clones,
-        "seed": cfg.seed,
-        "version": VERSION,
-        "sampler": sampling.VERSION,
-        "context": cfg.model.context,
-        "stride": evaluation.perplexity_stride(cfg),
-    }
+    return _step_config(cfg, stride=evaluation.perplexity_stride(cfg))
 
 
 def _rq3_config(cfg: Config) -> dict:
-    return {
-        "memorization": cfg.memorization,
-        "clones": cfg.clones,
-        "seed": cfg.seed,
-        "version": VERSION,
-        "sampler": sampling.VERSION,
-        "context": cfg.model.context,
-        "pair": datasets.rq3_pair(cfg),
-    }
+    return _step_config(cfg, pair=datasets.rq3_pair(cfg))
 
 
 def plan_rq2(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
@@ -169,6 +161,7 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     def produce(out: Path) -> dict:
         train = {o: ds.documents(o, "train") for o in orgs}
         prompts_art = _prompts_artifact(cfg, models[BASE], ds.artifact.ref, train, force)
+        shutil.copy(prompts_art.file("table6.csv"), out / "table6.csv")
         parts = [prompts_art.ref]
         parts += _verbatim(cfg, models, prompts_art, train, opts, out, force)
         parts += _exposures(cfg, models, can, out, force)
@@ -193,7 +186,7 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
 
 
 def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: bool) -> list:
-    """Tables 6, 9, 10 and the memorized examples: each model's completions of the prompts,
+    """Tables 9, 10 and the memorized examples: each model's completions of the prompts,
     searched in their organization's training split. Returns the generations' refs."""
     prompts = _read_jsonl(prompts_art.file("prompts.jsonl"))
     index = {org: CloneIndex.build(((d["path"], d["content"]) for d in docs), opts)
@@ -214,7 +207,6 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
     table10(counts).to_csv(out / "table10.csv", index=False)
     memorized = _examples(found, cfg.memorization.examples, train)
     memorized.to_csv(out / "memorized.csv", index=False)
-    pd.read_csv(prompts_art.file("table6.csv")).to_csv(out / "table6.csv", index=False)
     return parts
 
 
@@ -358,7 +350,7 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
                 "source_start": b.source_start,
                 "source_end": b.source_end,
                 "text": _lines(by_name[b.file], b.start, b.end),
-                "generated": b.end - max(b.start, first[b.file]) + 1,  # physical lines
+                "generated_lines": b.end - max(b.start, first[b.file]) + 1,  # physical
             }
         )
     row = {
@@ -382,9 +374,7 @@ def table9(counts: pd.DataFrame) -> pd.DataFrame:
     """Table 9: per model and organization, generated and memorized lines and the ratio (%),
     with the paper's values beside."""
     t = counts.copy()
-    t["ratio (%)"] = (
-        100 * t["memorized lines"] / t["generated lines"].where(t["generated lines"] > 0)
-    )
+    t["ratio (%)"] = _ratio(t)
     ref = [paper.TABLE9.get((r.model, r.organization)) for r in t.itertuples()]
     t["paper ratio (%)"] = [None if r is None else r[3] for r in ref]
     t["paper generated lines"] = [None if r is None else r[0] for r in ref]
@@ -395,9 +385,7 @@ def table10(counts: pd.DataFrame) -> pd.DataFrame:
     """Table 10: Table 9 summed over organizations, ranked by memorization ratio."""
     cols = ["generated lines", "memorized blocks", "memorized lines"]
     t = counts.groupby("model", sort=False)[cols].sum().reset_index()
-    t["ratio (%)"] = (
-        100 * t["memorized lines"] / t["generated lines"].where(t["generated lines"] > 0)
-    )
+    t["ratio (%)"] = _ratio(t)
     t = t.sort_values(["ratio (%)", "model"], ascending=[False, True], kind="stable")
     t.insert(0, "rank", range(1, len(t) + 1))
     t["paper ratio (%)"] = [paper.TABLE10.get(m) for m in t["model"]]
@@ -420,7 +408,7 @@ def _examples(found: list[dict], k: int, train: dict[str, list[dict]]) -> pd.Dat
         return pd.DataFrame(columns=cols)
     texts = {(o, d["path"]): d["content"] for o, docs in train.items() for d in docs}
     # the longest in generated lines: a block may start with lines the prompt copied
-    best = sorted(found, key=lambda b: (-b["generated"], b["model"], b["prompt"]))[:k]
+    best = sorted(found, key=lambda b: (-b["generated_lines"], b["model"], b["prompt"]))[:k]
     rows = [
         {
             **{c: b[c] for c in cols[:6]},
@@ -713,15 +701,15 @@ def duplication_table(losses: dict[str, pd.DataFrame]) -> pd.DataFrame:
     lines in training minus the same in validation (memorized duplicates, net of their being
     easier to predict)."""
 
-    def means(frame: pd.DataFrame) -> pd.Series:
-        g = frame.groupby(["organization", "split", "lines"])[["loss_sum", "tokens"]].sum()
-        return g["loss_sum"] / g["tokens"]
+    def sums(frame: pd.DataFrame) -> pd.DataFrame:
+        return frame.groupby(["organization", "split", "lines"])[["loss_sum", "tokens"]].sum()
 
-    base = means(losses[BASE])
+    base = sums(losses[BASE])
+    base_mean = base["loss_sum"] / base["tokens"]
     rows = []
     for name, frame in losses.items():
-        drop = base - means(frame)
-        tokens = frame.groupby(["organization", "split", "lines"])["tokens"].sum()
+        mine = sums(frame)
+        drop, tokens = base_mean - mine["loss_sum"] / mine["tokens"], mine["tokens"]
         for org in dict.fromkeys(frame["organization"]):
             d = {
                 key: drop.get((org, *key), float("nan"))
@@ -838,9 +826,7 @@ def _clone_prompts_artifact(cfg: Config, base_art, clones_art, ds, pair, force: 
 def table11(rows: list[dict]) -> pd.DataFrame:
     """Table 11: per model of the RQ3 pair, generated and memorized lines, ratio (%), paper's."""
     t = pd.DataFrame(rows)
-    t["ratio (%)"] = (
-        100 * t["memorized lines"] / t["generated lines"].where(t["generated lines"] > 0)
-    )
+    t["ratio (%)"] = _ratio(t)
     t["paper ratio (%)"] = [paper.TABLE11.get(m, (None,) * 4)[3] for m in t["model"]]
     return t
 
