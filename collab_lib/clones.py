@@ -655,6 +655,9 @@ class CloneReport:
     blocks: list[Block]
     counted_lines: int  # counted lines searched (the query's, or the corpus's in self-mode)
     cloned_lines: int  # of those, lines inside at least one block (each line once)
+    # per line of the query: counted and inside a block (None in self-mode); how a caller
+    # splits the totals by file
+    covered: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     @property
     def ratio(self) -> float:
@@ -855,7 +858,7 @@ class CloneIndex:
             covered &= counts
         n = query.n_lines if counts is None else int(counts.sum())
         blocks = self._blocks(query, longest, source, starts) if with_blocks else []
-        return CloneReport(blocks, n, int(covered.sum()))
+        return CloneReport(blocks, n, int(covered.sum()), covered)
 
     def _blocks(self, query, longest, source, starts) -> list[Block]:
         line_numbers: dict[int, np.ndarray] = {}

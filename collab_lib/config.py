@@ -278,6 +278,21 @@ class MemorizationConfig:
 
 
 @dataclass(frozen=True)
+class FindingsConfig:
+    """How the seven findings are decided (SPEC §7; the Findings chapter states the rules).
+
+    Each statistic gets a percentile interval at ``confidence`` from ``bootstrap`` resamples
+    of its units (and of the seeds, when there are several). ``close_share``: finding 2's
+    threshold, the largest share of the log-perplexity gap from the best single-organization
+    model to centralized that a federated model may leave open and still be "close".
+    """
+
+    bootstrap: int = 1000
+    confidence: float = 0.95
+    close_share: float = 0.5
+
+
+@dataclass(frozen=True)
 class DatasetsConfig:
     """Everything the datasets step depends on (paper §2.2, §3)."""
 
@@ -317,6 +332,9 @@ class Config:
     collaboration: CollaborationConfig = field(default_factory=CollaborationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    findings: FindingsConfig = field(default_factory=FindingsConfig)
+    # every step runs once per seed; the findings combine them (null: ``seed`` alone)
+    seeds: tuple[int, ...] | None = None
     description: str = ""
     # Where the profile came from and the user's overrides: how a message tells the user the
     # command to run next, with their own settings. Not part of any cache key.
@@ -328,6 +346,15 @@ class Config:
         profile = self.profile if profile_path(self.profile) == Path(self.source) else self.source
         sets = "".join(f" --set {shlex.quote(o)}" for o in self.overrides)
         return f"python -m collab_lib {' '.join(words)} --profile {profile}{sets}"
+
+    @property
+    def run_seeds(self) -> tuple[int, ...]:
+        """The seeds the steps run for: ``seeds``, or ``seed`` alone."""
+        return self.seeds or (self.seed,)
+
+    def with_seed(self, seed: int) -> Config:
+        """This config for one of its seeds (what each step's cache key sees)."""
+        return dataclasses.replace(self, seed=seed)
 
     def org(self, name: str) -> Organization:
         for org in self.datasets.organizations:
@@ -577,6 +604,18 @@ def _check(obj: Any, where: str, path: Path) -> None:
         _check_memorization(obj, where, path)
     if isinstance(obj, Config):
         _check_study(obj, path)
+    if isinstance(obj, FindingsConfig) and (
+        obj.bootstrap < 100 or not 0.5 < obj.confidence < 1 or not 0 < obj.close_share < 1
+    ):
+        raise ConfigError(
+            f"{path}: {where}: bootstrap >= 100, confidence in (0.5, 1), close_share in (0, 1)"
+        )
+    if (
+        isinstance(obj, Config)
+        and obj.seeds is not None
+        and (not obj.seeds or len(set(obj.seeds)) != len(obj.seeds))
+    ):
+        raise ConfigError(f"{path}: seeds: a non-empty list of different seeds, or null")
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
 

@@ -107,6 +107,7 @@ def perplexity(
 STEP = "rq1"
 PPL_STEP, SAMPLES_STEP, EXEC_STEP, HARNESS_STEP = "perplexity", "samples", "executions", "harness"
 TABLES = ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org")
+FILES = "perplexity_files.csv"  # loss and tokens per model and validation file
 BASE = "base model"  # the row standing where the paper has "GPT-2"
 GROUPS = {"single": "Baseline", "centralized": "Synchronous", "federated": "Synchronous",
           "incremental": "Asynchronous"}  # fmt: skip
@@ -130,7 +131,7 @@ def _step_config(cfg: Config) -> dict:
     # whether bubblewrap is here changes what a hostile sample can do, so it is in the key
     return {"evaluation": cfg.evaluation, "context": cfg.model.context, "seed": cfg.seed,
             "bubblewrap": sandbox.bubblewrap() is not None, "sandbox": sandbox.VERSION,
-            "sampler": sampling.VERSION}  # fmt: skip
+            "sampler": sampling.VERSION, "perplexity": PPL_VERSION}  # fmt: skip
 
 
 def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
@@ -184,8 +185,7 @@ def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     e = cfg.evaluation
 
     def produce(out: Path) -> dict:
-        val = {o.name: [d["content"] for d in ds.documents(o.name, "validation")]
-               for o in cfg.datasets.organizations}  # fmt: skip
+        val = {o.name: ds.documents(o.name, "validation") for o in cfg.datasets.organizations}
         ppl_arts = {name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
                     for name in tqdm(refs, desc="perplexity")}  # fmt: skip
         bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
@@ -224,6 +224,10 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
                                                            index=False)  # fmt: skip
     by_temp.to_csv(out / "table8_temperatures.csv", index=False)
     _by_org(ppl).to_csv(out / "perplexity_by_org.csv", index=False)
+    # per validation file: what the findings resample (and what an export carries)
+    files = pd.concat([f.assign(model=name) for name, f in ppl.items()], ignore_index=True)
+    cols = ["model", "organization", "file", "loss_sum", "tokens"]
+    files[cols].to_csv(out / FILES, index=False)
     return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
             "problems": len(problems), "n_samples": e.n_samples,
             "temperatures": list(e.temperatures), "isolation": isolation,
@@ -241,20 +245,38 @@ def perplexity_stride(cfg: Config) -> int:
     return cfg.evaluation.perplexity_stride or max(1, cfg.model.context // 2)
 
 
-def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[str]], force: bool):
-    """Summed loss and tokens of one model on each organization's validation split."""
-    config = {"context": cfg.model.context, "stride": perplexity_stride(cfg)}
+PPL_VERSION = 2  # 2: one row per validation file (the findings resample files)
+
+
+def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[dict]], force: bool):
+    """Summed loss and tokens of one model on each validation file of each organization.
+
+    Each organization's files form one stream (see the module's docstring); a token's loss
+    counts for the file it belongs to (a file's EOS included), so the per-file rows add up to
+    the organization's stream exactly, and the findings can resample files.
+    """
+    config = {"context": cfg.model.context, "stride": perplexity_stride(cfg),
+              "version": PPL_VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
         model, tok = load_model(model_art)
         rows = []
-        for org, texts in val.items():
-            ids = token_stream(texts, tok)
-            loss, n = token_losses_sum(model, ids, cfg.model.context, perplexity_stride(cfg))
-            rows.append({"organization": org, "loss_sum": loss, "tokens": n})
-        pd.DataFrame(rows).to_csv(out / "perplexity.csv", index=False)
-        total = sum(r["loss_sum"] for r in rows) / sum(r["tokens"] for r in rows)
-        return {"perplexity": math.exp(total)}
+        for org, docs in val.items():
+            encoded = [token_stream([d["content"]], tok) for d in docs]  # each with its EOS
+            ids = [i for e in encoded for i in e]
+            lengths = [len(e) for e in encoded]
+            losses = token_losses(model, ids, cfg.model.context, perplexity_stride(cfg))
+            owner = np.repeat(np.arange(len(docs)), lengths)
+            scored = ~np.isnan(losses)
+            loss = np.bincount(owner[scored], losses[scored], minlength=len(docs))
+            count = np.bincount(owner[scored], minlength=len(docs))
+            rows += [
+                {"organization": org, "file": d["path"], "loss_sum": float(x), "tokens": int(n)}
+                for d, x, n in zip(docs, loss, count, strict=True)
+            ]
+        frame = pd.DataFrame(rows)
+        frame.to_csv(out / "perplexity.csv", index=False)
+        return {"perplexity": math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())}
 
     return artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
 
@@ -462,8 +484,9 @@ def _by_org(ppl: dict[str, pd.DataFrame]) -> pd.DataFrame:
     rows = []
     for name, frame in ppl.items():
         row = {"model": name}
-        for r in frame.itertuples():
-            row[r.organization] = math.exp(r.loss_sum / r.tokens)
+        sums = frame.groupby("organization", sort=False)[["loss_sum", "tokens"]].sum()
+        for org, r in sums.iterrows():
+            row[org] = math.exp(r.loss_sum / r.tokens)
         row["union"] = math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())
         rows.append(row)
     return pd.DataFrame(rows)

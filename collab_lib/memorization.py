@@ -68,6 +68,14 @@ EXPOSURE_STEP, DUPLICATION_STEP = "exposure", "duplication"
 RQ2_TABLES = ("table6", "table9", "table10", "exposure", "duplication", "memorized")
 RQ3_TABLES = ("table11", "table11_prompts")
 BASE = evaluation.BASE
+# The units the findings resample, written beside the tables (an export carries them):
+# lines per model and prompt (rq2, rq3), exposure per model and canary, duplication losses
+# per model, file and class of lines.
+PROMPT_UNITS, CANARY_UNITS = "units_prompts.csv", "units_canaries.csv"
+FILE_UNITS = "units_files.csv"
+DUPLICATION_COLUMNS = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
+# rq2 and rq3 (not their parts, which stay cached) with the unit files
+UNITS_VERSION = 1
 
 
 # --------------------------------------------------------------------------- the models
@@ -125,11 +133,11 @@ def _step_config(cfg: Config, **extra) -> dict:
 
 
 def _rq2_config(cfg: Config) -> dict:
-    return _step_config(cfg, stride=evaluation.perplexity_stride(cfg))
+    return _step_config(cfg, stride=evaluation.perplexity_stride(cfg), units=UNITS_VERSION)
 
 
 def _rq3_config(cfg: Config) -> dict:
-    return _step_config(cfg, pair=datasets.rq3_pair(cfg))
+    return _step_config(cfg, pair=datasets.rq3_pair(cfg), units=UNITS_VERSION)
 
 
 def plan_rq2(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
@@ -174,6 +182,9 @@ def build_rq2(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
             parts.append(art.ref)
             dup[name] = pd.read_csv(art.file("losses.csv"))
         duplication_table(dup).to_csv(out / "duplication.csv", index=False)
+        files = pd.concat([f.assign(model=n) for n, f in dup.items()], ignore_index=True)
+        files.reindex(columns=["model", *DUPLICATION_COLUMNS]).to_csv(out / FILE_UNITS,
+                                                                       index=False)  # fmt: skip
         return {"models": rq2_models(cfg), "parts": parts, "prompt_room": prompt_room(cfg),
                 "canaries": len(canaries.load(can)), "sampling": _sampling(cfg).__dict__,
                 "min_lines": opts.min_lines,
@@ -191,7 +202,7 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
     prompts = _read_jsonl(prompts_art.file("prompts.jsonl"))
     index = {org: CloneIndex.build(((d["path"], d["content"]) for d in docs), opts)
              for org, docs in train.items()}  # fmt: skip
-    rows, found, parts = [], [], []
+    rows, found, parts, units = [], [], [], []
     for name in tqdm(rq2_models(cfg), desc="rq2 generations"):
         gen = _generations_artifact(cfg, models[name], prompts_art, RQ2, force)
         parts.append(gen.ref)
@@ -199,9 +210,11 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
         for org in train:
             mine = [(prompts[c["prompt"]], c) for c in completions
                     if prompts[c["prompt"]]["organization"] == org]  # fmt: skip
-            row, blocks = detect(index[org], mine)
+            row, blocks, per_prompt = detect(index[org], mine)
             rows.append({"model": name, "organization": org, **row})
             found += [{"model": name, "organization": org, **b} for b in blocks]
+            units += [{"model": name, "organization": org, **p} for p in per_prompt]
+    _write_units(units, out / PROMPT_UNITS)
     counts = pd.DataFrame(rows)
     table9(counts).to_csv(out / "table9.csv", index=False)
     table10(counts).to_csv(out / "table10.csv", index=False)
@@ -220,6 +233,10 @@ def _exposures(cfg: Config, models, can, out: Path, force: bool) -> list:
         parts.append(art.ref)
         exposures[name] = pd.read_csv(art.file("exposure.csv"))
     exposure_table(exposures).to_csv(out / "exposure.csv", index=False)
+    per_canary = pd.concat([e.assign(model=n) for n, e in exposures.items()], ignore_index=True)
+    cols = ["model", "canary", "organization", "count", "rank_exposure", "extrapolated_exposure",
+            "extracted"]  # fmt: skip
+    per_canary.reindex(columns=cols).to_csv(out / CANARY_UNITS, index=False)
     return parts
 
 
@@ -316,8 +333,11 @@ def _never(text: str) -> None:
     return None
 
 
-def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict, list[dict]]:
-    """Generated lines, memorized blocks and lines of ``(prompt, completion)`` pairs.
+def detect(
+    index: CloneIndex, generated: list[tuple[dict, dict]]
+) -> tuple[dict, list[dict], list[dict]]:
+    """Generated lines, memorized blocks and lines of ``(prompt, completion)`` pairs; the
+    blocks; and the line counts per prompt (its samples summed: what the findings resample).
 
     Each text the detector reads is the prompt followed by its completion; the prompt's
     lines are masked out of every count (see the module's docstring).
@@ -329,7 +349,7 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
         # generated lines come after the prompt's lines, counted as the detector counts them
         first_generated.append(len(extraction.split_lines(p["prompt"])) + 1)
     if not docs:
-        return {"generated lines": 0, "memorized blocks": 0, "memorized lines": 0}, []
+        return {"generated lines": 0, "memorized blocks": 0, "memorized lines": 0}, [], []
     query = build_corpus(docs, index.opts)
     file_of = query.file_index(np.arange(query.n_lines))
     counts = query.line_no >= np.asarray(first_generated)[file_of]
@@ -358,7 +378,15 @@ def detect(index: CloneIndex, generated: list[tuple[dict, dict]]) -> tuple[dict,
         "memorized blocks": len(report.blocks),
         "memorized lines": report.cloned_lines,
     }
-    return row, blocks
+    return row, blocks, _per_prompt([c["prompt"] for _, c in generated], file_of, counts, report)
+
+
+def _per_prompt(prompt_ids: list[int], file_of: np.ndarray, counts, report) -> list[dict]:
+    """Generated and memorized lines of each prompt, its samples together."""
+    ids = np.asarray(prompt_ids)[file_of]  # the prompt of every line of the query
+    frame = pd.DataFrame({"prompt": ids, "generated lines": counts.astype(int),
+                          "memorized lines": report.covered.astype(int)})  # fmt: skip
+    return frame.groupby("prompt").sum().reset_index().to_dict("records")
 
 
 def _ratio(t: pd.DataFrame) -> pd.Series:
@@ -686,7 +714,7 @@ def _duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, fo
                                   "loss": losses[keep]})  # fmt: skip
             g = frame.groupby(["file", "lines"])["loss"].agg(loss_sum="sum", tokens="size")
             frames.append(g.reset_index().assign(organization=org, split=split))
-        cols = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
+        cols = DUPLICATION_COLUMNS
         table = pd.concat(frames)[cols] if frames else pd.DataFrame(columns=cols)
         table.to_csv(out / "losses.csv", index=False)
         return {"rows": sum(len(f) for f in frames)}
@@ -760,13 +788,15 @@ def build_rq3(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
         index = CloneIndex.build(
             ((f"{o}/{d['path']}", d["content"]) for o in pair for d in train[o]), opts3
         )
-        rows, parts = [], [prompts_art.ref]
+        rows, parts, units = [], [prompts_art.ref], []
         for name in tqdm(rq3_models(cfg), desc="rq3 generations"):
             gen = _generations_artifact(cfg, models[name], prompts_art, RQ3, force)
             parts.append(gen.ref)
             completions = _read_jsonl(gen.file("generations.jsonl"))
-            row, _ = detect(index, [(prompts[c["prompt"]], c) for c in completions])
+            row, _, per_prompt = detect(index, [(prompts[c["prompt"]], c) for c in completions])
             rows.append({"model": name, **row})
+            units += [{"model": name, **p} for p in per_prompt]
+        _write_units(units, out / PROMPT_UNITS)
         table11(rows).to_csv(out / "table11.csv", index=False)
         pd.DataFrame(
             [
@@ -894,6 +924,12 @@ def _tokenizer(model_art):
     from collab_lib.model import load_tokenizer
 
     return load_tokenizer(model_art.path / "model")
+
+
+def _write_units(rows: list[dict], path: Path) -> None:
+    cols = ["model", "organization", "prompt", "generated lines", "memorized lines"]
+    frame = pd.DataFrame(rows)
+    frame.reindex(columns=[c for c in cols if c in frame or not rows]).to_csv(path, index=False)
 
 
 def _read_jsonl(path: Path) -> list[dict]:

@@ -20,6 +20,7 @@ from collab_lib import (
     collaboration,
     datasets,
     evaluation,
+    findings,
     memorization,
 )
 from collab_lib.config import Config, UserError
@@ -87,7 +88,16 @@ STEPS: dict[str, Step] = {
         memorization.RQ3_TABLES,
         "RQ3 cross-organization clones memorized (Table 11)",
     ),
+    "findings": Step(
+        "findings",
+        findings.build_findings,
+        findings.plan,
+        findings.TABLES,
+        "the paper's seven findings, each with a verdict computed from this run (all seeds)",
+    ),
 }
+# steps that combine every seed's results, and so run once, after the others ran per seed
+ACROSS_SEEDS = ("findings",)
 
 
 class NotBuiltError(UserError):
@@ -102,7 +112,11 @@ def run(step: str, cfg: Config, *, force: bool = False) -> list[Any]:
         names = [name for name, s in STEPS.items() if s.in_book]
     else:
         names = [step]
-    return [STEPS[name].run(cfg, force=force) for name in names]
+    out = []
+    for name in names:
+        seeds = cfg.run_seeds[:1] if name in ACROSS_SEEDS else cfg.run_seeds
+        out += [STEPS[name].run(cfg.with_seed(s), force=force) for s in seeds]
+    return out
 
 
 def plans(cfg: Config) -> dict[str, dict[str, tuple[str, str]] | UserError]:
@@ -120,7 +134,19 @@ def plans(cfg: Config) -> dict[str, dict[str, tuple[str, str]] | UserError]:
 
 
 def status(cfg: Config) -> list[dict[str, str]]:
-    """One row per planned artifact: step, what, key and state (cached/missing/corrupt)."""
+    """One row per planned artifact: step, what, key and state (cached/missing/corrupt);
+    with several seeds, every seed's artifacts (the findings' once)."""
+    rows = []
+    for seed in cfg.run_seeds:
+        for row in _status(cfg.with_seed(seed)):
+            if seed == cfg.run_seeds[0] or row["step"] not in ACROSS_SEEDS:
+                if len(cfg.run_seeds) > 1 and row["step"] not in ACROSS_SEEDS:
+                    row["artifact"] = f"{row['artifact']} (seed {seed})"
+                rows.append(row)
+    return rows
+
+
+def _status(cfg: Config) -> list[dict[str, str]]:
     rows = []
     for name, planned in plans(cfg).items():
         if isinstance(planned, UserError):  # e.g. which models to train depends on the datasets
@@ -161,12 +187,13 @@ def table(name: str, cfg: Config) -> pd.DataFrame:
 def planned_artifacts(cfg: Config) -> list[artifacts.Artifact]:
     """Every cached artifact the profile's steps use, with the inputs they were built from."""
     seen: dict[str, artifacts.Artifact] = {}
-    for name, planned in plans(cfg).items():
-        if not STEPS[name].in_book or isinstance(planned, UserError):
-            continue
-        for art_step, key in planned.values():
-            art = artifacts.load(art_step, key)
-            if art is not None:
-                for a in artifacts.lineage(art):
-                    seen.setdefault(a.ref, a)
+    for seed in cfg.run_seeds:
+        for name, planned in plans(cfg.with_seed(seed)).items():
+            if not STEPS[name].in_book or isinstance(planned, UserError):
+                continue
+            for art_step, key in planned.values():
+                art = artifacts.load(art_step, key)
+                if art is not None:
+                    for a in artifacts.lineage(art):
+                        seen.setdefault(a.ref, a)
     return sorted(seen.values(), key=lambda a: (a.step, a.key))

@@ -283,3 +283,46 @@ def memorized_examples(examples: pd.DataFrame) -> None:
             f"{r.source_start}-{r.source_end}</summary>\n\nGenerated:\n\n```python\n"
             f"{r.generated}```\n\nTraining source:\n\n```python\n{r.source}```\n\n</details>"
         ))  # fmt: skip
+
+
+VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold",
+                "inconclusive": "➖ inconclusive"}  # fmt: skip
+
+
+def findings_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """One line per finding: the claim, our estimate with its interval, the verdict."""
+
+    def ours(r) -> str:
+        if pd.isna(r["estimate"]):
+            return "not testable here"
+        return f"{r['estimate']:.3g} [{r['low']:.3g}, {r['high']:.3g}]"
+
+    return pd.DataFrame(
+        {
+            "finding": table["finding"],
+            "claim": table["claim"],
+            "paper": [f"{v:.3g}" for v in table["paper value"]],
+            "ours [interval]": [ours(r) for _, r in table.iterrows()],
+            "verdict": [VERDICT_MARK.get(v, v) for v in table["verdict"]],
+        }
+    )
+
+
+def finding_cards(table: pd.DataFrame) -> None:
+    """Per finding: the claim and the paper's numbers, then the measure, statistic and rule
+    (stated before any number of ours), then our estimate, the verdict and why."""
+    for _, r in table.iterrows():
+        seeds = f"{int(r['seeds'])} seed" + ("s" if r["seeds"] != 1 else "")
+        ours = "—" if pd.isna(r["estimate"]) else (
+            f"{r['estimate']:.3g}, interval [{r['low']:.3g}, {r['high']:.3g}]"
+            + ("" if pd.isna(r["seed spread"]) else f", spread across seeds {r['seed spread']:.3g}")
+        )  # fmt: skip
+        display(Markdown(
+            f"### Finding {r['finding']}: {r['claim']}\n\n"
+            f"- **The paper:** {r['paper']} (its statistic: {r['paper value']:.3g})\n"
+            f"- **Measure:** {r['measure']}\n"
+            f"- **Statistic:** {r['statistic']}\n"
+            f"- **Rule:** {r['rule']}\n"
+            f"- **Ours ({seeds}):** {ours}\n"
+            f"- **Verdict: {r['verdict']}.** {r['why']}\n"
+        ))  # fmt: skip

@@ -18,7 +18,7 @@ NEW = "".join(f"    fresh_{i} = other_call({i})\n" for i in range(5))
 
 def detect(prompt: str, completion: str) -> dict:
     index = CloneIndex.build([("lib.py", TRAIN)], CloneOptions(6))
-    row, blocks = memorization.detect(
+    row, blocks, _ = memorization.detect(
         index, [({"prompt": prompt}, {"prompt": 0, "sample": 0, "completion": completion})]
     )
     return row | {"blocks": blocks}

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from collab_lib import artifacts, collaboration, evaluation, pipeline
+from collab_lib import collaboration, datasets, evaluation, pipeline
 from collab_lib.config import ConfigError, load_config
 
 
@@ -33,16 +33,33 @@ def test_table8_has_every_model_and_the_base_model(cfg):
 @pytest.mark.slow
 def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(cfg):
     art = evaluation.load_rq1(cfg)
-    unions = evaluation.rq1_table(art, "perplexity_by_org")["union"].tolist()
+    by_org = evaluation.rq1_table(art, "perplexity_by_org").set_index("model")
     orgs = [o.name for o in cfg.datasets.organizations]
-    parts = [p for p in art.metrics["parts"] if p.startswith(evaluation.PPL_STEP + "/")]
-    assert len(parts) == len(unions)
-    for part in parts:
-        frame = pd.read_csv(artifacts.load(*part.split("/")).file("perplexity.csv"))
+    files = pd.read_csv(art.file(evaluation.FILES))
+    assert sorted(set(files["model"])) == sorted(by_org.index)
+    for name, frame in files.groupby("model"):
         union = math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())
-        assert any(math.isclose(union, u, rel_tol=1e-9) for u in unions)
-        per = [math.exp(r.loss_sum / r.tokens) for r in frame.itertuples()]
-        assert min(per) <= union <= max(per) and list(frame["organization"]) == orgs
+        assert math.isclose(union, by_org.loc[name, "union"], rel_tol=1e-9)
+        sums = frame.groupby("organization", sort=False)[["loss_sum", "tokens"]].sum()
+        per = [math.exp(r.loss_sum / r.tokens) for r in sums.itertuples()]
+        assert min(per) <= union <= max(per) and list(sums.index) == orgs
+
+
+@pytest.mark.slow
+def test_per_file_losses_add_up_to_each_organizations_stream(cfg):
+    """The rows the findings resample are the stream's own losses, split by file."""
+    art = evaluation.load_rq1(cfg)
+    files = pd.read_csv(art.file(evaluation.FILES))
+    ds = datasets.load_datasets(cfg)
+    model, tok = evaluation.load_model(collaboration.load_models(cfg)[evaluation.BASE])
+    org = cfg.datasets.organizations[0].name
+    docs = ds.documents(org, "validation")
+    mine = files[(files["model"] == evaluation.BASE) & (files["organization"] == org)]
+    assert list(mine["file"]) == [d["path"] for d in docs]
+    expected = evaluation.perplexity(model, tok, [d["content"] for d in docs], cfg.model.context,
+                                     evaluation.perplexity_stride(cfg))  # fmt: skip
+    assert math.isclose(math.exp(mine["loss_sum"].sum() / mine["tokens"].sum()), expected,
+                        rel_tol=1e-9)  # fmt: skip
 
 
 @pytest.mark.slow

@@ -1,0 +1,577 @@
+"""The paper's seven findings (SPEC §7), each decided by a rule from this run's own units.
+
+Every finding is one statistic with the direction (or threshold) the paper claims, computed
+from the units the steps wrote beside their tables: validation files (perplexity, rq1),
+prompts (the paper's verbatim metric, rq2 and rq3), canaries (exposure, rq2) and training
+and validation files (the duplication signal, rq2). Its interval is a percentile bootstrap:
+each organization's units are drawn with replacement, one draw shared by every model (the
+comparisons are paired); with several seeds the seeds are drawn too (a two-level bootstrap),
+so the interval holds the seed-to-seed spread as well.
+
+The rule is the same for every finding, and stated before any number: **holds** if the whole
+interval lies on the claim's side of its threshold, **does not hold** if it lies wholly on
+the other side, **inconclusive** if it straddles it (the difference is inside its
+uncertainty). Memorization findings use the paper's verbatim metric where it found any
+memorized line, and otherwise canary exposure or the duplication signal, and say which.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from collab_lib import (
+    artifacts,
+    clone_stats,
+    collaboration,
+    datasets,
+    evaluation,
+    memorization,
+    paper,
+)
+from collab_lib.collaboration import ModelSpec
+from collab_lib.config import Config, UserError
+
+STEP = "findings"
+TABLES = ("findings",)
+VERSION = 1
+BASE = evaluation.BASE
+COLUMNS = ["finding", "claim", "measure", "statistic", "rule", "paper", "paper value",
+           "estimate", "low", "high", "seed spread", "seeds", "verdict", "why"]  # fmt: skip
+HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive"
+
+
+# --------------------------------------------------------------------------- one seed's run
+
+
+@dataclass
+class Run:
+    """One seed's tables and units, read from its cached artifacts (never a model)."""
+
+    seed: int
+    roster: list[ModelSpec]
+    train_mb: dict[str, float]  # each organization's training split (Table 3)
+    clone_density: dict[str, float]  # internal clone lines per MB (Figure 2)
+    perplexity: pd.DataFrame  # model, organization, file, loss_sum, tokens
+    prompts: pd.DataFrame  # model, organization, prompt, generated lines, memorized lines
+    canaries: pd.DataFrame  # model, canary, organization, count, extrapolated_exposure
+    duplication: pd.DataFrame  # model, organization, split, file, lines, loss_sum, tokens
+    rq3_prompts: pd.DataFrame  # model, prompt, generated lines, memorized lines
+
+    def models(self, setting: str, rq: str = "RQ1/RQ2") -> list[ModelSpec]:
+        return [s for s in self.roster if s.setting == setting and s.rq == rq]
+
+
+def _inputs(cfg: Config) -> dict[str, tuple[str, str]]:
+    """The artifacts one seed's findings read: datasets, clones and the three RQ steps."""
+    planned = datasets.plan(cfg)
+    planned |= clone_stats.plan(cfg, planned)
+    return {
+        "datasets": planned["datasets"],
+        "clones": planned["clones"],
+        "rq1": evaluation.plan(cfg, planned)[evaluation.STEP],
+        "rq2": memorization.plan_rq2(cfg, planned)[memorization.RQ2],
+        "rq3": memorization.plan_rq3(cfg, planned)[memorization.RQ3],
+    }
+
+
+def _refs(cfg: Config) -> list[str]:
+    return ["{}/{}".format(*ref) for s in cfg.run_seeds
+            for ref in _inputs(cfg.with_seed(s)).values()]  # fmt: skip
+
+
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The findings artifact's key: the config and every seed's inputs' keys."""
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), _refs(cfg)))}
+
+
+def _step_config(cfg: Config) -> dict:
+    return {"findings": cfg.findings, "seeds": list(cfg.run_seeds), "version": VERSION}
+
+
+def read_run(cfg: Config) -> Run:
+    """One seed's run from its artifacts; an error names the step to run first."""
+    arts = {}
+    for what, (step, key) in _inputs(cfg).items():
+        art = artifacts.load(step, key)
+        if art is None:
+            raise UserError(
+                f"the findings need the {what} step of seed {cfg.seed}: run "
+                f"`{cfg.command('run', 'all')}` first"
+            )
+        arts[what] = art
+    t3 = pd.read_csv(arts["datasets"].file("table3.csv"))
+    fig2 = clone_stats.table(arts["clones"], "figure2")
+    fig2 = fig2[~fig2["vendored"].astype(bool)]
+    rq2, rq3 = arts["rq2"], arts["rq3"]
+    return Run(
+        seed=cfg.seed,
+        roster=collaboration.roster(cfg),
+        train_mb=dict(t3[t3["split"] == "train"][["organization", "size_mb"]].values),
+        clone_density=dict(fig2[["organization", "clone_loc_per_mb"]].values),
+        perplexity=pd.read_csv(arts["rq1"].file(evaluation.FILES)),
+        prompts=_csv(rq2.file(memorization.PROMPT_UNITS)),
+        canaries=_csv(rq2.file(memorization.CANARY_UNITS)),
+        duplication=_csv(rq2.file(memorization.FILE_UNITS)),
+        rq3_prompts=_csv(rq3.file(memorization.PROMPT_UNITS)),
+    )
+
+
+def _csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def draws(strata: np.ndarray, b: int, rng: np.random.Generator) -> np.ndarray:
+    """``(b + 1, units)`` weights: row 0 counts every unit once (the estimate), each other
+    row how often a resample of each stratum's units, with replacement, drew it."""
+    w = np.zeros((b + 1, len(strata)))
+    w[0] = 1
+    rows = np.arange(b)[:, None]
+    for s in pd.unique(strata):
+        idx = np.flatnonzero(strata == s)
+        picks = rng.integers(len(idx), size=(b, len(idx)))
+        np.add.at(w[1:], (rows, idx[picks]), 1)
+    return w
+
+
+class Units:
+    """A unit table pivoted per model: weighted sums of a column over the units, for the
+    estimate and every resample of ``draws`` (one draw shared by all models: paired)."""
+
+    def __init__(self, frame: pd.DataFrame, unit: list[str], stratum: list[str], b: int, rng):
+        self.frame = frame
+        keys = frame[unit].drop_duplicates().reset_index(drop=True)
+        self.keys = keys
+        self.index = pd.MultiIndex.from_frame(keys)
+        if not set(stratum) <= set(unit):
+            raise ValueError(f"a unit ({unit}) must name its stratum ({stratum})")
+        strata = keys[stratum].astype(str).agg("/".join, axis=1).to_numpy()
+        self.w = draws(strata, b, rng)
+        self.unit = unit
+
+    def sum(self, column: str, model: str, where: Callable | None = None) -> np.ndarray:
+        """Weighted sum of ``column`` over ``model``'s rows (optionally only ``where``)."""
+        rows = self.frame[self.frame["model"] == model]
+        if where is not None:
+            rows = rows[where(rows)]
+        values = rows.groupby(self.unit)[column].sum().reindex(self.index, fill_value=0)
+        return self.w @ values.to_numpy(dtype=float)
+
+    def count(self, where: Callable) -> np.ndarray:
+        """Weighted number of units that satisfy ``where`` (a mask over the unit keys)."""
+        return self.w @ where(self.keys).to_numpy(dtype=float)
+
+    def mean(self, column: str, model: str, where: Callable | None = None) -> np.ndarray:
+        """Weighted mean of a per-unit ``column`` (one row per unit and model)."""
+        mask = (lambda k: pd.Series(True, index=k.index)) if where is None else where
+        return self.sum(column, model, where) / self.count(mask)
+
+
+# --------------------------------------------------------------------------- the findings
+
+
+@dataclass(frozen=True)
+class Finding:
+    number: int
+    claim: str
+    paper: str  # the paper's numbers for it
+    statistic: str
+    side: str  # "below" or "above": where the claim puts the statistic
+    threshold: float
+    # (run, b, rng) -> (measure, replicates (b + 1,) with the estimate first), or a reason
+    # the profile cannot test it
+    compute: Callable[[Run, int, np.random.Generator, Config], tuple[str, np.ndarray] | str]
+    paper_value: float
+
+
+def _ppl(run: Run, units: Units, names: list[str]) -> dict[str, np.ndarray]:
+    return {n: units.sum("loss_sum", n) / units.sum("tokens", n) for n in names}  # mean nats
+
+
+def _ppl_units(run: Run, b: int, rng) -> Units:
+    return Units(run.perplexity, ["organization", "file"], ["organization"], b, rng)
+
+
+def f1_size(run: Run, b: int, rng, cfg: Config):
+    singles = run.models("single")
+    if len(singles) < 2:
+        return "fewer than two single-organization models"
+    largest = max(run.train_mb, key=run.train_mb.get)
+    mine = next(s.name for s in singles if s.orgs == (largest,))
+    nll = _ppl(run, _ppl_units(run, b, rng), [s.name for s in singles])
+    others = np.min([nll[s.name] for s in singles if s.name != mine], axis=0)
+    return f"union validation perplexity (Table 8); largest: {largest}", nll[mine] - others
+
+
+def f2_federated(run: Run, b: int, rng, cfg: Config):
+    singles, feds = run.models("single"), run.models("federated")
+    cen = run.models("centralized")
+    if not (singles and feds and cen):
+        return "no single, centralized or federated model on all organizations"
+    names = [s.name for s in singles + feds + cen]
+    nll = _ppl(run, _ppl_units(run, b, rng), names)
+    best = np.min([nll[s.name] for s in singles], axis=0)
+    gap = best - nll[cen[0].name]
+    shares = [(nll[f.name] - nll[cen[0].name]) / np.where(gap > 0, gap, np.nan) for f in feds]
+    return "union validation perplexity (Table 8)", np.max(shares, axis=0)
+
+
+def _small_to_large(run: Run) -> tuple[str, ...]:
+    return tuple(sorted(run.train_mb, key=run.train_mb.get))
+
+
+def f3_order(run: Run, b: int, rng, cfg: Config):
+    incs = run.models("incremental")
+    order = _small_to_large(run)
+    mine = [s for s in incs if s.orgs == order]
+    if len(incs) < 2 or not mine:
+        return f"the small-to-large order ({' > '.join(order)}) and another must be trained"
+    nll = _ppl(run, _ppl_units(run, b, rng), [s.name for s in incs])
+    others = np.min([nll[s.name] for s in incs if s is not mine[0]], axis=0)
+    return f"union validation perplexity (Table 8); small to large: {mine[0].name}", (
+        nll[mine[0].name] - others
+    )
+
+
+def _verbatim_found(frame: pd.DataFrame, names: list[str]) -> bool:
+    return len(frame) > 0 and frame[frame["model"].isin(names)]["memorized lines"].sum() > 0
+
+
+def _collaborative(run: Run) -> list[str]:
+    """The collaborative models on all organizations that rq2 measured."""
+    settings = ("centralized", "federated", "incremental")
+    measured = set(run.prompts.get("model", [])) | set(run.duplication.get("model", []))
+    return [s.name for s in run.roster if s.setting in settings and s.rq == "RQ1/RQ2"
+            and s.name in measured]  # fmt: skip
+
+
+def f4_duplicates(run: Run, b: int, rng, cfg: Config):
+    models = _collaborative(run)
+    if not models:
+        return "no collaborative model in memorization.models"
+    heavy = max(run.clone_density, key=run.clone_density.get)
+    if _verbatim_found(run.prompts, models):
+        u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
+        ratio = {}
+        for org in run.clone_density:
+            mask = lambda r, o=org: r["organization"] == o  # noqa: E731
+            ratio[org] = sum(u.sum("memorized lines", m, mask) for m in models) / sum(
+                u.sum("generated lines", m, mask) for m in models
+            )
+        others = np.max([ratio[o] for o in ratio if o != heavy], axis=0)
+        return (f"the paper's memorization ratio (Table 9), all collaborative models; most "
+                f"duplicated: {heavy}"), 100 * (ratio[heavy] - others)  # fmt: skip
+    return _duplication_signal(run, models, b, rng)
+
+
+def _duplication_signal(run: Run, models: list[str], b: int, rng):
+    """Mean over models and organizations (those with clone lines in both splits) of the
+    duplication signal, nats per token: the paper's metric found nothing to compare."""
+    d = run.duplication
+    if d.empty:
+        return "no duplication losses (memorization.duplication_tokens scores none)"
+    base = d[d["model"] == BASE]
+    has = base.groupby(["organization", "split", "lines"])["tokens"].sum()
+    orgs = [o for o in dict.fromkeys(base["organization"])
+            if all(has.get((o, s, "clone"), 0) > 0 for s in ("train", "validation"))]  # fmt: skip
+    if not orgs:
+        return "no organization has clone lines in both its training and validation samples"
+    u = Units(d, ["organization", "split", "file"], ["organization", "split"], b, rng)
+
+    def mean(model: str, org: str, split: str, lines: str) -> np.ndarray:
+        def mask(r: pd.DataFrame) -> pd.Series:
+            return (r["organization"] == org) & (r["split"] == split) & (r["lines"] == lines)
+
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return u.sum("loss_sum", model, mask) / u.sum("tokens", model, mask)
+
+    signals = []
+    for org in orgs:
+        base_mean = {(s, c): mean(BASE, org, s, c) for s in ("train", "validation")
+                     for c in ("clone", "other")}  # fmt: skip
+        for m in models:
+            drop = {k: base_mean[k] - mean(m, org, *k) for k in base_mean}
+            train = drop["train", "clone"] - drop["train", "other"]
+            signals.append(train - (drop["validation", "clone"] - drop["validation", "other"]))
+    measure = (
+        "duplication signal (nats per token), the paper's metric being 0: mean over "
+        f"{len(models)} collaborative models and {', '.join(orgs)}"
+    )
+    return measure, np.mean(signals, axis=0)
+
+
+def f5_centralized(run: Run, b: int, rng, cfg: Config):
+    cen, feds = run.models("centralized"), run.models("federated")
+    names = set(_collaborative(run))
+    if not cen or cen[0].name not in names or not all(f.name in names for f in feds) or not feds:
+        return "memorization.models must hold the centralized and federated models"
+    models = [cen[0].name, *(f.name for f in feds)]
+    if _verbatim_found(run.prompts, models):
+        u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
+        ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in models}
+        return "the paper's memorization ratio (Table 10)", 100 * np.min(
+            [ratio[models[0]] - ratio[f] for f in models[1:]], axis=0
+        )
+    u = Units(run.canaries, ["organization", "canary"], ["organization"], b, rng)
+    e = {m: u.mean("extrapolated_exposure", m) for m in models}
+    return "canary exposure (bits), the paper's metric being 0", np.min(
+        [e[models[0]] - e[f] for f in models[1:]], axis=0
+    )
+
+
+def f6_last(run: Run, b: int, rng, cfg: Config):
+    names = set(_collaborative(run))
+    incs = [s for s in run.models("incremental") if s.name in names]
+    if not incs:
+        return "memorization.models holds no incremental model"
+    if _verbatim_found(run.prompts, [s.name for s in incs]):
+        u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
+
+        def stat(s: ModelSpec) -> np.ndarray:
+            ratio = {o: u.sum("memorized lines", s.name, lambda r, o=o: r["organization"] == o)
+                     / u.sum("generated lines", s.name, lambda r, o=o: r["organization"] == o)
+                     for o in s.orgs}  # fmt: skip
+            return ratio[s.orgs[-1]] - np.mean([ratio[o] for o in s.orgs[:-1]], axis=0)
+
+        measure, scale = "the paper's memorization ratio (Table 9), in points", 100
+    else:
+        u = Units(run.canaries, ["organization", "canary"], ["organization"], b, rng)
+
+        def stat(s: ModelSpec) -> np.ndarray:
+            def gain(where):
+                return u.mean("extrapolated_exposure", s.name, where) - u.mean(
+                    "extrapolated_exposure", BASE, where
+                )
+
+            last = gain(lambda k: k["organization"] == s.orgs[-1])
+            return last - gain(lambda k: k["organization"] != s.orgs[-1])
+
+        measure, scale = "canary exposure over the base model (bits), the paper's metric being 0", 1
+    return f"{measure}; mean over {len(incs)} orders", scale * np.mean(
+        [stat(s) for s in incs], axis=0
+    )
+
+
+def f7_cross(run: Run, b: int, rng, cfg: Config):
+    pair = [s for s in run.roster if s.rq == "RQ3"] or []
+    sync = [s.name for s in pair if s.setting in ("centralized", "federated")]
+    inc = [s.name for s in pair if s.setting == "incremental"]
+    if not (sync and inc):
+        return "the RQ3 pair's synchronous and incremental models are not all trained"
+    frame = run.rq3_prompts
+    if not _verbatim_found(frame, sync + inc):
+        n = frame["prompt"].nunique() if len(frame) else 0
+        return (f"the paper's metric (Table 11) found no memorized line in {n} prompts from "
+                "the pair's shared clone blocks, and no other measure of cross-organization "
+                "clones is built yet")  # fmt: skip
+    u = Units(
+        frame.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
+    )
+    ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in sync + inc}
+    return "the paper's memorization ratio on shared clones (Table 11), in points", 100 * (
+        np.mean([ratio[m] for m in sync], axis=0) - np.mean([ratio[m] for m in inc], axis=0)
+    )
+
+
+def _paper_values() -> dict[int, float]:
+    """Each statistic on the paper's own numbers (its organizations' roles)."""
+    t8 = {k: math.log(v[0]) for k, v in paper.TABLE8.items()}
+    singles = ["Facebook_Only", "Microsoft_Only", "Google_Only"]
+    best = min(t8[s] for s in singles)
+    incs = [k for k in t8 if k.startswith("Incremental_")]
+    t9 = paper.TABLE9
+
+    def pooled(org: str) -> float:
+        rows = [v for (m, o), v in t9.items() if o == org]
+        return 100 * sum(r[2] for r in rows) / sum(r[0] for r in rows)
+
+    def last_gain(model: str) -> float:
+        orgs = {"F": "Facebook", "M": "Microsoft", "G": "Google"}
+        order = [orgs[c] for c in model.removeprefix("Incremental_").split("2")]
+        r = {o: t9[model, o][3] for o in order}
+        return r[order[-1]] - float(np.mean([r[o] for o in order[:-1]]))
+
+    t10, t11 = paper.TABLE10, paper.TABLE11
+    return {
+        1: t8["Google_Only"] - min(t8["Facebook_Only"], t8["Microsoft_Only"]),
+        2: max(
+            (t8[f] - t8["Centralized_FMG"]) / (best - t8["Centralized_FMG"])
+            for f in ("Federated_Avg_FMG", "Federated_Yogi_FMG")
+        ),  # fmt: skip
+        3: t8["Incremental_F2M2G"] - min(t8[k] for k in incs if k != "Incremental_F2M2G"),
+        4: pooled("Microsoft") - max(pooled("Google"), pooled("Facebook")),
+        5: t10["Centralized_FMG"] - max(t10["Federated_Avg_FMG"], t10["Federated_Yogi_FMG"]),
+        6: float(np.mean([last_gain(m) for m in incs])),
+        7: float(
+            np.mean(
+                [t11[m][3] for m in ("Centralized_MG", "Federated_Avg_MG", "Federated_Yogi_MG")]
+            )  # fmt: skip
+            - np.mean([t11[m][3] for m in ("Incremental_M2G", "Incremental_G2M")])
+        ),
+    }
+
+
+def findings(cfg: Config) -> list[Finding]:
+    """The seven findings: claim, the paper's numbers, statistic and threshold."""
+    p = _paper_values()
+    share = cfg.findings.close_share
+    return [
+        Finding(1, "Size and diversity of data drive effectiveness: the largest organization's "
+                "own model is the best single-organization model",
+                "Google_Only 5.36 vs Microsoft_Only 39.52, Facebook_Only 181.54 (perplexity)",
+                "log perplexity of the largest organization's model minus the lowest of the "
+                "other single-organization models", "below", 0.0, f1_size, p[1]),
+        Finding(2, "Federated models reach perplexity close to centralized",
+                "FedAvg 3.71, FedYogi 4.02 vs centralized 3.32; best single 5.36",
+                "largest share, over the federated models, of the log-perplexity gap from the "
+                "best single-organization model to centralized that federated leaves open",
+                "below", share, f2_federated, p[2]),
+        Finding(3, "Incremental effectiveness depends on order; small to large is best",
+                "F2M2G 5.30 vs M2F2G 5.36, G2F2M 25.42, ..., G2M2F 53.38 (perplexity)",
+                "log perplexity of the small-to-large order minus the lowest of the other "
+                "orders", "below", 0.0, f3_order, p[3]),
+        Finding(4, "Duplicate-heavy data is memorized more", "Microsoft, the most duplicated: "
+                "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9)",
+                "the most duplicated organization's memorization minus the next highest "
+                "(verbatim), or memorization of clone lines beyond other lines (duplication "
+                "signal)", "above", 0.0, f4_duplicates, p[4]),
+        Finding(5, "Centralized training memorizes more than federated",
+                "1.711 % vs FedAvg 0.330 %, FedYogi 0.264 % (Table 10)",
+                "centralized minus the higher of the federated models", "above", 0.0,
+                f5_centralized, p[5]),
+        Finding(6, "In incremental learning, the last dataset is memorized most",
+                "e.g. G2F2M: Microsoft 8.13 % vs Google 0.02 %, Facebook 0.02 % (Table 9)",
+                "the last organization's memorization minus the mean of the earlier ones, "
+                "averaged over the orders", "above", 0.0, f6_last, p[6]),
+        Finding(7, "Cross-organization clones are memorized more by synchronous than by "
+                "incremental training",
+                "0.565 / 0.552 / 0.480 % vs 0.192 / 0.246 % (Table 11)",
+                "mean ratio of the pair's centralized and federated models minus that of its "
+                "incremental models", "above", 0.0, f7_cross, p[7]),
+    ]  # fmt: skip
+
+
+def decide(low: float, high: float, side: str, threshold: float) -> str:
+    """The rule: the interval wholly on the claim's side holds, wholly across it fails."""
+    if not (np.isfinite(low) and np.isfinite(high)):
+        return OPEN
+    claim_side = high < threshold if side == "below" else low > threshold
+    other_side = low > threshold if side == "below" else high < threshold
+    return HOLDS if claim_side else FAILS if other_side else OPEN
+
+
+def combine(per_seed: list[np.ndarray], b: int, rng) -> tuple[float, np.ndarray]:
+    """Estimate (mean of the seeds' estimates) and ``b`` replicates of the seed mean: seeds
+    drawn with replacement, each drawn seed's own resample (two-level bootstrap)."""
+    est = float(np.mean([r[0] for r in per_seed]))
+    reps = np.stack([r[1:] for r in per_seed])  # (seeds, b)
+    if len(per_seed) == 1:
+        return est, reps[0]
+    pick = rng.integers(len(per_seed), size=(b, len(per_seed)))
+    return est, reps[pick, np.arange(b)[:, None]].mean(axis=1)
+
+
+def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
+    """The findings table: one row per finding, its verdict and why."""
+    f = cfg.findings
+    alpha = (1 - f.confidence) / 2
+    rows = []
+    for finding in findings(cfg):
+        rng = np.random.default_rng([cfg.run_seeds[0], finding.number])
+        results = [finding.compute(run, f.bootstrap, rng, cfg) for run in runs]
+        untestable = [r for r in results if isinstance(r, str)]
+        row = {"finding": finding.number, "claim": finding.claim, "statistic": finding.statistic,
+               "rule": _rule(finding, f.confidence), "paper": finding.paper,
+               "paper value": finding.paper_value, "seeds": len(runs)}  # fmt: skip
+        if untestable:
+            why = f"Cannot be tested in this profile: {untestable[0]}."
+            rows.append(row | {"measure": "none", "verdict": OPEN, "why": why})
+            continue
+        measure = results[0][0]
+        est, reps = combine([r[1] for r in results], f.bootstrap, rng)
+        finite = reps[np.isfinite(reps)]
+        low, high = (np.quantile(finite, [alpha, 1 - alpha]) if len(finite) > 0.9 * len(reps)
+                     else (math.nan, math.nan))  # fmt: skip
+        spread = float(np.std([r[1][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
+        verdict = decide(low, high, finding.side, finding.threshold)
+        why = _why(finding, est, low, high, verdict, f.confidence)
+        rows.append(row | {"measure": measure, "estimate": est, "low": low, "high": high,
+                           "seed spread": spread, "verdict": verdict, "why": why})  # fmt: skip
+    return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def _rule(finding: Finding, confidence: float) -> str:
+    side = "below" if finding.side == "below" else "above"
+    other = "above" if side == "below" else "below"
+    level = f"{100 * confidence:g} %"
+    t = f"{finding.threshold:g}"
+    return (f"holds if the {level} interval lies wholly {side} {t}; does not hold if wholly "
+            f"{other}; inconclusive if it contains {t}")  # fmt: skip
+
+
+def _why(finding: Finding, est: float, low: float, high: float, verdict: str, conf: float):
+    level = f"{100 * conf:g} %"
+    if not np.isfinite(low):
+        return (f"The estimate is {est:.3g}, but most resamples leave the statistic undefined "
+                "(a denominator of zero), so no interval can be given.")  # fmt: skip
+    where = {
+        HOLDS: f"lies wholly {finding.side} {finding.threshold:g}, as the paper claims",
+        FAILS: f"lies wholly on the other side of {finding.threshold:g}, against the claim",
+        OPEN: f"contains {finding.threshold:g}: the difference is inside its uncertainty",
+    }
+    interval = f"[{low:.3g}, {high:.3g}]"
+    return f"The estimate is {est:.3g} and its {level} interval {interval} {where[verdict]}."
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def build_findings(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+    """The findings table from every seed's cached tables and units (never a model)."""
+    runs = [read_run(cfg.with_seed(s)) for s in cfg.run_seeds]
+
+    def produce(out: Path) -> dict:
+        table = evaluate(cfg, runs)
+        table.to_csv(out / "findings.csv", index=False)
+        return {"seeds": list(cfg.run_seeds), "verdicts": dict(zip(
+            table["finding"].astype(str), table["verdict"], strict=True))}  # fmt: skip
+
+    return artifacts.build(STEP, _step_config(cfg), produce, _refs(cfg), seed=cfg.seed,
+                           force=force)  # fmt: skip
+
+
+def load(cfg: Config) -> artifacts.Artifact:
+    art = artifacts.load(*plan(cfg)[STEP])
+    if art is None:
+        raise UserError(f"the findings are not computed for profile {cfg.profile!r}: run "
+                        f"`{cfg.command('run', STEP)}`")  # fmt: skip
+    return art
+
+
+def table(art: artifacts.Artifact) -> pd.DataFrame:
+    return pd.read_csv(art.file("findings.csv"))
+
+
+def seeds_note(art: artifacts.Artifact) -> str:
+    """The sentence every page with a verdict carries: how many seeds the verdicts rest on."""
+    seeds = art.metrics["seeds"]
+    c = art.manifest["config"]["findings"]
+    more = "" if len(seeds) > 1 else (
+        " One seed: the intervals hold the uncertainty of the units (files, prompts, "
+        "canaries), not the seed-to-seed spread of training; the README says how to build "
+        "the book with three seeds."
+    )  # fmt: skip
+    return (f"Built with {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+            f"({', '.join(map(str, seeds))}); {c['bootstrap']} bootstrap resamples, "
+            f"{100 * c['confidence']:g} % intervals.{more}")  # fmt: skip

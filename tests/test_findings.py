@@ -1,0 +1,110 @@
+"""The findings: the decision rule, the paired resampling, and verdicts that can go each way."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collab_lib import findings, pipeline
+from collab_lib.collaboration import ModelSpec
+from collab_lib.config import load_config
+
+ORGS = {"Small": 1.0, "Mid": 2.0, "Big": 3.0}
+
+
+def test_the_rule_needs_the_whole_interval_on_one_side():
+    assert findings.decide(-0.3, -0.1, "below", 0.0) == findings.HOLDS
+    assert findings.decide(0.1, 0.3, "below", 0.0) == findings.FAILS
+    assert findings.decide(-0.1, 0.1, "below", 0.0) == findings.OPEN
+    assert findings.decide(0.6, 0.9, "above", 0.5) == findings.HOLDS
+    assert findings.decide(math.nan, 1.0, "above", 0.0) == findings.OPEN
+
+
+def test_draws_resample_within_each_stratum_and_keep_the_estimate_first():
+    strata = np.array(["a"] * 3 + ["b"] * 5)
+    w = findings.draws(strata, 200, np.random.default_rng(0))
+    assert w.shape == (201, 8) and (w[0] == 1).all()
+    assert (w[1:, :3].sum(axis=1) == 3).all() and (w[1:, 3:].sum(axis=1) == 5).all()
+    again = findings.draws(strata, 200, np.random.default_rng(0))
+    assert (w == again).all()
+
+
+def _run(loss: dict[str, float], noise: float = 0.05, files: int = 30) -> findings.Run:
+    """Three single-organization models scored on every organization's validation files."""
+    rng = np.random.default_rng(1)
+    rows = []
+    for org in ORGS:
+        for f in range(files):
+            tokens = int(rng.integers(50, 500))
+            shared = rng.normal(0, 0.5)  # files differ in difficulty for every model alike
+            per = {name: mean + shared + rng.normal(0, noise) for name, mean in loss.items()}
+            if loss["Big_Only"] == loss["Mid_Only"]:  # a tie: the same model twice
+                per["Big_Only"] = per["Mid_Only"]
+            file = f"{org}/{f}.py"
+            rows += [
+                {"model": m, "organization": org, "file": file, "loss_sum": x * tokens,
+                 "tokens": tokens}
+                for m, x in per.items()
+            ]  # fmt: skip
+    roster = [ModelSpec(f"{o}_Only", "single", (o,)) for o in ORGS]
+    empty = pd.DataFrame()
+    return findings.Run(0, roster, ORGS, {o: 1.0 for o in ORGS}, pd.DataFrame(rows),
+                        empty, empty, empty, empty)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("big", "verdict"),
+    [(2.0, findings.HOLDS), (2.5, findings.OPEN), (3.0, findings.FAILS)],
+)
+def test_finding_1_can_hold_fail_or_stay_open(big, verdict):
+    cfg = load_config("tiny")
+    run = _run({"Small_Only": 2.9, "Mid_Only": 2.5, "Big_Only": big})
+    table = findings.evaluate(cfg, [run]).set_index("finding")
+    assert table.loc[1, "verdict"] == verdict
+    assert math.isclose(table.loc[1, "estimate"], big - 2.5, abs_tol=0.03)
+    assert table.loc[1, "low"] <= table.loc[1, "estimate"] <= table.loc[1, "high"]
+    assert "largest: Big" in table.loc[1, "measure"]
+
+
+def test_a_finding_the_run_cannot_test_says_why():
+    cfg = load_config("tiny")
+    table = findings.evaluate(cfg, [_run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})])
+    row = table.set_index("finding").loc[2]  # no centralized or federated model
+    assert row["verdict"] == findings.OPEN and row["measure"] == "none"
+    assert row["why"].startswith("Cannot be tested in this profile")
+
+
+def test_seeds_that_disagree_widen_the_interval():
+    one = np.concatenate([[1.0], np.random.default_rng(0).normal(1.0, 0.01, 500)])
+    other = np.concatenate([[-1.0], np.random.default_rng(1).normal(-1.0, 0.01, 500)])
+    est, reps = findings.combine([one, other], 500, np.random.default_rng(2))
+    assert est == pytest.approx(0.0)
+    low, high = np.quantile(reps, [0.025, 0.975])
+    assert low < -0.9 and high > 0.9  # the seed-to-seed spread is inside the interval
+    _, alone = findings.combine([one], 500, np.random.default_rng(2))
+    assert np.quantile(alone, 0.975) - np.quantile(alone, 0.025) < 0.1
+
+
+@pytest.fixture
+def cfg(built_book, monkeypatch):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    return load_config(built_book.profile, built_book.overrides)
+
+
+@pytest.mark.slow
+def test_the_step_decides_all_seven_from_the_runs_own_tables(cfg):
+    table = pipeline.table("findings", cfg).set_index("finding")
+    assert list(table.index) == list(range(1, 8))
+    assert set(table["verdict"]) <= {findings.HOLDS, findings.FAILS, findings.OPEN}
+    assert table["rule"].str.startswith("holds if").all() and (table["seeds"] == 1).all()
+    # finding 1's estimate is Table 8's own numbers: log perplexity differences
+    by_org = pipeline.table("perplexity_by_org", cfg).set_index("model")["union"]
+    t3 = pipeline.table("table3", cfg)
+    sizes = t3[t3["split"] == "train"].set_index("organization")["size_mb"]
+    largest = f"{sizes.idxmax()}_Only"
+    others = [f"{o}_Only" for o in sizes.index if f"{o}_Only" != largest]
+    expected = math.log(by_org[largest]) - min(math.log(by_org[o]) for o in others)
+    assert table.loc[1, "estimate"] == pytest.approx(expected, rel=1e-9)
+    # the book profile measures memorization on its centralized model only
+    assert table.loc[5, "measure"] == "none" and "memorization.models" in table.loc[5, "why"]
