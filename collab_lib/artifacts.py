@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from collab_lib import __version__
-from collab_lib.config import PROJECT_ROOT, to_dict
+from collab_lib.config import PROJECT_ROOT, UserError, to_dict
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ def artifact_key(step: str, config: Any, inputs: Iterable[str] = ()) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+class ImportedWithoutFile(UserError):
+    """A file an export did not carry (model weights, an organization's code) was read."""
+
+
 @dataclass(frozen=True)
 class Artifact:
     """A finished, verified artifact directory and its manifest."""
@@ -69,7 +73,18 @@ class Artifact:
     def metrics(self) -> dict:
         return self.manifest.get("metrics", {})
 
+    @property
+    def omitted(self) -> list[str]:
+        """Files an import left behind (weights, code): see ``collab_lib.exchange``."""
+        return self.manifest.get("omitted", [])
+
     def file(self, name: str) -> Path:
+        if name in self.omitted:
+            raise ImportedWithoutFile(
+                f"{self.ref} was imported from an export, which carries results but not "
+                f"{name}: rebuild it here with `python -m collab_lib run STEP --force` (the "
+                "step that makes it) or read only what the export carries"
+            )
         return self.path / name
 
 
@@ -96,7 +111,10 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
+    omitted = set(manifest.get("omitted", []))  # an import without weights or code
     for name, meta in manifest.get("files", {}).items():
+        if name in omitted:
+            continue
         file = path / name
         if not file.is_file() or file.stat().st_size != meta["bytes"]:
             return None
@@ -132,7 +150,7 @@ def build(
     key = artifact_key(step, config, inputs)
     if not force:
         hit = load(step, key, root)
-        if hit is not None:
+        if hit is not None and not hit.omitted:  # an import without its weights is rebuilt
             log.info("%s %s: cached", step, key)
             return hit
     final = artifact_dir(step, key, root)
@@ -156,13 +174,14 @@ def build(
             "inputs": inputs,
             "package_version": __version__,
             "libraries": library_versions(),
+            "machine": machine(),
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "wall_s": round(wall_s, 3),
             "metrics": metrics,
             "files": files,
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
-        _replace_dir(tmp, final)
+        replace_dir(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -170,7 +189,7 @@ def build(
     return Artifact(step, key, final, manifest)
 
 
-def _replace_dir(tmp: Path, final: Path) -> None:
+def replace_dir(tmp: Path, final: Path) -> None:
     """Rename ``tmp`` to ``final``; a stale or corrupt ``final`` is moved aside first."""
     if final.exists():
         trash = final.parent / f".trash-{final.name}-{uuid.uuid4().hex[:8]}"
@@ -195,6 +214,16 @@ def library_versions() -> dict[str, str]:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    return out
+
+
+def machine() -> dict:
+    """Where an artifact was made: platform, CPU, and the GPU if the run used one."""
+    out = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
+           "cpus": os.cpu_count()}  # fmt: skip
+    torch = sys.modules.get("torch")  # only if a step loaded it: never imported for this
+    if torch is not None and torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
     return out
 
 

@@ -95,6 +95,18 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     with_profile(sp)
 
+    sp = sub.add_parser(
+        "export",
+        help="write a run's tables, curves and manifests (no weights, no code) to one archive",
+        description="Every artifact behind the profile's book, all seeds, into FILE (.tar.gz). "
+        "On another machine, `import FILE` then `book --profile P --no-run` builds its book.",
+    )
+    sp.add_argument("file", metavar="FILE", help="e.g. gpu-run.tar.gz")
+    with_profile(sp)
+
+    sp = sub.add_parser("import", help="put an export's results into the local cache")
+    sp.add_argument("file", metavar="FILE")
+
     sp = sub.add_parser("book", help="run the steps, execute the notebooks, build the HTML book")
     sp.add_argument("--no-run", action="store_true", help="do not run missing steps first")
     with_profile(sp)
@@ -107,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "clones":
         return _audit(args)
     try:
+        if args.command == "import":
+            return _import(Path(args.file))
         if getattr(args, "seed", None) is not None:
             args.overrides.append(f"seed={args.seed}")
         cfg = load_config(args.profile, args.overrides)
@@ -123,6 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(cfg, args)
         elif args.command == "status":
             _print_status(pipeline.status(cfg), as_json=args.json)
+        elif args.command == "export":
+            return _export(cfg, Path(args.file))
         elif args.command == "book":
             overrides = parse_overrides(args.overrides)  # papermill passes them as a dict
             index = build_book(args.profile, overrides, run_steps=not args.no_run)
@@ -239,3 +255,27 @@ def _print_status(rows: list[dict[str, str]], as_json: bool) -> None:
         print(f"{r['step']:<10} {r['artifact']:<{width}} {r['key']}  {r['state']}")
     todo = list(dict.fromkeys(r["step"] for r in rows if r["state"] != "cached"))
     print("would run: " + (", ".join(todo) if todo else "nothing (everything is cached)"))
+
+
+def _export(cfg, path: Path) -> int:
+    from collab_lib import exchange
+
+    index = exchange.export_run(cfg, path)
+    print(f"exported {len(index['artifacts'])} artifacts of profile {cfg.profile} (seeds "
+          f"{', '.join(map(str, index['seeds']))}) to {path}: {index['bytes'] / 1e6:.1f} MB; "
+          f"{index['left_home_bytes'] / 1e6:.1f} MB of weights and code stay here")  # fmt: skip
+    return 0
+
+
+def _import(path: Path) -> int:
+    from collab_lib import exchange
+
+    index = exchange.import_run(path)
+    where = index["machine"]
+    on = where.get("gpu") or where.get("cpu")
+    sets = "".join(f" --set {o}" for o in index["overrides"])
+    print(f"imported {index['added']} artifacts ({index['already_here']} already here) of "
+          f"profile {index['profile']}, run on {on} ({where.get('platform')}) at "
+          f"{index['created_utc']}.\nBuild its book: python -m collab_lib book --profile "
+          f"{index['profile']}{sets} --no-run")  # fmt: skip
+    return 0

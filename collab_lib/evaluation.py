@@ -286,7 +286,7 @@ def load_model(model_art):
 
     from collab_lib.model import load_tokenizer
 
-    path = model_art.path / "model"
+    path = model_art.file("model/model.safetensors").parent  # a clear error if imported
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return GPT2LMHeadModel.from_pretrained(path).to(device).eval(), load_tokenizer(path)
 

@@ -285,10 +285,6 @@ def memorized_examples(examples: pd.DataFrame) -> None:
         ))  # fmt: skip
 
 
-VERDICT_MARK = {"holds": "✅ holds", "does not hold": "❌ does not hold",
-                "inconclusive": "➖ inconclusive"}  # fmt: skip
-
-
 def findings_summary(table: pd.DataFrame) -> pd.DataFrame:
     """One line per finding: the claim, our estimate with its interval, the verdict."""
 
@@ -303,7 +299,7 @@ def findings_summary(table: pd.DataFrame) -> pd.DataFrame:
             "claim": table["claim"],
             "paper": [f"{v:.3g}" for v in table["paper value"]],
             "ours [interval]": [ours(r) for _, r in table.iterrows()],
-            "verdict": [VERDICT_MARK.get(v, v) for v in table["verdict"]],
+            "verdict": table["verdict"],
         }
     )
 
