@@ -1,0 +1,62 @@
+"""Results that travel: export a finished run, import it into an empty cache, build its book."""
+
+import json
+import tarfile
+
+import pytest
+
+from collab_lib import artifacts, cli, collaboration, evaluation, exchange, findings
+from collab_lib.book import build_book
+from collab_lib.config import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def exported(built_book, tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    archive = tmp_path_factory.mktemp("export") / "run.tar.gz"
+    try:
+        sets = [f"--set=seed={built_book.overrides['seed']}"]
+        assert cli.main(["export", "--profile", str(built_book.profile), *sets, str(archive)]) == 0
+    finally:
+        mp.undo()
+    return archive
+
+
+def test_an_export_carries_tables_and_manifests_but_no_weights_or_code(exported):
+    with tarfile.open(exported) as tar:
+        names = tar.getnames()
+        index = json.loads(tar.extractfile(exchange.INDEX).read())
+    assert not [n for n in names if n.endswith((".safetensors", ".jsonl", ".py"))]
+    assert any(n.startswith("rq1/") and n.endswith("/table8.csv") for n in names)
+    assert any(n.startswith("findings/") for n in names)
+    assert index["seeds"] == [5] and index["machine"]["cpus"] >= 1
+
+
+def test_an_import_builds_the_book_without_any_model(exported, built_book, tmp_path, monkeypatch):
+    root = tmp_path / "elsewhere"
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    assert cli.main(["import", str(exported)]) == 0
+    cfg = load_config(built_book.profile, built_book.overrides)
+    assert findings.load(cfg).file("findings.csv").is_file()
+    # the book renders from the import alone: no step runs, no model is loaded
+    index = build_book(str(built_book.profile), built_book.overrides, run_steps=False,
+                       build_root=tmp_path / "_build")  # fmt: skip
+    text = (index.parent / "book" / "executed" / "06_findings.html").read_text()
+    assert "Finding 7" in text and "Verdict:" in text
+    # a model arrived without its weights: reading them says so, and what to do
+    model = collaboration.load_models(cfg)[evaluation.BASE]
+    with pytest.raises(artifacts.ImportedWithoutFile, match="imported from an export"):
+        evaluation.load_model(model)
+    assert cli.main(["import", str(exported)]) == 0  # again: nothing replaced
+
+
+def test_an_archive_that_is_not_an_export_is_refused(tmp_path, capsys):
+    bad = tmp_path / "bad.tar.gz"
+    with tarfile.open(bad, "w:gz") as tar:
+        tar.add(__file__, arcname="../escape.py")
+    assert cli.main(["import", str(bad)]) == 2
+    assert "not made by `python -m collab_lib export`" in capsys.readouterr().err
+    assert cli.main(["import", str(tmp_path / "missing.tar.gz")]) == 2
