@@ -37,13 +37,21 @@ def provenance_table(cfg: Config) -> pd.DataFrame:
                 "key": art.key,
                 "created_utc": m.get("created_utc"),
                 "wall_s": m.get("wall_s"),
-                "seed": "" if m.get("seed") is None else str(m["seed"]),
+                "seed": "—" if m.get("seed") is None else str(m["seed"]),
                 "files": len(m.get("files", {})),
                 "content_sha256": content_digest(art),
                 "collab_lib": m.get("package_version"),
+                "made on": made_on(m.get("machine")),
             }
         )
     return pd.DataFrame(rows)
+
+
+def made_on(machine: dict | None) -> str:
+    """``GPU`` or ``CPU (n cores)`` from a manifest's machine record ("—" before it existed)."""
+    if not machine:
+        return "—"
+    return machine.get("gpu") or f"{machine.get('cpu') or 'CPU'} ({machine.get('cpus')} cores)"
 
 
 def library_table(cfg: Config) -> pd.DataFrame:
@@ -61,7 +69,8 @@ def provenance_details_html(cfg: Config) -> str:
     parts = []
     for art in pipeline.planned_artifacts(cfg):
         m = art.manifest
-        body = {k: m.get(k) for k in ("config", "inputs", "seed", "libraries", "metrics", "files")}
+        keys = ("config", "inputs", "seed", "libraries", "machine", "metrics", "files", "omitted")
+        body = {k: m.get(k) for k in keys}
         text = html.escape(json.dumps(body, indent=1, sort_keys=True))
         parts.append(
             f"<details><summary><code>{art.step}/{art.key}</code></summary>"

@@ -28,7 +28,7 @@ def show_table(
     df: pd.DataFrame, art: artifacts.Artifact, cfg: Config, table: str | None = None
 ) -> None:
     """Display a table without its index, then the line that says where it came from."""
-    display(df.style.hide(axis="index").format(precision=2, thousands=",", na_rep=""))
+    display(df.style.hide(axis="index").format(precision=2, thousands=",", na_rep="—"))
     display(source_line(art, cfg, table))
 
 
