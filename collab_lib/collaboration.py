@@ -412,7 +412,8 @@ def model_curves(art: artifacts.Artifact) -> dict:
 
 def all_curves(cfg: Config, models: dict[str, artifacts.Artifact]) -> dict[str, dict]:
     """The loss curves of the study's models (the base model's pretraining left out)."""
-    return {spec.name: model_curves(models[spec.name]) for spec in roster(cfg)}
+    return {spec.name: model_curves(models[spec.name]) | {"setting": spec.setting, "rq": spec.rq}
+            for spec in roster(cfg)}  # fmt: skip
 
 
 def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:

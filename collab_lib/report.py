@@ -154,29 +154,51 @@ def vendored_sources(summaries: dict[str, dict]) -> pd.DataFrame:
 
 
 def loss_curves(curves: dict[str, dict]) -> plt.Figure:
-    """Training loss of every model: per step (stages marked) and per federated round."""
-    steps = {n: c for n, c in curves.items() if c["kind"] == "steps"}
-    rounds = {n: c for n, c in curves.items() if c["kind"] == "rounds"}
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 3.8), width_ratios=[2, 1])
-    for name, c in steps.items():
-        (line,) = ax.plot(c["step_loss"], lw=0.8, label=name)
-        ends = c["stage_ends"][:-1]
-        ax.plot(ends, [c["step_loss"][e - 1] for e in ends], "|", ms=9, color=line.get_color())
-    ax.set_xlabel("optimizer step (| = next organization)")
-    ax.set_ylabel("training loss")
-    ax.set_title("Single-organization, centralized and incremental")
-    ax.legend(fontsize=6, ncol=2)
-    for name, c in rounds.items():  # each client's loss in its local epoch, per round
-        orgs = sorted(c["organization_loss"])
-        for r in range(len(c["round_loss"])):
-            bx.plot(orgs, [c["organization_loss"][o][r] for o in orgs], marker="o", lw=0.8,
-                    alpha=0.4 + 0.6 * (r + 1) / len(c["round_loss"]),
-                    label=name if r == len(c["round_loss"]) - 1 else None)  # fmt: skip
-    bx.set_ylabel("client's training loss")
-    bx.set_title("Federated: each client, each round (last darkest)")
-    bx.legend(fontsize=6)
+    """Small multiples: the training loss per optimizer step of each setting's models (| marks
+    the next organization of an incremental model), and of each federated model, every
+    client's loss in its local epoch, per round."""
+    panels: dict[str, dict[str, dict]] = {}
+    for name, c in curves.items():
+        if c["kind"] == "rounds":
+            panels[name] = {name: c}
+        else:
+            title = "RQ3 pair" if c.get("rq") == "RQ3" else c.get("setting", "models")
+            panels.setdefault(title, {})[name] = c
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
+    for ax, (title, group) in zip(axes.flat, panels.items(), strict=False):
+        for name, c in group.items():
+            if c["kind"] == "rounds":
+                _client_losses(ax, c)
+            else:
+                loss = smooth(c["step_loss"])
+                (line,) = ax.plot(loss, lw=0.9, label=name)
+                ends = c["stage_ends"][:-1]
+                ax.plot(ends, [loss[e - 1] for e in ends], "|", ms=9, color=line.get_color())
+                ax.set_xlabel("optimizer step (mean of 10)")
+        ax.set_title(title, fontsize=9)
+        ax.set_ylabel("training loss (nats per token)", fontsize=7)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def smooth(values: list[float], window: int = 10) -> list[float]:
+    """Trailing mean over ``window`` steps (fewer at the start): a batch of 8 is noisy."""
+    return pd.Series(values).rolling(window, min_periods=1).mean().tolist()
+
+
+def _client_losses(ax, c: dict) -> None:
+    """One line per organization: its client's training loss in each round."""
+    rounds = range(1, len(c["round_loss"]) + 1)
+    for org in sorted(c["organization_loss"]):
+        ax.plot(rounds, c["organization_loss"][org], marker="o", lw=0.9, label=org)
+    ax.set_xlabel("round")
+    ax.set_xticks(list(rounds))
 
 
 def settings_table(cfg: Config) -> pd.DataFrame:

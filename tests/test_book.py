@@ -181,7 +181,7 @@ def test_every_page_renders_offline_with_numbers_figures_and_working_links(page)
         page.wait_for_load_state("networkidle")
         cells = page.eval_on_selector_all("main table td", "tds => tds.map(t => t.innerText)")
         assert not [c for c in cells if not c.strip()], f"{chapter}: an empty table cell"
-        assert not [c for c in cells if c.strip().lower() in ("nan", "none")], chapter
+        assert not [c for c in cells if c.strip() in ("nan", "NaN", "None", "<NA>")], chapter
         sizes = page.eval_on_selector_all("main img", "is => is.map(i => i.naturalWidth)")
         assert all(w > 0 for w in sizes), f"{chapter}: a figure did not load"
         hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
