@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import itertools
+import re
 
 import matplotlib.pyplot as plt
 import pandas as pd
@@ -98,6 +99,34 @@ def skipped_table(skipped: pd.DataFrame) -> pd.DataFrame:
     return wide.fillna(0).astype(int).reset_index()
 
 
+# free-text license fields and trove classifiers, as SPDX identifiers (first match wins)
+_SPDX = (
+    (r"^(mit\b|mit license)", "MIT"),
+    (r"^apache[- ](2\.0|license.*2)", "Apache-2.0"),
+    (r"^apache software license$", "Apache (version not stated)"),
+    (r"^bsd[- ]3|bsd 3-clause", "BSD-3-Clause"),
+    (r"^bsd[- ]2|bsd 2-clause", "BSD-2-Clause"),
+    (r"^bsd license$", "BSD (version not stated)"),
+    (r"^(psf-2\.0|python software foundation license)$", "PSF-2.0"),
+)
+
+
+def spdx(license_: str) -> str:
+    """A license as its SPDX identifier where one is plain (``MIT License`` -> ``MIT``);
+    a list of classifiers (``A, B``: the package offers either) maps each part, joined by
+    ``OR``; an SPDX expression or anything else is kept as is."""
+    text = str(license_).strip()
+    if re.fullmatch(r"[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)+", text):
+        return text  # already an SPDX expression
+    parts = [p.strip() for p in text.split(", ")] if ", " in text and "licensed" not in text \
+        else [text]  # fmt: skip
+    out = []
+    for part in parts:
+        low = part.lower()
+        out.append(next((sid for rx, sid in _SPDX if re.search(rx, low)), part))
+    return " OR ".join(dict.fromkeys(out))
+
+
 def table2_summary(table2: pd.DataFrame) -> pd.DataFrame:
     """Per organization: our sources and licenses beside the paper's repositories (Table 2)."""
     rows = []
@@ -108,7 +137,7 @@ def table2_summary(table2: pd.DataFrame) -> pd.DataFrame:
                 "organization": org,
                 "sources": len(group),
                 "py_files": int(group["py_files"].sum()),
-                "licenses": ", ".join(sorted(set(group["license"]))),
+                "licenses": ", ".join(sorted({spdx(v) for v in group["license"]})),
                 "paper_repositories": repos,
                 "paper_sample_repositories": sample,
             }

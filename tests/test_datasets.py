@@ -321,3 +321,23 @@ def test_own_code_fills_size_mb_whatever_is_vendored(tmp_path):
     v = with_vendor.summary("Google")["vendored"]
     assert t4.loc[label, "bytes_per_file"] == round(v["bytes"] / v["files"])
     assert t4.loc[label].isna()["paper_loc_per_mb"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "spdx"),
+    [
+        ("MIT License", "MIT"),
+        ("MIT licensed, as found in the LICENSE file", "MIT"),
+        ("BSD-3", "BSD-3-Clause"),
+        ("Apache 2.0", "Apache-2.0"),
+        ("Python Software Foundation License", "PSF-2.0"),
+        ("Apache Software License, BSD License",
+         "Apache (version not stated) OR BSD (version not stated)"),
+        ("Apache-2.0 AND BSD-2-Clause", "Apache-2.0 AND BSD-2-Clause"),  # SPDX already
+        ("not stated", "not stated"),
+    ],
+)  # fmt: skip
+def test_table2_summary_names_licenses_by_spdx_identifier(raw, spdx):
+    from collab_lib.report import spdx as to_spdx
+
+    assert to_spdx(raw) == spdx
