@@ -28,7 +28,9 @@ def source_line(art: artifacts.Artifact, cfg: Config, table: str | None = None) 
 def show_table(
     df: pd.DataFrame, art: artifacts.Artifact, cfg: Config, table: str | None = None
 ) -> None:
-    """Display a table without its index, then the line that says where it came from."""
+    """Display a table without its index, then the line that says where it came from; an
+    empty or missing value shows as a dash (a blank cell reads as a rendering fault)."""
+    df = df.replace("", None)
     display(df.style.hide(axis="index").format(precision=2, thousands=",", na_rep="—"))
     display(source_line(art, cfg, table))
 
