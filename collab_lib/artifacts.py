@@ -24,6 +24,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from collab_lib import __version__
 from collab_lib.config import PROJECT_ROOT, UserError, to_dict
 
@@ -86,6 +88,13 @@ class Artifact:
                 "step that makes it) or read only what the export carries"
             )
         return self.path / name
+
+    def table(self, name: str) -> pd.DataFrame:
+        """The table ``<name>.csv`` (a file with no row and no header reads as empty)."""
+        try:
+            return pd.read_csv(self.file(f"{name}.csv"))
+        except pd.errors.EmptyDataError:
+            return pd.DataFrame()
 
 
 def artifact_dir(step: str, key: str, root: Path | None = None) -> Path:

@@ -163,4 +163,4 @@ def clone_stats_for(cfg: Config) -> artifacts.Artifact:
 
 
 def table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
-    return pd.read_csv(art.file(f"{name}.csv"))
+    return art.table(name)

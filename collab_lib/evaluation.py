@@ -519,7 +519,7 @@ def load_rq1(cfg: Config) -> artifacts.Artifact:
 
 
 def rq1_table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
-    return pd.read_csv(art.file(f"{name}.csv"))
+    return art.table(name)
 
 
 def settings_table(art: artifacts.Artifact) -> pd.DataFrame:

@@ -25,7 +25,6 @@ from collab_lib.config import Config, UserError, to_dict
 
 INDEX = "export.json"
 CARRIED = (".csv", ".json")  # tables, curves, records; weights and code stay home
-NOT_CARRIED = ("model.safetensors",)  # a .json-named weight would still stay home
 
 
 class ExportError(UserError):
@@ -34,7 +33,7 @@ class ExportError(UserError):
 
 def carried(name: str) -> bool:
     """Whether an artifact's file travels in an export."""
-    return name.endswith(CARRIED) and PurePosixPath(name).name not in NOT_CARRIED
+    return name.endswith(CARRIED)
 
 
 def export_run(cfg: Config, path: Path) -> dict:

@@ -105,7 +105,7 @@ def read_run(cfg: Config) -> Run:
                 f"`{cfg.command('run', 'all')}` first"
             )
         arts[what] = art
-    t3 = pd.read_csv(arts["datasets"].file("table3.csv"))
+    t3 = arts["datasets"].table("table3")
     fig2 = clone_stats.table(arts["clones"], "figure2")
     fig2 = fig2[~fig2["vendored"].astype(bool)]
     rq2, rq3 = arts["rq2"], arts["rq3"]
@@ -114,19 +114,16 @@ def read_run(cfg: Config) -> Run:
         roster=collaboration.roster(cfg),
         train_mb=dict(t3[t3["split"] == "train"][["organization", "size_mb"]].values),
         clone_density=dict(fig2[["organization", "clone_loc_per_mb"]].values),
-        perplexity=pd.read_csv(arts["rq1"].file(evaluation.FILES)),
-        prompts=_csv(rq2.file(memorization.PROMPT_UNITS)),
-        canaries=_csv(rq2.file(memorization.CANARY_UNITS)),
-        duplication=_csv(rq2.file(memorization.FILE_UNITS)),
-        rq3_prompts=_csv(rq3.file(memorization.PROMPT_UNITS)),
+        perplexity=arts["rq1"].table(_stem(evaluation.FILES)),
+        prompts=rq2.table(_stem(memorization.PROMPT_UNITS)),
+        canaries=rq2.table(_stem(memorization.CANARY_UNITS)),
+        duplication=rq2.table(_stem(memorization.FILE_UNITS)),
+        rq3_prompts=rq3.table(_stem(memorization.PROMPT_UNITS)),
     )
 
 
-def _csv(path: Path) -> pd.DataFrame:
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
+def _stem(file_name: str) -> str:
+    return file_name.removesuffix(".csv")
 
 
 # --------------------------------------------------------------------------- resampling
@@ -191,11 +188,11 @@ class Finding:
     threshold: float
     # (run, b, rng) -> (measure, replicates (b + 1,) with the estimate first), or a reason
     # the profile cannot test it
-    compute: Callable[[Run, int, np.random.Generator, Config], tuple[str, np.ndarray] | str]
+    compute: Callable[[Run, int, np.random.Generator], tuple[str, np.ndarray] | str]
     paper_value: float
 
 
-def _ppl(run: Run, units: Units, names: list[str]) -> dict[str, np.ndarray]:
+def _ppl(units: Units, names: list[str]) -> dict[str, np.ndarray]:
     return {n: units.sum("loss_sum", n) / units.sum("tokens", n) for n in names}  # mean nats
 
 
@@ -203,24 +200,24 @@ def _ppl_units(run: Run, b: int, rng) -> Units:
     return Units(run.perplexity, ["organization", "file"], ["organization"], b, rng)
 
 
-def f1_size(run: Run, b: int, rng, cfg: Config):
+def f1_size(run: Run, b: int, rng):
     singles = run.models("single")
     if len(singles) < 2:
         return "fewer than two single-organization models"
     largest = max(run.train_mb, key=run.train_mb.get)
     mine = next(s.name for s in singles if s.orgs == (largest,))
-    nll = _ppl(run, _ppl_units(run, b, rng), [s.name for s in singles])
+    nll = _ppl(_ppl_units(run, b, rng), [s.name for s in singles])
     others = np.min([nll[s.name] for s in singles if s.name != mine], axis=0)
     return f"union validation perplexity (Table 8); largest: {largest}", nll[mine] - others
 
 
-def f2_federated(run: Run, b: int, rng, cfg: Config):
+def f2_federated(run: Run, b: int, rng):
     singles, feds = run.models("single"), run.models("federated")
     cen = run.models("centralized")
     if not (singles and feds and cen):
         return "no single, centralized or federated model on all organizations"
     names = [s.name for s in singles + feds + cen]
-    nll = _ppl(run, _ppl_units(run, b, rng), names)
+    nll = _ppl(_ppl_units(run, b, rng), names)
     best = np.min([nll[s.name] for s in singles], axis=0)
     gap = best - nll[cen[0].name]
     shares = [(nll[f.name] - nll[cen[0].name]) / np.where(gap > 0, gap, np.nan) for f in feds]
@@ -231,13 +228,13 @@ def _small_to_large(run: Run) -> tuple[str, ...]:
     return tuple(sorted(run.train_mb, key=run.train_mb.get))
 
 
-def f3_order(run: Run, b: int, rng, cfg: Config):
+def f3_order(run: Run, b: int, rng):
     incs = run.models("incremental")
     order = _small_to_large(run)
     mine = [s for s in incs if s.orgs == order]
     if len(incs) < 2 or not mine:
         return f"the small-to-large order ({' > '.join(order)}) and another must be trained"
-    nll = _ppl(run, _ppl_units(run, b, rng), [s.name for s in incs])
+    nll = _ppl(_ppl_units(run, b, rng), [s.name for s in incs])
     others = np.min([nll[s.name] for s in incs if s is not mine[0]], axis=0)
     return f"union validation perplexity (Table 8); small to large: {mine[0].name}", (
         nll[mine[0].name] - others
@@ -256,7 +253,7 @@ def _collaborative(run: Run) -> list[str]:
             and s.name in measured]  # fmt: skip
 
 
-def f4_duplicates(run: Run, b: int, rng, cfg: Config):
+def f4_duplicates(run: Run, b: int, rng):
     models = _collaborative(run)
     if not models:
         return "no collaborative model in memorization.models"
@@ -311,7 +308,7 @@ def _duplication_signal(run: Run, models: list[str], b: int, rng):
     return measure, np.mean(signals, axis=0)
 
 
-def f5_centralized(run: Run, b: int, rng, cfg: Config):
+def f5_centralized(run: Run, b: int, rng):
     cen, feds = run.models("centralized"), run.models("federated")
     names = set(_collaborative(run))
     if not cen or cen[0].name not in names or not all(f.name in names for f in feds) or not feds:
@@ -330,7 +327,7 @@ def f5_centralized(run: Run, b: int, rng, cfg: Config):
     )
 
 
-def f6_last(run: Run, b: int, rng, cfg: Config):
+def f6_last(run: Run, b: int, rng):
     names = set(_collaborative(run))
     incs = [s for s in run.models("incremental") if s.name in names]
     if not incs:
@@ -363,8 +360,8 @@ def f6_last(run: Run, b: int, rng, cfg: Config):
     )
 
 
-def f7_cross(run: Run, b: int, rng, cfg: Config):
-    pair = [s for s in run.roster if s.rq == "RQ3"] or []
+def f7_cross(run: Run, b: int, rng):
+    pair = [s for s in run.roster if s.rq == "RQ3"]
     sync = [s.name for s in pair if s.setting in ("centralized", "federated")]
     inc = [s.name for s in pair if s.setting == "incremental"]
     if not (sync and inc):
@@ -489,7 +486,7 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
     rows = []
     for finding in findings(cfg):
         rng = np.random.default_rng([cfg.run_seeds[0], finding.number])
-        results = [finding.compute(run, f.bootstrap, rng, cfg) for run in runs]
+        results = [finding.compute(run, f.bootstrap, rng) for run in runs]
         untestable = [r for r in results if isinstance(r, str)]
         row = {"finding": finding.number, "claim": finding.claim, "statistic": finding.statistic,
                "rule": _rule(finding, f.confidence), "paper": finding.paper,
@@ -560,7 +557,7 @@ def load(cfg: Config) -> artifacts.Artifact:
 
 
 def table(art: artifacts.Artifact) -> pd.DataFrame:
-    return pd.read_csv(art.file("findings.csv"))
+    return art.table("findings")
 
 
 def seeds_note(art: artifacts.Artifact) -> str:

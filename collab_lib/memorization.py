@@ -824,9 +824,8 @@ def build_rq3(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
 
 def shared_blocks(clones_art, pair: tuple[str, str]) -> pd.DataFrame:
     """Table 7's blocks the pair's training splits share (with vendored code: what trained)."""
-    try:
-        blocks = clone_stats.table(clones_art, "table7_blocks")
-    except pd.errors.EmptyDataError:  # no block at all: the file has no header either
+    blocks = clone_stats.table(clones_art, "table7_blocks")
+    if blocks.empty:  # no block at all: the file has no header either
         return pd.DataFrame(columns=["file", "start", "end", "lines"])
     keep = (blocks["scenario"] == "with vendored code") & (
         blocks["organizations"] == " ∩ ".join(pair)
@@ -882,7 +881,7 @@ def load_step(cfg: Config, step: str) -> artifacts.Artifact:
 
 def table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
     """One of the step's tables (an empty one has its columns)."""
-    return pd.read_csv(art.file(f"{name}.csv"))
+    return art.table(name)
 
 
 def settings_table(art: artifacts.Artifact) -> pd.DataFrame:

@@ -139,10 +139,12 @@ def status(cfg: Config) -> list[dict[str, str]]:
     rows = []
     for seed in cfg.run_seeds:
         for row in _status(cfg.with_seed(seed)):
-            if seed == cfg.run_seeds[0] or row["step"] not in ACROSS_SEEDS:
-                if len(cfg.run_seeds) > 1 and row["step"] not in ACROSS_SEEDS:
-                    row["artifact"] = f"{row['artifact']} (seed {seed})"
-                rows.append(row)
+            across = row["step"] in ACROSS_SEEDS
+            if across and seed != cfg.run_seeds[0]:
+                continue  # planned once, for all seeds
+            if len(cfg.run_seeds) > 1 and not across:
+                row["artifact"] += f" (seed {seed})"
+            rows.append(row)
     return rows
 
 
@@ -181,7 +183,7 @@ def table(name: str, cfg: Config) -> pd.DataFrame:
             f"table {name} is not built for profile {cfg.profile!r} yet: run "
             f"`{cfg.command('run', step.name)}` first"
         )
-    return pd.read_csv(art.file(f"{name}.csv"))
+    return art.table(name)
 
 
 def planned_artifacts(cfg: Config) -> list[artifacts.Artifact]:

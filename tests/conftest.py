@@ -178,6 +178,15 @@ def built_book(tmp_path_factory) -> BuiltBook:
     return BuiltBook(index, profile, base / "artifacts", {"seed": 5})
 
 
+@pytest.fixture
+def book_cfg(built_book, monkeypatch):
+    """The book run's config, reading its artifacts (for tests of what a step produced)."""
+    from collab_lib.config import load_config
+
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    return load_config(built_book.profile, built_book.overrides)
+
+
 @pytest.fixture(scope="session")
 def tok():
     """A tiny byte-level BPE, built as the project builds its own (model._train_tokenizer)."""

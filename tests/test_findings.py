@@ -86,21 +86,15 @@ def test_seeds_that_disagree_widen_the_interval():
     assert np.quantile(alone, 0.975) - np.quantile(alone, 0.025) < 0.1
 
 
-@pytest.fixture
-def cfg(built_book, monkeypatch):
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
-    return load_config(built_book.profile, built_book.overrides)
-
-
 @pytest.mark.slow
-def test_the_step_decides_all_seven_from_the_runs_own_tables(cfg):
-    table = pipeline.table("findings", cfg).set_index("finding")
+def test_the_step_decides_all_seven_from_the_runs_own_tables(book_cfg):
+    table = pipeline.table("findings", book_cfg).set_index("finding")
     assert list(table.index) == list(range(1, 8))
     assert set(table["verdict"]) <= {findings.HOLDS, findings.FAILS, findings.OPEN}
     assert table["rule"].str.startswith("holds if").all() and (table["seeds"] == 1).all()
     # finding 1's estimate is Table 8's own numbers: log perplexity differences
-    by_org = pipeline.table("perplexity_by_org", cfg).set_index("model")["union"]
-    t3 = pipeline.table("table3", cfg)
+    by_org = pipeline.table("perplexity_by_org", book_cfg).set_index("model")["union"]
+    t3 = pipeline.table("table3", book_cfg)
     sizes = t3[t3["split"] == "train"].set_index("organization")["size_mb"]
     largest = f"{sizes.idxmax()}_Only"
     others = [f"{o}_Only" for o in sizes.index if f"{o}_Only" != largest]
