@@ -31,7 +31,8 @@ NOTEBOOKS = (
     "03_rq1_effectiveness.ipynb",
     "04_rq2_memorization.ipynb",
     "05_rq3_cross_org_clones.ipynb",
-    "06_findings.ipynb",
+    "06_membership.ipynb",
+    "07_findings.ipynb",
     "99_reproducibility.ipynb",
 )
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"

@@ -278,6 +278,35 @@ class MemorizationConfig:
 
 
 @dataclass(frozen=True)
+class Checkpoint:
+    """A base model to compare in Table 5: a local directory holding a causal language model
+    and its tokenizer (``save_pretrained``), e.g. GPT-2 124M saved on a machine with internet."""
+
+    name: str
+    path: str
+    data: str = ""  # what it was trained on, for the table
+
+
+@dataclass(frozen=True)
+class MembershipConfig:
+    """Table 5 (paper §4.1; SPEC §6): membership signals on training vs validation samples.
+
+    A sample is a run of whole lines of one file, at most ``sample_chars`` characters (null:
+    1.5 per token of the context, so that most fit one window; runs shorter than a quarter
+    of that, a file's tail, are dropped); at most ``samples`` of them
+    per organization and split, drawn with the seed. Min-K%++ averages the ``k`` share of
+    lowest token scores. ``checkpoints``: more base models to compare (the profile's own base
+    model is always in); ``bootstrap`` resamples of files give each ROC AUC its interval.
+    """
+
+    samples: int = 200
+    sample_chars: int | None = None
+    k: float = 0.2
+    bootstrap: int = 1000
+    checkpoints: tuple[Checkpoint, ...] = ()
+
+
+@dataclass(frozen=True)
 class FindingsConfig:
     """How the seven findings are decided (SPEC §7; the Findings chapter states the rules).
 
@@ -332,6 +361,7 @@ class Config:
     collaboration: CollaborationConfig = field(default_factory=CollaborationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    membership: MembershipConfig = field(default_factory=MembershipConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
     # every step runs once per seed; the findings combine them (null: ``seed`` alone)
     seeds: tuple[int, ...] | None = None
@@ -474,7 +504,8 @@ def _list_item(items: list, part: str, dotted: str, path: Path) -> Any:
 
 
 def _resolve_local_paths(raw: dict, base: Path) -> None:
-    """Make relative ``dir``/``git`` sources absolute, relative to ``base`` (the file's folder)."""
+    """Make relative ``dir``/``git`` sources and checkpoint paths absolute, relative to
+    ``base`` (the file's folder)."""
     section = raw.get("datasets")
     orgs = section.get("organizations") if isinstance(section, dict) else None
     for org in orgs if isinstance(orgs, list) else []:
@@ -483,6 +514,11 @@ def _resolve_local_paths(raw: dict, base: Path) -> None:
             for kind in ("dir", "git"):
                 if isinstance(src, dict) and isinstance(src.get(kind), str):
                     src[kind] = str((base / Path(src[kind]).expanduser()).resolve())
+    section = raw.get("membership")
+    points = section.get("checkpoints") if isinstance(section, dict) else None
+    for point in points if isinstance(points, list) else []:
+        if isinstance(point, dict) and isinstance(point.get("path"), str):
+            point["path"] = str((base / Path(point["path"]).expanduser()).resolve())
 
 
 def _build(cls: type, raw: Any, where: str, path: Path) -> Any:
@@ -604,6 +640,19 @@ def _check(obj: Any, where: str, path: Path) -> None:
         _check_memorization(obj, where, path)
     if isinstance(obj, Config):
         _check_study(obj, path)
+    if isinstance(obj, MembershipConfig) and (
+        obj.samples < 10
+        or (obj.sample_chars or 40) < 40
+        or not 0 < obj.k <= 1
+        or obj.bootstrap < 100
+    ):
+        raise ConfigError(
+            f"{path}: {where}: samples >= 10, sample_chars >= 40, k in (0, 1], bootstrap >= 100"
+        )
+    if isinstance(obj, MembershipConfig):
+        names = [c.name for c in obj.checkpoints]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{path}: {where}.checkpoints: names must be unique")
     if isinstance(obj, FindingsConfig) and (
         obj.bootstrap < 100 or not 0.5 < obj.confidence < 1 or not 0 < obj.close_share < 1
     ):

@@ -57,25 +57,35 @@ def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, in
 
 
 @torch.no_grad()
-def token_losses(model, ids: Sequence[int], context: int, stride: int,
-                 batch_size: int = 16) -> np.ndarray:  # fmt: skip
-    """Next-token loss (nats) of every position of ``ids``; NaN where never scored (the first)."""
+def window_logits(model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16):
+    """Yield ``(logits, x, spans)`` per batch of the windows of :func:`windows` over ``ids``.
+
+    ``x`` (B, length) holds the windows' ids, ``logits`` (B, length-1, vocab) the float
+    next-token logits of ``x[:, 1:]``, ``spans`` each row's ``(begin, end, first_scored)``:
+    row r predicts positions ``first .. end-1`` at ``logits[r, first - begin - 1:]``.
+    """
     spans = windows(len(ids), context, stride)
     device = next(model.parameters()).device
     model.eval()
     stream = torch.tensor(ids, dtype=torch.long)
-    out = np.full(len(ids), np.nan)
     # equal-length windows share a batch; only the last one can be shorter
     for length in sorted({e - b for b, e, _ in spans}):
         same = [s for s in spans if s[1] - s[0] == length]
         for i in range(0, len(same), batch_size):
             part = same[i : i + batch_size]
             x = torch.stack([stream[b:e] for b, e, _ in part]).to(device)  # (B, length)
-            logits = model(input_ids=x).logits[:, :-1].float()  # (B, length-1, vocab)
-            nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-            nll = nll.cpu().double().numpy()
-            for row, (b, e, first) in enumerate(part):
-                out[first:e] = nll[row, first - b - 1 :]  # scored by this window only
+            yield model(input_ids=x).logits[:, :-1].float(), x, part
+
+
+def token_losses(model, ids: Sequence[int], context: int, stride: int,
+                 batch_size: int = 16) -> np.ndarray:  # fmt: skip
+    """Next-token loss (nats) of every position of ``ids``; NaN where never scored (the first)."""
+    out = np.full(len(ids), np.nan)
+    for logits, x, part in window_logits(model, ids, context, stride, batch_size):
+        nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
+        nll = nll.cpu().double().numpy()
+        for row, (b, e, first) in enumerate(part):
+            out[first:e] = nll[row, first - b - 1 :]  # scored by this window only
     return out
 
 

@@ -127,9 +127,13 @@ def init_model(m: ModelConfig, vocab_size: int, seed: int):
     return GPT2LMHeadModel(gpt2_config(m, vocab_size))
 
 
-def load_checkpoint(m: ModelConfig):
-    """``(model, tokenizer)`` of ``m.checkpoint``: a local directory, or a hub id if allowed."""
-    from transformers import AutoTokenizer, GPT2LMHeadModel
+def load_checkpoint(m: ModelConfig, key: str = "model.checkpoint"):
+    """``(model, tokenizer)`` of ``m.checkpoint``: a local directory, or a hub id if allowed.
+
+    Any causal language model transformers knows (GPT-2 for training; Table 5 compares
+    others); ``key`` is the profile key the error message tells the user to set.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name = m.checkpoint or "gpt2"
     local = Path(name).expanduser()
@@ -141,12 +145,12 @@ def load_checkpoint(m: ModelConfig):
         raise ModelError(
             f"checkpoint {name!r} is not a local directory, and downloading is off. On a "
             f"machine with internet run `huggingface-cli download {name} --local-dir DIR` "
-            f"(or `GPT2LMHeadModel.from_pretrained('{name}').save_pretrained(DIR)` and the "
-            f"same for its tokenizer), copy DIR here and set model.checkpoint: DIR; or set "
+            f"(or `AutoModelForCausalLM.from_pretrained('{name}').save_pretrained(DIR)` and "
+            f"the same for its tokenizer), copy DIR here and set {key}: DIR; or set "
             f"model.allow_download: true."
         )
     try:
-        model = GPT2LMHeadModel.from_pretrained(source, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(source, local_files_only=offline)
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline)
     except OSError as exc:
         raise ModelError(f"checkpoint {name!r} could not be loaded: {exc}") from None

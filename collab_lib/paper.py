@@ -93,3 +93,16 @@ TABLE11 = {
     "Incremental_G2M": (33_265, 16, 64, 0.192),
     "Incremental_M2G": (38_618, 24, 95, 0.246),
 }
+
+# Table 5: base models' mean Log(PPL)/zlib ratio on 10 % of the data (lower: more likely
+# seen in pre-training), with what each was trained on
+TABLE5 = {
+    "GPT-2": ("WebText (8M web documents)", 0.0020256),
+    "GPT-Neo-125M": ("The Pile (includes code repositories)", 0.0014813),
+    "CodeParrot-Small": ("Python code from GitHub", 0.0008022),
+    "PyCodeGPT": ("Python scripts from GitHub", 0.0008196),
+    "LLaMA-2-7B": ("Web, books, code data", 0.0006497),
+    "Mistral-7B-v0.1": ("Mixed web and code data", 0.0007225),
+    "CodeLlama-7B-Python": ("High-quality Python code", 0.0003863),
+    "LLaMA-3-8B": ("Enhanced web and code data", 0.0006599),
+}

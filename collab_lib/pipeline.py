@@ -21,6 +21,7 @@ from collab_lib import (
     datasets,
     evaluation,
     findings,
+    membership,
     memorization,
 )
 from collab_lib.config import Config, UserError
@@ -87,6 +88,13 @@ STEPS: dict[str, Step] = {
         memorization.plan_rq3,
         memorization.RQ3_TABLES,
         "RQ3 cross-organization clones memorized (Table 11)",
+    ),
+    "membership": Step(
+        "membership",
+        membership.build_membership,
+        membership.plan,
+        membership.TABLES,
+        "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC",
     ),
     "findings": Step(
         "findings",

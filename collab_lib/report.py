@@ -324,6 +324,40 @@ def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposur
     return fig
 
 
+def membership_figure(auc: pd.DataFrame) -> plt.Figure:
+    """ROC AUC of each signal per model and organization, with its interval: filled where
+    the model was trained on that organization (members should score higher), hollow where
+    not (0.5 expected)."""
+    signals = list(dict.fromkeys(auc["signal"]))
+    models = list(dict.fromkeys(auc["model"]))
+    orgs = list(dict.fromkeys(auc["organization"]))
+    colours = dict(zip(orgs, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
+    fig, axes = plt.subplots(1, len(signals), figsize=(3.2 * len(signals) + 1.8,
+                                                       0.32 * len(models) + 1.6),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, signal in zip(axes[0], signals, strict=True):
+        part = auc[auc["signal"] == signal]
+        for k, org in enumerate(orgs):
+            rows = part[part["organization"] == org]
+            y = rows["model"].map(models.index) + (k - (len(orgs) - 1) / 2) * 0.22
+            err = [rows["auc"] - rows["low"], rows["high"] - rows["auc"]]
+            ax.errorbar(rows["auc"], y, xerr=err, fmt="none", ecolor=colours[org], alpha=0.5)
+            for trained, face in ((True, colours[org]), (False, "white")):
+                pick = rows["trained on"] == trained
+                ax.scatter(rows["auc"][pick], y[pick], s=22, facecolors=face,
+                           edgecolors=colours[org], zorder=3,
+                           label=f"{org}" if trained else None)  # fmt: skip
+        ax.axvline(0.5, color="k", linewidth=0.8, linestyle=":")
+        ax.set_xlim(0, 1)
+        ax.set_title(signal)
+        ax.set_xlabel("ROC AUC, training vs validation samples")
+    axes[0][0].set_yticks(range(len(models)), models)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(title="trained on (filled)", fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
 def memorized_examples(examples: pd.DataFrame) -> None:
     """Each memorized block, collapsed: the generated text beside the training source."""
     if examples.empty:

@@ -151,7 +151,7 @@ def test_rq3_chapter_shows_table11(page):
 
 
 def test_findings_chapter_states_each_rule_before_its_verdict(page):
-    page.goto(page.base + "/book/executed/06_findings.html")
+    page.goto(page.base + "/book/executed/07_findings.html")
     text = page.inner_text("main")
     assert text.index("The rule, stated before any number") < text.index("Verdict:")
     assert "Built with 1 seed (5)" in text

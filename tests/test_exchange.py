@@ -44,7 +44,7 @@ def test_an_import_builds_the_book_without_any_model(exported, built_book, tmp_p
     # the book renders from the import alone: no step runs, no model is loaded
     index = build_book(str(built_book.profile), built_book.overrides, run_steps=False,
                        build_root=tmp_path / "_build")  # fmt: skip
-    text = (index.parent / "book" / "executed" / "06_findings.html").read_text()
+    text = (index.parent / "book" / "executed" / "07_findings.html").read_text()
     assert "Finding 7" in text and "Verdict:" in text
     # a model arrived without its weights: reading them says so, and what to do
     model = collaboration.load_models(cfg)[evaluation.BASE]

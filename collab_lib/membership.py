@@ -1,0 +1,446 @@
+"""Membership signals (paper §4.1, Table 5; SPEC §6): was this code in a model's training data?
+
+The paper chose GPT-2 as its base model because its mean Log(PPL)/zlib ratio (Carlini et al.
+2021) on a sample of the organizations' code was the highest of eight models: the least
+sign of having seen that code. We compute the same ratio for every base model at hand, and
+check the method where we know the answer: each organization's training samples are
+members of the models trained on it and its validation samples are not, so a signal's ROC
+AUC on members vs non-members says how well it detects membership (0.5: not at all).
+
+Beside the paper's signal, two from the maintained literature: Min-K%++ (Zhang et al.
+2024), the mean of the lowest ``k`` share of token scores ``(log p(x_t) - mu_t) / sigma_t``
+(``mu_t``, ``sigma_t``: mean and spread of ``log p`` under the model's next-token
+distribution), and the sample's loss minus the base model's (a reference model calibration,
+Carlini et al.'s "comparing to other models"). Every score is oriented so that higher means
+"member".
+
+A sample is a run of whole lines of one file (at most ``membership.sample_chars``
+characters), so it means the same text to every tokenizer; it is scored after an EOS, as a
+document starts in training. Samples of one file are not independent: the AUC's interval
+resamples files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import zlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from collab_lib import artifacts, collaboration, datasets, evaluation, paper
+from collab_lib.config import Checkpoint, Config, UserError
+from collab_lib.model import load_checkpoint
+
+STEP, SCORES_STEP = "membership", "membership_scores"
+TABLES = ("table5", "membership_auc")
+SCORES = "membership_scores"  # one row per model and sample: the units (a .csv)
+VERSION = 2  # 2: samples drawn evenly across files
+BASE = evaluation.BASE
+# signal -> (score column, sign): sign * column is higher for members
+SIGNALS = {"PPL/zlib": ("ppl_zlib", -1.0), "Min-K%++": ("minkpp", 1.0),
+           "loss - base": ("ref_diff", -1.0)}  # fmt: skip
+SAMPLE_COLUMNS = ["organization", "split", "file", "line", "text"]
+
+
+# --------------------------------------------------------------------------- the samples
+
+
+def chunks(text: str, max_chars: int) -> list[tuple[int, str]]:
+    """``(first line, text)`` of consecutive runs of whole lines, each at most ``max_chars``.
+
+    A line longer than ``max_chars`` is cut to it; runs shorter than a quarter of
+    ``max_chars`` (a file's tail, a tiny file) or only whitespace are dropped.
+    """
+    out: list[tuple[int, str]] = []
+    run, start = "", 1
+    for i, line in enumerate(text.splitlines(keepends=True), start=1):
+        line = line[:max_chars]
+        if run and len(run) + len(line) > max_chars:
+            out.append((start, run))
+            run, start = "", i
+        run += line
+    out.append((start, run))
+    return [(n, t) for n, t in out if len(t.strip()) >= max(1, max_chars // 4)]
+
+
+def draw_samples(cfg: Config, ds: datasets.Datasets) -> pd.DataFrame:
+    """At most ``membership.samples`` chunks per organization and split, drawn with the seed
+    evenly across files (round robin over shuffled files, each file's chunks shuffled), so
+    that one large file cannot make up a split's samples.
+
+    Columns: organization, split, file, line, text (in file and line order).
+    """
+    size, frames = sample_chars(cfg), []
+    for i, org in enumerate(cfg.datasets.organizations):
+        for j, split in enumerate(datasets.SPLITS):
+            rng = np.random.default_rng([cfg.seed, i, j])
+            per_file = [[(org.name, split, d["path"], line, text)
+                         for line, text in chunks(d["content"], size)]
+                        for d in ds.documents(org.name, split)]  # fmt: skip
+            per_file = [[f[k] for k in rng.permutation(len(f))] for f in per_file if f]
+            order = rng.permutation(len(per_file))
+            rows = [f[r] for r in range(max(map(len, per_file), default=0))
+                    for f in (per_file[k] for k in order) if r < len(f)]  # fmt: skip
+            frame = pd.DataFrame(rows[: cfg.membership.samples], columns=SAMPLE_COLUMNS)
+            frames.append(frame.sort_values(["file", "line"]))
+    return pd.concat(frames, ignore_index=True)
+
+
+def sample_chars(cfg: Config) -> int:
+    """``membership.sample_chars``, or 1.5 characters per token of the context (code runs
+    at 2-4 characters per token: most samples then fit one window)."""
+    return cfg.membership.sample_chars or max(40, int(1.5 * cfg.model.context))
+
+
+def zlib_bytes(text: str) -> int:
+    """The sample's zlib entropy: its compressed length in bytes (Carlini et al. 2021)."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+# --------------------------------------------------------------------------- the scores
+
+
+def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``log p`` of each target token, and the mean and spread of ``log p`` under the model's
+    next-token distribution at that position (Min-K%++'s ``mu`` and ``sigma``)."""
+    logp = F.log_softmax(logits, dim=-1)
+    p = logp.exp()
+    mu = (p * logp).sum(-1)
+    sigma = ((p * logp * logp).sum(-1) - mu * mu).clamp_min(0).sqrt()
+    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), mu, sigma
+
+
+def min_k_plus_plus(logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float) -> float:
+    """Mean of the lowest ``k`` share (at least one) of ``(logp - mu) / sigma``."""
+    z = (logp - mu) / np.maximum(sigma, 1e-6)
+    n = max(1, int(round(k * len(z))))
+    return float(np.sort(z)[:n].mean())
+
+
+@torch.no_grad()
+def _per_sample(model, encoded: list[list[int]], context: int, stride: int,
+                batch_size: int = 32) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
+    """``(index, (logp, mu, sigma))`` of every token but the first of each sample.
+
+    Samples that fit the context share padded batches (the model is causal: padding on the
+    right changes nothing before it); a longer one slides windows over itself as perplexity
+    does.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    short = sorted((i for i, ids in enumerate(encoded) if len(ids) <= context),
+                   key=lambda i: len(encoded[i]))  # fmt: skip
+    for at in range(0, len(short), batch_size):
+        part = short[at : at + batch_size]
+        width = len(encoded[part[-1]])
+        x = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for i in part],
+                         device=device)  # fmt: skip
+        stats = token_stats(model(input_ids=x).logits[:, :-1].float(), x[:, 1:])
+        for row, i in enumerate(part):
+            yield i, tuple(s[row, : len(encoded[i]) - 1].cpu().double().numpy() for s in stats)
+    for i, ids in enumerate(encoded):
+        if len(ids) > context:
+            parts = [[], [], []]
+            for logits, x, spans in evaluation.window_logits(model, ids, context, stride):
+                stats = token_stats(logits, x[:, 1:])
+                for row, (b, _, first) in enumerate(spans):
+                    for dest, s in zip(parts, stats, strict=True):
+                        dest.append(s[row, first - b - 1 :].cpu().double().numpy())
+            yield i, tuple(np.concatenate(p) for p in parts)
+
+
+def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
+                  k: float) -> pd.DataFrame:  # fmt: skip
+    """Per sample: tokens scored, mean loss (nats: log PPL) and the Min-K%++ score."""
+    encoded = [[tok.eos_token_id, *tok(t, verbose=False)["input_ids"]] for t in texts]
+    rows: dict[int, dict] = {}
+    for i, (logp, mu, sigma) in _per_sample(model, encoded, context, stride):
+        rows[i] = {"tokens": len(logp), "loss": float(-logp.mean()),
+                   "minkpp": min_k_plus_plus(logp, mu, sigma, k)}  # fmt: skip
+    return pd.DataFrame([rows[i] for i in range(len(texts))], columns=["tokens", "loss", "minkpp"])
+
+
+def _scores_config(cfg: Config, extra: dict) -> dict:
+    m = cfg.membership
+    return {"sample_chars": sample_chars(cfg), "samples": m.samples, "k": m.k, "seed": cfg.seed,
+            "stride": evaluation.perplexity_stride(cfg), "version": VERSION, **extra}  # fmt: skip
+
+
+def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inputs: list[str],
+                     force: bool) -> artifacts.Artifact:  # fmt: skip
+    """One model's scores of every sample, cached apart (an interrupted step resumes)."""
+
+    def produce(out: Path) -> dict:
+        model, tok = load()
+        context = min(cfg.model.context, getattr(model.config, "n_positions", cfg.model.context))
+        scores = score_samples(model, tok, list(samples["text"]), context,
+                               min(evaluation.perplexity_stride(cfg), context - 1),
+                               cfg.membership.k)  # fmt: skip
+        scores.to_csv(out / "scores.csv", index=False)
+        return {"samples": len(scores), "tokens": int(scores["tokens"].sum())}
+
+    return artifacts.build(SCORES_STEP, _scores_config(cfg, extra), produce, inputs,
+                           force=force)  # fmt: skip
+
+
+def checkpoint_digest(path: str) -> str:
+    """SHA-256 over a checkpoint directory's file names and contents (its cache identity),
+    hashed once per process while no file changes (``status`` plans without waiting)."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"membership checkpoint not found: {path} (a directory holding a "
+                        "model and its tokenizer, saved with save_pretrained)")  # fmt: skip
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    stamp = tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
+                  for f in files)  # fmt: skip
+    return _digest(str(root), stamp)
+
+
+@functools.lru_cache(maxsize=16)
+def _digest(root: str, stamp: tuple) -> str:
+    h = hashlib.sha256()
+    for name, _, _ in stamp:
+        h.update(name.encode() + b"\0" + artifacts.sha256_file(Path(root) / name).encode())
+    return h.hexdigest()
+
+
+def _load_point(cfg: Config, i: int, point: Checkpoint):
+    m = dataclasses.replace(cfg.model, checkpoint=point.path)
+    return lambda: load_checkpoint(m, key=f"membership.checkpoints[{i}].path")
+
+
+# --------------------------------------------------------------------------- AUC
+
+
+def weighted_auc(member: np.ndarray, other: np.ndarray, wm: np.ndarray,
+                 wo: np.ndarray) -> np.ndarray:  # fmt: skip
+    """ROC AUC of scores (higher: member) for each row of sample weights (ties count half).
+
+    ``wm`` (B, members), ``wo`` (B, non-members): a row of ones is the plain AUC; a row of
+    bootstrap counts is one resample. ``AUC = P(member's score > non-member's)``.
+    """
+    values, where = np.unique(np.concatenate([member, other]), return_inverse=True)
+    im, io = where[: len(member)], where[len(member) :]
+    onehot = np.zeros((len(other), len(values)))
+    onehot[np.arange(len(other)), io] = 1.0
+    at = wo @ onehot  # (B, values): non-member weight at each score value
+    credit = np.cumsum(at, axis=1) - 0.5 * at  # weight below, plus half of the ties
+    return (wm * credit[:, im]).sum(1) / (wm.sum(1) * wo.sum(1))
+
+
+def file_weights(files: Sequence[str], draws: int, rng: np.random.Generator) -> np.ndarray:
+    """(draws + 1, samples): row 0 ones, then each sample's file drawn-count per resample."""
+    names, owner = np.unique(np.asarray(files), return_inverse=True)
+    counts = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=draws)
+    return np.vstack([np.ones(len(owner)), counts[:, owner]])
+
+
+def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
+    """ROC AUC with its file-bootstrap interval, per model, organization and signal."""
+    specs = {s.name: s for s in collaboration.roster(cfg)}
+    m, conf = cfg.membership, cfg.findings.confidence
+    rows = []
+    for (model, org), part in scores.groupby(["model", "organization"], sort=False):
+        mem, non = part[part["split"] == "train"], part[part["split"] == "validation"]
+        if mem.empty or non.empty:
+            continue
+        rng = np.random.default_rng([cfg.seed, len(rows)])
+        wm = file_weights(mem["file"], m.bootstrap, rng)
+        wo = file_weights(non["file"], m.bootstrap, rng)
+        spec = specs.get(model)
+        for signal, (col, sign) in SIGNALS.items():
+            if part[col].isna().any():
+                continue  # loss - base: not for the base models themselves
+            aucs = weighted_auc(sign * mem[col].to_numpy(), sign * non[col].to_numpy(), wm, wo)
+            low, high = np.quantile(aucs[1:], [(1 - conf) / 2, (1 + conf) / 2])
+            rows.append({"model": model, "setting": spec.setting if spec else "base",
+                         "organization": org, "trained on": bool(spec and org in spec.orgs),
+                         "signal": signal, "members": len(mem), "non-members": len(non),
+                         "files": f"{mem['file'].nunique()} / {non['file'].nunique()}",
+                         "auc": aucs[0], "low": low, "high": high})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def table5(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 5 for our base models: mean Log(PPL)/zlib over every sample, the
+    paper's value beside (its GPT-2 beside our base model, as Table 8 does)."""
+    points = {p.name: p for p in cfg.membership.checkpoints}
+    rows = []
+    for name in [BASE, *points]:
+        part = scores[scores["model"] == name]
+        if name == BASE:
+            data = ("CPython standard library" if cfg.model.base == "stdlib"
+                    else f"checkpoint {Path(cfg.model.checkpoint or 'gpt2').name}")  # fmt: skip
+        else:
+            data = points[name].data or "(not given)"
+        ref = paper.TABLE5.get("GPT-2" if name == BASE else name, (None, None))
+        rows.append({"model": name, "trained on": data, "samples": len(part),
+                     "mean log(PPL)": part["loss"].mean(),
+                     "mean zlib bytes": part["zlib_bytes"].mean(),
+                     "log(PPL)/zlib": part["ppl_zlib"].mean(),
+                     "paper model": "GPT-2" if name == BASE else (name if ref[1] else None),
+                     "paper log(PPL)/zlib": ref[1]})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
+    return evaluation.model_refs(cfg, upstream)
+
+
+def _point_configs(cfg: Config) -> list[dict]:
+    return [{"name": p.name, "digest": checkpoint_digest(p.path)}
+            for p in cfg.membership.checkpoints]  # fmt: skip
+
+
+def _step_config(cfg: Config) -> dict:
+    m = {**dataclasses.asdict(cfg.membership), "checkpoints": _point_configs(cfg)}
+    return {"membership": m, "confidence": cfg.findings.confidence, "context": cfg.model.context,
+            "stride": evaluation.perplexity_stride(cfg), "seed": cfg.seed,
+            "version": VERSION}  # fmt: skip
+
+
+def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
+    """The membership artifact's key, from the config and its inputs' keys alone."""
+    upstream = dict(upstream or {})
+    if "datasets" not in upstream:
+        upstream |= datasets.plan(cfg)
+    refs = ["{}/{}".format(*upstream["datasets"]), *_model_refs(cfg, upstream).values()]
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
+
+
+def build_membership(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+    """Table 5 and the membership AUCs: every model (and checkpoint) scores the samples."""
+    models = collaboration.load_models(cfg)
+    ds = datasets.load_datasets(cfg)
+    if ds is None:
+        raise collaboration.ModelsNotTrained(f"run `{cfg.command('run', 'datasets')}` first")
+    refs = _model_refs(cfg)
+
+    def produce(out: Path) -> dict:
+        samples = draw_samples(cfg, ds)
+        scorers = {name: (lambda a=models[name]: evaluation.load_model(a),
+                          {}, [models[name].ref, ds.artifact.ref]) for name in refs}  # fmt: skip
+        for i, (point, pc) in enumerate(zip(cfg.membership.checkpoints, _point_configs(cfg),
+                                            strict=True)):  # fmt: skip
+            scorers[point.name] = (_load_point(cfg, i, point), {"checkpoint": pc},
+                                   [ds.artifact.ref])  # fmt: skip
+        frames, parts = [], []
+        for name, (load, extra, inputs) in tqdm(scorers.items(), desc="membership"):
+            art = _scores_artifact(cfg, samples, load, extra, inputs, force)
+            parts.append(art.ref)
+            frames.append(samples.drop(columns="text").assign(model=name)
+                          .join(art.table("scores")))  # fmt: skip
+        scores = pd.concat(frames, ignore_index=True)
+        scores["zlib_bytes"] = np.tile([zlib_bytes(t) for t in samples["text"]], len(frames))
+        scores["ppl_zlib"] = scores["loss"] / scores["zlib_bytes"]
+        base = scores[scores["model"] == BASE].set_index(SAMPLE_COLUMNS[:4])["loss"]
+        shares = scores["model"].isin(refs) & (scores["model"] != BASE)  # the base's tokenizer
+        keyed = scores.set_index(SAMPLE_COLUMNS[:4]).index
+        scores["ref_diff"] = np.where(shares, scores["loss"] - base.reindex(keyed).to_numpy(),
+                                      np.nan)  # fmt: skip
+        cols = ["model", *SAMPLE_COLUMNS[:4], "tokens", "zlib_bytes", "loss", "ppl_zlib",
+                "minkpp", "ref_diff"]  # fmt: skip
+        scores[cols].to_csv(out / f"{SCORES}.csv", index=False)
+        table5(cfg, scores).to_csv(out / "table5.csv", index=False)
+        auc_table(cfg, scores).to_csv(out / "membership_auc.csv", index=False)
+        sizes = samples.groupby(["organization", "split"], sort=False).size()
+        return {
+            "samples": len(samples),
+            "models": list(scorers),
+            "parts": parts,
+            "per_split": {f"{o}/{s}": int(n) for (o, s), n in sizes.items()},
+        }
+
+    inputs = [ds.artifact.ref, *refs.values()]
+    return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
+
+
+def load(cfg: Config) -> artifacts.Artifact:
+    art = artifacts.load(*plan(cfg)[STEP])
+    if art is None:
+        raise UserError(f"Table 5 is not built for profile {cfg.profile!r}: run "
+                        f"`{cfg.command('run', STEP)}`")  # fmt: skip
+    return art
+
+
+def summary(auc: pd.DataFrame) -> pd.DataFrame:
+    """Per signal: does it detect membership where we know the answer?
+
+    Trained pairs are (model, organization it was trained on): their AUC should be above 0.5
+    and above the base model's with the same signal on the same organization (which saw
+    neither split); the others should sit near 0.5.
+    """
+    rows = []
+    for signal, part in auc.groupby("signal", sort=False):
+        own = part[part["trained on"]]
+        other = part[~part["trained on"] & (part["model"] != BASE)]
+        # the base model's AUC with the same signal (loss - base: itself, so 0.5 exactly)
+        base = part[part["model"] == BASE].set_index("organization")["auc"]
+        beats = own["auc"].to_numpy() > base.reindex(own["organization"]).fillna(0.5).to_numpy()
+        rows.append({"signal": signal, "trained pairs": len(own),
+                     "mean AUC, trained on": own["auc"].mean(),
+                     "intervals above 0.5": int((own["low"] > 0.5).sum()),
+                     "mean AUC, not trained on": other["auc"].mean(),
+                     "base model's mean AUC": base.mean() if len(base) else 0.5,
+                     "above the base model": int(beats.sum())})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def summary_note(table: pd.DataFrame) -> str:
+    """One generated sentence per signal: what its AUCs say, in words."""
+    parts = []
+    for r in table.to_dict("records"):
+        n, base = r["trained pairs"], r["base model's mean AUC"]
+        parts.append(
+            f"**{r['signal']}**: mean AUC {r['mean AUC, trained on']:.2f} on the {n} (model, "
+            f"organization) pairs where the samples are members, "
+            f"{r['mean AUC, not trained on']:.2f} where they are not and "
+            f"{base:.2f} for the base model, which saw neither split; "
+            f"{r['intervals above 0.5']} of {n} intervals lie wholly above 0.5 and "
+            f"{r['above the base model']} of {n} beat the base model."
+        )
+    return " ".join(parts)
+
+
+def samples_table(art: artifacts.Artifact) -> pd.DataFrame:
+    """Samples and files per organization and split, and their mean length."""
+    scores = art.table(SCORES)
+    one = scores[scores["model"] == BASE]
+    out = one.groupby(["organization", "split"], sort=False).agg(
+        samples=("file", "size"), files=("file", "nunique"),
+        tokens=("tokens", "mean"), zlib_bytes=("zlib_bytes", "mean"))  # fmt: skip
+    out = out.reset_index().rename(columns={"tokens": "mean tokens",
+                                            "zlib_bytes": "mean zlib bytes"})  # fmt: skip
+    out["split"] = out["split"].map({"train": "train (members)",
+                                     "validation": "validation (non-members)"})  # fmt: skip
+    return out
+
+
+def paper_table5() -> pd.DataFrame:
+    """The paper's Table 5 as printed (its eight models; we have none of their weights)."""
+    return pd.DataFrame([{"paper model": k, "trained on": v[0], "log(PPL)/zlib": f"{v[1]:.7f}"}
+                         for k, v in paper.TABLE5.items()])  # fmt: skip
+
+
+def auc_view(auc: pd.DataFrame) -> pd.DataFrame:
+    """Model x organization, each signal's AUC with its interval, "yes" where trained on."""
+    cell = auc.assign(value=[f"{a:.2f} [{lo:.2f}, {hi:.2f}]"
+                             for a, lo, hi in zip(auc["auc"], auc["low"], auc["high"],
+                                                  strict=True)])  # fmt: skip
+    wide = cell.pivot_table(index=["model", "organization", "trained on"], columns="signal",
+                            values="value", aggfunc="first", sort=False)  # fmt: skip
+    wide = wide.reindex(columns=[s for s in SIGNALS if s in wide.columns]).reset_index()
+    wide["trained on"] = wide["trained on"].map({True: "yes", False: "no"})
+    wide.columns.name = None
+    return wide.fillna("—")
