@@ -427,6 +427,14 @@ def samples_table(art: artifacts.Artifact) -> pd.DataFrame:
     return out
 
 
+def table5_view(table: pd.DataFrame) -> pd.DataFrame:
+    """Table 5 for reading: the ratios to four significant digits (they are ~0.001-0.03)."""
+    out = table.copy()
+    for col in ("log(PPL)/zlib", "paper log(PPL)/zlib"):
+        out[col] = ["—" if pd.isna(v) else f"{v:.4g}" for v in out[col]]
+    return out
+
+
 def paper_table5() -> pd.DataFrame:
     """The paper's Table 5 as printed (its eight models; we have none of their weights)."""
     return pd.DataFrame([{"paper model": k, "trained on": v[0], "log(PPL)/zlib": f"{v[1]:.7f}"}

@@ -123,6 +123,7 @@ def write_profile(
             "alternatives": 20,
             "duplication_tokens": 1000,
         },
+        "membership": {"samples": 30, "bootstrap": 200},  # Table 5 in seconds
     }
     data.update(extra)
     path.write_text(yaml.safe_dump(data, sort_keys=False))

@@ -150,6 +150,19 @@ def test_rq3_chapter_shows_table11(page):
     assert any("shared blocks" in t for t in tables)
 
 
+def test_membership_chapter_shows_table5_and_each_signals_auc(page):
+    page.goto(page.base + "/book/executed/06_membership.html")
+    tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
+    t5 = next(t for t in tables if "log(PPL)/zlib" in t and "base model" in t)
+    assert "0.002026" in t5  # the paper's GPT-2 beside our base model
+    assert any("CodeLlama-7B-Python" in t for t in tables)  # the paper's own Table 5
+    summary = next(t for t in tables if "mean AUC, trained on" in t)
+    for signal in ("PPL/zlib", "Min-K%++", "loss - base"):
+        assert signal in summary
+    assert "intervals lie wholly above 0.5" in page.inner_text("main")
+    assert page.locator("main img").count() == 1
+
+
 def test_findings_chapter_states_each_rule_before_its_verdict(page):
     page.goto(page.base + "/book/executed/07_findings.html")
     text = page.inner_text("main")
@@ -164,7 +177,7 @@ def test_findings_chapter_states_each_rule_before_its_verdict(page):
                for v in verdicts)  # fmt: skip
 
 
-CHAPTERS = ["book/intro.html", "book/methods.html",
+CHAPTERS = ["book/intro.html", "book/methods.html", "book/rerunning.html", "book/teaching.html",
             *(f"book/executed/{n.replace('.ipynb', '.html')}" for n in NOTEBOOKS)]  # fmt: skip
 
 
