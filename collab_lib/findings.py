@@ -39,7 +39,7 @@ from collab_lib.config import Config, UserError
 
 STEP = "findings"
 TABLES = ("findings",)
-VERSION = 1
+VERSION = 4  # 4: finding 7 by the continuation loss beyond general fit
 BASE = evaluation.BASE
 COLUMNS = ["finding", "claim", "measure", "statistic", "rule", "paper", "paper value",
            "estimate", "low", "high", "seed spread", "seeds", "verdict", "why"]  # fmt: skip
@@ -62,6 +62,7 @@ class Run:
     canaries: pd.DataFrame  # model, canary, organization, count, extrapolated_exposure
     duplication: pd.DataFrame  # model, organization, split, file, lines, loss_sum, tokens
     rq3_prompts: pd.DataFrame  # model, prompt, generated lines, memorized lines
+    rq3_blocks: pd.DataFrame  # model, prompt, loss_sum, tokens: a shared block's second half
 
     def models(self, setting: str, rq: str = "RQ1/RQ2") -> list[ModelSpec]:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
@@ -119,6 +120,7 @@ def read_run(cfg: Config) -> Run:
         canaries=rq2.table(_stem(memorization.CANARY_UNITS)),
         duplication=rq2.table(_stem(memorization.FILE_UNITS)),
         rq3_prompts=rq3.table(_stem(memorization.PROMPT_UNITS)),
+        rq3_blocks=rq3.table(_stem(memorization.BLOCK_UNITS)),
     )
 
 
@@ -368,10 +370,29 @@ def f7_cross(run: Run, b: int, rng):
         return "the RQ3 pair's synchronous and incremental models are not all trained"
     frame = run.rq3_prompts
     if not _verbatim_found(frame, sync + inc):
-        n = frame["prompt"].nunique() if len(frame) else 0
-        return (f"the paper's metric (Table 11) found no memorized line in {n} prompts from "
-                "the pair's shared clone blocks, and no other measure of cross-organization "
-                "clones is built yet")  # fmt: skip
+        blocks = run.rq3_blocks
+        if blocks.empty or blocks["tokens"].sum() == 0:
+            return ("the RQ3 pair shares no clone block to prompt with, so neither the paper's "
+                    "metric nor the continuation loss can be measured")  # fmt: skip
+        u = Units(blocks.assign(organization="pair"), ["organization", "prompt"],
+                  ["organization"], b, rng)  # fmt: skip
+        # the same drop on the pair's validation files, which no model saw: what a model
+        # gains on any code of the pair, memorized or not (federated models fit less)
+        val = run.perplexity[run.perplexity["organization"].isin(pair[0].orgs)]
+        v = Units(val, ["organization", "file"], ["organization"], b, rng)
+
+        def drop(units: Units, m: str) -> np.ndarray:
+            base = units.sum("loss_sum", BASE) / units.sum("tokens", BASE)
+            return base - units.sum("loss_sum", m) / units.sum("tokens", m)
+
+        beyond = {m: drop(u, m) - drop(v, m) for m in sync + inc}
+        n = blocks["prompt"].nunique()
+        return ("the paper's metric (Table 11) found no memorized line, so: each model's loss "
+                "drop from the base model on the second half of the shared clone blocks given "
+                "the first, beyond its drop on the pair's validation code (nats per token), "
+                f"synchronous minus incremental; {n} prompts",
+                np.mean([beyond[m] for m in sync], axis=0)
+                - np.mean([beyond[m] for m in inc], axis=0))  # fmt: skip
     u = Units(
         frame.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
     )
@@ -455,7 +476,9 @@ def findings(cfg: Config) -> list[Finding]:
                 "incremental training",
                 "0.565 / 0.552 / 0.480 % vs 0.192 / 0.246 % (Table 11)",
                 "mean ratio of the pair's centralized and federated models minus that of its "
-                "incremental models", "above", 0.0, f7_cross, p[7]),
+                "incremental models (verbatim), or the same difference of their loss drops "
+                "below the base model on the blocks' second halves beyond their drops on the "
+                "pair's validation code", "above", 0.0, f7_cross, p[7]),
     ]  # fmt: skip
 
 

@@ -73,6 +73,10 @@ BASE = evaluation.BASE
 # per model, file and class of lines.
 PROMPT_UNITS, CANARY_UNITS = "units_prompts.csv", "units_canaries.csv"
 FILE_UNITS = "units_files.csv"
+# rq3: per model and prompt, the loss of the block's second half given its first (finding 7's
+# measure where Table 11 finds no verbatim line)
+BLOCK_UNITS = "units_blocks.csv"
+BLOCK_VERSION = 1
 DUPLICATION_COLUMNS = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
 # rq2 and rq3 (not their parts, which stay cached) with the unit files
 UNITS_VERSION = 1
@@ -137,7 +141,8 @@ def _rq2_config(cfg: Config) -> dict:
 
 
 def _rq3_config(cfg: Config) -> dict:
-    return _step_config(cfg, pair=datasets.rq3_pair(cfg), units=UNITS_VERSION)
+    return _step_config(cfg, pair=datasets.rq3_pair(cfg), units=UNITS_VERSION,
+                        blocks=BLOCK_VERSION)  # fmt: skip
 
 
 def plan_rq2(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
@@ -788,7 +793,7 @@ def build_rq3(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
         index = CloneIndex.build(
             ((f"{o}/{d['path']}", d["content"]) for o in pair for d in train[o]), opts3
         )
-        rows, parts, units = [], [prompts_art.ref], []
+        rows, parts, units, losses = [], [prompts_art.ref], [], []
         for name in tqdm(rq3_models(cfg), desc="rq3 generations"):
             gen = _generations_artifact(cfg, models[name], prompts_art, RQ3, force)
             parts.append(gen.ref)
@@ -796,7 +801,13 @@ def build_rq3(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
             row, _, per_prompt = detect(index, [(prompts[c["prompt"]], c) for c in completions])
             rows.append({"model": name, **row})
             units += [{"model": name, **p} for p in per_prompt]
+            model, tok = evaluation.load_model(models[name])
+            scored = continuation_losses(model, tok, prompts, cfg.model.context)
+            losses.append(scored.assign(model=name))
         _write_units(units, out / PROMPT_UNITS)
+        cols = ["model", "prompt", "loss_sum", "tokens"]
+        frame = pd.concat(losses, ignore_index=True) if losses else pd.DataFrame(columns=cols)
+        frame[cols].to_csv(out / BLOCK_UNITS, index=False)
         table11(rows).to_csv(out / "table11.csv", index=False)
         pd.DataFrame(
             [
@@ -820,6 +831,37 @@ def build_rq3(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     return artifacts.build(
         RQ3, _rq3_config(cfg), produce, sorted(refs.values()), seed=cfg.seed, force=force
     )
+
+
+@torch.no_grad()
+def continuation_losses(model, tok, prompts: list[dict], context: int,
+                        batch_size: int = 32) -> pd.DataFrame:  # fmt: skip
+    """Per prompt: summed loss (nats) and number of the ``target`` tokens given the prompt.
+
+    What a model has memorized of a clone block it predicts with a low loss even when it
+    does not generate it verbatim. Each sequence is EOS, prompt, target, cut to the context
+    (the target's end goes first); padding on the right changes nothing before it.
+    """
+    device = next(model.parameters()).device
+    model.eval()
+    seqs = []
+    for p in prompts:
+        head = [tok.eos_token_id, *tok(p["prompt"], verbose=False)["input_ids"]][-context + 1 :]
+        tail = tok(p["target"], verbose=False)["input_ids"][: context - len(head)]
+        seqs.append((head, tail))
+    rows = []
+    for at in range(0, len(seqs), batch_size):
+        part = seqs[at : at + batch_size]
+        width = max(len(h) + len(t) for h, t in part)
+        x = torch.tensor([h + t + [0] * (width - len(h) - len(t)) for h, t in part],
+                         device=device)  # fmt: skip
+        nll = F.cross_entropy(model(input_ids=x).logits[:, :-1].float().transpose(1, 2),
+                              x[:, 1:], reduction="none").cpu().double().numpy()  # fmt: skip
+        for row, (h, t) in enumerate(part):
+            scored = nll[row, len(h) - 1 : len(h) - 1 + len(t)]  # predicts t[0] .. t[-1]
+            rows.append({"prompt": at + row, "loss_sum": float(scored.sum()),
+                         "tokens": len(t)})  # fmt: skip
+    return pd.DataFrame(rows, columns=["prompt", "loss_sum", "tokens"])
 
 
 def shared_blocks(clones_art, pair: tuple[str, str]) -> pd.DataFrame:

@@ -358,6 +358,110 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def incremental_positions(cfg: Config) -> pd.DataFrame:
+    """model, organization, position (1 = trained on first) of every incremental model on
+    all organizations (not the RQ3 pair's)."""
+    from collab_lib import collaboration
+
+    return pd.DataFrame([{"model": s.name, "organization": org, "position": i}
+                         for s in collaboration.roster(cfg)
+                         if s.setting == "incremental" and s.rq != "RQ3"
+                         for i, org in enumerate(s.orgs, start=1)])  # fmt: skip
+
+
+def order_effects(cfg: Config, values: pd.DataFrame, column: str, label: str,
+                  log: bool = False) -> plt.Figure:  # fmt: skip
+    """Incremental order effects: one panel per organization, each incremental model's
+    ``column`` on that organization against the organization's position in its order (the
+    last is what the model saw most recently), the mean per position joined by a line."""
+    data = incremental_positions(cfg).merge(values[["model", "organization", column]],
+                                            on=["model", "organization"])  # fmt: skip
+    orgs = list(dict.fromkeys(data["organization"]))
+    fig, axes = plt.subplots(1, len(orgs), figsize=(2.6 * len(orgs) + 0.8, 3.0),
+                             sharey=True, squeeze=False)  # fmt: skip
+    for ax, org in zip(axes[0], orgs, strict=True):
+        part = data[data["organization"] == org]
+        ax.scatter(part["position"], part[column], s=18, color="tab:orange", zorder=3)
+        for model, x, y in zip(part["model"], part["position"], part[column], strict=True):
+            ax.annotate(
+                model.split("_", 1)[-1],
+                (x, y),
+                fontsize=6,
+                xytext=(4, 0),
+                textcoords="offset points",
+                va="center",
+            )  # the order, e.g. F2M2G
+        means = part.groupby("position")[column].mean()
+        ax.plot(means.index, means.to_numpy(), color="k", linewidth=1)
+        ax.set_title(org)
+        ax.set_xticks(sorted(part["position"].unique()))
+        if log:
+            ax.set_yscale("log")
+    axes[0][0].set_ylabel(label)
+    fig.supxlabel("the organization's position in the incremental order (last: trained on most "
+                  "recently)", fontsize=9)  # fmt: skip
+    fig.tight_layout()
+    return fig
+
+
+def perplexity_order_effects(cfg: Config, by_org: pd.DataFrame) -> plt.Figure:
+    """:func:`order_effects` of the perplexity on each organization's validation split."""
+    orgs = [o.name for o in cfg.datasets.organizations]
+    long = by_org.melt(id_vars="model", value_vars=orgs, var_name="organization",
+                       value_name="perplexity")  # fmt: skip
+    return order_effects(cfg, long, "perplexity", "validation perplexity (log scale)", log=True)
+
+
+def exposure_order_effects(cfg: Config, exposure: pd.DataFrame) -> plt.Figure:
+    """:func:`order_effects` of canary exposure over the base model's, mean over counts."""
+    column = "extrapolated exposure - base"
+    mean = exposure.groupby(["model", "organization"], as_index=False)[column].mean()
+    return order_effects(cfg, mean, column, "canary exposure - base (bits)")
+
+
+# key tables and the columns shown as mean ± spread when a profile runs several seeds
+ACROSS_SEEDS = {
+    "table8": (["model"], ["perplexity", "pass@1 (%)", "pass@10 (%)"]),
+    "table10": (["model"], ["memorized lines", "ratio (%)"]),
+    "exposure": (["model", "organization", "count"], ["extrapolated exposure - base"]),
+    "table11": (["model"], ["memorized lines", "ratio (%)"]),
+    "membership_auc": (["model", "organization", "signal"], ["auc"]),
+}
+
+
+def across_seeds(cfg: Config, name: str) -> pd.DataFrame:
+    """A key table's values as "mean ± standard deviation" over the profile's seeds (every
+    seed's table read from the cache), keyed as :data:`ACROSS_SEEDS` says."""
+    from collab_lib import pipeline
+
+    keys, values = ACROSS_SEEDS[name]
+    frames = [pipeline.table(name, cfg.with_seed(s)) for s in cfg.run_seeds]
+    both = pd.concat(frames, ignore_index=True)
+    values = [v for v in values if v in both]
+    groups = both.groupby(keys, sort=False)[values]
+    mean, sd = groups.mean(), groups.std(ddof=1)
+    out = pd.DataFrame(index=mean.index)
+    for c in values:
+        out[c] = ["—" if pd.isna(m) else f"{m:.3g} ± {0 if pd.isna(d) else d:.2g}"
+                  for m, d in zip(mean[c], sd[c], strict=True)]  # fmt: skip
+    return out.reset_index()
+
+
+def show_across_seeds(cfg: Config, name: str) -> None:
+    """The key table across seeds, or with one seed the sentence that says how to get it."""
+    seeds = cfg.run_seeds
+    if len(seeds) < 2:
+        note(f"One seed ({seeds[0]}): the values above are that seed's. With several (profile "
+             f"key `seeds`, e.g. `--set 'seeds=[0,1,2]'`) this section shows each value's "
+             f"mean ± standard deviation across them.")  # fmt: skip
+        return
+    display(across_seeds(cfg, name).style.hide(axis="index"))
+    display(Markdown(f"<small>Mean ± standard deviation over {len(seeds)} seeds "
+                     f"({', '.join(map(str, seeds))}); print each seed's with "
+                     f"<code>{html.escape(cfg.command('table', name))}</code> and "
+                     f"<code>--set seed=S</code>.</small>"))  # fmt: skip
+
+
 def memorized_examples(examples: pd.DataFrame) -> None:
     """Each memorized block, collapsed: the generated text beside the training source."""
     if examples.empty:

@@ -50,7 +50,7 @@ def _run(loss: dict[str, float], noise: float = 0.05, files: int = 30) -> findin
     roster = [ModelSpec(f"{o}_Only", "single", (o,)) for o in ORGS]
     empty = pd.DataFrame()
     return findings.Run(0, roster, ORGS, {o: 1.0 for o in ORGS}, pd.DataFrame(rows),
-                        empty, empty, empty, empty)  # fmt: skip
+                        empty, empty, empty, empty, empty)  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -73,6 +73,35 @@ def test_a_finding_the_run_cannot_test_says_why():
     row = table.set_index("finding").loc[2]  # no centralized or federated model
     assert row["verdict"] == findings.OPEN and row["measure"] == "none"
     assert row["why"].startswith("Cannot be tested in this profile")
+
+
+@pytest.mark.parametrize(("sync", "verdict"), [(2.0, findings.HOLDS), (2.6, findings.FAILS)])
+def test_finding_7_uses_the_continuation_loss_when_no_line_is_memorized(sync, verdict):
+    """No verbatim line: the loss drop on the shared blocks' second halves decides."""
+    rng = np.random.default_rng(0)
+    pair = [ModelSpec("Centralized_MG", "centralized", ("M", "G"), rq="RQ3"),
+            ModelSpec("Incremental_M2G", "incremental", ("M", "G"), rq="RQ3")]  # fmt: skip
+    means = {findings.BASE: 3.0, "Centralized_MG": sync, "Incremental_M2G": 2.3}
+    blocks, prompts = [], []
+    for p in range(40):
+        tokens, hard = int(rng.integers(20, 60)), rng.normal(0, 0.3)
+        for m, x in means.items():
+            blocks.append({"model": m, "prompt": p, "tokens": tokens,
+                           "loss_sum": (x + hard + rng.normal(0, 0.05)) * tokens})  # fmt: skip
+            prompts.append({"model": m, "prompt": p, "generated lines": 5,
+                            "memorized lines": 0})  # fmt: skip
+    # on the pair's validation files every model gains the same: only the blocks differ
+    val = [{"model": m, "organization": o, "file": f"{o}/{f}.py", "loss_sum": (x - d) * 100,
+            "tokens": 100} for o in ("M", "G") for f in range(10)
+           for m, x, d in ((findings.BASE, 3.0, 0), ("Centralized_MG", 3.0, 0.2),
+                           ("Incremental_M2G", 3.0, 0.2))]  # fmt: skip
+    run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
+    run.roster += pair
+    run.perplexity = pd.concat([run.perplexity, pd.DataFrame(val)], ignore_index=True)
+    run.rq3_prompts, run.rq3_blocks = pd.DataFrame(prompts), pd.DataFrame(blocks)
+    row = findings.evaluate(load_config("tiny"), [run]).set_index("finding").loc[7]
+    assert row["verdict"] == verdict and "second half of the shared clone" in row["measure"]
+    assert row["estimate"] == pytest.approx(2.3 - sync, abs=0.03)
 
 
 def test_seeds_that_disagree_widen_the_interval():
@@ -102,3 +131,16 @@ def test_the_step_decides_all_seven_from_the_runs_own_tables(book_cfg):
     assert table.loc[1, "estimate"] == pytest.approx(expected, rel=1e-9)
     # the book profile measures memorization on its centralized model only
     assert table.loc[5, "measure"] == "none" and "memorization.models" in table.loc[5, "why"]
+
+
+def test_key_tables_show_mean_and_spread_across_seeds(monkeypatch):
+    from collab_lib import report
+
+    cfg = load_config("tiny", {"seeds": [0, 1, 2]})
+    models = ["base model", "Centralized_FMG"]
+    by_seed = {s: pd.DataFrame({"model": models, "perplexity": [100.0 + s, 10.0 + 2 * s]})
+               for s in (0, 1, 2)}  # fmt: skip
+    monkeypatch.setattr(pipeline, "table", lambda name, c: by_seed[c.seed])
+    out = report.across_seeds(cfg, "table8")
+    assert list(out["model"]) == ["base model", "Centralized_FMG"]
+    assert list(out["perplexity"]) == ["101 ± 1", "12 ± 2"]  # pass@k: not in this table
