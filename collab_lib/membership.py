@@ -23,8 +23,9 @@ resamples files.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
+import json
+import os
 import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -42,12 +43,14 @@ from collab_lib.model import load_checkpoint
 STEP, SCORES_STEP = "membership", "membership_scores"
 TABLES = ("table5", "membership_auc")
 SCORES = "membership_scores"  # one row per model and sample: the units (a .csv)
-VERSION = 2  # 2: samples drawn evenly across files
+VERSION = 3  # 2: samples drawn evenly across files; 3: BOS, not special tokens
 BASE = evaluation.BASE
 # signal -> (score column, sign): sign * column is higher for members
 SIGNALS = {"PPL/zlib": ("ppl_zlib", -1.0), "Min-K%++": ("minkpp", 1.0),
            "loss - base": ("ref_diff", -1.0)}  # fmt: skip
 SAMPLE_COLUMNS = ["organization", "split", "file", "line", "text"]
+AUC_COLUMNS = ["model", "setting", "organization", "trained on", "signal", "members",
+               "non-members", "files", "auc", "low", "high"]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- the samples
@@ -113,8 +116,9 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
     next-token distribution at that position (Min-K%++'s ``mu`` and ``sigma``)."""
     logp = F.log_softmax(logits, dim=-1)
     p = logp.exp()
-    mu = (p * logp).sum(-1)
-    sigma = ((p * logp * logp).sum(-1) - mu * mu).clamp_min(0).sqrt()
+    plogp = torch.where(p > 0, p * logp, 0.0)  # a masked token (-inf) weighs nothing
+    mu = plogp.sum(-1)
+    sigma = (torch.where(p > 0, plogp * logp, 0.0).sum(-1) - mu * mu).clamp_min(0).sqrt()
     return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), mu, sigma
 
 
@@ -127,19 +131,22 @@ def min_k_plus_plus(logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: floa
 
 @torch.no_grad()
 def _per_sample(model, encoded: list[list[int]], context: int, stride: int,
-                batch_size: int = 32) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
+                budget: int = 2**27) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
     """``(index, (logp, mu, sigma))`` of every token but the first of each sample.
 
-    Samples that fit the context share padded batches (the model is causal: padding on the
-    right changes nothing before it); a longer one slides windows over itself as perplexity
-    does.
+    Samples that fit the context share padded batches of at most ``budget`` logits (a few
+    vocabulary-sized copies of them are alive at once: 2**27 floats are 0.5 GB each); the
+    model is causal, so padding on the right changes nothing before it. A longer sample
+    slides windows over itself as perplexity does.
     """
     device = next(model.parameters()).device
     model.eval()
+    vocab = model.get_output_embeddings().weight.shape[0]
     short = sorted((i for i, ids in enumerate(encoded) if len(ids) <= context),
                    key=lambda i: len(encoded[i]))  # fmt: skip
-    for at in range(0, len(short), batch_size):
-        part = short[at : at + batch_size]
+    batch = max(1, budget // (context * vocab))
+    for at in range(0, len(short), batch):
+        part = short[at : at + batch]
         width = len(encoded[part[-1]])
         x = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for i in part],
                          device=device)  # fmt: skip
@@ -149,7 +156,8 @@ def _per_sample(model, encoded: list[list[int]], context: int, stride: int,
     for i, ids in enumerate(encoded):
         if len(ids) > context:
             parts = [[], [], []]
-            for logits, x, spans in evaluation.window_logits(model, ids, context, stride):
+            windows = evaluation.window_logits(model, ids, context, stride, batch)
+            for logits, x, spans in windows:
                 stats = token_stats(logits, x[:, 1:])
                 for row, (b, _, first) in enumerate(spans):
                     for dest, s in zip(parts, stats, strict=True):
@@ -159,8 +167,18 @@ def _per_sample(model, encoded: list[list[int]], context: int, stride: int,
 
 def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
                   k: float) -> pd.DataFrame:  # fmt: skip
-    """Per sample: tokens scored, mean loss (nats: log PPL) and the Min-K%++ score."""
-    encoded = [[tok.eos_token_id, *tok(t, verbose=False)["input_ids"]] for t in texts]
+    """Per sample: tokens scored, mean loss (nats: log PPL) and the Min-K%++ score.
+
+    Each sample starts with the tokenizer's BOS (GPT-2's is its EOS, which precedes every
+    document in training), and nothing else is added: a tokenizer that adds its own start
+    token would otherwise put a transition training never had first.
+    """
+    start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    if start is None:
+        raise UserError("membership: the tokenizer has neither a BOS nor an EOS token to "
+                        "start a sample with")  # fmt: skip
+    encoded = [[start, *tok(t, add_special_tokens=False, verbose=False)["input_ids"]]
+               for t in texts]  # fmt: skip
     rows: dict[int, dict] = {}
     for i, (logp, mu, sigma) in _per_sample(model, encoded, context, stride):
         rows[i] = {"tokens": len(logp), "loss": float(-logp.mean()),
@@ -171,6 +189,7 @@ def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
 def _scores_config(cfg: Config, extra: dict) -> dict:
     m = cfg.membership
     return {"sample_chars": sample_chars(cfg), "samples": m.samples, "k": m.k, "seed": cfg.seed,
+            "context": cfg.model.context,
             "stride": evaluation.perplexity_stride(cfg), "version": VERSION, **extra}  # fmt: skip
 
 
@@ -180,7 +199,9 @@ def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inpu
 
     def produce(out: Path) -> dict:
         model, tok = load()
-        context = min(cfg.model.context, getattr(model.config, "n_positions", cfg.model.context))
+        c = model.config
+        most = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
+        context = min(cfg.model.context, most or cfg.model.context)
         scores = score_samples(model, tok, list(samples["text"]), context,
                                min(evaluation.perplexity_stride(cfg), context - 1),
                                cfg.membership.k)  # fmt: skip
@@ -192,29 +213,40 @@ def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inpu
 
 
 def checkpoint_digest(path: str) -> str:
-    """SHA-256 over a checkpoint directory's file names and contents (its cache identity),
-    hashed once per process while no file changes (``status`` plans without waiting)."""
+    """SHA-256 over a checkpoint directory's file names and contents (its cache identity).
+
+    Hashing gigabytes on every ``status`` would be slow, so each digest is remembered (in the
+    artifact cache) under the files' names, sizes and modification times.
+    """
     root = Path(path)
     if not root.is_dir():
         raise UserError(f"membership checkpoint not found: {path} (a directory holding a "
                         "model and its tokenizer, saved with save_pretrained)")  # fmt: skip
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    stamp = tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns)
-                  for f in files)  # fmt: skip
-    return _digest(str(root), stamp)
-
-
-@functools.lru_cache(maxsize=16)
-def _digest(root: str, stamp: tuple) -> str:
-    h = hashlib.sha256()
-    for name, _, _ in stamp:
-        h.update(name.encode() + b"\0" + artifacts.sha256_file(Path(root) / name).encode())
-    return h.hexdigest()
+    stamp = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    key = hashlib.sha256(json.dumps([str(root.resolve()), stamp]).encode()).hexdigest()
+    memo = artifacts.artifacts_root() / "checkpoint_digests.json"
+    known = json.loads(memo.read_text()) if memo.is_file() else {}
+    if key not in known:
+        h = hashlib.sha256()
+        for name, _, _ in stamp:
+            h.update(name.encode() + b"\0" + artifacts.sha256_file(root / name).encode())
+        known[key] = h.hexdigest()
+        memo.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(known, indent=1))
+        tmp.replace(memo)  # atomic: a concurrent reader sees the old file or the new one
+    return known[key]
 
 
 def _load_point(cfg: Config, i: int, point: Checkpoint):
     m = dataclasses.replace(cfg.model, checkpoint=point.path)
-    return lambda: load_checkpoint(m, key=f"membership.checkpoints[{i}].path")
+
+    def load():
+        model, tok = load_checkpoint(m, key=f"membership.checkpoints[{i}].path")
+        return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tok
+
+    return load
 
 
 # --------------------------------------------------------------------------- AUC
@@ -252,7 +284,7 @@ def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
         mem, non = part[part["split"] == "train"], part[part["split"] == "validation"]
         if mem.empty or non.empty:
             continue
-        rng = np.random.default_rng([cfg.seed, len(rows)])
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(f"{model}/{org}".encode())])
         wm = file_weights(mem["file"], m.bootstrap, rng)
         wo = file_weights(non["file"], m.bootstrap, rng)
         spec = specs.get(model)
@@ -261,12 +293,13 @@ def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
                 continue  # loss - base: not for the base models themselves
             aucs = weighted_auc(sign * mem[col].to_numpy(), sign * non[col].to_numpy(), wm, wo)
             low, high = np.quantile(aucs[1:], [(1 - conf) / 2, (1 + conf) / 2])
-            rows.append({"model": model, "setting": spec.setting if spec else "base",
+            setting = spec.setting if spec else "base" if model == BASE else "checkpoint"
+            rows.append({"model": model, "setting": setting,
                          "organization": org, "trained on": bool(spec and org in spec.orgs),
                          "signal": signal, "members": len(mem), "non-members": len(non),
                          "files": f"{mem['file'].nunique()} / {non['file'].nunique()}",
                          "auc": aucs[0], "low": low, "high": high})  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
 def table5(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
@@ -299,7 +332,7 @@ def _model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
 
 
 def _point_configs(cfg: Config) -> list[dict]:
-    return [{"name": p.name, "digest": checkpoint_digest(p.path)}
+    return [{"name": p.name, "data": p.data, "digest": checkpoint_digest(p.path)}
             for p in cfg.membership.checkpoints]  # fmt: skip
 
 
@@ -374,6 +407,17 @@ def load(cfg: Config) -> artifacts.Artifact:
     return art
 
 
+SUMMARY_COLUMNS = [
+    "signal",
+    "trained pairs",
+    "mean AUC, trained on",
+    "intervals above 0.5",
+    "mean AUC, not trained on",
+    "base model's mean AUC",
+    "above the base model",
+]
+
+
 def summary(auc: pd.DataFrame) -> pd.DataFrame:
     """Per signal: does it detect membership where we know the answer?
 
@@ -383,8 +427,8 @@ def summary(auc: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     for signal, part in auc.groupby("signal", sort=False):
-        own = part[part["trained on"]]
-        other = part[~part["trained on"] & (part["model"] != BASE)]
+        own = part[part["trained on"].astype(bool)]
+        other = part[~part["trained on"] & ~part["setting"].isin(["base", "checkpoint"])]
         # the base model's AUC with the same signal (loss - base: itself, so 0.5 exactly)
         base = part[part["model"] == BASE].set_index("organization")["auc"]
         beats = own["auc"].to_numpy() > base.reindex(own["organization"]).fillna(0.5).to_numpy()
@@ -394,11 +438,14 @@ def summary(auc: pd.DataFrame) -> pd.DataFrame:
                      "mean AUC, not trained on": other["auc"].mean(),
                      "base model's mean AUC": base.mean() if len(base) else 0.5,
                      "above the base model": int(beats.sum())})  # fmt: skip
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def summary_note(table: pd.DataFrame) -> str:
     """One generated sentence per signal: what its AUCs say, in words."""
+    if table.empty:
+        return ("No organization has both training and validation samples here, so no AUC "
+                "could be computed (the samples table shows which split is missing).")  # fmt: skip
     parts = []
     for r in table.to_dict("records"):
         n, base = r["trained pairs"], r["base model's mean AUC"]
@@ -443,6 +490,8 @@ def paper_table5() -> pd.DataFrame:
 
 def auc_view(auc: pd.DataFrame) -> pd.DataFrame:
     """Model x organization, each signal's AUC with its interval, "yes" where trained on."""
+    if auc.empty:
+        return pd.DataFrame(columns=["model", "organization", "trained on", *SIGNALS])
     cell = auc.assign(value=[f"{a:.2f} [{lo:.2f}, {hi:.2f}]"
                              for a, lo, hi in zip(auc["auc"], auc["low"], auc["high"],
                                                   strict=True)])  # fmt: skip

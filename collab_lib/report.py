@@ -328,6 +328,12 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
     """ROC AUC of each signal per model and organization, with its interval: filled where
     the model was trained on that organization (members should score higher), hollow where
     not (0.5 expected)."""
+    if auc.empty:
+        fig, ax = plt.subplots(figsize=(6, 0.8))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no organization has both training and validation samples",
+                ha="center", va="center")  # fmt: skip
+        return fig
     signals = list(dict.fromkeys(auc["signal"]))
     models = list(dict.fromkeys(auc["model"]))
     orgs = list(dict.fromkeys(auc["organization"]))

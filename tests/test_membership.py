@@ -67,6 +67,34 @@ def test_token_stats_are_the_mean_and_spread_of_log_p_under_the_model():
     assert sigma[1] == pytest.approx(0, abs=1e-3)  # uniform: every token alike
 
 
+def test_masked_tokens_leave_the_statistics_finite():
+    logits = torch.tensor([[0.0, 1.0, -math.inf]])  # a vocabulary entry masked out
+    logp, mu, sigma = membership.token_stats(logits, torch.tensor([1]))
+    p = torch.softmax(logits[:, :2], -1)
+    assert torch.isfinite(mu).all() and torch.isfinite(sigma).all()
+    assert mu[0] == pytest.approx(float((p * p.log()).sum()), rel=1e-5)
+
+
+def test_no_organization_with_both_splits_reads_as_a_sentence_not_a_crash():
+    from collab_lib import report
+
+    empty = membership.auc_table(load_config("tiny"), _scores_without_validation())
+    assert empty.empty and list(empty.columns) == membership.AUC_COLUMNS
+    assert membership.summary(empty).empty
+    assert "no AUC" in membership.summary_note(membership.summary(empty))
+    assert membership.auc_view(empty).empty
+    report.membership_figure(empty)
+
+
+def _scores_without_validation():
+    import pandas as pd
+
+    return pd.DataFrame({"model": ["base model"] * 3, "organization": ["Facebook"] * 3,
+                         "split": ["train"] * 3, "file": ["a", "a", "b"],
+                         "ppl_zlib": [0.1, 0.2, 0.3], "minkpp": [0.0, 1.0, 2.0],
+                         "ref_diff": [math.nan] * 3})  # fmt: skip
+
+
 def _model(vocab: int, seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=vocab, n_positions=128, n_embd=32, n_layer=1, n_head=2)
