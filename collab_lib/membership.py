@@ -131,13 +131,13 @@ def min_k_plus_plus(logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: floa
 
 @torch.no_grad()
 def _per_sample(model, encoded: list[list[int]], context: int, stride: int,
-                budget: int = 2**27) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
+                budget: int = 2**23) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
     """``(index, (logp, mu, sigma))`` of every token but the first of each sample.
 
     Samples that fit the context share padded batches of at most ``budget`` logits (a few
-    vocabulary-sized copies of them are alive at once: 2**27 floats are 0.5 GB each); the
-    model is causal, so padding on the right changes nothing before it. A longer sample
-    slides windows over itself as perplexity does.
+    vocabulary-sized copies of them are alive at once: 2**23 floats are 32 MB each; larger
+    batches measured slower on a CPU); the model is causal, so padding on the right changes
+    nothing before it. A longer sample slides windows over itself as perplexity does.
     """
     device = next(model.parameters()).device
     model.eval()
