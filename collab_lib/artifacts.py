@@ -132,6 +132,15 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
     return Artifact(step, key, path, manifest)
 
 
+def require(planned: tuple[str, str], message: str, error: type[UserError] = UserError) -> Artifact:
+    """The cached artifact a step planned, or ``error(message)``: what a chapter reads, never
+    built on the way (the message names the command that builds it)."""
+    art = load(*planned)
+    if art is None:
+        raise error(message)
+    return art
+
+
 def state(step: str, key: str, root: Path | None = None) -> str:
     """``cached`` (verified), ``corrupt`` (exists but fails verification) or ``missing``."""
     if load(step, key, root) is not None:

@@ -146,11 +146,17 @@ def _step_config(cfg: Config) -> dict:
 
 def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
     """The Table 8 artifact's key, from the config and the models' keys alone."""
+    return plan_on_models(STEP, _step_config(cfg), cfg, upstream)
+
+
+def plan_on_models(step: str, config: dict, cfg: Config,
+                   upstream: dict | None = None) -> dict[str, tuple[str, str]]:  # fmt: skip
+    """The key of a step that reads the datasets and every model (rq1, membership)."""
     upstream = dict(upstream or {})
     if "datasets" not in upstream:
         upstream |= datasets.plan(cfg)
     refs = ["{}/{}".format(*upstream["datasets"]), *model_refs(cfg, upstream).values()]
-    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
+    return {step: (step, artifacts.artifact_key(step, config, refs))}
 
 
 SETTINGS = ("single", "centralized", "federated", "incremental")
@@ -521,11 +527,9 @@ class NotEvaluated(UserError):
 
 def load_rq1(cfg: Config) -> artifacts.Artifact:
     """The profile's Table 8 artifact from the cache; never builds it."""
-    art = artifacts.load(*plan(cfg)[STEP])
-    if art is None:
-        raise NotEvaluated(f"Table 8 is not built for profile {cfg.profile!r}: run "
-                           f"`{cfg.command('run', 'rq1')}`")  # fmt: skip
-    return art
+    return artifacts.require(plan(cfg)[STEP], f"Table 8 is not built for profile "
+                             f"{cfg.profile!r}: run `{cfg.command('run', 'rq1')}`",
+                             NotEvaluated)  # fmt: skip
 
 
 def rq1_table(art: artifacts.Artifact, name: str) -> pd.DataFrame:

@@ -572,11 +572,8 @@ def build_findings(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
 
 
 def load(cfg: Config) -> artifacts.Artifact:
-    art = artifacts.load(*plan(cfg)[STEP])
-    if art is None:
-        raise UserError(f"the findings are not computed for profile {cfg.profile!r}: run "
-                        f"`{cfg.command('run', STEP)}`")  # fmt: skip
-    return art
+    return artifacts.require(plan(cfg)[STEP], f"the findings are not computed for profile "
+                             f"{cfg.profile!r}: run `{cfg.command('run', STEP)}`")  # fmt: skip
 
 
 def table(art: artifacts.Artifact) -> pd.DataFrame:

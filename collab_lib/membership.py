@@ -327,10 +327,6 @@ def table5(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
 # --------------------------------------------------------------------------- the step
 
 
-def _model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
-    return evaluation.model_refs(cfg, upstream)
-
-
 def _point_configs(cfg: Config) -> list[dict]:
     return [{"name": p.name, "data": p.data, "digest": checkpoint_digest(p.path)}
             for p in cfg.membership.checkpoints]  # fmt: skip
@@ -345,11 +341,7 @@ def _step_config(cfg: Config) -> dict:
 
 def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
     """The membership artifact's key, from the config and its inputs' keys alone."""
-    upstream = dict(upstream or {})
-    if "datasets" not in upstream:
-        upstream |= datasets.plan(cfg)
-    refs = ["{}/{}".format(*upstream["datasets"]), *_model_refs(cfg, upstream).values()]
-    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
+    return evaluation.plan_on_models(STEP, _step_config(cfg), cfg, upstream)
 
 
 def build_membership(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
@@ -358,7 +350,7 @@ def build_membership(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     ds = datasets.load_datasets(cfg)
     if ds is None:
         raise collaboration.ModelsNotTrained(f"run `{cfg.command('run', 'datasets')}` first")
-    refs = _model_refs(cfg)
+    refs = evaluation.model_refs(cfg)
 
     def produce(out: Path) -> dict:
         samples = draw_samples(cfg, ds)
@@ -400,11 +392,8 @@ def build_membership(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
 
 
 def load(cfg: Config) -> artifacts.Artifact:
-    art = artifacts.load(*plan(cfg)[STEP])
-    if art is None:
-        raise UserError(f"Table 5 is not built for profile {cfg.profile!r}: run "
-                        f"`{cfg.command('run', STEP)}`")  # fmt: skip
-    return art
+    return artifacts.require(plan(cfg)[STEP], f"Table 5 is not built for profile "
+                             f"{cfg.profile!r}: run `{cfg.command('run', STEP)}`")  # fmt: skip
 
 
 SUMMARY_COLUMNS = [
