@@ -227,23 +227,46 @@ def test_home_page_links_the_chapters(page):
         assert any(chapter in a for a in links), chapter
 
 
-def test_a_failing_notebook_names_itself_and_its_executed_copy(tmp_path, monkeypatch):
+def _notebook(*cells: str):
     import nbformat
-
-    from collab_lib import book as book_mod
 
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell('profile = "x"\noverrides = {}')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("raise ValueError('bad table')")]
+    nb.cells = [params, *map(nbformat.v4.new_code_cell, cells)]
     nb.metadata["kernelspec"] = {
         "name": "python3",
         "display_name": "Python 3",
         "language": "python",
     }
+    return nb
+
+
+def test_a_failing_notebook_names_itself_and_its_executed_copy(tmp_path):
+    import nbformat
+
+    from collab_lib import book as book_mod
+
     (tmp_path / "nb").mkdir()
-    nbformat.write(nb, tmp_path / "nb" / "broken.ipynb")
-    monkeypatch.setattr(book_mod, "NOTEBOOK_DIR", tmp_path / "nb")
+    nbformat.write(_notebook("raise ValueError('bad table')"), tmp_path / "nb" / "broken.ipynb")
     with pytest.raises(book_mod.BookError, match="broken.ipynb failed .*ValueError: bad table"):
-        book_mod.execute_notebook("broken.ipynb", "tiny", {}, tmp_path / "out")
+        book_mod.execute_notebook("broken.ipynb", "tiny", {}, tmp_path / "out", tmp_path / "nb")
     assert (tmp_path / "out" / "broken.ipynb").exists()
+
+
+def test_notebooks_run_side_by_side_and_a_failure_still_names_its_notebook(tmp_path):
+    import nbformat
+
+    from collab_lib import book as book_mod
+
+    src = tmp_path / "nb"
+    src.mkdir()
+    nbformat.write(_notebook("import os\nprint('pid', os.getpid())"), src / "a.ipynb")
+    nbformat.write(_notebook("raise ValueError('bad figure')"), src / "b.ipynb")
+    nbformat.write(_notebook("print('profile', profile)"), src / "c.ipynb")
+    names = ("a.ipynb", "b.ipynb", "c.ipynb")
+    with pytest.raises(book_mod.BookError, match="b.ipynb failed .*ValueError: bad figure"):
+        book_mod.execute_notebooks(names, "tiny", {}, tmp_path / "out", src, workers=2)
+    # the notebooks after the failing one still ran, with the parameters papermill injected
+    assert "profile tiny" in (tmp_path / "out" / "c.ipynb").read_text()
+    assert (tmp_path / "out" / "a.ipynb").exists()
