@@ -142,50 +142,81 @@ def local_profile(tmp_path) -> Path:
 
 
 @dataclass(frozen=True)
-class BuiltBook:
-    """A book built end to end on three local organizations (profile ``course.yml``, seed 5)."""
+class CourseRun:
+    """Every step of the study run on three local organizations (profile ``course.yml``,
+    seed 5): the artifacts the book, model, CLI and Teaching tests read."""
 
-    index: Path
     profile: Path
     artifacts: Path
     overrides: dict
 
 
+@dataclass(frozen=True)
+class BuiltBook(CourseRun):
+    """The course run's book, built end to end."""
+
+    index: Path
+
+
 @pytest.fixture(scope="session")
-def built_book(tmp_path_factory) -> BuiltBook:
-    """Every step of the study, run once for the session: the book test and the model tests
-    read the same artifacts (training 17 models, Ray included, is the suite's slowest part)."""
+def course_run(tmp_path_factory, worker_id) -> CourseRun:
+    """Every step of the study, run once for the whole test run (training 17 models, Ray
+    included, is the suite's slowest part). Under ``pytest -n`` the workers share it: the
+    first to get here runs it while the others wait on a lock, then find it done."""
+    from filelock import FileLock
+
+    from collab_lib import pipeline
+    from collab_lib.config import load_config
+
+    shared = tmp_path_factory.getbasetemp()
+    shared = shared if worker_id == "master" else shared.parent  # one run for all workers
+    base, overrides = shared / "course", {"seed": 5}
+    run = CourseRun(base / "course.yml", base / "artifacts", overrides)
+    with FileLock(str(shared / "course.lock")):
+        if (base / "done").exists():
+            return run
+        orgs = {
+            "Facebook": ("F", [make_org_dir(base / "fb", "torch", 5)], None),
+            "Microsoft": ("M", [make_org_dir(base / "ms", "azure", 8, bad_inputs=True)], None),
+            "Google": ("G", [make_org_dir(base / "google", "tensor", 15)], None),
+        }
+        # organizations this small hold canaries only with a larger share of their bytes;
+        # FedYogi's server rate comes from a two-point sweep (as a profile with a null pair)
+        sweep = {"etas": [0.01, 0.1], "taus": [0.001], "holdout_fraction": 0.2}
+        federated = {"yogi_eta": None, "yogi_tau": None, "yogi_sweep": sweep}
+        write_profile(run.profile, orgs, canaries={"max_fraction": 0.3}, federated=federated)
+        mp = pytest.MonkeyPatch()
+        mp.setenv("COLLAB_ARTIFACTS", str(run.artifacts))
+        try:
+            pipeline.run("book", load_config(run.profile, overrides))
+        finally:
+            mp.undo()
+        (base / "done").touch()
+    return run
+
+
+@pytest.fixture(scope="session")
+def built_book(course_run, tmp_path_factory) -> BuiltBook:
+    """The course run's book: papermill runs the notebooks, Jupyter Book renders them."""
     from collab_lib.book import build_book
 
-    base = tmp_path_factory.mktemp("book")
-    orgs = {
-        "Facebook": ("F", [make_org_dir(base / "fb", "torch", 5)], None),
-        "Microsoft": ("M", [make_org_dir(base / "ms", "azure", 8, bad_inputs=True)], None),
-        "Google": ("G", [make_org_dir(base / "google", "tensor", 15)], None),
-    }
-    # organizations this small hold canaries only with a larger share of their bytes; FedYogi's
-    # server rate comes from a two-point sweep, as in the default profile
-    sweep = {"etas": [0.01, 0.1], "taus": [0.001], "holdout_fraction": 0.2}
-    federated = {"yogi_eta": None, "yogi_tau": None, "yogi_sweep": sweep}
-    profile = write_profile(
-        base / "course.yml", orgs, canaries={"max_fraction": 0.3}, federated=federated
-    )
     mp = pytest.MonkeyPatch()
-    mp.setenv("COLLAB_ARTIFACTS", str(base / "artifacts"))
+    mp.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
     try:
-        index = build_book(str(profile), {"seed": 5}, build_root=base / "_build")
+        index = build_book(str(course_run.profile), course_run.overrides, run_steps=False,
+                           build_root=tmp_path_factory.mktemp("book") / "_build")  # fmt: skip
     finally:
         mp.undo()
-    return BuiltBook(index, profile, base / "artifacts", {"seed": 5})
+    return BuiltBook(course_run.profile, course_run.artifacts, course_run.overrides, index)
 
 
 @pytest.fixture
-def book_cfg(built_book, monkeypatch):
-    """The book run's config, reading its artifacts (for tests of what a step produced)."""
+def book_cfg(course_run, monkeypatch):
+    """The course run's config, reading its artifacts (for tests of what a step produced)."""
     from collab_lib.config import load_config
 
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
-    return load_config(built_book.profile, built_book.overrides)
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
+    return load_config(course_run.profile, course_run.overrides)
 
 
 @pytest.fixture(scope="session")
@@ -200,3 +231,15 @@ def tok():
     out = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer)
     out.add_special_tokens({"eos_token": "<|endoftext|>"})
     return out
+
+
+# Under `pytest -n` (`make test`), each worker takes whole test files, these first and in this
+# order: the Teaching exercises (after the course run) on one worker while the other takes
+# Flower's engines, then the book once the course run is there; the rest fill in.
+LONGEST_FIRST = ("test_teaching.py", "test_federated.py", "test_repo.py", "test_book.py",
+                 "test_collaboration.py", "test_exchange.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file

@@ -210,11 +210,10 @@ def test_search_finds_fedyogi(page):
     assert page.locator("#search-results li").count() >= 1
 
 
-def test_reproducibility_page_lists_the_artifacts(page, book):
+def test_reproducibility_page_lists_the_artifacts(page, built_book):
     page.goto(page.base + "/book/executed/99_reproducibility.html")
     text = page.inner_text("main")
-    artifacts_root = book.parents[4] / "artifacts"  # <base>/_build/<profile>/_build/html
-    keys = [p.name for p in (artifacts_root / "corpus").iterdir()]
+    keys = [p.name for p in (built_book.artifacts / "corpus").iterdir()]
     assert keys and all(k in text for k in keys)
     assert "datasets" in text and "seed: 5" in text and "content_sha256" in text
 

@@ -22,7 +22,7 @@ def test_help_lists_the_commands():
         assert command in proc.stdout
 
 
-def test_run_then_table_then_status(local_profile, built_book, monkeypatch, capsys):
+def test_run_then_table_then_status(local_profile, course_run, monkeypatch, capsys):
     code, _, err = run_cli("table", "table3", "--profile", str(local_profile), capsys=capsys)
     assert code == 2 and "run datasets --profile" in err
 
@@ -35,8 +35,8 @@ def test_run_then_table_then_status(local_profile, built_book, monkeypatch, caps
 
     # every step has run for the book's profile (the session's book build): `run all` finds
     # it all cached, and status has nothing left to run
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
-    profile = ("--profile", str(built_book.profile), "--set", "seed=5")
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
+    profile = ("--profile", str(course_run.profile), "--set", "seed=5")
     assert run_cli("run", "all", *profile, capsys=capsys)[0] == 0
 
     code, out, _ = run_cli("table", "table4", *profile, capsys=capsys)

@@ -119,11 +119,11 @@ def _input_stage(art):
     return artifacts.load(step, key)
 
 
-def test_models_are_trained_once_and_listed(built_book, monkeypatch, capsys):
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
-    artifact_root, local_profile = built_book.artifacts, built_book.profile
-    cfg = load_config(local_profile, built_book.overrides)
-    models = build_models(cfg)  # all cached by the book's build: nothing is retrained
+def test_models_are_trained_once_and_listed(course_run, monkeypatch, capsys):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
+    artifact_root, local_profile = course_run.artifacts, course_run.profile
+    cfg = load_config(local_profile, course_run.overrides)
+    models = build_models(cfg)  # all cached by the course run: nothing is retrained
     assert len(models) == 17
     assert plan(cfg)["Incremental_M2G"] == (
         models["Incremental_M2G"].step,

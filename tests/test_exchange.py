@@ -13,13 +13,13 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def exported(built_book, tmp_path_factory):
+def exported(course_run, tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
+    mp.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
     archive = tmp_path_factory.mktemp("export") / "run.tar.gz"
     try:
-        sets = [f"--set=seed={built_book.overrides['seed']}"]
-        assert cli.main(["export", "--profile", str(built_book.profile), *sets, str(archive)]) == 0
+        sets = [f"--set=seed={course_run.overrides['seed']}"]
+        assert cli.main(["export", "--profile", str(course_run.profile), *sets, str(archive)]) == 0
     finally:
         mp.undo()
     return archive
@@ -35,14 +35,14 @@ def test_an_export_carries_tables_and_manifests_but_no_weights_or_code(exported)
     assert index["seeds"] == [5] and index["machine"]["cpus"] >= 1
 
 
-def test_an_import_builds_the_book_without_any_model(exported, built_book, tmp_path, monkeypatch):
+def test_an_import_builds_the_book_without_any_model(exported, course_run, tmp_path, monkeypatch):
     root = tmp_path / "elsewhere"
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     assert cli.main(["import", str(exported)]) == 0
-    cfg = load_config(built_book.profile, built_book.overrides)
+    cfg = load_config(course_run.profile, course_run.overrides)
     assert findings.load(cfg).file("findings.csv").is_file()
     # the book renders from the import alone: no step runs, no model is loaded
-    index = build_book(str(built_book.profile), built_book.overrides, run_steps=False,
+    index = build_book(str(course_run.profile), course_run.overrides, run_steps=False,
                        build_root=tmp_path / "_build")  # fmt: skip
     text = (index.parent / "book" / "executed" / "07_findings.html").read_text()
     assert "Finding 7" in text and "Verdict:" in text

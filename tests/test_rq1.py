@@ -58,10 +58,10 @@ def test_per_file_losses_add_up_to_each_organizations_stream(book_cfg):
 
 
 @pytest.mark.slow
-def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(book_cfg, built_book):
+def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(book_cfg, course_run):
     before = evaluation.load_rq1(book_cfg)
     assert pipeline.run("rq1", book_cfg)[0].key == before.key  # cached
-    changed = load_config(built_book.profile, {**built_book.overrides, "evaluation.timeout_s": 2.5})
+    changed = load_config(course_run.profile, {**course_run.overrides, "evaluation.timeout_s": 2.5})
     art = evaluation.build_rq1(changed)
     samples = sorted(p for p in art.metrics["parts"] if p.startswith("samples/"))
     assert samples == sorted(p for p in before.metrics["parts"] if p.startswith("samples/"))

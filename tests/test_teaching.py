@@ -1,14 +1,16 @@
 """The Teaching guide's exercises: every command on the page runs, and shows an effect.
 
-The page's commands name the ``tiny`` profile. Here they run against the session's book
-profile (a tiny-scale profile of three local organizations with the same names, its models
-already trained by the book tests), so that only what an exercise changes is computed: the
-commands' steps, settings and table names are what is checked, and that each exercise's table
-differs from the unchanged run's.
+The page's commands name the ``tiny`` profile. Here they run against the session's course
+profile (a tiny-scale profile of three local organizations with the same names), on a copy of
+its run's cache (the other tests count what that run trained), so that only what an exercise
+changes is computed: the commands' steps, settings and table names are what is checked, and
+that each exercise's table differs from the unchanged run's.
 """
 
 import re
 import shlex
+import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -50,10 +52,18 @@ def _on_book_profile(argv: list[str], profile: str) -> list[str]:
     return [*argv[:i], "--profile", profile, "--set", "seed=5", *argv[i + 2 :]]
 
 
+@pytest.fixture(scope="module")
+def cache(course_run, tmp_path_factory) -> Path:
+    """A copy of the course run's cache, which the exercises add their runs to."""
+    dest = tmp_path_factory.mktemp("teaching") / "artifacts"
+    shutil.copytree(course_run.artifacts, dest, symlinks=True)
+    return dest
+
+
 @pytest.mark.parametrize("title", list(exercises()))
-def test_each_exercise_runs_and_changes_its_table(title, built_book, monkeypatch, capsys):
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
-    profile = str(built_book.profile)
+def test_each_exercise_runs_and_changes_its_table(title, course_run, cache, monkeypatch, capsys):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(cache))
+    profile = str(course_run.profile)
     outputs = []
     for argv in exercises()[title]:
         code = main(_on_book_profile(argv, profile))

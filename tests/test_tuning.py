@@ -18,9 +18,9 @@ def test_hold_out_takes_a_seeded_slice_of_each_organizations_files_never_a_canar
     assert tuning.hold_out(texts, 0.2, seed=2, keep={"canary"})[1] != held
 
 
-def test_the_sweeps_best_pair_trains_every_fedyogi_model(built_book, monkeypatch):
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
-    cfg = load_config(built_book.profile, built_book.overrides)
+def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, monkeypatch):
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
+    cfg = load_config(course_run.profile, course_run.overrides)
     sweep = collaboration.load_sweep(cfg)
     table = tuning.table(sweep)
     assert list(zip(table["eta"], table["tau"], strict=True)) == [
@@ -36,7 +36,7 @@ def test_the_sweeps_best_pair_trains_every_fedyogi_model(built_book, monkeypatch
             assert (m["yogi_eta"], m["yogi_tau"]) == tuning.best(sweep), spec.name
             assert sweep.ref in models[spec.name].manifest["inputs"]
     # a profile that fixes the pair (the paper's) has no sweep and names its values
-    fixed = load_config(built_book.profile, {**built_book.overrides, "federated.yogi_eta": 0.01,
+    fixed = load_config(course_run.profile, {**course_run.overrides, "federated.yogi_eta": 0.01,
                                              "federated.yogi_tau": 0.001})  # fmt: skip
     assert collaboration.load_sweep(fixed) is None and "FedYogi sweep" not in collaboration.plan(
         fixed
