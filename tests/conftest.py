@@ -233,9 +233,10 @@ def tok():
     return out
 
 
-# Under `pytest -n` (`make test`), each worker takes whole test files, these first and in this
-# order: the Teaching exercises (after the course run) on one worker while the other takes
-# Flower's engines, then the book once the course run is there; the rest fill in.
+# Under `pytest -n` (`make test`, `--dist loadfile --no-loadscope-reorder`) each worker takes
+# whole test files in this order, two to start with: the Teaching exercises (after the course
+# run) on one worker, then the quick repository checks; Flower's engines on the other, then
+# the book once the course run is there; the rest fill in as workers free up.
 LONGEST_FIRST = ("test_teaching.py", "test_federated.py", "test_repo.py", "test_book.py",
                  "test_collaboration.py", "test_exchange.py")  # fmt: skip
 
