@@ -9,13 +9,11 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install book test lint format bench clean
 
-# --no-compile: byte-compiling every installed module took 2 of the install's 3 minutes;
-# Python compiles the modules it imports on first use instead.
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 11) else "Python >= 3.11 is needed: run make PYTHON=python3.11 ...")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet --no-compile -c requirements.lock -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -c requirements.lock -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
