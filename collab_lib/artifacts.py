@@ -236,12 +236,18 @@ def library_versions() -> dict[str, str]:
 
 
 def machine() -> dict:
-    """Where an artifact was made: platform, CPU, and the GPU if the run used one."""
+    """Where an artifact was made: platform, CPU, and the GPU if the run used one.
+
+    On a CPU, torch's thread count (one per core unless ``OMP_NUM_THREADS`` says otherwise)
+    changes how sums are split, so the same seed is bit-identical only at the same count.
+    """
     out = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
            "cpus": os.cpu_count()}  # fmt: skip
     torch = sys.modules.get("torch")  # only if a step loaded it: never imported for this
-    if torch is not None and torch.cuda.is_available():
-        out["gpu"] = torch.cuda.get_device_name(0)
+    if torch is not None:
+        out["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            out["gpu"] = torch.cuda.get_device_name(0)
     return out
 
 

@@ -422,6 +422,12 @@ def load_config(
     parsed = parse_overrides(overrides, path)
     for key, value in parsed.items():
         _set_dotted(raw, key, value, path)
+    if "seed" in parsed and raw.get("seeds"):  # the steps run for `seeds`: `seed` would be lost
+        raise ConfigError(
+            f"{path}: seed={parsed['seed']} has no effect while seeds lists {raw['seeds']}: "
+            f"add --set seeds=null to run seed {parsed['seed']} alone, or list the seeds you "
+            "want in seeds"
+        )
     raw.setdefault("profile", path.stem)
     raw["source"] = str(path)
     raw["overrides"] = [f"{k}={json.dumps(v, separators=(',', ':'))}" for k, v in parsed.items()]

@@ -536,6 +536,13 @@ def rq1_table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
     return art.table(name)
 
 
+def temperatures_view(by_temp: pd.DataFrame) -> pd.DataFrame:
+    """pass@k per model and temperature in %, as Table 8 shows it (stored as fractions)."""
+    cols = [c for c in by_temp if c.startswith("pass@")]
+    percent = by_temp.assign(**{c: 100 * by_temp[c] for c in cols})
+    return percent.rename(columns={c: f"{c} (%)" for c in cols})
+
+
 def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
     """How Table 8 was measured, from the artifact's own record."""
     m, c = art.metrics, art.manifest["config"]["evaluation"]

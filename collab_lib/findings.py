@@ -39,11 +39,18 @@ from collab_lib.config import Config, UserError
 
 STEP = "findings"
 TABLES = ("findings",)
-VERSION = 4  # 4: finding 7 by the continuation loss beyond general fit
+VERSION = 5  # 5: the unit of each statistic, ours and the paper's
 BASE = evaluation.BASE
 COLUMNS = ["finding", "claim", "measure", "statistic", "rule", "paper", "paper value",
-           "estimate", "low", "high", "seed spread", "seeds", "verdict", "why"]  # fmt: skip
+           "paper unit", "estimate", "low", "high", "unit", "seed spread", "seeds", "verdict",
+           "why"]  # fmt: skip
 HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive"
+# The units of the statistics: a finding measured by another metric than the paper's (canary
+# exposure where no line was memorized verbatim) is not on the paper's scale.
+NATS, SHARE, POINTS, BITS = "nats/token", "share", "% points", "bits"
+NO_CANARIES = ("the paper's metric found no memorized line, and no canaries are planted "
+               "(canaries.enabled is false, as in the paper profile) to measure exposure "
+               "instead")  # fmt: skip
 
 
 # --------------------------------------------------------------------------- one seed's run
@@ -188,10 +195,11 @@ class Finding:
     statistic: str
     side: str  # "below" or "above": where the claim puts the statistic
     threshold: float
-    # (run, b, rng) -> (measure, replicates (b + 1,) with the estimate first), or a reason
-    # the profile cannot test it
-    compute: Callable[[Run, int, np.random.Generator], tuple[str, np.ndarray] | str]
+    # (run, b, rng) -> (measure, its unit, replicates (b + 1,) with the estimate first), or
+    # a reason the profile cannot test it
+    compute: Callable[[Run, int, np.random.Generator], tuple[str, str, np.ndarray] | str]
     paper_value: float
+    paper_unit: str
 
 
 def _ppl(units: Units, names: list[str]) -> dict[str, np.ndarray]:
@@ -210,7 +218,7 @@ def f1_size(run: Run, b: int, rng):
     mine = next(s.name for s in singles if s.orgs == (largest,))
     nll = _ppl(_ppl_units(run, b, rng), [s.name for s in singles])
     others = np.min([nll[s.name] for s in singles if s.name != mine], axis=0)
-    return f"union validation perplexity (Table 8); largest: {largest}", nll[mine] - others
+    return f"union validation perplexity (Table 8); largest: {largest}", NATS, nll[mine] - others
 
 
 def f2_federated(run: Run, b: int, rng):
@@ -223,7 +231,7 @@ def f2_federated(run: Run, b: int, rng):
     best = np.min([nll[s.name] for s in singles], axis=0)
     gap = best - nll[cen[0].name]
     shares = [(nll[f.name] - nll[cen[0].name]) / np.where(gap > 0, gap, np.nan) for f in feds]
-    return "union validation perplexity (Table 8)", np.max(shares, axis=0)
+    return "union validation perplexity (Table 8)", SHARE, np.max(shares, axis=0)
 
 
 def _small_to_large(run: Run) -> tuple[str, ...]:
@@ -238,8 +246,10 @@ def f3_order(run: Run, b: int, rng):
         return f"the small-to-large order ({' > '.join(order)}) and another must be trained"
     nll = _ppl(_ppl_units(run, b, rng), [s.name for s in incs])
     others = np.min([nll[s.name] for s in incs if s is not mine[0]], axis=0)
-    return f"union validation perplexity (Table 8); small to large: {mine[0].name}", (
-        nll[mine[0].name] - others
+    return (
+        f"union validation perplexity (Table 8); small to large: {mine[0].name}",
+        NATS,
+        (nll[mine[0].name] - others),
     )
 
 
@@ -270,7 +280,7 @@ def f4_duplicates(run: Run, b: int, rng):
             )
         others = np.max([ratio[o] for o in ratio if o != heavy], axis=0)
         return (f"the paper's memorization ratio (Table 9), all collaborative models; most "
-                f"duplicated: {heavy}"), 100 * (ratio[heavy] - others)  # fmt: skip
+                f"duplicated: {heavy}"), POINTS, 100 * (ratio[heavy] - others)  # fmt: skip
     return _duplication_signal(run, models, b, rng)
 
 
@@ -307,7 +317,7 @@ def _duplication_signal(run: Run, models: list[str], b: int, rng):
         "duplication signal (nats per token), the paper's metric being 0: mean over "
         f"{len(models)} collaborative models and {', '.join(orgs)}"
     )
-    return measure, np.mean(signals, axis=0)
+    return measure, NATS, np.mean(signals, axis=0)
 
 
 def f5_centralized(run: Run, b: int, rng):
@@ -319,13 +329,19 @@ def f5_centralized(run: Run, b: int, rng):
     if _verbatim_found(run.prompts, models):
         u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
         ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in models}
-        return "the paper's memorization ratio (Table 10)", 100 * np.min(
-            [ratio[models[0]] - ratio[f] for f in models[1:]], axis=0
+        return (
+            "the paper's memorization ratio (Table 10)",
+            POINTS,
+            100 * np.min([ratio[models[0]] - ratio[f] for f in models[1:]], axis=0),
         )
+    if run.canaries.empty:
+        return NO_CANARIES
     u = Units(run.canaries, ["organization", "canary"], ["organization"], b, rng)
     e = {m: u.mean("extrapolated_exposure", m) for m in models}
-    return "canary exposure (bits), the paper's metric being 0", np.min(
-        [e[models[0]] - e[f] for f in models[1:]], axis=0
+    return (
+        "canary exposure (bits), the paper's metric being 0",
+        BITS,
+        np.min([e[models[0]] - e[f] for f in models[1:]], axis=0),
     )
 
 
@@ -343,7 +359,9 @@ def f6_last(run: Run, b: int, rng):
                      for o in s.orgs}  # fmt: skip
             return ratio[s.orgs[-1]] - np.mean([ratio[o] for o in s.orgs[:-1]], axis=0)
 
-        measure, scale = "the paper's memorization ratio (Table 9), in points", 100
+        measure, unit, scale = "the paper's memorization ratio (Table 9), in points", POINTS, 100
+    elif run.canaries.empty:
+        return NO_CANARIES
     else:
         u = Units(run.canaries, ["organization", "canary"], ["organization"], b, rng)
 
@@ -356,9 +374,12 @@ def f6_last(run: Run, b: int, rng):
             last = gain(lambda k: k["organization"] == s.orgs[-1])
             return last - gain(lambda k: k["organization"] != s.orgs[-1])
 
-        measure, scale = "canary exposure over the base model (bits), the paper's metric being 0", 1
-    return f"{measure}; mean over {len(incs)} orders", scale * np.mean(
-        [stat(s) for s in incs], axis=0
+        measure, unit, scale = ("canary exposure over the base model (bits), the paper's "
+                                "metric being 0", BITS, 1)  # fmt: skip
+    return (
+        f"{measure}; mean over {len(incs)} orders",
+        unit,
+        scale * np.mean([stat(s) for s in incs], axis=0),
     )
 
 
@@ -390,15 +411,18 @@ def f7_cross(run: Run, b: int, rng):
         return ("the paper's metric (Table 11) found no memorized line, so: each model's loss "
                 "drop from the base model on the second half of the shared clone blocks given "
                 "the first, beyond its drop on the pair's validation code (nats per token), "
-                f"synchronous minus incremental; {n} prompts",
+                f"synchronous minus incremental; {n} prompts", NATS,
                 np.mean([beyond[m] for m in sync], axis=0)
                 - np.mean([beyond[m] for m in inc], axis=0))  # fmt: skip
     u = Units(
         frame.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
     )
     ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in sync + inc}
-    return "the paper's memorization ratio on shared clones (Table 11), in points", 100 * (
-        np.mean([ratio[m] for m in sync], axis=0) - np.mean([ratio[m] for m in inc], axis=0)
+    return (
+        "the paper's memorization ratio on shared clones (Table 11), in points",
+        POINTS,
+        100
+        * (np.mean([ratio[m] for m in sync], axis=0) - np.mean([ratio[m] for m in inc], axis=0)),
     )
 
 
@@ -449,36 +473,36 @@ def findings(cfg: Config) -> list[Finding]:
                 "own model is the best single-organization model",
                 "Google_Only 5.36 vs Microsoft_Only 39.52, Facebook_Only 181.54 (perplexity)",
                 "log perplexity of the largest organization's model minus the lowest of the "
-                "other single-organization models", "below", 0.0, f1_size, p[1]),
+                "other single-organization models", "below", 0.0, f1_size, p[1], NATS),
         Finding(2, "Federated models reach perplexity close to centralized",
                 "FedAvg 3.71, FedYogi 4.02 vs centralized 3.32; best single 5.36",
                 "largest share, over the federated models, of the log-perplexity gap from the "
                 "best single-organization model to centralized that federated leaves open",
-                "below", share, f2_federated, p[2]),
+                "below", share, f2_federated, p[2], SHARE),
         Finding(3, "Incremental effectiveness depends on order; small to large is best",
                 "F2M2G 5.30 vs M2F2G 5.36, G2F2M 25.42, ..., G2M2F 53.38 (perplexity)",
                 "log perplexity of the small-to-large order minus the lowest of the other "
-                "orders", "below", 0.0, f3_order, p[3]),
+                "orders", "below", 0.0, f3_order, p[3], NATS),
         Finding(4, "Duplicate-heavy data is memorized more", "Microsoft, the most duplicated: "
                 "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9)",
                 "the most duplicated organization's memorization minus the next highest "
                 "(verbatim), or memorization of clone lines beyond other lines (duplication "
-                "signal)", "above", 0.0, f4_duplicates, p[4]),
+                "signal)", "above", 0.0, f4_duplicates, p[4], POINTS),
         Finding(5, "Centralized training memorizes more than federated",
                 "1.711 % vs FedAvg 0.330 %, FedYogi 0.264 % (Table 10)",
                 "centralized minus the higher of the federated models", "above", 0.0,
-                f5_centralized, p[5]),
+                f5_centralized, p[5], POINTS),
         Finding(6, "In incremental learning, the last dataset is memorized most",
                 "e.g. G2F2M: Microsoft 8.13 % vs Google 0.02 %, Facebook 0.02 % (Table 9)",
                 "the last organization's memorization minus the mean of the earlier ones, "
-                "averaged over the orders", "above", 0.0, f6_last, p[6]),
+                "averaged over the orders", "above", 0.0, f6_last, p[6], POINTS),
         Finding(7, "Cross-organization clones are memorized more by synchronous than by "
                 "incremental training",
                 "0.565 / 0.552 / 0.480 % vs 0.192 / 0.246 % (Table 11)",
                 "mean ratio of the pair's centralized and federated models minus that of its "
                 "incremental models (verbatim), or the same difference of their loss drops "
                 "below the base model on the blocks' second halves beyond their drops on the "
-                "pair's validation code", "above", 0.0, f7_cross, p[7]),
+                "pair's validation code", "above", 0.0, f7_cross, p[7], POINTS),
     ]  # fmt: skip
 
 
@@ -513,21 +537,23 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
         untestable = [r for r in results if isinstance(r, str)]
         row = {"finding": finding.number, "claim": finding.claim, "statistic": finding.statistic,
                "rule": _rule(finding, f.confidence), "paper": finding.paper,
-               "paper value": finding.paper_value, "seeds": len(runs)}  # fmt: skip
+               "paper value": finding.paper_value, "paper unit": finding.paper_unit,
+               "seeds": len(runs)}  # fmt: skip
         if untestable:
             why = f"Cannot be tested in this profile: {untestable[0]}."
             rows.append(row | {"measure": "none", "verdict": OPEN, "why": why})
             continue
-        measure = results[0][0]
-        est, reps = combine([r[1] for r in results], f.bootstrap, rng)
+        measure, unit = results[0][:2]
+        est, reps = combine([r[2] for r in results], f.bootstrap, rng)
         finite = reps[np.isfinite(reps)]
         low, high = (np.quantile(finite, [alpha, 1 - alpha]) if len(finite) > 0.9 * len(reps)
                      else (math.nan, math.nan))  # fmt: skip
-        spread = float(np.std([r[1][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
+        spread = float(np.std([r[2][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
         verdict = decide(low, high, finding.side, finding.threshold)
         why = _why(finding, est, low, high, verdict, f.confidence)
         rows.append(row | {"measure": measure, "estimate": est, "low": low, "high": high,
-                           "seed spread": spread, "verdict": verdict, "why": why})  # fmt: skip
+                           "unit": unit, "seed spread": spread, "verdict": verdict,
+                           "why": why})  # fmt: skip
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 

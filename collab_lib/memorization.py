@@ -80,6 +80,8 @@ BLOCK_VERSION = 1
 DUPLICATION_COLUMNS = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
 # rq2 and rq3 (not their parts, which stay cached) with the unit files
 UNITS_VERSION = 1
+# rq2 alone: 2, tied ratios share a rank in Table 10
+RQ2_TABLES_VERSION = 2
 
 
 # --------------------------------------------------------------------------- the models
@@ -137,7 +139,8 @@ def _step_config(cfg: Config, **extra) -> dict:
 
 
 def _rq2_config(cfg: Config) -> dict:
-    return _step_config(cfg, stride=evaluation.perplexity_stride(cfg), units=UNITS_VERSION)
+    return _step_config(cfg, stride=evaluation.perplexity_stride(cfg), units=UNITS_VERSION,
+                        tables=RQ2_TABLES_VERSION)  # fmt: skip
 
 
 def _rq3_config(cfg: Config) -> dict:
@@ -415,12 +418,14 @@ def table9(counts: pd.DataFrame) -> pd.DataFrame:
 
 
 def table10(counts: pd.DataFrame) -> pd.DataFrame:
-    """Table 10: Table 9 summed over organizations, ranked by memorization ratio."""
+    """Table 10: Table 9 summed over organizations, ranked by memorization ratio; equal
+    ratios share a rank (at small scale every model may tie at 0 %)."""
     cols = ["generated lines", "memorized blocks", "memorized lines"]
     t = counts.groupby("model", sort=False)[cols].sum().reset_index()
     t["ratio (%)"] = _ratio(t)
     t = t.sort_values(["ratio (%)", "model"], ascending=[False, True], kind="stable")
-    t.insert(0, "rank", range(1, len(t) + 1))
+    rank = t["ratio (%)"].rank(method="min", ascending=False, na_option="bottom")
+    t.insert(0, "rank", rank.astype(int))
     t["paper ratio (%)"] = [paper.TABLE10.get(m) for m in t["model"]]
     return t
 
@@ -932,7 +937,7 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
     s = m["sampling"]
     rows = [
         ("prompts", f"signature and docstring, at most {m['prompt_room']} tokens; "
-                    f"{100 * c['sample_fraction']:g} % of each organization's sampled"),
+                    f"{100 * c['sample_fraction']:g} % of each organization's prompts sampled"),
         ("completions per prompt", c["n_samples"]),
         ("temperature, top-p, top-k", f"{s['temperature']:g}, {s['top_p']:g}, {s['top_k']}"),
         ("max new tokens", f"{s['max_new_tokens']} (stops at the end of the function body)"),

@@ -32,7 +32,7 @@ def provenance_table(cfg: Config) -> pd.DataFrame:
         m = art.manifest
         rows.append(
             {
-                "artifact": names.get(art.ref, art.step),
+                "artifact": names.get(art.ref) or _unnamed(art, names),
                 "step": art.step,
                 "key": art.key,
                 "created_utc": m.get("created_utc"),
@@ -47,11 +47,26 @@ def provenance_table(cfg: Config) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _unnamed(art: artifacts.Artifact, names: dict[str, str]) -> str:
+    """An artifact no plan names: an incremental model's earlier stage says what it trained on
+    and from which model (several stages would read alike as "stage")."""
+    data, inputs = art.metrics.get("data"), art.manifest.get("inputs", [])
+    if art.step != "stage" or not data or not inputs:
+        return art.step
+    start = names.get(inputs[0], "an earlier stage")
+    return f"stage: {', '.join(data)}, from {start}"
+
+
 def made_on(machine: dict | None) -> str:
-    """``GPU`` or ``CPU (n cores)`` from a manifest's machine record ("—" before it existed)."""
+    """``GPU`` or ``CPU (n cores, t torch threads)`` from a manifest's machine record ("—"
+    before it existed; no threads for a step that never loaded torch, or recorded before)."""
     if not machine:
         return "—"
-    return machine.get("gpu") or f"{machine.get('cpu') or 'CPU'} ({machine.get('cpus')} cores)"
+    if machine.get("gpu"):
+        return machine["gpu"]
+    threads = machine.get("torch_threads")
+    where = f"{machine.get('cpus')} cores" + (f", {threads} torch threads" if threads else "")
+    return f"{machine.get('cpu') or 'CPU'} ({where})"
 
 
 def library_table(cfg: Config) -> pd.DataFrame:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import html
 import itertools
+import json
 import re
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import Markdown, display
+from pandas.api.types import is_float_dtype
 
 from collab_lib import artifacts, datasets, paper
 from collab_lib.config import Config
@@ -30,9 +32,29 @@ def show_table(
 ) -> None:
     """Display a table without its index, then the line that says where it came from; an
     empty or missing value shows as a dash (a blank cell reads as a rendering fault)."""
+    if df.empty:
+        display(Markdown("*No rows in this run.*"))
+        display(source_line(art, cfg, table))
+        return
     df = df.replace("", None)
-    display(df.style.hide(axis="index").format(precision=2, thousands=",", na_rep="—"))
+    formats = {c: _number_format(df[c]) for c in df.columns if is_float_dtype(df[c])}
+    style = df.style.hide(axis="index").format(precision=2, thousands=",", na_rep="—")
+    display(style.format(formats, subset=list(formats), na_rep="—") if formats else style)
     display(source_line(art, cfg, table))
+
+
+def _number_format(column: pd.Series):
+    """A column of whole numbers (counts kept as floats beside a missing value) without
+    decimals; otherwise two decimals, and two significant digits for a value under 0.01 (the
+    paper's 0.004 % is not 0.00)."""
+    values = column.dropna()
+    if len(values) and (values == values.round()).all():
+        return "{:,.0f}"
+
+    def number(v: float) -> str:
+        return f"{v:.2g}" if 0 < abs(v) < 0.01 else f"{v:,.2f}"
+
+    return number
 
 
 def beside_paper(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
@@ -173,6 +195,23 @@ def figure2(fig2: pd.DataFrame) -> plt.Figure:
     return fig
 
 
+def figure2_note(fig2: pd.DataFrame) -> str:
+    """This run's organizations by clone LOC per MB, beside the paper's most duplicated one
+    (an organization's role in the findings comes from this run, not from its name)."""
+    own = fig2[~fig2["vendored"]].sort_values("clone_loc_per_mb", ascending=False)
+    ranked = " > ".join(f"{r.organization} {r.clone_loc_per_mb:,.0f}" for r in own.itertuples())
+    org, blocks, loc = paper.FIGURE2_TOP
+    text = (
+        f"In this run, clone LOC per MB: {ranked}; the most duplicated is "
+        f"{own['organization'].iloc[0]}. In the paper it is {org} (clone blocks {blocks:,.2f} and "
+        f"clone LOC {loc:,.2f} per MB; its text gives no other organization's values)."
+    )
+    vendored = fig2[fig2["vendored"]]
+    if len(vendored) and not vendored["clone_loc_per_mb"].any():
+        text += " The vendored copies hold no internal clone, so their bars are empty."
+    return text
+
+
 def vendored_sources(summaries: dict[str, dict]) -> pd.DataFrame:
     """Which third-party modules each organization ships a vendored copy of."""
     rows = [
@@ -195,18 +234,22 @@ def loss_curves(curves: dict[str, dict]) -> plt.Figure:
         else:
             title = "RQ3 pair" if c.get("rq") == "RQ3" else c.get("setting", "models")
             panels.setdefault(title, {})[name] = c
+    orgs = sorted({o for c in curves.values() if c["kind"] == "rounds"
+                   for o in c["organization_loss"]})  # fmt: skip
+    colors = {o: f"C{i % 10}" for i, o in enumerate(orgs)}  # one colour per client, every panel
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.9 * rows), squeeze=False)
     for ax, (title, group) in zip(axes.flat, panels.items(), strict=False):
         for name, c in group.items():
             if c["kind"] == "rounds":
-                _client_losses(ax, c)
+                _client_losses(ax, c, colors)
             else:
                 loss = smooth(c["step_loss"])
                 (line,) = ax.plot(loss, lw=0.9, label=name)
                 ends = c["stage_ends"][:-1]
-                ax.plot(ends, [loss[e - 1] for e in ends], "|", ms=9, color=line.get_color())
+                ax.plot(ends, [loss[e - 1] for e in ends], "|", ms=14, mew=2, zorder=3,
+                        color=line.get_color())  # fmt: skip
                 ax.set_xlabel("optimizer step (mean of 10)")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("training loss (nats per token)", fontsize=7)
@@ -223,23 +266,28 @@ def smooth(values: list[float], window: int = 10) -> list[float]:
     return pd.Series(values).rolling(window, min_periods=1).mean().tolist()
 
 
-def _client_losses(ax, c: dict) -> None:
+def _client_losses(ax, c: dict, colors: dict[str, str]) -> None:
     """One line per organization: its client's training loss in each round."""
     rounds = range(1, len(c["round_loss"]) + 1)
     for org in sorted(c["organization_loss"]):
-        ax.plot(rounds, c["organization_loss"][org], marker="o", lw=0.9, label=org)
+        ax.plot(rounds, c["organization_loss"][org], marker="o", lw=0.9, label=org,
+                color=colors[org])  # fmt: skip
     ax.set_xlabel("round")
     ax.set_xticks(list(rounds))
 
 
-def settings_table(cfg: Config) -> pd.DataFrame:
-    """The model and training settings of a profile, as the book states them."""
+def settings_table(cfg: Config, base: artifacts.Artifact) -> pd.DataFrame:
+    """The model and training settings of a profile, as the book states them; the model's
+    shape as the base model artifact saved it (a checkpoint brings its own, not the profile's
+    ``model.n_layer`` ...)."""
     m, t = cfg.model, cfg.train
+    shape = json.loads((base.path / "model" / "config.json").read_text())
+    rounds = cfg.federated.rounds or t.epochs
     rows = [
         ("base model", f"{m.base} ({m.checkpoint or 'GPT-2 pretrained on the stdlib'})"),
-        ("layers x width (heads)", f"{m.n_layer} x {m.n_embd} ({m.n_head})"),
-        ("vocabulary / context", f"{m.vocab_size} / {m.context} tokens"),
-        ("epochs (= federated rounds)", f"{t.epochs} ({cfg.federated.rounds or t.epochs} rounds)"),
+        ("layers x width (heads)", f"{shape['n_layer']} x {shape['n_embd']} ({shape['n_head']})"),
+        ("vocabulary / context", f"{shape['vocab_size']:,} / {m.context} tokens"),
+        ("epochs (= federated rounds)", f"{t.epochs} ({rounds} round{'s' * (rounds != 1)})"),
         ("batch x accumulation", f"{t.batch_size} x {t.grad_accum} sequences"),
         (
             "AdamW lr, schedule, warm-up",
@@ -295,10 +343,7 @@ def perplexity_figure(table8: pd.DataFrame) -> plt.Figure:
 def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposure - base"):
     """Models x organizations, one panel per repetition count: a canary measure (bits)."""
     if exposure.empty:
-        fig, ax = plt.subplots(figsize=(6, 0.8))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no canaries planted in this profile", ha="center", va="center")
-        return fig
+        return _message_figure(NO_CANARIES)
     counts = sorted(exposure["count"].unique())
     models = list(dict.fromkeys(exposure["model"]))
     orgs = list(dict.fromkeys(exposure["organization"]))
@@ -359,7 +404,13 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
         ax.set_xlabel("ROC AUC, training vs validation samples")
     axes[0][0].set_yticks(range(len(models)), models)
     axes[0][0].invert_yaxis()
-    axes[0][-1].legend(title="trained on (filled)", fontsize=7, loc="lower right")
+    axes[0][-1].legend(
+        title="trained on (filled)",
+        fontsize=7,
+        title_fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.02, 1),
+    )  # beside, never over a point
     fig.tight_layout()
     return fig
 
@@ -418,8 +469,23 @@ def perplexity_order_effects(cfg: Config, by_org: pd.DataFrame) -> plt.Figure:
     return order_effects(cfg, long, "perplexity", "validation perplexity (log scale)", log=True)
 
 
+NO_CANARIES = (
+    "no canaries planted in this run (canaries.enabled is false, or no organization holds one)"
+)
+
+
+def _message_figure(text: str) -> plt.Figure:
+    """A figure that says why there is nothing to plot (the page keeps its layout)."""
+    fig, ax = plt.subplots(figsize=(8, 0.6))
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    return fig
+
+
 def exposure_order_effects(cfg: Config, exposure: pd.DataFrame) -> plt.Figure:
     """:func:`order_effects` of canary exposure over the base model's, mean over counts."""
+    if exposure.empty:
+        return _message_figure(NO_CANARIES)
     column = "extrapolated exposure - base"
     mean = exposure.groupby(["model", "organization"], as_index=False)[column].mean()
     return order_effects(cfg, mean, column, "canary exposure - base (bits)")
@@ -483,18 +549,20 @@ def memorized_examples(examples: pd.DataFrame) -> None:
 
 
 def findings_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """One line per finding: the claim, our estimate with its interval, the verdict."""
+    """One line per finding: the claim, the paper's statistic and ours with its interval,
+    each in its unit (ours is on another scale where the paper's metric found nothing), and
+    the verdict."""
 
     def ours(r) -> str:
         if pd.isna(r["estimate"]):
             return "not testable here"
-        return f"{r['estimate']:.3g} [{r['low']:.3g}, {r['high']:.3g}]"
+        return f"{r['estimate']:.3g} {r['unit']} [{r['low']:.3g}, {r['high']:.3g}]"
 
     return pd.DataFrame(
         {
             "finding": table["finding"],
             "claim": table["claim"],
-            "paper": [f"{v:.3g}" for v in table["paper value"]],
+            "paper": [f"{r['paper value']:.3g} {r['paper unit']}" for _, r in table.iterrows()],
             "ours [interval]": [ours(r) for _, r in table.iterrows()],
             "verdict": table["verdict"],
         }
@@ -507,12 +575,13 @@ def finding_cards(table: pd.DataFrame) -> None:
     for _, r in table.iterrows():
         seeds = f"{int(r['seeds'])} seed" + ("s" if r["seeds"] != 1 else "")
         ours = "—" if pd.isna(r["estimate"]) else (
-            f"{r['estimate']:.3g}, interval [{r['low']:.3g}, {r['high']:.3g}]"
+            f"{r['estimate']:.3g} {r['unit']}, interval [{r['low']:.3g}, {r['high']:.3g}]"
             + ("" if pd.isna(r["seed spread"]) else f", spread across seeds {r['seed spread']:.3g}")
         )  # fmt: skip
         display(Markdown(
             f"### Finding {r['finding']}: {r['claim']}\n\n"
-            f"- **The paper:** {r['paper']} (its statistic: {r['paper value']:.3g})\n"
+            f"- **The paper:** {r['paper']} (its statistic: {r['paper value']:.3g} "
+            f"{r['paper unit']})\n"
             f"- **Measure:** {r['measure']}\n"
             f"- **Statistic:** {r['statistic']}\n"
             f"- **Rule:** {r['rule']}\n"

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
+import os
+import shutil
 import textwrap
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -211,7 +217,7 @@ def built_book(course_run, tmp_path_factory) -> BuiltBook:
 
 
 @pytest.fixture
-def book_cfg(course_run, monkeypatch):
+def course_cfg(course_run, monkeypatch):
     """The course run's config, reading its artifacts (for tests of what a step produced)."""
     from collab_lib.config import load_config
 
@@ -233,12 +239,74 @@ def tok():
     return out
 
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@contextlib.contextmanager
+def browse(index: Path):
+    """A headless Chromium page (``.base``: the book's URL) on a local server of a built book;
+    skips without Debian's chromium, except in CI, where that is a failure."""
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            pytest.fail("Debian's chromium is needed (.ci/run installs it)")
+        pytest.skip("chromium is not installed (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(index.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
+            pg = browser.new_page()
+            pg.base = f"http://127.0.0.1:{server.server_address[1]}"
+            yield pg
+            browser.close()
+    finally:
+        server.shutdown()
+
+
+def chapters() -> list[str]:
+    """Every chapter of the book, as paths under its root."""
+    from collab_lib.book import NOTEBOOKS
+
+    pages = ["intro", "methods", "rerunning", "teaching"]
+    return [*(f"book/{p}.html" for p in pages),
+            *(f"book/executed/{n.replace('.ipynb', '.html')}" for n in NOTEBOOKS)]  # fmt: skip
+
+
+def assert_every_page_reads_offline(page) -> None:
+    """As a reader sees the book: every table cell filled, no NaN, every figure loaded, every
+    internal link found, and nothing fetched from outside the book (no CDN)."""
+    outside = []
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+        page.base) else (outside.append(route.request.url), route.abort()))  # fmt: skip
+    links = set()
+    for chapter in chapters():
+        response = page.goto(f"{page.base}/{chapter}")
+        assert response.ok, chapter
+        page.wait_for_load_state("networkidle")
+        cells = page.eval_on_selector_all("main table td", "tds => tds.map(t => t.innerText)")
+        assert not [c for c in cells if not c.strip()], f"{chapter}: an empty table cell"
+        assert not [c for c in cells if c.strip() in ("nan", "NaN", "None", "<NA>")], chapter
+        sizes = page.eval_on_selector_all("main img", "is => is.map(i => i.naturalWidth)")
+        assert all(w > 0 for w in sizes), f"{chapter}: a figure did not load"
+        hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+        links |= {h.split("#")[0] for h in hrefs if h.startswith(page.base)}
+    for link in sorted(links):
+        assert page.request.get(link).ok, f"broken internal link {link}"
+    assert not outside, f"pages fetch from outside the book: {outside[:3]}"
+    page.unroute("**/*")
+
+
 # Under `pytest -n` (`make test`, `--dist loadfile --no-loadscope-reorder`) each worker takes
 # whole test files in this order, two to start with: the Teaching exercises (after the course
-# run) on one worker, then the quick repository checks; Flower's engines on the other, then
-# the book once the course run is there; the rest fill in as workers free up.
-LONGEST_FIRST = ("test_teaching.py", "test_federated.py", "test_repo.py", "test_book.py",
-                 "test_collaboration.py", "test_exchange.py")  # fmt: skip
+# run) on one worker, then the quick repository checks; the paper profile's own run (it needs
+# no course run) and Flower's engines on the other, then the book once the course run is
+# there; the rest fill in as workers free up.
+LONGEST_FIRST = ("test_teaching.py", "test_paper_profile.py", "test_federated.py", "test_repo.py",
+                 "test_book.py", "test_collaboration.py", "test_exchange.py")  # fmt: skip
 
 
 def pytest_collection_modifyitems(items) -> None:

@@ -106,3 +106,19 @@ def test_lineage_follows_inputs():
     up = artifacts.build("up", {"a": 1}, _produce([]))
     down = artifacts.build("down", {"b": 1}, _produce([]), [up.ref])
     assert {a.ref for a in artifacts.lineage(down)} == {up.ref, down.ref}
+
+
+def test_the_machine_record_names_torchs_thread_count():
+    """A CPU run is bit-identical only at the same thread count: the Reproducibility page
+    names it beside the cores (a step that never loaded torch records no count)."""
+    import torch
+
+    from collab_lib.provenance import made_on
+
+    record = artifacts.machine()
+    assert record["torch_threads"] == torch.get_num_threads()
+    if "gpu" not in record:
+        assert made_on(record).endswith(
+            f"({record['cpus']} cores, {record['torch_threads']} torch threads)"
+        )
+    assert made_on({"cpu": "x86_64", "cpus": 2}) == "x86_64 (2 cores)"  # a manifest from before

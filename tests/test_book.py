@@ -1,19 +1,14 @@
 """End to end: papermill runs the notebooks on local organizations, Jupyter Book renders them,
 and headless Chromium shows the tables a reader expects."""
 
-import functools
-import http.server
 import json
-import os
-import shutil
-import threading
 from pathlib import Path
 
 import pytest
+from conftest import assert_every_page_reads_offline, browse
 
 from collab_lib.book import NOTEBOOKS
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 pytestmark = pytest.mark.slow
 
 
@@ -33,23 +28,8 @@ def test_notebooks_ran_through_papermill_without_errors(book):
 
 @pytest.fixture(scope="module")
 def page(book):
-    if not Path(CHROMIUM).exists():
-        if os.environ.get("CI"):
-            pytest.fail("Debian's chromium is needed (.ci/run installs it)")
-        pytest.skip("chromium is not installed (apt-get install chromium)")
-    from playwright.sync_api import sync_playwright
-
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(book.parent))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    args = ["--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=args)
-        pg = browser.new_page()
-        pg.base = f"http://127.0.0.1:{server.server_address[1]}"
+    with browse(book) as pg:
         yield pg
-        browser.close()
-    server.shutdown()
 
 
 def test_datasets_chapter_shows_tables_3_and_4_with_numbers(page):
@@ -79,18 +59,14 @@ def test_datasets_chapter_shows_the_planted_canaries(page):
     assert "def " in page.inner_text("main")  # one canary's code is shown
 
 
-def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(
-    page, built_book, monkeypatch
-):
+def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(page, course_cfg):
     from collab_lib.collaboration import roster
-    from collab_lib.config import load_config
 
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))  # the RQ3 pair reads data
     page.goto(page.base + "/book/executed/02_models.html")
     text = page.inner_text("main")
     tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
     models = next(t for t in tables if "Final training loss" in t)
-    for spec in roster(load_config(built_book.profile, built_book.overrides)):
+    for spec in roster(course_cfg):
         assert spec.name in models, spec.name
     assert "FedYogi" in models and "layers x width" in next(t for t in tables if "Setting" in t)
     sizing = next(t for t in tables if "Steps per epoch" in t)
@@ -101,16 +77,14 @@ def test_models_chapter_lists_the_models_sizing_sweep_and_loss_curves(
     assert "Loss curves" in text and page.locator("main img").count() >= 1
 
 
-def test_rq1_chapter_shows_table8_the_figure_and_the_harness_rows(page, built_book, monkeypatch):
+def test_rq1_chapter_shows_table8_the_figure_and_the_harness_rows(page, course_cfg):
     from collab_lib.collaboration import roster
-    from collab_lib.config import load_config
 
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(built_book.artifacts))
     page.goto(page.base + "/book/executed/03_rq1_effectiveness.html")
     text = page.inner_text("main")
     tables = page.eval_on_selector_all("table", "ts => ts.map(t => t.innerText)")
     t8 = next(t for t in tables if "pass@1 %" in t and "perplexity" in t)
-    for spec in roster(load_config(built_book.profile, built_book.overrides)):
+    for spec in roster(course_cfg):
         assert spec.name in t8, spec.name
     assert "base model" in t8 and "1084.78" in t8 and "Asynchronous" in t8
     assert "nan" not in t8.lower()
@@ -177,31 +151,8 @@ def test_findings_chapter_states_each_rule_before_its_verdict(page):
                for v in verdicts)  # fmt: skip
 
 
-CHAPTERS = ["book/intro.html", "book/methods.html", "book/rerunning.html", "book/teaching.html",
-            *(f"book/executed/{n.replace('.ipynb', '.html')}" for n in NOTEBOOKS)]  # fmt: skip
-
-
 def test_every_page_renders_offline_with_numbers_figures_and_working_links(page):
-    """As a reader sees the book: every table cell filled, no NaN, every figure loaded, every
-    internal link found, and nothing fetched from outside the book (no CDN)."""
-    outside = []
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
-        page.base) else (outside.append(route.request.url), route.abort()))  # fmt: skip
-    links = set()
-    for chapter in CHAPTERS:
-        response = page.goto(f"{page.base}/{chapter}")
-        assert response.ok, chapter
-        page.wait_for_load_state("networkidle")
-        cells = page.eval_on_selector_all("main table td", "tds => tds.map(t => t.innerText)")
-        assert not [c for c in cells if not c.strip()], f"{chapter}: an empty table cell"
-        assert not [c for c in cells if c.strip() in ("nan", "NaN", "None", "<NA>")], chapter
-        sizes = page.eval_on_selector_all("main img", "is => is.map(i => i.naturalWidth)")
-        assert all(w > 0 for w in sizes), f"{chapter}: a figure did not load"
-        hrefs = page.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
-        links |= {h.split("#")[0] for h in hrefs if h.startswith(page.base)}
-    for link in sorted(links):
-        assert page.request.get(link).ok, f"broken internal link {link}"
-    assert not outside, f"pages fetch from outside the book: {outside[:3]}"
+    assert_every_page_reads_offline(page)
 
 
 def test_search_finds_fedyogi(page):
@@ -216,6 +167,8 @@ def test_reproducibility_page_lists_the_artifacts(page, built_book):
     keys = [p.name for p in (built_book.artifacts / "corpus").iterdir()]
     assert keys and all(k in text for k in keys)
     assert "datasets" in text and "seed: 5" in text and "content_sha256" in text
+    assert "stage: Microsoft, from Facebook_Only" in text  # an earlier stage, told apart
+    assert "torch threads" in text  # what a CPU run's bits depend on
 
 
 def test_home_page_links_the_chapters(page):

@@ -1,5 +1,6 @@
 """The clones step: Figure 2 within organizations, Table 7 across them, with vendored code."""
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -62,3 +63,18 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     assert own_lines == natural["train_lines"]
     assert (fig2["train_mb"] > 0).all()
     assert (fig2["clone_loc_per_mb"] == (fig2["clone_loc"] / fig2["train_mb"]).round(2)).all()
+
+
+def test_figure2_names_this_runs_most_duplicated_organization_beside_the_papers():
+    from collab_lib.report import figure2_note
+
+    fig2 = pd.DataFrame(
+        {
+            "organization": ["Ads", "Web", "Web: vendored copies (six)"],
+            "vendored": [False, False, True],
+            "clone_loc_per_mb": [861.0, 1443.2, 0.0],
+        }
+    )
+    text = figure2_note(fig2)
+    assert "Web 1,443 > Ads 861; the most duplicated is Web" in text
+    assert "In the paper it is Microsoft" in text and "their bars are empty" in text

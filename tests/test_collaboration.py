@@ -119,10 +119,8 @@ def _input_stage(art):
     return artifacts.load(step, key)
 
 
-def test_models_are_trained_once_and_listed(course_run, monkeypatch, capsys):
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
-    artifact_root, local_profile = course_run.artifacts, course_run.profile
-    cfg = load_config(local_profile, course_run.overrides)
+def test_models_are_trained_once_and_listed(course_run, course_cfg, capsys):
+    artifact_root, local_profile, cfg = course_run.artifacts, course_run.profile, course_cfg
     models = build_models(cfg)  # all cached by the course run: nothing is retrained
     assert len(models) == 17
     assert plan(cfg)["Incremental_M2G"] == (

@@ -137,3 +137,10 @@ def test_paper_scale_profiles_keep_the_papers_pass_at_k_settings(profile):
     if profile in ("gpu", "paper"):
         assert e.n_samples == 200 and len(e.temperatures) == 10 and e.models is None
     assert e.max_new_tokens < load_config(profile).model.context
+
+
+def test_a_seed_that_seeds_would_override_is_refused_with_what_to_set():
+    with pytest.raises(ConfigError, match="add --set seeds=null"):
+        load_config("tiny", {"seeds": [0, 1, 2], "seed": 3})
+    assert load_config("tiny", {"seeds": None, "seed": 3}).run_seeds == (3,)
+    assert load_config("tiny", {"seeds": [0, 1]}).run_seeds == (0, 1)

@@ -2,11 +2,13 @@
 
 import math
 
+import pandas as pd
 import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collab_lib import evaluation
 from collab_lib.config import load_config
 from collab_lib.evaluation import perplexity, token_losses_sum, token_stream, windows
 from collab_lib.model import build_tokenizer, init_model, load_tokenizer
@@ -67,3 +69,10 @@ def test_too_little_text_is_a_clear_error(tiny):
     with pytest.raises(ValueError, match="two tokens"):
         perplexity(init_model(cfg.model, len(tok), seed=0), tok, [], cfg.model.context)
     assert math.isfinite(perplexity(init_model(cfg.model, len(tok), 0), tok, ["x = 1"], 32))
+
+
+def test_pass_at_k_per_temperature_reads_in_percent_as_table8():
+    by_temp = pd.DataFrame({"model": ["m"], "temperature": [0.2], "pass@1": [0.05]})
+    view = evaluation.temperatures_view(by_temp)
+    assert list(view.columns) == ["model", "temperature", "pass@1 (%)"]
+    assert view["pass@1 (%)"].tolist() == [5.0] and by_temp["pass@1"].tolist() == [0.05]

@@ -116,19 +116,20 @@ def test_seeds_that_disagree_widen_the_interval():
 
 
 @pytest.mark.slow
-def test_the_step_decides_all_seven_from_the_runs_own_tables(book_cfg):
-    table = pipeline.table("findings", book_cfg).set_index("finding")
+def test_the_step_decides_all_seven_from_the_runs_own_tables(course_cfg):
+    table = pipeline.table("findings", course_cfg).set_index("finding")
     assert list(table.index) == list(range(1, 8))
     assert set(table["verdict"]) <= {findings.HOLDS, findings.FAILS, findings.OPEN}
     assert table["rule"].str.startswith("holds if").all() and (table["seeds"] == 1).all()
     # finding 1's estimate is Table 8's own numbers: log perplexity differences
-    by_org = pipeline.table("perplexity_by_org", book_cfg).set_index("model")["union"]
-    t3 = pipeline.table("table3", book_cfg)
+    by_org = pipeline.table("perplexity_by_org", course_cfg).set_index("model")["union"]
+    t3 = pipeline.table("table3", course_cfg)
     sizes = t3[t3["split"] == "train"].set_index("organization")["size_mb"]
     largest = f"{sizes.idxmax()}_Only"
     others = [f"{o}_Only" for o in sizes.index if f"{o}_Only" != largest]
     expected = math.log(by_org[largest]) - min(math.log(by_org[o]) for o in others)
     assert table.loc[1, "estimate"] == pytest.approx(expected, rel=1e-9)
+    assert table.loc[1, "unit"] == table.loc[1, "paper unit"] == findings.NATS  # both: nats
     # the book profile measures memorization on its centralized model only
     assert table.loc[5, "measure"] == "none" and "memorization.models" in table.loc[5, "why"]
 

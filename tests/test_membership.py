@@ -147,10 +147,10 @@ def _checkpoint(tmp_path, tok, name="ckpt"):
     return path
 
 
-def test_the_step_scores_every_model_and_a_listed_checkpoint(book_cfg, tok, tmp_path):
+def test_the_step_scores_every_model_and_a_listed_checkpoint(course_cfg, tok, tmp_path):
     ckpt = _checkpoint(tmp_path, tok)
     point = {"name": "GPT-2", "path": str(ckpt), "data": "a test checkpoint"}
-    cfg = load_config(book_cfg.source, {"seed": 5, "membership.checkpoints": [point]})
+    cfg = load_config(course_cfg.source, {"seed": 5, "membership.checkpoints": [point]})
     art = membership.build_membership(cfg)
     t5 = art.table("table5")
     assert list(t5["model"]) == [membership.BASE, "GPT-2"]
@@ -172,7 +172,7 @@ def test_the_step_scores_every_model_and_a_listed_checkpoint(book_cfg, tok, tmp_
     view = membership.auc_view(auc)
     assert not view.isna().any().any() and set(view["trained on"]) == {"yes", "no"}
     # the table reader and the CLI's name for it
-    assert pipeline.table("table5", book_cfg).shape[0] == 1
+    assert pipeline.table("table5", course_cfg).shape[0] == 1
 
 
 def test_a_changed_checkpoint_is_scored_again_and_a_missing_one_says_what_to_do(tok, tmp_path):

@@ -67,6 +67,8 @@ def test_table10_sums_organizations_and_ranks_by_ratio():
     assert list(t10["model"]) == ["Centralized_FMG", "A"] and list(t10["rank"]) == [1, 2]
     assert t10["ratio (%)"].tolist() == pytest.approx([24.0, 3.0])
     assert t10["paper ratio (%)"].tolist()[0] == 1.711
+    tied = t9.assign(**{"memorized lines": 0, "memorized blocks": 0})  # nothing memorized
+    assert list(memorization.table10(tied)["rank"]) == [1, 1]  # a tie is not a ranking
 
 
 # --------------------------------------------------------------------------- canaries

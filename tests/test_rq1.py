@@ -10,9 +10,9 @@ from collab_lib.config import ConfigError, load_config
 
 
 @pytest.mark.slow
-def test_table8_has_every_model_and_the_base_model(book_cfg):
-    t8 = pipeline.table("table8", book_cfg)
-    names = ["base model", *(s.name for s in collaboration.roster(book_cfg))]
+def test_table8_has_every_model_and_the_base_model(course_cfg):
+    t8 = pipeline.table("table8", course_cfg)
+    names = ["base model", *(s.name for s in collaboration.roster(course_cfg))]
     assert sorted(t8["model"]) == sorted(names)
     assert all(math.isfinite(p) and p > 1 for p in t8["perplexity"])
     measured = t8.dropna(subset=["pass@1 (%)"])  # the base model and Centralized_FMG
@@ -25,10 +25,10 @@ def test_table8_has_every_model_and_the_base_model(book_cfg):
 
 
 @pytest.mark.slow
-def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(book_cfg):
-    art = evaluation.load_rq1(book_cfg)
+def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(course_cfg):
+    art = evaluation.load_rq1(course_cfg)
     by_org = evaluation.rq1_table(art, "perplexity_by_org").set_index("model")
-    orgs = [o.name for o in book_cfg.datasets.organizations]
+    orgs = [o.name for o in course_cfg.datasets.organizations]
     files = pd.read_csv(art.file(evaluation.FILES))
     assert sorted(set(files["model"])) == sorted(by_org.index)
     for name, frame in files.groupby("model"):
@@ -40,27 +40,27 @@ def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(book_cfg):
 
 
 @pytest.mark.slow
-def test_per_file_losses_add_up_to_each_organizations_stream(book_cfg):
+def test_per_file_losses_add_up_to_each_organizations_stream(course_cfg):
     """The rows the findings resample are the stream's own losses, split by file."""
-    art = evaluation.load_rq1(book_cfg)
+    art = evaluation.load_rq1(course_cfg)
     files = pd.read_csv(art.file(evaluation.FILES))
-    ds = datasets.load_datasets(book_cfg)
-    model, tok = evaluation.load_model(collaboration.load_models(book_cfg)[evaluation.BASE])
-    org = book_cfg.datasets.organizations[0].name
+    ds = datasets.load_datasets(course_cfg)
+    model, tok = evaluation.load_model(collaboration.load_models(course_cfg)[evaluation.BASE])
+    org = course_cfg.datasets.organizations[0].name
     docs = ds.documents(org, "validation")
     mine = files[(files["model"] == evaluation.BASE) & (files["organization"] == org)]
     assert list(mine["file"]) == [d["path"] for d in docs]
     texts = [d["content"] for d in docs]
-    stride = evaluation.perplexity_stride(book_cfg)
-    expected = evaluation.perplexity(model, tok, texts, book_cfg.model.context, stride)
+    stride = evaluation.perplexity_stride(course_cfg)
+    expected = evaluation.perplexity(model, tok, texts, course_cfg.model.context, stride)
     assert math.isclose(math.exp(mine["loss_sum"].sum() / mine["tokens"].sum()), expected,
                         rel_tol=1e-9)  # fmt: skip
 
 
 @pytest.mark.slow
-def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(book_cfg, course_run):
-    before = evaluation.load_rq1(book_cfg)
-    assert pipeline.run("rq1", book_cfg)[0].key == before.key  # cached
+def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(course_cfg, course_run):
+    before = evaluation.load_rq1(course_cfg)
+    assert pipeline.run("rq1", course_cfg)[0].key == before.key  # cached
     changed = load_config(course_run.profile, {**course_run.overrides, "evaluation.timeout_s": 2.5})
     art = evaluation.build_rq1(changed)
     samples = sorted(p for p in art.metrics["parts"] if p.startswith("samples/"))

@@ -18,9 +18,8 @@ def test_hold_out_takes_a_seeded_slice_of_each_organizations_files_never_a_canar
     assert tuning.hold_out(texts, 0.2, seed=2, keep={"canary"})[1] != held
 
 
-def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, monkeypatch):
-    monkeypatch.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
-    cfg = load_config(course_run.profile, course_run.overrides)
+def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, course_cfg):
+    cfg = course_cfg
     sweep = collaboration.load_sweep(cfg)
     table = tuning.table(sweep)
     assert list(zip(table["eta"], table["tau"], strict=True)) == [
