@@ -8,6 +8,8 @@ cached artifacts, and books of different profiles never overwrite each other.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -94,6 +96,15 @@ def execute_notebooks(
             log.info("executed %s", name)
 
 
+def build_name(profile: str, overrides: dict[str, Any]) -> str:
+    """``<profile>``, or ``<profile>-<hash of the settings>`` with ``--set`` settings: a book
+    built with other settings never replaces the profile's own."""
+    if not overrides:
+        return profile
+    settings = json.dumps(overrides, sort_keys=True, default=str).encode()
+    return f"{profile}-{hashlib.sha256(settings).hexdigest()[:8]}"
+
+
 def build_book(
     profile: str,
     overrides: dict[str, Any] | None = None,
@@ -106,7 +117,7 @@ def build_book(
     cfg = load_config(profile, overrides)  # fail on a bad profile before anything runs
     if run_steps:
         pipeline.run("book", cfg)
-    out = build_root / cfg.profile
+    out = build_root / build_name(cfg.profile, overrides)
     stage = out / "src"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)

@@ -484,7 +484,8 @@ def findings(cfg: Config) -> list[Finding]:
                 "log perplexity of the small-to-large order minus the lowest of the other "
                 "orders", "below", 0.0, f3_order, p[3], NATS),
         Finding(4, "Duplicate-heavy data is memorized more", "Microsoft, the most duplicated: "
-                "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9)",
+                "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9); the "
+                "statistic pools Table 9's nine models",
                 "the most duplicated organization's memorization minus the next highest "
                 "(verbatim), or memorization of clone lines beyond other lines (duplication "
                 "signal)", "above", 0.0, f4_duplicates, p[4], POINTS),

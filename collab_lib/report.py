@@ -17,13 +17,13 @@ from collab_lib.config import Config
 
 
 def source_line(art: artifacts.Artifact, cfg: Config, table: str | None = None) -> Markdown:
-    """A "made by step X, artifact Y" line under a table or figure (showyourwork's tracing)."""
-    reprint = (
-        f"; print it with <code>{html.escape(cfg.command('table', table))}</code>" if table else ""
-    )
+    """A "made by step X, artifact Y" line under a table or figure (showyourwork's tracing).
+    Code spans, not ``<code>`` tags: Sphinx's smart quotes would turn the command's ``--``
+    into an en dash, and the pasted command would fail."""
+    reprint = f"; print it with `{cfg.command('table', table)}`" if table else ""
     return Markdown(
-        f"<small>Made by step <code>{art.step}</code>, artifact <code>{art.key}</code> "
-        f"(profile <code>{cfg.profile}</code>, seed {cfg.seed}){reprint}.</small>"
+        f"<small>Made by step `{art.step}`, artifact `{art.key}` "
+        f"(profile `{cfg.profile}`, seed {cfg.seed}){reprint}.</small>"
     )
 
 
@@ -530,8 +530,8 @@ def show_across_seeds(cfg: Config, name: str) -> None:
     display(across_seeds(cfg, name).style.hide(axis="index"))
     display(Markdown(f"<small>Mean ± standard deviation over {len(seeds)} seeds "
                      f"({', '.join(map(str, seeds))}); print each seed's with "
-                     f"<code>{html.escape(cfg.command('table', name))}</code> and "
-                     f"<code>--set seed=S</code>.</small>"))  # fmt: skip
+                     f"`{cfg.command('table', name)} --set seeds=null --set seed=S`."
+                     "</small>"))  # fmt: skip
 
 
 def memorized_examples(examples: pd.DataFrame) -> None:

@@ -222,3 +222,12 @@ def test_notebooks_run_side_by_side_and_a_failure_still_names_its_notebook(tmp_p
     # the notebooks after the failing one still ran, with the parameters papermill injected
     assert "profile tiny" in (tmp_path / "out" / "c.ipynb").read_text()
     assert (tmp_path / "out" / "a.ipynb").exists()
+
+
+def test_a_book_built_with_settings_goes_beside_the_profiles_own():
+    from collab_lib.book import build_name
+
+    assert build_name("default", {}) == "default"  # `make book`'s
+    with_seed = build_name("default", {"seed": 5})
+    assert with_seed.startswith("default-") and with_seed != build_name("default", {"seed": 6})
+    assert build_name("p", {"a": 1, "b": 2}) == build_name("p", {"b": 2, "a": 1})

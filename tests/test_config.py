@@ -144,3 +144,12 @@ def test_a_seed_that_seeds_would_override_is_refused_with_what_to_set():
         load_config("tiny", {"seeds": [0, 1, 2], "seed": 3})
     assert load_config("tiny", {"seeds": None, "seed": 3}).run_seeds == (3,)
     assert load_config("tiny", {"seeds": [0, 1]}).run_seeds == (0, 1)
+
+
+def test_a_profile_at_another_scale_sweeps_fedyogi_rather_than_inherit_defaults_pair():
+    """default fixes the pair its sweep picked for its 2-layer CPU model; a profile that
+    extends it at another scale must not inherit that pair silently."""
+    assert not load_config("default").federated.tuned
+    assert load_config("tiny").federated.tuned and load_config("gpu").federated.tuned
+    paper = load_config("paper").federated  # the paper's: Flower's defaults, no sweep
+    assert not paper.tuned and (paper.yogi_eta, paper.yogi_tau) == (1e-2, 1e-3)
