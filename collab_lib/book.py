@@ -8,8 +8,6 @@ cached artifacts, and books of different profiles never overwrite each other.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import multiprocessing
 import os
@@ -20,7 +18,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from collab_lib import pipeline
+from collab_lib import artifacts, pipeline
 from collab_lib.config import PROJECT_ROOT, UserError, load_config
 
 log = logging.getLogger(__name__)
@@ -99,10 +97,7 @@ def execute_notebooks(
 def build_name(profile: str, overrides: dict[str, Any]) -> str:
     """``<profile>``, or ``<profile>-<hash of the settings>`` with ``--set`` settings: a book
     built with other settings never replaces the profile's own."""
-    if not overrides:
-        return profile
-    settings = json.dumps(overrides, sort_keys=True, default=str).encode()
-    return f"{profile}-{hashlib.sha256(settings).hexdigest()[:8]}"
+    return f"{profile}-{artifacts.artifact_key('book', overrides)[:8]}" if overrides else profile
 
 
 def build_book(

@@ -374,11 +374,7 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
     the model was trained on that organization (members should score higher), hollow where
     not (0.5 expected)."""
     if auc.empty:
-        fig, ax = plt.subplots(figsize=(6, 0.8))
-        ax.axis("off")
-        ax.text(0.5, 0.5, "no organization has both training and validation samples",
-                ha="center", va="center")  # fmt: skip
-        return fig
+        return _message_figure("no organization has both training and validation samples")
     signals = list(dict.fromkeys(auc["signal"]))
     models = list(dict.fromkeys(auc["model"]))
     orgs = list(dict.fromkeys(auc["organization"]))
