@@ -1,4 +1,4 @@
-"""Our batched sampler (``collab_lib.sampling.generate``) vs ``transformers``' ``model.generate``.
+"""Our batched sampler (``collab_lib.decoding.generate``) vs ``transformers``' ``model.generate``.
 
 Same model, same prompts, same settings for both, in one run: sampling at the RQ2 settings
 (temperature 0.6, top-p 0.6, top-k 50), every sequence exactly ``--new`` tokens long (EOS
@@ -21,7 +21,8 @@ import torch
 
 from collab_lib.config import load_config
 from collab_lib.model import gpt2_config
-from collab_lib.sampling import SamplingConfig, generate
+from collab_lib.decoding import generate
+from collab_lib.sampling import SamplingConfig
 
 SHAPES = {  # (n_layer, n_embd, n_head, context, vocab)
     "default": None,  # the default profile's model

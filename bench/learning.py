@@ -53,7 +53,7 @@ def main() -> None:
         print(f"  {name:22} {ppl:8.2f}  ({ppl / base_ppl:.2f}x the base model's)")
 
     can = canaries.build_canaries(cfg)
-    planted = canaries.load(can)
+    planted = canaries.planted(can)
     alternatives = json.loads(can.file("alternatives.json").read_text())
     counts = sorted({p["count"] for p in planted})
     print(f"\nmean exposure (bits) of each organization's canaries, by count; "

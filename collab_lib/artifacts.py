@@ -22,12 +22,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from collab_lib import __version__
 from collab_lib.config import PROJECT_ROOT, UserError, to_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,16 @@ def artifact_key(step: str, config: Any, inputs: Iterable[str] = ()) -> str:
         separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def ref(planned: tuple[str, str]) -> str:
+    """``step/key`` of a planned artifact (what an artifact's key lists as its inputs)."""
+    step, key = planned
+    return f"{step}/{key}"
+
+
+class NotBuiltError(UserError):
+    """A step's result was read before the step ran; the message names the command."""
 
 
 class ImportedWithoutFile(UserError):
@@ -91,6 +102,8 @@ class Artifact:
 
     def table(self, name: str) -> pd.DataFrame:
         """The table ``<name>.csv`` (a file with no row and no header reads as empty)."""
+        import pandas as pd  # here, not at the top: planning and --help never need it
+
         try:
             return pd.read_csv(self.file(f"{name}.csv"))
         except pd.errors.EmptyDataError:
@@ -132,13 +145,30 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
     return Artifact(step, key, path, manifest)
 
 
-def require(planned: tuple[str, str], message: str, error: type[UserError] = UserError) -> Artifact:
-    """The cached artifact a step planned, or ``error(message)``: what a chapter reads, never
-    built on the way (the message names the command that builds it)."""
+def require(planned: tuple[str, str], message: str) -> Artifact:
+    """The cached artifact a step planned, or :class:`NotBuiltError` with ``message`` (which
+    names the command that builds it): what is read is never built on the way."""
     art = load(*planned)
     if art is None:
-        raise error(message)
+        raise NotBuiltError(message)
     return art
+
+
+def require_step(cfg, planned: dict, what: str, step: str) -> Artifact:
+    """``planned[what]`` from the cache, or the error that names the command building it
+    (``step`` with the user's own profile and settings)."""
+    return require(planned[what], f"{what} is not built for profile {cfg.profile!r} yet: run "
+                                  f"`{cfg.command('run', step)}` first")
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
 
 
 def state(step: str, key: str, root: Path | None = None) -> str:

@@ -36,7 +36,6 @@ from collab_lib import artifacts, datasets
 from collab_lib.config import CanaryConfig, Config, ConfigError
 
 STEP = "canaries"
-TABLES = ("canaries",)
 
 # A service is an area and a part, ``billing_ledger``: 36 x 36 = 1,296 distinct names.
 AREAS = (
@@ -270,19 +269,24 @@ def make_canaries(train_bytes: dict[str, int], c: CanaryConfig, seed: int) -> li
     return out
 
 
-def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
-    """The canaries' key; ``upstream``: the datasets step's plan, when the caller has it."""
-    ds_ref = "{}/{}".format(*(upstream or datasets.plan(cfg))["datasets"])
-    return {"canaries": (STEP, artifacts.artifact_key(STEP, _config(cfg), [ds_ref]))}
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The canaries' key, from the datasets step's plan."""
+    ds_ref = artifacts.ref(upstream["datasets"])
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _config(cfg), [ds_ref]))}
+
+
+def require(cfg: Config, planned: dict) -> artifacts.Artifact:
+    """The profile's planted canaries from the cache (never made on the way)."""
+    return artifacts.require_step(cfg, planned, STEP, STEP)
 
 
 def _config(cfg: Config) -> dict:
     return {"canaries": cfg.canaries, "seed": cfg.seed}
 
 
-def build_canaries(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+def build_canaries(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
     """Make (or find cached) every organization's canaries and the ranking alternatives."""
-    ds = datasets.datasets_for(cfg)
+    ds = datasets.load(cfg, planned)
 
     def produce(out: Path) -> dict:
         docs = {o.name: ds.documents(o.name, "train") for o in cfg.datasets.organizations}
@@ -342,7 +346,8 @@ def _table(planted: list[dict], budgets: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def load(art: artifacts.Artifact) -> list[dict]:
+def planted(art: artifacts.Artifact) -> list[dict]:
+    """The planted canaries of a canaries artifact (their text, secret, count, positions)."""
     return json.loads(art.file("canaries.json").read_text())
 
 
@@ -378,7 +383,7 @@ def table(art: artifacts.Artifact) -> pd.DataFrame:
 
 def example(art: artifacts.Artifact) -> str:
     """One planted canary's code, as it appears in the training data (or why there is none)."""
-    planted = load(art)
-    if planted:
-        return planted[0]["text"]
+    canaries = planted(art)
+    if canaries:
+        return canaries[0]["text"]
     return "# no canaries planted: disabled, or every organization too small for one\n"

@@ -159,10 +159,10 @@ def _print_models(cfg) -> int:
     """``name<TAB>directory`` of every trained model (``from_pretrained`` loads the directory)."""
     from collab_lib import artifacts, collaboration
 
-    keys = collaboration.plan(cfg)
+    keys = pipeline.planned_for("train", cfg)
     missing = []
     for spec in collaboration.roster(cfg):
-        art = artifacts.load(*keys[spec.name]) if spec.name in keys else None
+        art = artifacts.load(*keys[spec.name])
         if art is None:
             missing.append(spec.name)
         else:
@@ -178,7 +178,8 @@ def _print_federation(cfg, args: argparse.Namespace) -> int:
     """Prepare a deployment-engine run and print its commands, one process per line."""
     from collab_lib import collaboration
 
-    procs, env, out = collaboration.federation(cfg, args.model, Path(args.dir))
+    planned = pipeline.planned_for("train", cfg)
+    procs, env, out = collaboration.federation(cfg, planned, args.model, Path(args.dir))
     print(f"# {args.model} on Flower's deployment engine; the ServerApp saves it to {out}")
     print("# start each line in its own shell (or machine), in this order:")
     for p in procs:

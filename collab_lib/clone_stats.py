@@ -21,7 +21,6 @@ from collab_lib.clones import CloneOptions, Corpus, build_corpus, cross_clones, 
 from collab_lib.config import Config
 
 STEP = "clones"
-TABLES = ("figure2", "table7", "table7_blocks")
 # keyed by the organizations a row is about, so a user's own organizations get no paper value
 PAPER_TABLE7 = {
     frozenset({"Microsoft", "Google"}): (316, 7_536),
@@ -38,20 +37,19 @@ def clone_options(cfg: Config) -> CloneOptions:
     return CloneOptions(c.min_lines, c.mode, c.slash_comments)
 
 
-def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
-    """The clone statistics' key; ``upstream``: the datasets step's plan, when at hand."""
-    keys = upstream or datasets.plan(cfg)
-    ref = "{}/{}".format(*keys["datasets"])
-    return {"clones": (STEP, artifacts.artifact_key(STEP, _step_config(cfg), [ref]))}
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The clone statistics' key, from the datasets step's plan."""
+    ref = artifacts.ref(upstream["datasets"])
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), [ref]))}
 
 
 def _step_config(cfg: Config) -> dict:
     return {"clones": cfg.clones, "seed": cfg.seed, "rq3_pair": cfg.collaboration.rq3_pair}
 
 
-def build_clone_stats(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+def build_clone_stats(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
     """Figure 2 and Table 7 from the organizations' training splits (cached)."""
-    ds = datasets.datasets_for(cfg)
+    ds = datasets.load(cfg, planned)
     return artifacts.build(
         STEP,
         _step_config(cfg),
@@ -155,11 +153,6 @@ def _internal(
         "clone_blocks_per_mb": round(s["blocks"] / max(mb, 1e-9), 2),
         "clone_loc_per_mb": round(s["block_lines"] / max(mb, 1e-9), 2),
     }
-
-
-def clone_stats_for(cfg: Config) -> artifacts.Artifact:
-    """The profile's clone statistics: from the cache when present, else computed now."""
-    return artifacts.load(*plan(cfg)["clones"]) or build_clone_stats(cfg)
 
 
 def table(art: artifacts.Artifact, name: str) -> pd.DataFrame:

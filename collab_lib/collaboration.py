@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,24 +30,13 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts, canaries, datasets, tuning
-from collab_lib.config import Config, ConfigError, UserError
-from collab_lib.model import (
-    build_tokenizer,
-    init_model,
-    load_checkpoint,
-    load_tokenizer,
-    stdlib_texts,
-)
-from collab_lib.training import Curves, pack, train, warmup_steps
+from collab_lib.config import Config, ConfigError
 
+BASE = "base model"  # the row standing where the paper has "GPT-2"
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
 FEDERATED_STEP = "federated"
 SWEEP = "FedYogi sweep"  # its entry in the train step's plan
-
-
-class ModelsNotTrained(UserError):
-    """The book or a later step asked for models the train step has not built."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +85,42 @@ def _union_models(orgs: tuple[str, ...], short: dict[str, str], rq: str) -> list
 def _incremental(order: tuple[str, ...], short: dict[str, str], rq: str) -> ModelSpec:
     name = "Incremental_" + "2".join(short[o] for o in order)
     return ModelSpec(name, "incremental", tuple(order), rq=rq)
+
+
+def model_refs(cfg: Config, planned: dict) -> dict[str, str]:
+    """Each model's ``step/key`` (the base model first), from the train step's plan."""
+    return {name: artifacts.ref(planned[name]) for name in (BASE, *(s.name for s in roster(cfg)))}
+
+
+def plan_on_models(step: str, config: dict, cfg: Config, upstream: dict) -> dict[str, tuple]:
+    """The key of a step that reads the datasets and every model (rq1, membership)."""
+    refs = [artifacts.ref(upstream["datasets"]), *model_refs(cfg, upstream).values()]
+    return {step: (step, artifacts.artifact_key(step, config, refs))}
+
+
+SETTINGS = ("single", "centralized", "federated", "incremental")
+
+
+def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[str]:
+    """The base model and the models a profile key lists (null: every model).
+
+    An entry is a model's name or a setting (``single``, ``centralized``, ``federated``,
+    ``incremental``: that setting's models on all organizations, not the RQ3 pair's), so a
+    profile that extends another with its own organizations keeps a valid list.
+    """
+    specs = roster(cfg)
+    if chosen is None:
+        return [BASE, *(s.name for s in specs)]
+    names = [s.name for s in specs]
+    unknown = [m for m in chosen if m not in names and m not in SETTINGS]
+    if unknown:
+        raise ConfigError(
+            f"{cfg.source}: {key}: unknown model {unknown[0]!r} (a setting: "
+            f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
+        )
+    keep = [s.name for s in specs
+            if s.name in chosen or (s.setting in chosen and s.rq != "RQ3")]  # fmt: skip
+    return [BASE, *keep]
 
 
 def short_letters(cfg: Config) -> dict[str, str]:
@@ -171,26 +197,21 @@ def _stage_config(cfg: Config, data: tuple[str, ...]) -> dict:
     return {"data": list(data), "train": cfg.train, "model": cfg.model, "seed": cfg.seed}
 
 
-def _data_refs(cfg: Config, upstream: dict | None = None) -> list[str]:
+def _data_refs(planned: dict) -> list[str]:
     """The datasets and canaries artifacts every training job reads."""
-    upstream = dict(upstream or {})
-    if "datasets" not in upstream:
-        upstream |= datasets.plan(cfg)
-    if "canaries" not in upstream:
-        upstream |= canaries.plan(cfg, upstream)
-    return ["{}/{}".format(*upstream["datasets"]), "{}/{}".format(*upstream["canaries"])]
+    return [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])]
 
 
-def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
-    """The artifacts of the base model and of every model, keyed without training anything;
-    ``upstream``: the datasets and canaries steps' plans, when the caller has them."""
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The artifacts of the base model and of every model, keyed without training anything,
+    from the datasets and canaries steps' plans."""
     base = (BASE_STEP, artifacts.artifact_key(BASE_STEP, _base_config(cfg), []))
-    out = {"base model": base}
-    base_ref, data_refs = "{}/{}".format(*base), _data_refs(cfg, upstream)
+    out = {BASE: base}
+    base_ref, data_refs = artifacts.ref(base), _data_refs(upstream)
     if cfg.federated.tuned:
         out[SWEEP] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
-    for name, chain in jobs(cfg, base_ref, data_refs).items():
-        out[name] = (chain[-1].step, chain[-1].key)
+    for name, chain_ in jobs(cfg, base_ref, data_refs).items():
+        out[name] = (chain_[-1].step, chain_[-1].key)
     return out
 
 
@@ -205,6 +226,15 @@ def build_base_model(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
     standard library, never on an organization's code. ``model.base: checkpoint``: the given
     checkpoint as it is (the paper's GPT-2 124M), copied into the cache.
     """
+    from collab_lib.model import (
+        build_tokenizer,
+        init_model,
+        load_checkpoint,
+        load_tokenizer,
+        stdlib_texts,
+    )
+    from collab_lib.training import Curves, pack, train
+
     if cfg.model.base == "checkpoint":
 
         def produce(out: Path) -> dict:
@@ -237,31 +267,34 @@ def _save_model(out: Path, model, tok, curves) -> None:
     (out / "curves.json").write_text(json.dumps(curves.__dict__))
 
 
-def training_texts(cfg: Config) -> dict[str, list[str]]:
+def training_texts(cfg: Config, planned: dict) -> dict[str, list[str]]:
     """Each organization's training documents, its planted canaries included."""
-    ds = datasets.datasets_for(cfg)
-    planted = canaries.load(canaries.build_canaries(cfg))
+    ds = datasets.load(cfg, planned)
+    planted = canaries.planted(canaries.require(cfg, planned))
     return {
         o.name: canaries.training_texts(ds, planted, o.name) for o in cfg.datasets.organizations
     }
 
 
 def build_sweep(
-    cfg: Config, *, force: bool = False, texts=None, data_refs: list[str] | None = None
+    cfg: Config, planned: dict, *, force: bool = False, texts=None
 ) -> artifacts.Artifact:
     """FedYogi's server-rate sweep of the profile (:mod:`collab_lib.tuning`), cached."""
-    planted = {p["text"] for p in canaries.load(canaries.build_canaries(cfg))}
+    planted = {p["text"] for p in canaries.planted(canaries.require(cfg, planned))}
     base = build_base_model(cfg)
-    texts = texts or training_texts(cfg)
-    return tuning.build_sweep(cfg, base, texts, data_refs or _data_refs(cfg), planted, force=force)
+    texts = texts or training_texts(cfg, planned)
+    return tuning.build_sweep(cfg, base, texts, _data_refs(planned), planted, force=force)
 
 
 def build_models(
-    cfg: Config, *, force: bool = False, names: list[str] | None = None
+    cfg: Config, planned: dict, *, force: bool = False, names: list[str] | None = None
 ) -> dict[str, artifacts.Artifact]:
     """Train (or find cached) every model of the roster, or those ``names``; shared stages
-    train once."""
-    texts = training_texts(cfg)
+    train once. ``planned``: the plans of the steps before (the datasets, the canaries)."""
+    from collab_lib.model import load_tokenizer
+    from collab_lib.training import pack
+
+    texts = training_texts(cfg, planned)
     base = build_base_model(cfg, force=force)
     tok = load_tokenizer(base.path / "model")
     packed: dict[str, object] = {}
@@ -277,15 +310,14 @@ def build_models(
     built: dict[str, artifacts.Artifact] = {base.ref: base}
     out: dict[str, artifacts.Artifact] = {}
     forced: set[str] = set()  # with force, a shared stage is still retrained only once
-    data_refs = _data_refs(cfg)
-    chains = jobs(cfg, base.ref, data_refs)
+    chains = jobs(cfg, base.ref, _data_refs(planned))
     sweep = None
     unknown = set(names or ()) - set(chains)
     if unknown:
         raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
     chains = {n: c for n, c in chains.items() if names is None or n in names}
     if any(_tuned(cfg, j.config.get("strategy")) for c in chains.values() for j in c):
-        sweep = build_sweep(cfg, force=force, texts=texts, data_refs=data_refs)
+        sweep = build_sweep(cfg, planned, force=force, texts=texts)
     for name, chain in tqdm(chains.items(), desc="models", disable=None):
         for job in chain:
             if job.ref in built:
@@ -309,6 +341,8 @@ def build_models(
 
 def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest: Path) -> dict:
     from transformers import GPT2LMHeadModel
+
+    from collab_lib.training import train
 
     model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
     data = data_for(job.data)
@@ -334,6 +368,7 @@ def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, de
 
 def federation(
     cfg: Config,
+    planned: dict,
     name: str,
     work: Path,
     *,
@@ -347,15 +382,16 @@ def federation(
     """
     from collab_lib.federated import launch
 
-    chain = jobs(cfg, "", _data_refs(cfg)).get(name)
+    chain = jobs(cfg, "", _data_refs(planned)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
         known = [s.name for s in roster(cfg) if s.setting == "federated"]
         raise ConfigError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
-    texts = training_texts(cfg)
+    texts = training_texts(cfg, planned)
     base = build_base_model(cfg)
     work = work.resolve()
     job = chain[0]
-    yogi = tuning.best(build_sweep(cfg)) if _tuned(cfg, job.config["strategy"]) else None
+    tuned = _tuned(cfg, job.config["strategy"])
+    yogi = tuning.best(build_sweep(cfg, planned, texts=texts)) if tuned else None
     app, _, nodes = launch.prepare(cfg, job.config["strategy"], {o: texts[o] for o in job.data},
                                    base.path, work, work / "output", yogi=yogi,
                                    simulation=False)  # fmt: skip
@@ -368,19 +404,18 @@ def federation(
 # --------------------------------------------------------------------------- reading back
 
 
-def load_models(cfg: Config) -> dict[str, artifacts.Artifact]:
-    """The profile's models (and ``"base model"``) from the cache, without training."""
+def load(cfg: Config, planned: dict) -> dict[str, artifacts.Artifact]:
+    """The profile's models (and ``"base model"``, and the FedYogi sweep when the profile
+    tunes it) from the cache, without training."""
     found, missing = {}, []
-    for name, (step, key) in plan(cfg).items():
-        if name == SWEEP:
-            continue
-        art = artifacts.load(step, key)
+    for name in plan(cfg, planned):
+        art = artifacts.load(*planned[name])
         if art is None:
             missing.append(name)
         else:
             found[name] = art
     if missing:
-        raise ModelsNotTrained(
+        raise artifacts.NotBuiltError(
             f"{len(missing)} models of profile {cfg.profile!r} are not trained yet "
             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): run "
             f"`{cfg.command('run', 'train')}`"
@@ -449,21 +484,9 @@ def _tokens_trained(cfg: Config, job: artifacts.Artifact) -> int:
     return job.metrics["tokens_per_epoch"] * cfg.train.epochs
 
 
-def load_sweep(cfg: Config) -> artifacts.Artifact | None:
-    """The FedYogi sweep the profile's models used, or None when the profile fixes the pair."""
-    if not cfg.federated.tuned:
-        return None
-    art = artifacts.load(*plan(cfg)[SWEEP])
-    if art is None:
-        raise ModelsNotTrained(
-            f"the FedYogi sweep is not run yet: run `{cfg.command('run', 'train')}`"
-        )
-    return art
-
-
-def yogi_table(cfg: Config) -> pd.DataFrame:
+def yogi_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
     """The sweep's pairs and held-out perplexities, or the profile's fixed pair."""
-    sweep = load_sweep(cfg)
+    sweep = models.get(SWEEP)
     if sweep is not None:
         return tuning.table(sweep)
     f = cfg.federated
@@ -478,6 +501,8 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
 
     Read from the jobs' own records, so the table describes the models as they were built.
     """
+    from collab_lib.training import warmup_steps
+
     rows = []
     for o in cfg.datasets.organizations:
         m = models[f"{o.name}_Only"].metrics

@@ -378,6 +378,12 @@ class Config:
         return f"python -m collab_lib {' '.join(words)} --profile {profile}{sets}"
 
     @property
+    def perplexity_stride(self) -> int:
+        """``evaluation.perplexity_stride``, or half the model's context: how far the scoring
+        windows slide wherever a model's tokens are scored."""
+        return self.evaluation.perplexity_stride or max(1, self.model.context // 2)
+
+    @property
     def run_seeds(self) -> tuple[int, ...]:
         """The seeds the steps run for: ``seeds``, or ``seed`` alone."""
         return self.seeds or (self.seed,)

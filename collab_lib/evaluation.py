@@ -1,13 +1,9 @@
 """Effectiveness (paper §2.4, RQ1, Table 8): perplexity and pass@k.
 
-Perplexity, one method for every model: each organization's validation files are tokenized
-and joined by EOS into one stream (as training packs them); windows of the model's
-``context`` tokens slide over it by ``stride`` tokens, and each window scores only the
-tokens the previous window did not, so every token after the first is predicted exactly
-once, with at least ``context - stride`` tokens of left context (fewer only at the start).
-No padding is ever scored (a stream shorter than the context is one shorter window). The
-union's perplexity is exp of the mean loss over the scored tokens of every organization's
-stream (token-weighted across files and organizations).
+Perplexity is :mod:`collab_lib.scoring`'s, one method for every model (windows sliding over
+each organization's validation stream, every token scored once). pass@k: completions of
+HumanEval's prompts run in :mod:`collab_lib.sandbox`; the estimator is Chen et al. 2021's.
+Each model's perplexity, samples and their executions are artifacts of their own.
 """
 
 from __future__ import annotations
@@ -15,101 +11,17 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from collab_lib import artifacts, benchmarks, collaboration, datasets, paper, sampling, sandbox
-from collab_lib.config import Config, ConfigError, UserError
+from collab_lib.config import Config, UserError
 
 log = logging.getLogger(__name__)
-
-
-def token_stream(texts: Sequence[str], tokenizer) -> list[int]:
-    """Token ids of ``texts``, each document followed by EOS (training's packing)."""
-    ids: list[int] = []
-    for text in texts:
-        ids += tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
-    return ids
-
-
-def windows(n_tokens: int, context: int, stride: int) -> list[tuple[int, int, int]]:
-    """``(begin, end, first_scored)`` of each window over a stream of ``n_tokens``.
-
-    Positions ``first_scored .. end-1`` are predicted in that window; together the windows
-    score positions 1 .. n_tokens-1 exactly once.
-    """
-    if not 0 < stride < context:  # each scored token needs one before it in its window
-        raise ValueError(f"stride must be in 1..context-1 ({context - 1}), got {stride}")
-    out, scored_to, end = [], 1, 0
-    while end < n_tokens:
-        end = min(scored_to + stride, n_tokens) if out else min(context, n_tokens)
-        begin = max(0, end - context)
-        out.append((begin, end, scored_to))
-        scored_to = end
-    return out
-
-
-@torch.no_grad()
-def window_logits(model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16):
-    """Yield ``(logits, x, spans)`` per batch of the windows of :func:`windows` over ``ids``.
-
-    ``x`` (B, length) holds the windows' ids, ``logits`` (B, length-1, vocab) the float
-    next-token logits of ``x[:, 1:]``, ``spans`` each row's ``(begin, end, first_scored)``:
-    row r predicts positions ``first .. end-1`` at ``logits[r, first - begin - 1:]``.
-    """
-    spans = windows(len(ids), context, stride)
-    device = next(model.parameters()).device
-    model.eval()
-    stream = torch.tensor(ids, dtype=torch.long)
-    # equal-length windows share a batch; only the last one can be shorter
-    for length in sorted({e - b for b, e, _ in spans}):
-        same = [s for s in spans if s[1] - s[0] == length]
-        for i in range(0, len(same), batch_size):
-            part = same[i : i + batch_size]
-            x = torch.stack([stream[b:e] for b, e, _ in part]).to(device)  # (B, length)
-            yield model(input_ids=x).logits[:, :-1].float(), x, part
-
-
-def token_losses(model, ids: Sequence[int], context: int, stride: int,
-                 batch_size: int = 16) -> np.ndarray:  # fmt: skip
-    """Next-token loss (nats) of every position of ``ids``; NaN where never scored (the first)."""
-    out = np.full(len(ids), np.nan)
-    for logits, x, part in window_logits(model, ids, context, stride, batch_size):
-        nll = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
-        nll = nll.cpu().double().numpy()
-        for row, (b, e, first) in enumerate(part):
-            out[first:e] = nll[row, first - b - 1 :]  # scored by this window only
-    return out
-
-
-def token_losses_sum(
-    model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16
-) -> tuple[float, int]:
-    """Summed next-token loss (nats) and the number of tokens scored over ``ids``."""
-    losses = token_losses(model, ids, context, stride, batch_size)
-    scored = losses[~np.isnan(losses)]
-    return float(scored.sum()), len(scored)
-
-
-def perplexity(
-    model, tokenizer, texts: Sequence[str], context: int, stride: int | None = None
-) -> float:
-    """Token-weighted perplexity of ``texts`` (see the module's docstring for the windows).
-
-    ``stride`` defaults to half the context.
-    """
-    ids = token_stream(texts, tokenizer)
-    if len(ids) < 2:
-        raise ValueError("no text to score: perplexity needs at least two tokens")
-    total, count = token_losses_sum(model, ids, context, stride or max(1, context // 2))
-    return math.exp(total / count)
 
 
 # --------------------------------------------------------------------------- the rq1 step
@@ -118,23 +30,10 @@ STEP = "rq1"
 PPL_STEP, SAMPLES_STEP, EXEC_STEP, HARNESS_STEP = "perplexity", "samples", "executions", "harness"
 TABLES = ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org")
 FILES = "perplexity_files.csv"  # loss and tokens per model and validation file
-BASE = "base model"  # the row standing where the paper has "GPT-2"
+BASE = collaboration.BASE  # the row standing where the paper has "GPT-2"
 GROUPS = {"single": "Baseline", "centralized": "Synchronous", "federated": "Synchronous",
           "incremental": "Asynchronous"}  # fmt: skip
 KS = (1, 10, 100)
-
-
-def model_refs(cfg: Config, upstream: dict | None = None) -> dict[str, str]:
-    """Each model's ``step/key``: from the train step's plan when the caller has it."""
-    names = _model_names(cfg)  # the roster once: it may read the datasets' summary
-    planned = upstream or {}
-    if not all(name in planned for name in names):
-        planned = collaboration.plan(cfg, upstream)
-    return {name: "{}/{}".format(*planned[name]) for name in names}
-
-
-def _model_names(cfg: Config) -> list[str]:
-    return [BASE, *(s.name for s in collaboration.roster(cfg))]
 
 
 def _step_config(cfg: Config) -> dict:
@@ -144,60 +43,23 @@ def _step_config(cfg: Config) -> dict:
             "sampler": sampling.VERSION, "perplexity": PPL_VERSION}  # fmt: skip
 
 
-def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
-    """The Table 8 artifact's key, from the config and the models' keys alone."""
-    return plan_on_models(STEP, _step_config(cfg), cfg, upstream)
-
-
-def plan_on_models(step: str, config: dict, cfg: Config,
-                   upstream: dict | None = None) -> dict[str, tuple[str, str]]:  # fmt: skip
-    """The key of a step that reads the datasets and every model (rq1, membership)."""
-    upstream = dict(upstream or {})
-    if "datasets" not in upstream:
-        upstream |= datasets.plan(cfg)
-    refs = ["{}/{}".format(*upstream["datasets"]), *model_refs(cfg, upstream).values()]
-    return {step: (step, artifacts.artifact_key(step, config, refs))}
-
-
-SETTINGS = ("single", "centralized", "federated", "incremental")
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The Table 8 artifact's key, from the config and the datasets' and models' keys."""
+    return collaboration.plan_on_models(STEP, _step_config(cfg), cfg, upstream)
 
 
 def pass_models(cfg: Config) -> list[str]:
     """The models pass@k is estimated for: the base model and ``evaluation.models``."""
-    return chosen_models(cfg, cfg.evaluation.models, "evaluation.models")
+    return collaboration.chosen_models(cfg, cfg.evaluation.models, "evaluation.models")
 
 
-def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[str]:
-    """The base model and the models a profile key lists (null: every model).
-
-    An entry is a model's name or a setting (``single``, ``centralized``, ``federated``,
-    ``incremental``: that setting's models on all organizations, not the RQ3 pair's), so a
-    profile that extends another with its own organizations keeps a valid list.
-    """
-    specs = collaboration.roster(cfg)
-    if chosen is None:
-        return [BASE, *(s.name for s in specs)]
-    names = [s.name for s in specs]
-    unknown = [m for m in chosen if m not in names and m not in SETTINGS]
-    if unknown:
-        raise ConfigError(
-            f"{cfg.source}: {key}: unknown model {unknown[0]!r} (a setting: "
-            f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
-        )
-    keep = [s.name for s in specs
-            if s.name in chosen or (s.setting in chosen and s.rq != "RQ3")]  # fmt: skip
-    return [BASE, *keep]
-
-
-def build_rq1(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+def build_rq1(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
     """Table 8: every model's perplexity, and pass@k of :func:`pass_models`; the harness
     check rows. Each model's perplexity, samples and their executions are cached apart,
     so an interrupted run resumes and a new sandbox setting never re-runs sampling."""
-    models = collaboration.load_models(cfg)
-    ds = datasets.load_datasets(cfg)
-    if ds is None:
-        raise collaboration.ModelsNotTrained(f"run `{cfg.command('run', 'datasets')}` first")
-    refs = model_refs(cfg)
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    refs = collaboration.model_refs(cfg, planned)
     e = cfg.evaluation
 
     def produce(out: Path) -> dict:
@@ -230,7 +92,7 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
             x_art = _executions_artifact(cfg, s_art, bench, runner, force)
             parts += [s_art.ref, x_art.ref]
             fitted = s_art.metrics["prompts_cut"]
-            results = _read_jsonl(x_art.file("results.jsonl"))
+            results = artifacts.read_jsonl(x_art.file("results.jsonl"))
             rows.append({"model": name, "temperature": t,
                          **benchmarks.pass_at_k(results, KS)})  # fmt: skip
     isolation = runner.isolation or harness.metrics["isolation"]
@@ -247,7 +109,7 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
     return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
             "problems": len(problems), "n_samples": e.n_samples,
             "temperatures": list(e.temperatures), "isolation": isolation,
-            "pass_models": pass_models(cfg), "stride": perplexity_stride(cfg),
+            "pass_models": pass_models(cfg), "stride": cfg.perplexity_stride,
             "stops": list(benchmarks.STOPS), "parts": parts, "prompts_fitted": fitted,
             "prompt_room": cfg.model.context - max_new_tokens(cfg)}  # fmt: skip
 
@@ -271,17 +133,19 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[dict]]
     counts for the file it belongs to (a file's EOS included), so the per-file rows add up to
     the organization's stream exactly, and the findings can resample files.
     """
-    config = {"context": cfg.model.context, "stride": perplexity_stride(cfg),
+    config = {"context": cfg.model.context, "stride": cfg.perplexity_stride,
               "version": PPL_VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
+        from collab_lib.scoring import load_model, token_losses, token_stream
+
         model, tok = load_model(model_art)
         rows = []
         for org, docs in val.items():
             encoded = [token_stream([d["content"]], tok) for d in docs]  # each with its EOS
             ids = [i for e in encoded for i in e]
             lengths = [len(e) for e in encoded]
-            losses = token_losses(model, ids, cfg.model.context, perplexity_stride(cfg))
+            losses = token_losses(model, ids, cfg.model.context, cfg.perplexity_stride)
             owner = np.repeat(np.arange(len(docs)), lengths)
             scored = ~np.isnan(losses)
             loss = np.bincount(owner[scored], losses[scored], minlength=len(docs))
@@ -297,16 +161,6 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[dict]]
     return artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
 
 
-def load_model(model_art):
-    from transformers import GPT2LMHeadModel
-
-    from collab_lib.model import load_tokenizer
-
-    path = model_art.file("model/model.safetensors").parent  # a clear error if imported
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    return GPT2LMHeadModel.from_pretrained(path).to(device).eval(), load_tokenizer(path)
-
-
 def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: float, force):
     """``n_samples`` completions of each problem at one temperature (EvalPlus's format)."""
     e = cfg.evaluation
@@ -317,6 +171,8 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
               "prompt_fit": "def line kept", "sampler": sampling.VERSION}  # fmt: skip
 
     def produce(out: Path) -> dict:
+        from collab_lib.scoring import load_model
+
         model, tok = load_model(model_art)
         sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, max_new_tokens(cfg))
         prompts = [(bench.problems[p].prompt, bench.problems[p].entry_point) for p in problems]
@@ -365,7 +221,9 @@ def complete(model, tok, prompts: list[tuple[str, str]], n: int, sc, context: in
     fitted = [ids if len(ids) <= room else fit_prompt(p, entry, tok, room)
               for ids, (p, entry) in zip(full, prompts, strict=True)]  # fmt: skip
     cut = sum(len(ids) > room for ids in full)
-    out, new_tokens = sampling.sample_texts(
+    from collab_lib.decoding import sample_texts
+
+    out, new_tokens = sample_texts(
         model, tok, fitted, n, sc, cut=partial(sampling.first_stop, stops=benchmarks.STOPS),
         batch_size=batch_size, seed=seed,
     )  # fmt: skip
@@ -418,10 +276,10 @@ def _executions_artifact(cfg, samples_art, bench, runner: _LazySandbox, force: b
     """Each sample's status in the sandbox (``results.jsonl``)."""
 
     def produce(out: Path) -> dict:
-        samples = _read_jsonl(samples_art.file("samples.jsonl"))
+        samples = artifacts.read_jsonl(samples_art.file("samples.jsonl"))
         with tqdm(total=len(samples), desc="executing", leave=False) as bar:
             results = benchmarks.score(bench, samples, runner.get(), bar.update)
-        _write_jsonl(out / "results.jsonl", results)
+        artifacts.write_jsonl(out / "results.jsonl", results)
         counts = pd.Series([r["status"] for r in results]).value_counts().to_dict()
         return {"statuses": counts, "isolation": runner.isolation}
 
@@ -508,32 +366,7 @@ def _by_org(ppl: dict[str, pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.writelines(json.dumps(r) + "\n" for r in rows)
-
-
 # --------------------------------------------------------------------------- reading back
-
-
-class NotEvaluated(UserError):
-    """The book asked for Table 8 before the rq1 step ran."""
-
-
-def load_rq1(cfg: Config) -> artifacts.Artifact:
-    """The profile's Table 8 artifact from the cache; never builds it."""
-    return artifacts.require(plan(cfg)[STEP], f"Table 8 is not built for profile "
-                             f"{cfg.profile!r}: run `{cfg.command('run', 'rq1')}`",
-                             NotEvaluated)  # fmt: skip
-
-
-def rq1_table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
-    return art.table(name)
 
 
 def temperatures_view(by_temp: pd.DataFrame) -> pd.DataFrame:

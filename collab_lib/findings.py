@@ -29,18 +29,20 @@ from collab_lib import (
     artifacts,
     clone_stats,
     collaboration,
-    datasets,
+    cross_org,
+    duplication,
     evaluation,
-    memorization,
+    exposure,
     paper,
+    verbatim,
 )
 from collab_lib.collaboration import ModelSpec
 from collab_lib.config import Config, UserError
 
 STEP = "findings"
-TABLES = ("findings",)
 VERSION = 5  # 5: the unit of each statistic, ours and the paper's
-BASE = evaluation.BASE
+BASE = collaboration.BASE
+INPUTS = ("datasets", "clones", "rq1", "rq2", "rq3")  # the artifacts of each seed it reads
 COLUMNS = ["finding", "claim", "measure", "statistic", "rule", "paper", "paper value",
            "paper unit", "estimate", "low", "high", "unit", "seed spread", "seeds", "verdict",
            "why"]  # fmt: skip
@@ -75,38 +77,26 @@ class Run:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
 
 
-def _inputs(cfg: Config) -> dict[str, tuple[str, str]]:
-    """The artifacts one seed's findings read: datasets, clones and the three RQ steps."""
-    planned = datasets.plan(cfg)
-    planned |= clone_stats.plan(cfg, planned)
-    return {
-        "datasets": planned["datasets"],
-        "clones": planned["clones"],
-        "rq1": evaluation.plan(cfg, planned)[evaluation.STEP],
-        "rq2": memorization.plan_rq2(cfg, planned)[memorization.RQ2],
-        "rq3": memorization.plan_rq3(cfg, planned)[memorization.RQ3],
-    }
+def _refs(cfg: Config, upstream: dict[int, dict]) -> list[str]:
+    return [artifacts.ref(upstream[seed][what]) for seed in cfg.run_seeds for what in INPUTS]
 
 
-def _refs(cfg: Config) -> list[str]:
-    return ["{}/{}".format(*ref) for s in cfg.run_seeds
-            for ref in _inputs(cfg.with_seed(s)).values()]  # fmt: skip
-
-
-def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
-    """The findings artifact's key: the config and every seed's inputs' keys."""
-    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), _refs(cfg)))}
+def plan(cfg: Config, upstream: dict[int, dict]) -> dict[str, tuple[str, str]]:
+    """The findings artifact's key: the config and every seed's inputs' keys (``upstream``:
+    each seed's plans; this step combines the seeds)."""
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), _refs(cfg, upstream)))}
 
 
 def _step_config(cfg: Config) -> dict:
     return {"findings": cfg.findings, "seeds": list(cfg.run_seeds), "version": VERSION}
 
 
-def read_run(cfg: Config) -> Run:
-    """One seed's run from its artifacts; an error names the step to run first."""
+def read_run(cfg: Config, planned: dict) -> Run:
+    """One seed's run from its artifacts (``planned``: that seed's plans); an error names the
+    step to run first."""
     arts = {}
-    for what, (step, key) in _inputs(cfg).items():
-        art = artifacts.load(step, key)
+    for what in INPUTS:
+        art = artifacts.load(*planned[what])
         if art is None:
             raise UserError(
                 f"the findings need the {what} step of seed {cfg.seed}: run "
@@ -123,11 +113,11 @@ def read_run(cfg: Config) -> Run:
         train_mb=dict(t3[t3["split"] == "train"][["organization", "size_mb"]].values),
         clone_density=dict(fig2[["organization", "clone_loc_per_mb"]].values),
         perplexity=arts["rq1"].table(_stem(evaluation.FILES)),
-        prompts=rq2.table(_stem(memorization.PROMPT_UNITS)),
-        canaries=rq2.table(_stem(memorization.CANARY_UNITS)),
-        duplication=rq2.table(_stem(memorization.FILE_UNITS)),
-        rq3_prompts=rq3.table(_stem(memorization.PROMPT_UNITS)),
-        rq3_blocks=rq3.table(_stem(memorization.BLOCK_UNITS)),
+        prompts=rq2.table(_stem(verbatim.PROMPT_UNITS)),
+        canaries=rq2.table(_stem(exposure.CANARY_UNITS)),
+        duplication=rq2.table(_stem(duplication.FILE_UNITS)),
+        rq3_prompts=rq3.table(_stem(verbatim.PROMPT_UNITS)),
+        rq3_blocks=rq3.table(_stem(cross_org.BLOCK_UNITS)),
     )
 
 
@@ -584,23 +574,20 @@ def _why(finding: Finding, est: float, low: float, high: float, verdict: str, co
 # --------------------------------------------------------------------------- the step
 
 
-def build_findings(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
-    """The findings table from every seed's cached tables and units (never a model)."""
-    runs = [read_run(cfg.with_seed(s)) for s in cfg.run_seeds]
+def build_findings(cfg: Config, planned: dict[int, dict], *,
+                   force: bool = False) -> artifacts.Artifact:  # fmt: skip
+    """The findings table from every seed's cached tables and units (never a model);
+    ``planned``: each seed's plans."""
+    runs = [read_run(cfg.with_seed(s), planned[s]) for s in cfg.run_seeds]
 
     def produce(out: Path) -> dict:
         table = evaluate(cfg, runs)
         table.to_csv(out / "findings.csv", index=False)
-        return {"seeds": list(cfg.run_seeds), "verdicts": dict(zip(
-            table["finding"].astype(str), table["verdict"], strict=True))}  # fmt: skip
+        verdicts = dict(zip(table["finding"].astype(str), table["verdict"], strict=True))
+        return {"seeds": list(cfg.run_seeds), "verdicts": verdicts}
 
-    return artifacts.build(STEP, _step_config(cfg), produce, _refs(cfg), seed=cfg.seed,
-                           force=force)  # fmt: skip
-
-
-def load(cfg: Config) -> artifacts.Artifact:
-    return artifacts.require(plan(cfg)[STEP], f"the findings are not computed for profile "
-                             f"{cfg.profile!r}: run `{cfg.command('run', STEP)}`")  # fmt: skip
+    inputs = _refs(cfg, planned)
+    return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
 
 
 def table(art: artifacts.Artifact) -> pd.DataFrame:

@@ -27,24 +27,20 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
-from collab_lib import artifacts, collaboration, datasets, evaluation, paper
+from collab_lib import artifacts, collaboration, datasets, paper
 from collab_lib.config import Checkpoint, Config, UserError
-from collab_lib.model import load_checkpoint
 
 STEP, SCORES_STEP = "membership", "membership_scores"
-TABLES = ("table5", "membership_auc")
 SCORES = "membership_scores"  # one row per model and sample: the units (a .csv)
 VERSION = 3  # 2: samples drawn evenly across files; 3: BOS, not special tokens
-BASE = evaluation.BASE
+BASE = collaboration.BASE
 # signal -> (score column, sign): sign * column is higher for members
 SIGNALS = {"PPL/zlib": ("ppl_zlib", -1.0), "Min-K%++": ("minkpp", 1.0),
            "loss - base": ("ref_diff", -1.0)}  # fmt: skip
@@ -111,58 +107,11 @@ def zlib_bytes(text: str) -> int:
 # --------------------------------------------------------------------------- the scores
 
 
-def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``log p`` of each target token, and the mean and spread of ``log p`` under the model's
-    next-token distribution at that position (Min-K%++'s ``mu`` and ``sigma``)."""
-    logp = F.log_softmax(logits, dim=-1)
-    p = logp.exp()
-    plogp = torch.where(p > 0, p * logp, 0.0)  # a masked token (-inf) weighs nothing
-    mu = plogp.sum(-1)
-    sigma = (torch.where(p > 0, plogp * logp, 0.0).sum(-1) - mu * mu).clamp_min(0).sqrt()
-    return logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1), mu, sigma
-
-
 def min_k_plus_plus(logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: float) -> float:
     """Mean of the lowest ``k`` share (at least one) of ``(logp - mu) / sigma``."""
     z = (logp - mu) / np.maximum(sigma, 1e-6)
     n = max(1, int(round(k * len(z))))
     return float(np.sort(z)[:n].mean())
-
-
-@torch.no_grad()
-def _per_sample(model, encoded: list[list[int]], context: int, stride: int,
-                budget: int = 2**23) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
-    """``(index, (logp, mu, sigma))`` of every token but the first of each sample.
-
-    Samples that fit the context share padded batches of at most ``budget`` logits (a few
-    vocabulary-sized copies of them are alive at once: 2**23 floats are 32 MB each; larger
-    batches measured slower on a CPU); the model is causal, so padding on the right changes
-    nothing before it. A longer sample slides windows over itself as perplexity does.
-    """
-    device = next(model.parameters()).device
-    model.eval()
-    vocab = model.get_output_embeddings().weight.shape[0]
-    short = sorted((i for i, ids in enumerate(encoded) if len(ids) <= context),
-                   key=lambda i: len(encoded[i]))  # fmt: skip
-    batch = max(1, budget // (context * vocab))
-    for at in range(0, len(short), batch):
-        part = short[at : at + batch]
-        width = len(encoded[part[-1]])
-        x = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for i in part],
-                         device=device)  # fmt: skip
-        stats = token_stats(model(input_ids=x).logits[:, :-1].float(), x[:, 1:])
-        for row, i in enumerate(part):
-            yield i, tuple(s[row, : len(encoded[i]) - 1].cpu().double().numpy() for s in stats)
-    for i, ids in enumerate(encoded):
-        if len(ids) > context:
-            parts = [[], [], []]
-            windows = evaluation.window_logits(model, ids, context, stride, batch)
-            for logits, x, spans in windows:
-                stats = token_stats(logits, x[:, 1:])
-                for row, (b, _, first) in enumerate(spans):
-                    for dest, s in zip(parts, stats, strict=True):
-                        dest.append(s[row, first - b - 1 :].cpu().double().numpy())
-            yield i, tuple(np.concatenate(p) for p in parts)
 
 
 def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
@@ -179,8 +128,10 @@ def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
                         "start a sample with")  # fmt: skip
     encoded = [[start, *tok(t, add_special_tokens=False, verbose=False)["input_ids"]]
                for t in texts]  # fmt: skip
+    from collab_lib.scoring import sample_token_stats
+
     rows: dict[int, dict] = {}
-    for i, (logp, mu, sigma) in _per_sample(model, encoded, context, stride):
+    for i, (logp, mu, sigma) in sample_token_stats(model, encoded, context, stride):
         rows[i] = {"tokens": len(logp), "loss": float(-logp.mean()),
                    "minkpp": min_k_plus_plus(logp, mu, sigma, k)}  # fmt: skip
     return pd.DataFrame([rows[i] for i in range(len(texts))], columns=["tokens", "loss", "minkpp"])
@@ -190,7 +141,7 @@ def _scores_config(cfg: Config, extra: dict) -> dict:
     m = cfg.membership
     return {"sample_chars": sample_chars(cfg), "samples": m.samples, "k": m.k, "seed": cfg.seed,
             "context": cfg.model.context,
-            "stride": evaluation.perplexity_stride(cfg), "version": VERSION, **extra}  # fmt: skip
+            "stride": cfg.perplexity_stride, "version": VERSION, **extra}  # fmt: skip
 
 
 def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inputs: list[str],
@@ -203,7 +154,7 @@ def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inpu
         most = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
         context = min(cfg.model.context, most or cfg.model.context)
         scores = score_samples(model, tok, list(samples["text"]), context,
-                               min(evaluation.perplexity_stride(cfg), context - 1),
+                               min(cfg.perplexity_stride, context - 1),
                                cfg.membership.k)  # fmt: skip
         scores.to_csv(out / "scores.csv", index=False)
         return {"samples": len(scores), "tokens": int(scores["tokens"].sum())}
@@ -243,6 +194,10 @@ def _load_point(cfg: Config, i: int, point: Checkpoint):
     m = dataclasses.replace(cfg.model, checkpoint=point.path)
 
     def load():
+        import torch
+
+        from collab_lib.model import load_checkpoint
+
         model, tok = load_checkpoint(m, key=f"membership.checkpoints[{i}].path")
         return model.to("cuda" if torch.cuda.is_available() else "cpu").eval(), tok
 
@@ -335,26 +290,26 @@ def _point_configs(cfg: Config) -> list[dict]:
 def _step_config(cfg: Config) -> dict:
     m = {**dataclasses.asdict(cfg.membership), "checkpoints": _point_configs(cfg)}
     return {"membership": m, "confidence": cfg.findings.confidence, "context": cfg.model.context,
-            "stride": evaluation.perplexity_stride(cfg), "seed": cfg.seed,
+            "stride": cfg.perplexity_stride, "seed": cfg.seed,
             "version": VERSION}  # fmt: skip
 
 
-def plan(cfg: Config, upstream: dict | None = None) -> dict[str, tuple[str, str]]:
-    """The membership artifact's key, from the config and its inputs' keys alone."""
-    return evaluation.plan_on_models(STEP, _step_config(cfg), cfg, upstream)
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The membership artifact's key, from the config and the datasets' and models' keys."""
+    return collaboration.plan_on_models(STEP, _step_config(cfg), cfg, upstream)
 
 
-def build_membership(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
+def build_membership(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
     """Table 5 and the membership AUCs: every model (and checkpoint) scores the samples."""
-    models = collaboration.load_models(cfg)
-    ds = datasets.load_datasets(cfg)
-    if ds is None:
-        raise collaboration.ModelsNotTrained(f"run `{cfg.command('run', 'datasets')}` first")
-    refs = evaluation.model_refs(cfg)
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    refs = collaboration.model_refs(cfg, planned)
 
     def produce(out: Path) -> dict:
+        from collab_lib.scoring import load_model
+
         samples = draw_samples(cfg, ds)
-        scorers = {name: (lambda a=models[name]: evaluation.load_model(a),
+        scorers = {name: (lambda a=models[name]: load_model(a),
                           {}, [models[name].ref, ds.artifact.ref]) for name in refs}  # fmt: skip
         for i, (point, pc) in enumerate(zip(cfg.membership.checkpoints, _point_configs(cfg),
                                             strict=True)):  # fmt: skip
@@ -389,11 +344,6 @@ def build_membership(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
 
     inputs = [ds.artifact.ref, *refs.values()]
     return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
-
-
-def load(cfg: Config) -> artifacts.Artifact:
-    return artifacts.require(plan(cfg)[STEP], f"Table 5 is not built for profile "
-                             f"{cfg.profile!r}: run `{cfg.command('run', STEP)}`")  # fmt: skip
 
 
 SUMMARY_COLUMNS = [

@@ -129,7 +129,7 @@ def build_sweep(
 
 
 def _perplexity(model, tok, texts: list[str], cfg: Config) -> float:
-    from collab_lib.evaluation import perplexity
+    from collab_lib.scoring import perplexity
 
     try:
         return perplexity(model, tok, texts, cfg.model.context)

@@ -58,7 +58,7 @@ def own_lines(p: dict) -> set[str]:
 def test_canaries_are_planted_in_training_only_and_within_budget(local_profile):
     cfg = load_config(local_profile, {"canaries.max_fraction": 0.3})
     art = canaries.build_canaries(cfg)
-    planted = canaries.load(art)
+    planted = canaries.planted(art)
     ds = datasets.datasets_for(cfg)
     assert planted, "the profile's organizations are large enough for some canaries"
     assert len({p["name"] for p in planted}) == len(planted)  # every function name unique
@@ -153,5 +153,5 @@ def test_too_many_canaries_for_the_word_pools_is_a_clear_error():
 
 def test_disabled_canaries_plant_nothing(local_profile):
     cfg = load_config(local_profile, {"canaries.enabled": False})
-    assert canaries.load(canaries.build_canaries(cfg)) == []
+    assert canaries.planted(canaries.build_canaries(cfg)) == []
     assert load_config("paper").canaries.enabled is False  # the paper's data stays the paper's

@@ -51,7 +51,7 @@ def test_per_file_losses_add_up_to_each_organizations_stream(course_cfg):
     mine = files[(files["model"] == evaluation.BASE) & (files["organization"] == org)]
     assert list(mine["file"]) == [d["path"] for d in docs]
     texts = [d["content"] for d in docs]
-    stride = evaluation.perplexity_stride(course_cfg)
+    stride = course_cfg.perplexity_stride
     expected = evaluation.perplexity(model, tok, texts, course_cfg.model.context, stride)
     assert math.isclose(math.exp(mine["loss_sum"].sum() / mine["tokens"].sum()), expected,
                         rel_tol=1e-9)  # fmt: skip

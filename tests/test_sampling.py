@@ -11,7 +11,8 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from collab_lib.sampling import SamplingConfig, filter_logits, generate, next_tokens, stop_at
+from collab_lib.decoding import filter_logits, generate, next_tokens
+from collab_lib.sampling import SamplingConfig, stop_at
 
 SETTINGS = [
     pytest.param(SamplingConfig(0.6, top_p=0.6, top_k=50), id="rq2-T0.6-p0.6-k50"),
@@ -107,7 +108,7 @@ def test_stop_at_cuts_at_the_first_stop_string():
 def test_the_written_out_gpt2_step_gives_the_models_logits(model):
     """Left-padded prompts, then five tokens: GPT2Decoder's logits equal the model's own
     forward over the whole padded sequence (and the generic cache decoder's)."""
-    from collab_lib.sampling import CacheDecoder, GPT2Decoder
+    from collab_lib.decoding import CacheDecoder, GPT2Decoder
 
     assert GPT2Decoder.fits(model)
     torch.manual_seed(1)
@@ -137,7 +138,7 @@ def test_rows_sharing_a_prompt_get_the_models_logits_as_rows_leave(model):
     """Two left-padded prompts expanded to five rows, each row its own tokens; rows then
     leave the batch (the last row of the second prompt too): every row's logits at every
     step equal the model's forward over that row's whole sequence."""
-    from collab_lib.sampling import GPT2Decoder
+    from collab_lib.decoding import GPT2Decoder
 
     torch.manual_seed(2)
     ids = torch.randint(0, 49, (2, 6))
@@ -188,7 +189,7 @@ def test_sample_texts_stops_each_completion_where_its_rule_says(tok):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from collab_lib.extraction import body_end
-    from collab_lib.sampling import sample_texts
+    from collab_lib.decoding import sample_texts
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)
