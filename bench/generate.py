@@ -20,8 +20,8 @@ import time
 import torch
 
 from collab_lib.config import load_config
-from collab_lib.model import gpt2_config
 from collab_lib.decoding import generate
+from collab_lib.model import gpt2_config
 from collab_lib.sampling import SamplingConfig
 
 SHAPES = {  # (n_layer, n_embd, n_head, context, vocab)

@@ -18,10 +18,11 @@ import time
 
 from transformers import GPT2LMHeadModel
 
-from collab_lib import canaries, collaboration, datasets, memorization
+from collab_lib import canaries, collaboration, pipeline
 from collab_lib.config import load_config
-from collab_lib.evaluation import perplexity
+from collab_lib.exposure import rank_exposure
 from collab_lib.model import load_tokenizer
+from collab_lib.scoring import perplexity, suffix_losses
 
 
 def exposure_models(cfg) -> list[str]:
@@ -39,11 +40,12 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     args = ap.parse_args()
     cfg = load_config(args.profile, args.overrides)
-    models = collaboration.load_models(cfg)
-    ds = datasets.datasets_for(cfg)
+    models = pipeline.load("train", cfg)
+    ds = pipeline.load("datasets", cfg)
     valid = [d["content"] for o in ds.corpora for d in ds.documents(o, "validation")]
     tok = load_tokenizer(models["base model"].path / "model")
-    loaded = {n: GPT2LMHeadModel.from_pretrained(a.path / "model") for n, a in models.items()}
+    names = collaboration.model_refs(cfg, pipeline.planned_for("train", cfg))
+    loaded = {n: GPT2LMHeadModel.from_pretrained(models[n].path / "model") for n in names}
 
     start = time.perf_counter()
     base_ppl = perplexity(loaded["base model"], tok, valid, cfg.model.context)
@@ -52,7 +54,7 @@ def main() -> None:
         ppl = perplexity(model, tok, valid, cfg.model.context)
         print(f"  {name:22} {ppl:8.2f}  ({ppl / base_ppl:.2f}x the base model's)")
 
-    can = canaries.build_canaries(cfg)
+    can = pipeline.load("canaries", cfg)
     planted = canaries.planted(can)
     alternatives = json.loads(can.file("alternatives.json").read_text())
     counts = sorted({p["count"] for p in planted})
@@ -77,9 +79,8 @@ def main() -> None:
 
 def exposure(model, tok, planted: dict, alternatives: list[str]) -> float:
     """Rank exposure of one canary's secret (scored as the rq2 step scores it)."""
-    losses = memorization.secret_losses(model, tok, planted["prefix"],
-                                        [planted["secret"], *alternatives])  # fmt: skip
-    return memorization.rank_exposure(losses[0], losses[1:])
+    losses = suffix_losses(model, tok, planted["prefix"], [planted["secret"], *alternatives])
+    return rank_exposure(losses[0], losses[1:])
 
 
 if __name__ == "__main__":

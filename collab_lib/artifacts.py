@@ -157,8 +157,11 @@ def require(planned: tuple[str, str], message: str) -> Artifact:
 def require_step(cfg, planned: dict, what: str, step: str) -> Artifact:
     """``planned[what]`` from the cache, or the error that names the command building it
     (``step`` with the user's own profile and settings)."""
-    return require(planned[what], f"{what} is not built for profile {cfg.profile!r} yet: run "
-                                  f"`{cfg.command('run', step)}` first")
+    return require(
+        planned[what],
+        f"{what} is not built for profile {cfg.profile!r} yet: run "
+        f"`{cfg.command('run', step)}` first",
+    )
 
 
 def read_jsonl(path: Path) -> list[dict]:

@@ -312,3 +312,13 @@ LONGEST_FIRST = ("test_teaching.py", "test_paper_profile.py", "test_federated.py
 def pytest_collection_modifyitems(items) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within a file
+
+
+def run_through(step: str, cfg, *, force: bool = False):
+    """Run the steps before ``step`` (cached ones are reused), then ``step``; its result."""
+    from collab_lib import pipeline
+
+    names = list(pipeline.STEPS)
+    for name in names[: names.index(step)]:
+        pipeline.run(name, cfg)
+    return pipeline.run(step, cfg, force=force)[0]

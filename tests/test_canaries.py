@@ -8,8 +8,9 @@ from collections import Counter
 
 import pytest
 
-from collab_lib import canaries, datasets
+from collab_lib import canaries, pipeline
 from collab_lib.config import CanaryConfig, ConfigError, load_config
+from tests.conftest import run_through
 
 FORMATS = {"letters16": r"[a-z]{16}", "hex24": r"[0-9a-f]{24}"}
 ORGS = ("Google", "Microsoft", "Facebook", "Amazon", "Apple")
@@ -57,9 +58,9 @@ def own_lines(p: dict) -> set[str]:
 
 def test_canaries_are_planted_in_training_only_and_within_budget(local_profile):
     cfg = load_config(local_profile, {"canaries.max_fraction": 0.3})
-    art = canaries.build_canaries(cfg)
+    art = run_through("canaries", cfg)
     planted = canaries.planted(art)
-    ds = datasets.datasets_for(cfg)
+    ds = pipeline.load("datasets", cfg)
     assert planted, "the profile's organizations are large enough for some canaries"
     assert len({p["name"] for p in planted}) == len(planted)  # every function name unique
     alternatives = json.loads(art.file("alternatives.json").read_text())
@@ -153,5 +154,5 @@ def test_too_many_canaries_for_the_word_pools_is_a_clear_error():
 
 def test_disabled_canaries_plant_nothing(local_profile):
     cfg = load_config(local_profile, {"canaries.enabled": False})
-    assert canaries.planted(canaries.build_canaries(cfg)) == []
+    assert canaries.planted(run_through("canaries", cfg)) == []
     assert load_config("paper").canaries.enabled is False  # the paper's data stays the paper's

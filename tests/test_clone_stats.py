@@ -4,10 +4,11 @@ import pandas as pd
 import pytest
 import yaml
 
-from collab_lib.clone_stats import build_clone_stats, table
+from collab_lib import pipeline
+from collab_lib.clone_stats import table
 from collab_lib.config import load_config
-from collab_lib.datasets import MB, datasets_for
-from tests.conftest import make_org_dir
+from collab_lib.datasets import MB
+from tests.conftest import make_org_dir, run_through
 
 
 def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
@@ -29,7 +30,7 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     profile = tmp_path / "p.yml"
     profile.write_text(yaml.safe_dump(data))
     cfg = load_config(profile)
-    art = build_clone_stats(cfg)
+    art = run_through("clones", cfg)
 
     t7 = table(art, "table7").set_index(["scenario", "organizations"])
     with_vendor = t7.loc[("with vendored code", "Google ∩ Microsoft")]
@@ -51,7 +52,7 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     vendored_rows = [f"{o}: vendored copies (vendor)" for o in ("Google", "Microsoft")]
     assert list(fig2.index) == ["Google", "Microsoft", "Facebook", *vendored_rows]
     assert list(fig2["vendored"]) == [False] * 3 + [True] * 2
-    ds = datasets_for(cfg)
+    ds = pipeline.load("datasets", cfg)
     for org in ("Google", "Microsoft"):
         s = ds.summary(org)
         own_mb = (s["splits"]["train"]["bytes"] - s["vendored"]["bytes"]) / MB

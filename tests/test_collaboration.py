@@ -5,15 +5,12 @@ import shlex
 import pytest
 from conftest import make_org_dir, write_profile
 
-from collab_lib import artifacts
+from collab_lib import artifacts, pipeline
+from collab_lib.artifacts import NotBuiltError
 from collab_lib.cli import main
 from collab_lib.collaboration import (
-    ModelsNotTrained,
-    build_models,
     jobs,
-    load_models,
     models_table,
-    plan,
     roster,
     sizing_table,
 )
@@ -107,9 +104,9 @@ def test_five_organizations_train_the_listed_orders(tmp_path):
 def test_a_missing_model_names_the_users_own_command(tmp_path, capsys):
     path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2}))
     cfg = load_config(path, ["seed=3", "train.epochs=2"])
-    with pytest.raises(ModelsNotTrained, match=r"run train --profile \S+p\.yml --set seed=3 "
+    with pytest.raises(NotBuiltError, match=r"run train --profile \S+p\.yml --set seed=3 "
                        r"--set train.epochs=2"):  # fmt: skip
-        load_models(cfg)
+        pipeline.load("train", cfg)
     assert main(["models", "--profile", str(path), "--set", "seed=3"]) == 1
     assert "--set seed=3" in capsys.readouterr().err
 
@@ -121,9 +118,9 @@ def _input_stage(art):
 
 def test_models_are_trained_once_and_listed(course_run, course_cfg, capsys):
     artifact_root, local_profile, cfg = course_run.artifacts, course_run.profile, course_cfg
-    models = build_models(cfg)  # all cached by the course run: nothing is retrained
+    models = pipeline.run("train", cfg)[0]  # all cached by the course run: nothing is retrained
     assert len(models) == 17
-    assert plan(cfg)["Incremental_M2G"] == (
+    assert pipeline.planned_for("train", cfg)["Incremental_M2G"] == (
         models["Incremental_M2G"].step,
         models["Incremental_M2G"].key,
     )
@@ -184,7 +181,7 @@ def test_two_renamed_organizations_run_end_to_end(tmp_path, capsys):
     assert names == ["Payments_Only", "Search_Only", "Centralized_PS", "Federated_Avg_PS",
                      "Federated_Yogi_PS", "Incremental_P2S", "Incremental_S2P"]  # fmt: skip
     cfg = load_config(path)
-    models = load_models(cfg)
+    models = pipeline.load("train", cfg)
     assert list(models_table(cfg, models)["Data"])[:3] == ["P", "S", "P + S"]
     sizing = sizing_table(cfg, models)
     assert list(sizing["Organization"][:2]) == ["Payments", "Search"]

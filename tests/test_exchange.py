@@ -5,7 +5,7 @@ import tarfile
 
 import pytest
 
-from collab_lib import artifacts, cli, collaboration, evaluation, exchange, findings
+from collab_lib import artifacts, cli, collaboration, exchange, pipeline, scoring
 from collab_lib.book import build_book
 from collab_lib.config import load_config
 
@@ -40,16 +40,16 @@ def test_an_import_builds_the_book_without_any_model(exported, course_run, tmp_p
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     assert cli.main(["import", str(exported)]) == 0
     cfg = load_config(course_run.profile, course_run.overrides)
-    assert findings.load(cfg).file("findings.csv").is_file()
+    assert pipeline.load("findings", cfg).file("findings.csv").is_file()
     # the book renders from the import alone: no step runs, no model is loaded
     index = build_book(str(course_run.profile), course_run.overrides, run_steps=False,
                        build_root=tmp_path / "_build")  # fmt: skip
     text = (index.parent / "book" / "executed" / "07_findings.html").read_text()
     assert "Finding 7" in text and "Verdict:" in text
     # a model arrived without its weights: reading them says so, and what to do
-    model = collaboration.load_models(cfg)[evaluation.BASE]
+    model = pipeline.load("train", cfg)[collaboration.BASE]
     with pytest.raises(artifacts.ImportedWithoutFile, match="imported from an export"):
-        evaluation.load_model(model)
+        scoring.load_model(model)
     assert cli.main(["import", str(exported)]) == 0  # again: nothing replaced
 
 

@@ -22,7 +22,7 @@ from conftest import make_org_dir, write_profile
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from safetensors.numpy import load_file
 
-from collab_lib import collaboration
+from collab_lib import collaboration, pipeline
 from collab_lib.config import TrainConfig, load_config
 from collab_lib.federated import client_app, launch, server_app, task
 from collab_lib.training import lr_factor, steps_per_epoch
@@ -49,7 +49,9 @@ def simulated(fed_profile, tmp_path_factory):
     old = os.environ.get("COLLAB_ARTIFACTS")
     os.environ["COLLAB_ARTIFACTS"] = str(root)
     cfg = load_config(fed_profile)
-    art = collaboration.build_models(cfg, names=[FEDERATED])[FEDERATED]
+    art = collaboration.build_models(cfg, pipeline.planned_for("train", cfg), names=[FEDERATED])[
+        FEDERATED
+    ]
     yield cfg, art, root
     if old is not None:
         os.environ["COLLAB_ARTIFACTS"] = old
@@ -69,7 +71,7 @@ def test_a_client_sends_only_weights_and_counts(simulated, tmp_path, monkeypatch
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     base = collaboration.build_base_model(cfg).path
-    texts = collaboration.training_texts(cfg)["Microsoft"]
+    texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))["Microsoft"]
     data = tmp_path / "Microsoft.jsonl"
     data.write_text("".join(json.dumps({"content": t}) + "\n" for t in texts))
 
@@ -137,7 +139,7 @@ def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monk
     cfg, _, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     base = collaboration.build_base_model(cfg).path
-    texts = collaboration.training_texts(cfg)
+    texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))
     pair = {org: texts[org] for org in ("Microsoft", "Google")}
     app, rc, nodes = launch.prepare(cfg, "FedAvg", pair, base, tmp_path, tmp_path / "out")
     rc = rc | {"num-rounds": 1}
@@ -188,7 +190,7 @@ def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     base = collaboration.build_base_model(cfg).path
-    texts = collaboration.training_texts(cfg)
+    texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))
     app, rc, _ = launch.prepare(cfg, "FedYogi", texts, base, tmp_path, tmp_path / "out")
     save = server_app._Rounds._checkpoint
 
@@ -240,7 +242,12 @@ def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, mo
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     link, *nodes = _free_ports(4)
     procs, env, out = collaboration.federation(
-        cfg, FEDERATED, tmp_path / "deploy", link_port=link, node_ports=nodes
+        cfg,
+        pipeline.planned_for("train", cfg),
+        FEDERATED,
+        tmp_path / "deploy",
+        link_port=link,
+        node_ports=nodes,
     )
     env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     running: list[subprocess.Popen] = []

@@ -8,7 +8,7 @@ import torch
 from scipy.stats import mannwhitneyu
 from transformers import GPT2Config, GPT2LMHeadModel
 
-from collab_lib import evaluation, membership, pipeline
+from collab_lib import membership, pipeline, scoring
 from collab_lib.config import ConfigError, UserError, load_config
 
 
@@ -58,7 +58,7 @@ def test_min_k_plus_plus_standardizes_and_averages_the_lowest_share():
 
 def test_token_stats_are_the_mean_and_spread_of_log_p_under_the_model():
     probs = torch.tensor([[0.7, 0.2, 0.1], [1 / 3, 1 / 3, 1 / 3]])
-    logp, mu, sigma = membership.token_stats(probs.log(), torch.tensor([1, 0]))
+    logp, mu, sigma = scoring.token_stats(probs.log(), torch.tensor([1, 0]))
     lp = probs.log()
     want_mu = (probs * lp).sum(-1)
     assert torch.allclose(logp, lp[[0, 1], [1, 0]])
@@ -69,7 +69,7 @@ def test_token_stats_are_the_mean_and_spread_of_log_p_under_the_model():
 
 def test_masked_tokens_leave_the_statistics_finite():
     logits = torch.tensor([[0.0, 1.0, -math.inf]])  # a vocabulary entry masked out
-    logp, mu, sigma = membership.token_stats(logits, torch.tensor([1]))
+    logp, mu, sigma = scoring.token_stats(logits, torch.tensor([1]))
     p = torch.softmax(logits[:, :2], -1)
     assert torch.isfinite(mu).all() and torch.isfinite(sigma).all()
     assert mu[0] == pytest.approx(float((p * p.log()).sum()), rel=1e-5)
@@ -109,7 +109,7 @@ def test_short_and_long_samples_score_as_perplexity_does(tok):
     assert len(tok(texts[1])["input_ids"]) + 1 > 32  # one sample needs windows
     for text, row in zip(texts, got.itertuples(), strict=True):
         ids = [tok.eos_token_id, *tok(text)["input_ids"]]
-        losses = evaluation.token_losses(model, ids, 32, 16)[1:]
+        losses = scoring.token_losses(model, ids, 32, 16)[1:]
         assert row.tokens == len(ids) - 1
         assert row.loss == pytest.approx(losses.mean(), rel=1e-5)
         assert math.isfinite(row.minkpp)
@@ -151,7 +151,7 @@ def test_the_step_scores_every_model_and_a_listed_checkpoint(course_cfg, tok, tm
     ckpt = _checkpoint(tmp_path, tok)
     point = {"name": "GPT-2", "path": str(ckpt), "data": "a test checkpoint"}
     cfg = load_config(course_cfg.source, {"seed": 5, "membership.checkpoints": [point]})
-    art = membership.build_membership(cfg)
+    art = pipeline.run("membership", cfg)[0]
     t5 = art.table("table5")
     assert list(t5["model"]) == [membership.BASE, "GPT-2"]
     assert (t5["paper log(PPL)/zlib"] == 0.0020256).all()  # the paper's GPT-2 beside both

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from collab_lib import canaries, memorization
+from collab_lib import canaries, cross_org, duplication, exposure, memorization, scoring, verbatim
 from collab_lib.clones import CloneIndex, CloneOptions
 
 TRAIN = "".join(f"    total_{i} = combine(total_{i - 1}, weight={i})\n" for i in range(1, 13))
@@ -18,7 +18,7 @@ NEW = "".join(f"    fresh_{i} = other_call({i})\n" for i in range(5))
 
 def detect(prompt: str, completion: str) -> dict:
     index = CloneIndex.build([("lib.py", TRAIN)], CloneOptions(6))
-    row, blocks, _ = memorization.detect(
+    row, blocks, _ = verbatim.detect(
         index, [({"prompt": prompt}, {"prompt": 0, "sample": 0, "completion": completion})]
     )
     return row | {"blocks": blocks}
@@ -95,7 +95,7 @@ def test_secret_losses_equal_scoring_each_candidate_whole(tok, canary):
     planted, alternatives = canary
     model = tiny_model(len(tok))
     secrets = [planted["secret"], *alternatives[:9], "ab"]  # lengths differ
-    fast = memorization.secret_losses(model, tok, planted["prefix"], secrets, batch_size=4)
+    fast = scoring.suffix_losses(model, tok, planted["prefix"], secrets, batch_size=4)
     prefix = tok(planted["prefix"])["input_ids"]
     for secret, got in zip(secrets, fast, strict=True):
         ids = tok(secret)["input_ids"]
@@ -124,42 +124,40 @@ def test_a_model_trained_on_a_canary_exposes_it_and_one_that_was_not_does_not(to
     train_on(trained, tok(planted["text"])["input_ids"])
     measured = {}
     for name, model in (("fresh", fresh), ("trained", trained)):
-        losses = memorization.secret_losses(
+        losses = scoring.suffix_losses(
             model, tok, planted["prefix"], [planted["secret"], *alternatives]
         )
         measured[name] = (
-            memorization.rank_exposure(losses[0], losses[1:]),
-            memorization.extrapolated_exposure(losses[0], losses[1:]),
+            exposure.rank_exposure(losses[0], losses[1:]),
+            exposure.extrapolated_exposure(losses[0], losses[1:]),
         )
     assert measured["trained"][0] == math.log2(64)  # ranked first of 64
     assert measured["fresh"][0] < 4
     # the extrapolation goes on where the rank saturates
     assert measured["trained"][1] > math.log2(64) > measured["fresh"][1]
-    greedy = memorization.greedy_secrets(trained, tok, [planted])
+    greedy = exposure.greedy_secrets(trained, tok, [planted])
     assert greedy[0].startswith(planted["secret"])
-    assert not memorization.greedy_secrets(fresh, tok, [planted])[0].startswith(planted["secret"])
+    assert not exposure.greedy_secrets(fresh, tok, [planted])[0].startswith(planted["secret"])
 
 
 def test_extrapolated_exposure_is_about_one_bit_at_the_median():
     rng = np.random.default_rng(0)
     alt = rng.gamma(16.0, 1.0, 5000) + 20  # skewness 0.5
-    assert memorization.extrapolated_exposure(float(np.median(alt)), alt) == pytest.approx(
-        1.0, abs=0.1
-    )
-    assert memorization.extrapolated_exposure(float(alt.min()) - 5, alt) > math.log2(5001)
+    assert exposure.extrapolated_exposure(float(np.median(alt)), alt) == pytest.approx(1.0, abs=0.1)
+    assert exposure.extrapolated_exposure(float(alt.min()) - 5, alt) > math.log2(5001)
 
 
 def test_extrapolated_exposure_stays_finite_beyond_a_skew_normal():
     """Alternatives more skewed than a skew-normal can be: the normal gives the tail."""
     alt = 50 + 5 * np.random.default_rng(0).exponential(size=1000)  # skewness about 2
-    values = [memorization.extrapolated_exposure(s, alt) for s in (45.0, 40.0, 30.0)]
+    values = [exposure.extrapolated_exposure(s, alt) for s in (45.0, 40.0, 30.0)]
     assert all(math.isfinite(v) for v in values) and values == sorted(values)
 
 
 def test_rank_exposure_counts_only_strictly_better_alternatives():
     alt = np.array([1.0, 2.0, 3.0])
-    assert memorization.rank_exposure(0.5, alt) == 2.0  # first of 4
-    assert memorization.rank_exposure(2.5, alt) == pytest.approx(math.log2(4) - math.log2(3))
+    assert exposure.rank_exposure(0.5, alt) == 2.0  # first of 4
+    assert exposure.rank_exposure(2.5, alt) == pytest.approx(math.log2(4) - math.log2(3))
 
 
 def test_exposure_table_subtracts_the_base_models_value_per_canary():
@@ -170,7 +168,7 @@ def test_exposure_table_subtracts_the_base_models_value_per_canary():
              "extracted": [False, True], "leaked": [None, "a"]}
         )  # fmt: skip
 
-    t = memorization.exposure_table({"base model": frame([1.0, 2.0]), "M": frame([5.0, 6.0])})
+    t = exposure.exposure_table({"base model": frame([1.0, 2.0]), "M": frame([5.0, 6.0])})
     row = t[t["model"] == "M"].iloc[0]
     assert row["rank exposure - base"] == 4.0 and row["rank exposure"] == 5.5
     assert row["extracted (%)"] == 50.0 and row["leaked (%)"] == 50.0
@@ -179,8 +177,8 @@ def test_exposure_table_subtracts_the_base_models_value_per_canary():
 def test_no_canaries_give_an_empty_exposure_table_with_its_columns(tmp_path):
     from collab_lib import report
 
-    empty = pd.DataFrame(columns=memorization.EXPOSURE_COLUMNS)
-    table = memorization.exposure_table({"base model": empty, "M": empty})
+    empty = pd.DataFrame(columns=exposure.EXPOSURE_COLUMNS)
+    table = exposure.exposure_table({"base model": empty, "M": empty})
     table.to_csv(tmp_path / "exposure.csv", index=False)
     back = pd.read_csv(tmp_path / "exposure.csv")
     assert back.empty and "extrapolated exposure - base" in back.columns
@@ -190,7 +188,7 @@ def test_no_canaries_give_an_empty_exposure_table_with_its_columns(tmp_path):
 def test_rq3_models_of_a_two_organization_profile_are_its_union_models():
     from collab_lib.config import load_config
 
-    names = memorization.rq3_models(load_config("tiny", {
+    names = cross_org.rq3_models(load_config("tiny", {
         "datasets.organizations": [
             {"name": "Ads", "short": "A", "size_mb": 0.1, "sources": [{"installed": "absl-py"}]},
             {"name": "Web", "short": "W", "size_mb": 0.2, "sources": [{"installed": "torch"}]},
@@ -205,7 +203,7 @@ def test_rq3_models_of_a_two_organization_profile_are_its_union_models():
 def test_tokens_are_placed_on_the_line_of_their_first_visible_character(tok):
     text = "def f(x):\n    return x\n\n\ny = f(1)\n"
     enc = tok(text, return_offsets_mapping=True)
-    lines = memorization.line_of_tokens(text, enc["offset_mapping"])
+    lines = duplication.line_of_tokens(text, enc["offset_mapping"])
     for (a, b), line in zip(enc["offset_mapping"], lines, strict=True):
         piece = text[a:b]
         if piece.strip():
@@ -228,7 +226,7 @@ def test_line_sample_classes_lines_as_the_detector_breaks_them(tok):
                       {"path": "c/__init__.py", "content": "# license only\n"}]}  # fmt: skip
     ds = SimpleNamespace(documents=lambda org, split: docs[split])
     cfg = load_config("tiny", {"memorization.duplication_tokens": None})
-    sample = memorization.line_sample(ds, tok, "X", "train", CloneOptions(6), cfg)
+    sample = duplication.line_sample(ds, tok, "X", "train", CloneOptions(6), cfg)
     assert sample["files"][:2] == ["a.py", "b.py"] or sample["files"][:2] == ["b.py", "a.py"]
     kinds = dict(zip(sample["file"].tolist(), sample["kind"].tolist(), strict=True))
     assert set(sample["kind"].tolist()) == {0, 1, 2} and len(kinds) == 3
@@ -247,7 +245,7 @@ def test_duplication_signal_is_the_training_excess_net_of_validation():
                          "loss_sum": 10 * mean, "tokens": 10})  # fmt: skip
         return pd.DataFrame(rows)
 
-    t = memorization.duplication_table(
+    t = duplication.duplication_table(
         {"base model": frame(3.0, 3.0, 3.0, 3.0), "M": frame(1.0, 2.0, 2.5, 2.6)}
     )
     row = t[t["model"] == "M"].iloc[0]

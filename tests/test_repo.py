@@ -48,3 +48,35 @@ def test_toc_lists_every_notebook():
     toc = (ROOT / "_toc.yml").read_text()
     for path in NOTEBOOKS:
         assert f"book/executed/{path.stem}" in toc
+
+
+HEAVY = ("torch", "transformers", "flwr")
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pytest.param("from collab_lib import cli; cli._parser()", id="help"),
+        pytest.param(
+            "from collab_lib import cli, pipeline; from collab_lib.config import load_config\n"
+            "cfg = load_config('tiny'); pipeline.status(cfg)\n"
+            "try:\n    pipeline.table('table8', cfg)\nexcept pipeline.NotBuiltError:\n    pass",
+            id="status-and-table",
+        ),
+        pytest.param(
+            "from collab_lib import benchmarks, evaluation, clones; evaluation.make_sandbox",
+            id="evaluate-and-clones",
+        ),
+    ],
+)
+def test_commands_that_use_no_model_import_no_torch(code, tmp_path):
+    """--help, status, table, evaluate and clones load no torch, transformers or Flower:
+    planning every step reads the config and the cache, never a model."""
+    import subprocess
+    import sys
+
+    check = f"{code}\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
+    env = {"COLLAB_ARTIFACTS": str(tmp_path), "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
+                         cwd=ROOT, env=env, check=True)  # fmt: skip
+    assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

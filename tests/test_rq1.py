@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from collab_lib import collaboration, datasets, evaluation, pipeline
+from collab_lib import collaboration, evaluation, pipeline, scoring
 from collab_lib.config import ConfigError, load_config
 
 
@@ -26,7 +26,7 @@ def test_table8_has_every_model_and_the_base_model(course_cfg):
 
 @pytest.mark.slow
 def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(course_cfg):
-    art = evaluation.load_rq1(course_cfg)
+    art = pipeline.load("rq1", course_cfg)
     by_org = evaluation.rq1_table(art, "perplexity_by_org").set_index("model")
     orgs = [o.name for o in course_cfg.datasets.organizations]
     files = pd.read_csv(art.file(evaluation.FILES))
@@ -42,27 +42,27 @@ def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(course_cfg):
 @pytest.mark.slow
 def test_per_file_losses_add_up_to_each_organizations_stream(course_cfg):
     """The rows the findings resample are the stream's own losses, split by file."""
-    art = evaluation.load_rq1(course_cfg)
+    art = pipeline.load("rq1", course_cfg)
     files = pd.read_csv(art.file(evaluation.FILES))
-    ds = datasets.load_datasets(course_cfg)
-    model, tok = evaluation.load_model(collaboration.load_models(course_cfg)[evaluation.BASE])
+    ds = pipeline.load("datasets", course_cfg)
+    model, tok = scoring.load_model(pipeline.load("train", course_cfg)[evaluation.BASE])
     org = course_cfg.datasets.organizations[0].name
     docs = ds.documents(org, "validation")
     mine = files[(files["model"] == evaluation.BASE) & (files["organization"] == org)]
     assert list(mine["file"]) == [d["path"] for d in docs]
     texts = [d["content"] for d in docs]
     stride = course_cfg.perplexity_stride
-    expected = evaluation.perplexity(model, tok, texts, course_cfg.model.context, stride)
+    expected = scoring.perplexity(model, tok, texts, course_cfg.model.context, stride)
     assert math.isclose(math.exp(mine["loss_sum"].sum() / mine["tokens"].sum()), expected,
                         rel_tol=1e-9)  # fmt: skip
 
 
 @pytest.mark.slow
 def test_rerun_is_cached_and_a_sandbox_setting_never_resamples(course_cfg, course_run):
-    before = evaluation.load_rq1(course_cfg)
+    before = pipeline.load("rq1", course_cfg)
     assert pipeline.run("rq1", course_cfg)[0].key == before.key  # cached
     changed = load_config(course_run.profile, {**course_run.overrides, "evaluation.timeout_s": 2.5})
-    art = evaluation.build_rq1(changed)
+    art = pipeline.run("rq1", changed)[0]
     samples = sorted(p for p in art.metrics["parts"] if p.startswith("samples/"))
     assert samples == sorted(p for p in before.metrics["parts"] if p.startswith("samples/"))
     executions = {p for p in art.metrics["parts"] if p.startswith("executions/")}

@@ -188,8 +188,8 @@ def test_sample_texts_stops_each_completion_where_its_rule_says(tok):
     """Completions end at the rule's cut (the body's end for RQ2), prompt-major, seeded."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from collab_lib.extraction import body_end
     from collab_lib.decoding import sample_texts
+    from collab_lib.extraction import body_end
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)

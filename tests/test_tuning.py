@@ -1,6 +1,6 @@
 """FedYogi's server rate: chosen on held-out training files, used by every FedYogi model."""
 
-from collab_lib import collaboration, tuning
+from collab_lib import collaboration, pipeline, tuning
 from collab_lib.config import load_config
 
 
@@ -20,7 +20,7 @@ def test_hold_out_takes_a_seeded_slice_of_each_organizations_files_never_a_canar
 
 def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, course_cfg):
     cfg = course_cfg
-    sweep = collaboration.load_sweep(cfg)
+    sweep = pipeline.load("train", cfg)[collaboration.SWEEP]
     table = tuning.table(sweep)
     assert list(zip(table["eta"], table["tau"], strict=True)) == [
         ("0.01", "0.001"),
@@ -28,7 +28,7 @@ def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, course_cfg)
     ]
     best = table.loc[table["held-out perplexity"].idxmin()]
     assert list(table["chosen"]).count("yes") == 1 and best["chosen"] == "yes"
-    models = collaboration.load_models(cfg)
+    models = pipeline.load("train", cfg)
     for spec in collaboration.roster(cfg):
         if spec.strategy == "FedYogi":
             m = models[spec.name].metrics
@@ -37,6 +37,4 @@ def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, course_cfg)
     # a profile that fixes the pair (the paper's) has no sweep and names its values
     fixed = load_config(course_run.profile, {**course_run.overrides, "federated.yogi_eta": 0.01,
                                              "federated.yogi_tau": 0.001})  # fmt: skip
-    assert collaboration.load_sweep(fixed) is None and "FedYogi sweep" not in collaboration.plan(
-        fixed
-    )
+    assert collaboration.SWEEP not in pipeline.planned_for("train", fixed)
