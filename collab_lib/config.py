@@ -108,7 +108,7 @@ class ClonesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Tokenizer and GPT-2 base model (SPEC §2).
+    """Tokenizer and GPT-2 base model (paper §2.3, §4.1).
 
     ``base: stdlib`` trains a byte-level BPE tokenizer (and, with the training step, a small
     GPT-2) on the CPython standard library, never on an organization's code. ``base:
@@ -131,7 +131,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """One training loop for every setting (SPEC §2): AdamW, warm-up then a schedule."""
+    """One training loop for every setting (paper §2.3): AdamW, warm-up then a schedule."""
 
     epochs: int = 2
     batch_size: int = 8
@@ -161,7 +161,7 @@ class YogiSweepConfig:
 
 @dataclass(frozen=True)
 class FederatedConfig:
-    """Flower settings of the federated models (SPEC §2): ``rounds`` of 1 local epoch each.
+    """Flower settings of the federated models (paper §2.3): ``rounds`` of 1 local epoch each.
 
     ``rounds: null`` uses ``train.epochs``, so a federated model sees each organization's
     data as often as a centralized one. Each client follows, across rounds, the schedule its
@@ -185,7 +185,7 @@ class FederatedConfig:
 
 @dataclass(frozen=True)
 class CollaborationConfig:
-    """Which models the study trains, from the profile's organizations (SPEC §2).
+    """Which models the study trains, from the profile's organizations (paper §2.3, §4.2).
 
     ``rq3_pair``: the two organizations of the RQ3 models (the paper: Microsoft and Google);
     null takes the two largest (by ``size_mb``, or by training data when a size is not set).
@@ -289,7 +289,7 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class MembershipConfig:
-    """Table 5 (paper §4.1; SPEC §6): membership signals on training vs validation samples.
+    """Table 5 (paper §4.1; the Methods page, "Membership signals"): membership signals on training vs validation samples.
 
     A sample is a run of whole lines of one file, at most ``sample_chars`` characters (null:
     1.5 per token of the context, so that most fit one window; runs shorter than a quarter
@@ -308,7 +308,7 @@ class MembershipConfig:
 
 @dataclass(frozen=True)
 class FindingsConfig:
-    """How the seven findings are decided (SPEC §7; the Findings chapter states the rules).
+    """How the seven findings are decided (the Findings chapter states the rules).
 
     Each statistic gets a percentile interval at ``confidence`` from ``bootstrap`` resamples
     of its units (and of the seeds, when there are several). ``close_share``: finding 2's

@@ -1,4 +1,4 @@
-"""The paper's seven findings (SPEC §7), each decided by a rule from this run's own units.
+"""The paper's seven findings (its §5 summaries), each decided by a rule from this run's own units.
 
 Every finding is one statistic with the direction (or threshold) the paper claims, computed
 from the units the steps wrote beside their tables: validation files (perplexity, rq1),

@@ -1,4 +1,4 @@
-"""Membership signals (paper §4.1, Table 5; SPEC §6): was this code in a model's training data?
+"""Membership signals (paper §4.1, Table 5): was this code in a model's training data?
 
 The paper chose GPT-2 as its base model because its mean Log(PPL)/zlib ratio (Carlini et al.
 2021) on a sample of the organizations' code was the highest of eight models: the least

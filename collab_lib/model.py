@@ -1,4 +1,4 @@
-"""Tokenizer and GPT-2 base model (paper §2.3, §4.1; SPEC §2).
+"""Tokenizer and GPT-2 base model (paper §2.3, §4.1; the Methods page, "Models").
 
 The default base is organization-neutral: a byte-level BPE tokenizer trained on the CPython
 standard library of the running interpreter, never on any organization's code, so neither
