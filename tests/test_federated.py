@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_org_dir, write_profile
+from conftest import make_org_dir, run_through, write_profile
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from safetensors.numpy import load_file
 
@@ -49,6 +49,7 @@ def simulated(fed_profile, tmp_path_factory):
     old = os.environ.get("COLLAB_ARTIFACTS")
     os.environ["COLLAB_ARTIFACTS"] = str(root)
     cfg = load_config(fed_profile)
+    run_through("canaries", cfg)  # the data every training job reads
     art = collaboration.build_models(cfg, pipeline.planned_for("train", cfg), names=[FEDERATED])[
         FEDERATED
     ]
