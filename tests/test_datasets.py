@@ -177,7 +177,7 @@ def test_ctrl_c_in_the_second_organization_keeps_the_first(local_profile, monkey
     with pytest.raises(KeyboardInterrupt):
         build_datasets(cfg)
     first = calls[0]
-    assert artifacts.state(*plan(cfg)[f"corpus {first}"]) == "cached"
+    assert artifacts.state(*plan(cfg, {})[f"corpus {first}"]) == "cached"
     calls.clear()
     monkeypatch.setattr(ds_mod, "_prepare", lambda org, *a: calls.append(org.name) or real(org, *a))
     build_datasets(cfg)
