@@ -1,4 +1,5 @@
-"""Planted canaries: memorization that can be measured at every scale (the Methods page, "Canaries and exposure").
+"""Planted canaries: memorization that can be measured at every scale (the Methods page,
+"Canaries and exposure").
 
 At CPU scale the paper's verbatim metric (blocks of >= 6 lines in completions) is exactly
 zero, so, as Carlini et al. 2019 ("The Secret Sharer") and Ramaswamy et al. 2020 (auditing

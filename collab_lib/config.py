@@ -289,7 +289,8 @@ class Checkpoint:
 
 @dataclass(frozen=True)
 class MembershipConfig:
-    """Table 5 (paper §4.1; the Methods page, "Membership signals"): membership signals on training vs validation samples.
+    """Table 5 (paper §4.1; the Methods page, "Membership signals"): membership signals on
+    training vs validation samples.
 
     A sample is a run of whole lines of one file, at most ``sample_chars`` characters (null:
     1.5 per token of the context, so that most fit one window; runs shorter than a quarter
