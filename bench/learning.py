@@ -44,7 +44,7 @@ def main() -> None:
     ds = pipeline.load("datasets", cfg)
     valid = [d["content"] for o in ds.corpora for d in ds.documents(o, "validation")]
     tok = load_tokenizer(models["base model"].path / "model")
-    names = collaboration.model_refs(cfg, pipeline.planned_for("train", cfg))
+    names = collaboration.model_names(cfg)
     loaded = {n: GPT2LMHeadModel.from_pretrained(models[n].path / "model") for n in names}
 
     start = time.perf_counter()

@@ -379,7 +379,7 @@ def training_texts(ds: datasets.Datasets, planted: list[dict], org: str) -> list
 
 
 def table(art: artifacts.Artifact) -> pd.DataFrame:
-    return pd.read_csv(art.file("canaries.csv"))
+    return art.table("canaries")
 
 
 def example(art: artifacts.Artifact) -> str:

@@ -153,7 +153,3 @@ def _internal(
         "clone_blocks_per_mb": round(s["blocks"] / max(mb, 1e-9), 2),
         "clone_loc_per_mb": round(s["block_lines"] / max(mb, 1e-9), 2),
     }
-
-
-def table(art: artifacts.Artifact, name: str) -> pd.DataFrame:
-    return art.table(name)

@@ -87,9 +87,14 @@ def _incremental(order: tuple[str, ...], short: dict[str, str], rq: str) -> Mode
     return ModelSpec(name, "incremental", tuple(order), rq=rq)
 
 
+def model_names(cfg: Config) -> list[str]:
+    """Every model of the study, the base model first (the train step's models)."""
+    return [BASE, *(s.name for s in roster(cfg))]
+
+
 def model_refs(cfg: Config, planned: dict) -> dict[str, str]:
     """Each model's ``step/key`` (the base model first), from the train step's plan."""
-    return {name: artifacts.ref(planned[name]) for name in (BASE, *(s.name for s in roster(cfg)))}
+    return {name: artifacts.ref(planned[name]) for name in model_names(cfg)}
 
 
 def plan_on_models(step: str, config: dict, cfg: Config, upstream: dict) -> dict[str, tuple]:
@@ -408,7 +413,7 @@ def load(cfg: Config, planned: dict) -> dict[str, artifacts.Artifact]:
     """The profile's models (and ``"base model"``, and the FedYogi sweep when the profile
     tunes it) from the cache, without training."""
     found, missing = {}, []
-    for name in plan(cfg, planned):
+    for name in model_names(cfg) + ([SWEEP] if cfg.federated.tuned else []):
         art = artifacts.load(*planned[name])
         if art is None:
             missing.append(name)

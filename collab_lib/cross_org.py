@@ -42,8 +42,7 @@ def _step_config(cfg: Config) -> dict:
 
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
     """The RQ3 artifact's key, from the config and its inputs' keys (the plans before it)."""
-    inputs = verbatim.input_refs(cfg, upstream)
-    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), inputs))}
+    return verbatim.plan_step(STEP, _step_config(cfg), cfg, upstream)
 
 
 def build_rq3(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
@@ -108,7 +107,7 @@ def build_rq3(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
 
 def shared_blocks(clones_art, pair: tuple[str, str]) -> pd.DataFrame:
     """Table 7's blocks the pair's training splits share (with vendored code: what trained)."""
-    blocks = clone_stats.table(clones_art, "table7_blocks")
+    blocks = clones_art.table("table7_blocks")
     if blocks.empty:  # no block at all: the file has no header either
         return pd.DataFrame(columns=["file", "start", "end", "lines"])
     keep = (blocks["scenario"] == "with vendored code") & (

@@ -33,7 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts, paper
-from collab_lib.config import Config, DatasetsConfig, Organization, UserError
+from collab_lib.config import Config, DatasetsConfig, Organization
 from collab_lib.dedup import deduplicate
 from collab_lib.sources import (
     Listing,
@@ -615,7 +615,7 @@ def _skipped(summaries: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["organization", "reason", "files"])
 
 
-class NeedsDatasets(UserError):
+class NeedsDatasets(artifacts.NotBuiltError):
     """What the study does depends on data the datasets step has not built yet."""
 
 

@@ -28,7 +28,6 @@ log = logging.getLogger(__name__)
 
 STEP = "rq1"
 PPL_STEP, SAMPLES_STEP, EXEC_STEP, HARNESS_STEP = "perplexity", "samples", "executions", "harness"
-TABLES = ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org")
 FILES = "perplexity_files.csv"  # loss and tokens per model and validation file
 BASE = collaboration.BASE  # the row standing where the paper has "GPT-2"
 GROUPS = {"single": "Baseline", "centralized": "Synchronous", "federated": "Synchronous",

@@ -27,7 +27,6 @@ import pandas as pd
 
 from collab_lib import (
     artifacts,
-    clone_stats,
     collaboration,
     cross_org,
     duplication,
@@ -104,7 +103,7 @@ def read_run(cfg: Config, planned: dict) -> Run:
             )
         arts[what] = art
     t3 = arts["datasets"].table("table3")
-    fig2 = clone_stats.table(arts["clones"], "figure2")
+    fig2 = arts["clones"].table("figure2")
     fig2 = fig2[~fig2["vendored"].astype(bool)]
     rq2, rq3 = arts["rq2"], arts["rq3"]
     return Run(

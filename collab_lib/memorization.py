@@ -50,8 +50,7 @@ def _step_config(cfg: Config) -> dict:
 
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
     """The RQ2 artifact's key, from the config and its inputs' keys (the plans before it)."""
-    inputs = verbatim.input_refs(cfg, upstream)
-    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), inputs))}
+    return verbatim.plan_step(STEP, _step_config(cfg), cfg, upstream)
 
 
 def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
@@ -61,7 +60,7 @@ def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
     can = canaries.require(cfg, planned)
     orgs = [o.name for o in cfg.datasets.organizations]
     opts = clone_stats.clone_options(cfg)
-    scored = {n: models[n] for n in collaboration.model_refs(cfg, planned)}  # every model
+    scored = {n: models[n] for n in collaboration.model_names(cfg)}  # every model
     chosen = {n: models[n] for n in rq2_models(cfg)}
 
     def produce(out: Path) -> dict:

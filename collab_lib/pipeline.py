@@ -9,8 +9,8 @@ torch, transformers or Flower (each step imports those where it trains or scores
   plans of the steps before it and reads nothing else, so a key is computed once and handed
   down. One fact depends on data rather than the config: which two organizations form the
   RQ3 pair when the profile gives neither the pair nor every size
-  (:func:`collab_lib.datasets.rq3_pair` reads the datasets' summary); the steps whose
-  declaration says ``reads_data`` need the datasets built before they can be planned.
+  (:func:`collab_lib.datasets.rq3_pair` reads the datasets' summary), so from ``train`` on
+  (the roster) a step can be planned only once the datasets are built.
 - :func:`run` builds a step, handing it the plans it needs.
 - :func:`load` is the one door for reading: a step's result from the cache, or
   :class:`NotBuiltError` with the exact command that builds it. Notebooks read through it
@@ -45,7 +45,6 @@ class Step:
     description: str
     in_book: bool = True  # the book's notebooks read its artifacts
     across_seeds: bool = False  # runs once and combines every seed's results
-    reads_data: bool = False  # its plan needs the datasets built (the RQ3 pair; see above)
 
     @property
     def code(self) -> Any:
@@ -65,24 +64,23 @@ STEPS: dict[str, Step] = {
              "Type-1 clones within and across organizations (Figure 2, Table 7)"),
         Step("canaries", "canaries", "build_canaries", ("canaries",),
              "secrets planted in each organization's training split (memorization at any scale)"),
+        # from here on, the roster: planned once the datasets are built when it takes the RQ3
+        # pair from the data (datasets.rq3_pair)
         Step("train", "collaboration", "build_models", (),
-             "base model and the collaborative models (Flower for the federated ones)",
-             reads_data=True),
+             "base model and the collaborative models (Flower for the federated ones)"),
         Step("rq1", "evaluation", "build_rq1",
              ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org"),
-             "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)", reads_data=True),
+             "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)"),
         Step("rq2", "memorization", "build_rq2",
              ("table6", "table9", "table10", "exposure", "duplication", "memorized"),
-             "RQ2 memorization: Tables 6, 9, 10, canary exposure and extraction, duplication",
-             reads_data=True),
+             "RQ2 memorization: Tables 6, 9, 10, canary exposure and extraction, duplication"),
         Step("rq3", "cross_org", "build_rq3", ("table11", "table11_prompts"),
-             "RQ3 cross-organization clones memorized (Table 11)", reads_data=True),
+             "RQ3 cross-organization clones memorized (Table 11)"),
         Step("membership", "membership", "build_membership", ("table5", "membership_auc"),
-             "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC",
-             reads_data=True),
+             "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC"),
         Step("findings", "findings", "build_findings", ("findings",),
              "the paper's seven findings, each with a verdict computed from this run (all seeds)",
-             across_seeds=True, reads_data=True),
+             across_seeds=True),
     )
 }  # fmt: skip
 
@@ -91,30 +89,41 @@ def plans(cfg: Config) -> dict[str, dict[str, tuple[str, str]] | UserError]:
     """Every step's plan for ``cfg.seed``, each computed once and handed to the steps after
     it; a step that cannot be planned yet (the RQ3 pair needs the datasets) gets the error,
     and so do the steps after it."""
+    return _all_plans(cfg)[cfg.seed]
+
+
+def _all_plans(cfg: Config) -> dict[int, dict[str, dict | UserError]]:
+    """:func:`plans` for ``cfg.seed`` and each of ``cfg.run_seeds``, every seed planned once;
+    the steps across seeds are planned from all of them."""
     per_seed = {s: _seed_plans(cfg.with_seed(s)) for s in dict.fromkeys((cfg.seed, *cfg.run_seeds))}
-    out = dict(per_seed[cfg.seed])
     for step in STEPS.values():
-        if step.across_seeds:
-            failed = [e for s in cfg.run_seeds for e in _errors(per_seed[s])]
-            seeds = {s: _flat(per_seed[s]) for s in cfg.run_seeds} if not failed else {}
-            out[step.name] = failed[0] if failed else step.plan(cfg, seeds)
-    return out
+        if not step.across_seeds:
+            continue
+        failed = [e for s in cfg.run_seeds for e in _errors(per_seed[s])]
+        planned = failed[0] if failed else step.plan(cfg, _each_seed(per_seed, cfg.run_seeds))
+        for seed_plans in per_seed.values():
+            seed_plans[step.name] = planned
+    return per_seed
 
 
-def _seed_plans(cfg: Config) -> dict[str, dict | UserError]:
+def _seed_plans(cfg: Config, upto: str | None = None) -> dict[str, dict | UserError]:
+    """The per-seed steps' plans in order (up to and including ``upto``)."""
     out: dict[str, dict | UserError] = {}
     upstream: dict[str, tuple[str, str]] = {}
     for step in STEPS.values():
         if step.across_seeds:
             continue
-        if isinstance(failed := next(iter(_errors(out)), None), UserError):
-            out[step.name] = failed
-            continue
-        try:
-            out[step.name] = step.plan(cfg, upstream)
-            upstream |= out[step.name]
-        except UserError as exc:
-            out[step.name] = exc
+        failed = _errors(out)
+        if failed:
+            out[step.name] = failed[0]
+        else:
+            try:
+                out[step.name] = step.plan(cfg, upstream)
+                upstream |= out[step.name]
+            except UserError as exc:
+                out[step.name] = exc
+        if step.name == upto:
+            break
     return out
 
 
@@ -122,8 +131,13 @@ def _errors(planned: dict) -> list[UserError]:
     return [p for p in planned.values() if isinstance(p, UserError)]
 
 
+def _each_seed(per_seed: dict[int, dict], seeds: tuple[int, ...]) -> dict[int, dict]:
+    return {s: _flat(per_seed[s]) for s in seeds}
+
+
 def _flat(planned: dict[str, dict | UserError]) -> dict[str, tuple[str, str]]:
-    """Every artifact planned, by name (what a step's ``upstream`` and ``planned`` are)."""
+    """Every artifact planned, by name (what a step's ``upstream`` and ``planned`` are);
+    a step that could not be planned raises its error (it says what to run first)."""
     out: dict[str, tuple[str, str]] = {}
     for p in planned.values():
         if isinstance(p, UserError):
@@ -135,12 +149,10 @@ def _flat(planned: dict[str, dict | UserError]) -> dict[str, tuple[str, str]]:
 def planned_for(step: str, cfg: Config) -> dict:
     """What ``step`` is handed to build or read: the plans of every step up to it (for a step
     across seeds, each seed's plans)."""
-    s = STEPS[step]
-    if s.across_seeds:
-        return {seed: _flat(_seed_plans(cfg.with_seed(seed))) for seed in cfg.run_seeds}
-    planned = _seed_plans(cfg)
-    names = list(STEPS)
-    return _flat({n: planned[n] for n in names[: names.index(step) + 1]})
+    if STEPS[step].across_seeds:
+        per_seed = {s: _seed_plans(cfg.with_seed(s)) for s in cfg.run_seeds}
+        return _each_seed(per_seed, cfg.run_seeds)
+    return _flat(_seed_plans(cfg, upto=step))
 
 
 def run(step: str, cfg: Config, *, force: bool = False) -> list[Any]:
@@ -166,12 +178,7 @@ def load(step: str, cfg: Config) -> Any:
     """A step's result from the cache (the datasets, the models, or the step's artifact);
     :class:`NotBuiltError` names the command that builds it. Never builds anything."""
     s = STEPS[step]
-    try:
-        planned = planned_for(step, cfg)
-    except NotBuiltError:
-        raise
-    except UserError as exc:  # the RQ3 pair needs the datasets: say what to run
-        raise NotBuiltError(str(exc)) from None
+    planned = planned_for(step, cfg)
     if hasattr(s.code, "load"):
         return s.code.load(cfg, planned)
     if s.across_seeds:
@@ -183,33 +190,26 @@ def status(cfg: Config) -> list[dict[str, str]]:
     """One row per planned artifact: step, what, key and state (cached/missing/corrupt);
     with several seeds, every seed's artifacts (the findings' once)."""
     rows = []
-    for seed in cfg.run_seeds:
-        for row in _status(cfg.with_seed(seed)):
-            across = STEPS[row["step"]].across_seeds
+    for seed, seed_plans in _run_seed_plans(cfg):
+        for name, planned in seed_plans.items():
+            across = STEPS[name].across_seeds
             if across and seed != cfg.run_seeds[0]:
                 continue  # planned once, for all seeds
-            if len(cfg.run_seeds) > 1 and not across:
-                row["artifact"] += f" (seed {seed})"
-            rows.append(row)
+            tag = f" (seed {seed})" if len(cfg.run_seeds) > 1 and not across else ""
+            if isinstance(planned, UserError):  # e.g. the roster depends on the datasets
+                rows.append({"step": name, "artifact": str(planned) + tag, "key": "-",
+                             "state": "missing"})  # fmt: skip
+                continue
+            for what, (art_step, key) in planned.items():
+                rows.append({"step": name, "artifact": what + tag, "key": key,
+                             "state": artifacts.state(art_step, key)})  # fmt: skip
     return rows
 
 
-def _status(cfg: Config) -> list[dict[str, str]]:
-    rows = []
-    for name, planned in plans(cfg).items():
-        if isinstance(planned, UserError):  # e.g. which models to train depends on the datasets
-            rows.append({"step": name, "artifact": str(planned), "key": "-", "state": "missing"})
-            continue
-        for what, (art_step, key) in planned.items():
-            rows.append(
-                {
-                    "step": name,
-                    "artifact": what,
-                    "key": key,
-                    "state": artifacts.state(art_step, key),
-                }
-            )
-    return rows
+def _run_seed_plans(cfg: Config) -> list[tuple[int, dict[str, dict | UserError]]]:
+    """Each run seed's plans, every seed planned once."""
+    per_seed = _all_plans(cfg)
+    return [(seed, per_seed[seed]) for seed in cfg.run_seeds]
 
 
 def step_of_table(name: str) -> Step:
@@ -225,7 +225,7 @@ def table(name: str, cfg: Config) -> pd.DataFrame:
     step = step_of_table(name)
     planned = plans(cfg)[step.name]
     if isinstance(planned, UserError):
-        raise NotBuiltError(str(planned))
+        raise planned
     art = artifacts.load(*planned[step.name])
     if art is None:
         raise NotBuiltError(
@@ -238,8 +238,8 @@ def table(name: str, cfg: Config) -> pd.DataFrame:
 def planned_artifacts(cfg: Config) -> list[artifacts.Artifact]:
     """Every cached artifact the profile's steps use, with the inputs they were built from."""
     seen: dict[str, artifacts.Artifact] = {}
-    for seed in cfg.run_seeds:
-        for name, planned in plans(cfg.with_seed(seed)).items():
+    for _, seed_plans in _run_seed_plans(cfg):
+        for name, planned in seed_plans.items():
             if not STEPS[name].in_book or isinstance(planned, UserError):
                 continue
             for art_step, key in planned.values():

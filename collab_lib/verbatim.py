@@ -53,6 +53,11 @@ def input_refs(cfg: Config, upstream: dict) -> list[str]:
     return sorted([*refs, *collaboration.model_refs(cfg, upstream).values()])
 
 
+def plan_step(step: str, config: dict, cfg: Config, upstream: dict) -> dict[str, tuple]:
+    """The key of rq2 or rq3: ``config`` and the keys of :func:`input_refs`."""
+    return {step: (step, artifacts.artifact_key(step, config, input_refs(cfg, upstream)))}
+
+
 def step_config(cfg: Config, **extra) -> dict:
     """What an rq2 or rq3 artifact depends on beyond its inputs' keys."""
     return {"memorization": cfg.memorization, "clones": cfg.clones, "seed": cfg.seed,

@@ -5,7 +5,6 @@ import pytest
 import yaml
 
 from collab_lib import pipeline
-from collab_lib.clone_stats import table
 from collab_lib.config import load_config
 from collab_lib.datasets import MB
 from tests.conftest import make_org_dir, run_through
@@ -32,7 +31,7 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     cfg = load_config(profile)
     art = run_through("clones", cfg)
 
-    t7 = table(art, "table7").set_index(["scenario", "organizations"])
+    t7 = art.table("table7").set_index(["scenario", "organizations"])
     with_vendor = t7.loc[("with vendored code", "Google ∩ Microsoft")]
     natural = t7.loc[("natural (first-party only)", "Google ∩ Microsoft")]
     assert with_vendor["lines"] > 60 and with_vendor["blocks"] >= 1
@@ -48,7 +47,7 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     assert with_vendor["paper_shared_pct"] == pytest.approx(100 * 7_536 / 18_541_980, abs=1e-3)
 
     # Figure 2: each organization's own code; its vendored copies in a labelled row of their own
-    fig2 = table(art, "figure2").set_index("organization")
+    fig2 = art.table("figure2").set_index("organization")
     vendored_rows = [f"{o}: vendored copies (vendor)" for o in ("Google", "Microsoft")]
     assert list(fig2.index) == ["Google", "Microsoft", "Facebook", *vendored_rows]
     assert list(fig2["vendored"]) == [False] * 3 + [True] * 2

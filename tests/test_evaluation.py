@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 from collab_lib import evaluation
 from collab_lib.config import load_config
-from collab_lib.scoring import perplexity, token_losses_sum, token_stream, windows
 from collab_lib.model import build_tokenizer, init_model, load_tokenizer
+from collab_lib.scoring import perplexity, token_losses_sum, token_stream, windows
 
 TEXTS = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(40)]
 

@@ -27,7 +27,7 @@ def test_table8_has_every_model_and_the_base_model(course_cfg):
 @pytest.mark.slow
 def test_union_perplexity_is_the_token_weighted_mean_of_the_splits(course_cfg):
     art = pipeline.load("rq1", course_cfg)
-    by_org = evaluation.rq1_table(art, "perplexity_by_org").set_index("model")
+    by_org = art.table("perplexity_by_org").set_index("model")
     orgs = [o.name for o in course_cfg.datasets.organizations]
     files = pd.read_csv(art.file(evaluation.FILES))
     assert sorted(set(files["model"])) == sorted(by_org.index)
