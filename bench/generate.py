@@ -39,8 +39,9 @@ def build_model(shape: str, device: str, dtype: torch.dtype):
         config = gpt2_config(m, m.vocab_size)
     else:
         n_layer, n_embd, n_head, context, vocab = SHAPES[shape]
-        config = GPT2Config(vocab_size=vocab, n_positions=context, n_embd=n_embd,
-                            n_layer=n_layer, n_head=n_head)  # fmt: skip
+        config = GPT2Config(
+            vocab_size=vocab, n_positions=context, n_embd=n_embd, n_layer=n_layer, n_head=n_head
+        )
     return GPT2LMHeadModel(config).to(device=device, dtype=dtype).eval()
 
 
@@ -62,11 +63,18 @@ def hf_generate(model, rows: list[list[int]], cfg: SamplingConfig, pad: int) -> 
     for i, r in enumerate(rows):
         ids[i, width - len(r) :] = torch.tensor(r)
         mask[i, width - len(r) :] = 1
-    out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                         do_sample=True, temperature=cfg.temperature, top_p=cfg.top_p,
-                         top_k=cfg.top_k, max_new_tokens=cfg.max_new_tokens,
-                         min_new_tokens=cfg.max_new_tokens, pad_token_id=pad,
-                         eos_token_id=None)  # fmt: skip
+    out = model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=True,
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        top_k=cfg.top_k,
+        max_new_tokens=cfg.max_new_tokens,
+        min_new_tokens=cfg.max_new_tokens,
+        pad_token_id=pad,
+        eos_token_id=None,
+    )
     return (out.shape[1] - width) * len(rows)
 
 
@@ -105,8 +113,9 @@ def main() -> None:
     model = build_model(args.shape, args.device, getattr(torch, args.dtype))
     rows = prompts(args.batch, args.prompt, model.config.vocab_size, args.samples)
     cfg = SamplingConfig(temperature=0.6, top_p=0.6, top_k=50, max_new_tokens=args.new)
-    contenders = {"ours": ours} if args.skip_hf else {"transformers generate": hf_generate,
-                                                      "ours": ours}  # fmt: skip
+    contenders = (
+        {"ours": ours} if args.skip_hf else {"transformers generate": hf_generate, "ours": ours}
+    )
     warm = SamplingConfig(0.6, 0.6, 50, min(8, args.new))
     for fn in contenders.values():  # the same shapes: every prompt, a few tokens
         fn(model, rows, warm, 0)

@@ -29,8 +29,12 @@ def exposure_models(cfg) -> list[str]:
     """The base model, each single-organization model, the union models and two orders."""
     specs = [s for s in collaboration.roster(cfg) if s.rq == "RQ1/RQ2"]
     incremental = [s.name for s in specs if s.setting == "incremental"]
-    return ["base model", *(s.name for s in specs if s.setting != "incremental"),
-            incremental[0], incremental[-1]]  # fmt: skip
+    return [
+        "base model",
+        *(s.name for s in specs if s.setting != "incremental"),
+        incremental[0],
+        incremental[-1],
+    ]
 
 
 def main() -> None:
@@ -58,8 +62,10 @@ def main() -> None:
     planted = canaries.planted(can)
     alternatives = json.loads(can.file("alternatives.json").read_text())
     counts = sorted({p["count"] for p in planted})
-    print(f"\nmean exposure (bits) of each organization's canaries, by count; "
-          f"{args.alternatives} alternatives")  # fmt: skip
+    print(
+        f"\nmean exposure (bits) of each organization's canaries, by count; "
+        f"{args.alternatives} alternatives"
+    )
     header = "".join(f"{cfg.org(o).short} x{c:<5}" for o in ds.corpora for c in counts)
     print(f"  {'model':22} {header}")
     for name in exposure_models(cfg):
@@ -70,8 +76,10 @@ def main() -> None:
                 if not mine:
                     cells.append(f"{'-':8}")
                     continue
-                e = [exposure(loaded[name], tok, p, alternatives[p["format"]][: args.alternatives])
-                     for p in mine]  # fmt: skip
+                e = [
+                    exposure(loaded[name], tok, p, alternatives[p["format"]][: args.alternatives])
+                    for p in mine
+                ]
                 cells.append(f"{statistics.mean(e):<8.2f}")
         print(f"  {name:22} {''.join(cells)}")
     print(f"\n({time.perf_counter() - start:.0f} s)")

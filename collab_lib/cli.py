@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from collab_lib import pipeline
-from collab_lib.book import build_book
-from collab_lib.config import UserError, load_config, parse_overrides
+from collab_lib.book import SETTINGS_FILE, build_book, build_dir
+from collab_lib.config import UserError, load_config, settings_digest, settings_text
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -50,6 +50,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("status", help="what is cached and what would run")
     sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sp.add_argument(
+        "--settings",
+        action="store_true",
+        help="print the resolved settings (YAML) that `book` hands its chapters",
+    )
     with_profile(sp)
 
     sp = sub.add_parser("models", help="each trained model's name and checkpoint directory")
@@ -90,8 +95,11 @@ def _parser() -> argparse.ArgumentParser:
         "sandbox of the profile's evaluation settings (README: 'RQ1').",
     )
     sp.add_argument("samples", metavar="SAMPLES.jsonl")
-    sp.add_argument("--benchmark", choices=["humaneval", "humaneval+"],
-                    help="default: the profile's evaluation.benchmark")  # fmt: skip
+    sp.add_argument(
+        "--benchmark",
+        choices=["humaneval", "humaneval+"],
+        help="default: the profile's evaluation.benchmark",
+    )
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     with_profile(sp)
 
@@ -136,13 +144,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "evaluate":
             return _evaluate(cfg, args)
         elif args.command == "status":
-            _print_status(pipeline.status(cfg), as_json=args.json)
+            _print_status(cfg, as_json=args.json, settings=args.settings)
         elif args.command == "export":
             return _export(cfg, Path(args.file))
         elif args.command == "book":
-            overrides = parse_overrides(args.overrides)  # papermill passes them as a dict
-            index = build_book(args.profile, overrides, run_steps=not args.no_run)
-            print(f"book built: {index}")
+            index = build_book(cfg, run_steps=not args.no_run)
+            settings = build_dir(cfg) / SETTINGS_FILE
+            print(f"book built: {index}\nits settings ({settings_digest(cfg)}): {settings}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -168,8 +176,10 @@ def _print_models(cfg) -> int:
         else:
             print(f"{spec.name}\t{art.path / 'model'}")
     if missing:
-        print(f"not built: {', '.join(missing)} (run `{cfg.command('run', 'train')}`)",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"not built: {', '.join(missing)} (run `{cfg.command('run', 'train')}`)",
+            file=sys.stderr,
+        )
         return 1
     return 0
 
@@ -200,9 +210,17 @@ def _evaluate(cfg, args: argparse.Namespace) -> int:
     scores = benchmarks.pass_at_k(results, evaluation.KS)
     if args.json:
         keep = ("task_id", "index", "passed", "status")
-        print(json.dumps({"benchmark": bench.version, "isolation": isolation,
-                          "samples": [{k: r[k] for k in keep} for r in results],
-                          "pass_at_k": scores}, indent=1))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "benchmark": bench.version,
+                    "isolation": isolation,
+                    "samples": [{k: r[k] for k in keep} for r in results],
+                    "pass_at_k": scores,
+                },
+                indent=1,
+            )
+        )
         return 0
     for s, r in zip(samples, results, strict=True):
         detail = f" ({r['detail']})" if r["detail"] and r["status"] != "pass" else ""
@@ -247,7 +265,11 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_status(rows: list[dict[str, str]], as_json: bool) -> None:
+def _print_status(cfg, as_json: bool, settings: bool) -> None:
+    if settings:
+        print(settings_text(cfg), end="")
+        return
+    rows = pipeline.status(cfg)
     if as_json:
         print(json.dumps(rows, indent=1))
         return
@@ -256,15 +278,18 @@ def _print_status(rows: list[dict[str, str]], as_json: bool) -> None:
         print(f"{r['step']:<10} {r['artifact']:<{width}} {r['key']}  {r['state']}")
     todo = list(dict.fromkeys(r["step"] for r in rows if r["state"] != "cached"))
     print("would run: " + (", ".join(todo) if todo else "nothing (everything is cached)"))
+    print(f"settings {settings_digest(cfg)}: `{cfg.command('status', '--settings')}` prints them")
 
 
 def _export(cfg, path: Path) -> int:
     from collab_lib import exchange
 
     index = exchange.export_run(cfg, path)
-    print(f"exported {len(index['artifacts'])} artifacts of profile {cfg.profile} (seeds "
-          f"{', '.join(map(str, index['seeds']))}) to {path}: {index['bytes'] / 1e6:.1f} MB; "
-          f"{index['left_home_bytes'] / 1e6:.1f} MB of weights and code stay here")  # fmt: skip
+    print(
+        f"exported {len(index['artifacts'])} artifacts of profile {cfg.profile} (seeds "
+        f"{', '.join(map(str, index['seeds']))}) to {path}: {index['bytes'] / 1e6:.1f} MB; "
+        f"{index['left_home_bytes'] / 1e6:.1f} MB of weights and code stay here"
+    )
     return 0
 
 
@@ -275,8 +300,10 @@ def _import(path: Path) -> int:
     where = index["machine"]
     on = where.get("gpu") or where.get("cpu")
     sets = "".join(f" --set {o}" for o in index["overrides"])
-    print(f"imported {index['added']} artifacts ({index['already_here']} already here) of "
-          f"profile {index['profile']}, run on {on} ({where.get('platform')}) at "
-          f"{index['created_utc']}.\nBuild its book: python -m collab_lib book --profile "
-          f"{index['profile']}{sets} --no-run")  # fmt: skip
+    print(
+        f"imported {index['added']} artifacts ({index['already_here']} already here) of "
+        f"profile {index['profile']}, run on {on} ({where.get('platform')}) at "
+        f"{index['created_utc']}.\nBuild its book: python -m collab_lib book --profile "
+        f"{index['profile']}{sets} --no-run"
+    )
     return 0

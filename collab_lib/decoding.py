@@ -142,9 +142,13 @@ class CacheDecoder:
 
     def step(self, tok, pos) -> torch.Tensor:
         self.mask = torch.cat([self.mask, self.mask.new_ones((len(tok), 1))], dim=1)
-        r = self.model(input_ids=tok[:, None], attention_mask=self.mask,
-                       position_ids=pos[:, None], past_key_values=self.cache,
-                       use_cache=True)  # fmt: skip
+        r = self.model(
+            input_ids=tok[:, None],
+            attention_mask=self.mask,
+            position_ids=pos[:, None],
+            past_key_values=self.cache,
+            use_cache=True,
+        )
         self.cache = r.past_key_values
         return r.logits[:, -1]
 
@@ -166,9 +170,13 @@ class GPT2Decoder(CacheDecoder):
     @staticmethod
     def fits(model) -> bool:
         c = getattr(model, "config", None)
-        return (getattr(c, "model_type", None) == "gpt2" and c.scale_attn_weights
-                and not c.scale_attn_by_inverse_layer_idx and not c.reorder_and_upcast_attn
-                and not model.training)  # fmt: skip
+        return (
+            getattr(c, "model_type", None) == "gpt2"
+            and c.scale_attn_weights
+            and not c.scale_attn_by_inverse_layer_idx
+            and not c.reorder_and_upcast_attn
+            and not model.training
+        )
 
     def __init__(self, model, max_new_tokens: int) -> None:
         super().__init__(model, max_new_tokens)
@@ -282,8 +290,14 @@ def sample_texts(
     out, new_tokens = [], 0
     for b in tqdm(range(0, len(rows), batch_size), desc=desc, leave=False):
         texts.clear()
-        gen = generate(model, rows[b : b + batch_size], cfg, eos_id=tok.eos_token_id,
-                       stop_check=stop_check, seed=seed * 1_000_003 + b)  # fmt: skip
+        gen = generate(
+            model,
+            rows[b : b + batch_size],
+            cfg,
+            eos_id=tok.eos_token_id,
+            stop_check=stop_check,
+            seed=seed * 1_000_003 + b,
+        )
         new_tokens += sum(len(g) for g in gen)
         for g in gen:
             text = tok.decode(g, skip_special_tokens=True)

@@ -25,15 +25,17 @@ FILE_UNITS = "units_files.csv"
 DUPLICATION_COLUMNS = ["organization", "split", "file", "lines", "loss_sum", "tokens"]
 
 
-def measure_duplication(cfg: Config, models: dict, ds, opts: CloneOptions, out: Path,
-                        force: bool) -> tuple[list[str], dict[str, int]]:  # fmt: skip
+def measure_duplication(
+    cfg: Config, models: dict, ds, opts: CloneOptions, out: Path, force: bool
+) -> tuple[list[str], dict[str, int]]:
     """Table ``duplication`` and its units from every model's losses on clone and other lines
     (the base model and ``memorization.models``); returns the losses' refs and the tokens
     scored per organization and split."""
     tok = verbatim.tokenizer(models[BASE])
     orgs = [o.name for o in cfg.datasets.organizations]
-    lines = {(o, s): line_sample(ds, tok, o, s, opts, cfg)
-             for o in orgs for s in ("train", "validation")}  # fmt: skip
+    lines = {
+        (o, s): line_sample(ds, tok, o, s, opts, cfg) for o in orgs for s in ("train", "validation")
+    }
     losses, parts = {}, []
     for name in tqdm(list(models), desc="duplication"):
         art = duplication_artifact(cfg, models[name], ds.artifact.ref, lines, force)
@@ -80,8 +82,13 @@ def line_sample(ds, tok, org: str, split: str, opts: CloneOptions, cfg: Config) 
         kind += kinds.tolist() + [0]
         file_of += [len(files)] * (len(kinds) + 1)
         files.append(path)
-    return {"ids": ids, "file": np.array(file_of, np.int64), "kind": np.array(kind, np.int8),
-            "files": files, "tokens": len(ids)}  # fmt: skip
+    return {
+        "ids": ids,
+        "file": np.array(file_of, np.int64),
+        "kind": np.array(kind, np.int8),
+        "files": files,
+        "tokens": len(ids),
+    }
 
 
 def line_of_tokens(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
@@ -101,9 +108,14 @@ def line_of_tokens(text: str, offsets: list[tuple[int, int]]) -> np.ndarray:
 
 def duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, force: bool):
     """One model's summed loss and tokens on clone and other lines of each file sampled."""
-    config = {"tokens": cfg.memorization.duplication_tokens, "context": cfg.model.context,
-              "stride": cfg.perplexity_stride, "clones": cfg.clones,
-              "seed": cfg.seed, "version": verbatim.VERSION}  # fmt: skip
+    config = {
+        "tokens": cfg.memorization.duplication_tokens,
+        "context": cfg.model.context,
+        "stride": cfg.perplexity_stride,
+        "clones": cfg.clones,
+        "seed": cfg.seed,
+        "version": verbatim.VERSION,
+    }
 
     def produce(out: Path) -> dict:
         from collab_lib.scoring import load_model, token_losses
@@ -115,9 +127,13 @@ def duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, for
                 continue
             losses = token_losses(model, sample["ids"], cfg.model.context, cfg.perplexity_stride)
             keep = (sample["kind"] > 0) & ~np.isnan(losses)
-            frame = pd.DataFrame({"file": np.array(sample["files"])[sample["file"][keep]],
-                                  "lines": np.array(CLASSES)[sample["kind"][keep]],
-                                  "loss": losses[keep]})  # fmt: skip
+            frame = pd.DataFrame(
+                {
+                    "file": np.array(sample["files"])[sample["file"][keep]],
+                    "lines": np.array(CLASSES)[sample["kind"][keep]],
+                    "loss": losses[keep],
+                }
+            )
             g = frame.groupby(["file", "lines"])["loss"].agg(loss_sum="sum", tokens="size")
             frames.append(g.reset_index().assign(organization=org, split=split))
         cols = DUPLICATION_COLUMNS
@@ -125,8 +141,7 @@ def duplication_artifact(cfg: Config, model_art, ds_ref: str, samples: dict, for
         table.to_csv(out / "losses.csv", index=False)
         return {"rows": sum(len(f) for f in frames)}
 
-    return artifacts.build(DUPLICATION_STEP, config, produce, [model_art.ref, ds_ref],
-                           force=force)  # fmt: skip
+    return artifacts.build(DUPLICATION_STEP, config, produce, [model_art.ref, ds_ref], force=force)
 
 
 def duplication_table(losses: dict[str, pd.DataFrame]) -> pd.DataFrame:

@@ -30,16 +30,26 @@ STEP = "rq1"
 PPL_STEP, SAMPLES_STEP, EXEC_STEP, HARNESS_STEP = "perplexity", "samples", "executions", "harness"
 FILES = "perplexity_files.csv"  # loss and tokens per model and validation file
 BASE = collaboration.BASE  # the row standing where the paper has "GPT-2"
-GROUPS = {"single": "Baseline", "centralized": "Synchronous", "federated": "Synchronous",
-          "incremental": "Asynchronous"}  # fmt: skip
+GROUPS = {
+    "single": "Baseline",
+    "centralized": "Synchronous",
+    "federated": "Synchronous",
+    "incremental": "Asynchronous",
+}
 KS = (1, 10, 100)
 
 
 def _step_config(cfg: Config) -> dict:
     # whether bubblewrap is here changes what a hostile sample can do, so it is in the key
-    return {"evaluation": cfg.evaluation, "context": cfg.model.context, "seed": cfg.seed,
-            "bubblewrap": sandbox.bubblewrap() is not None, "sandbox": sandbox.VERSION,
-            "sampler": sampling.VERSION, "perplexity": PPL_VERSION}  # fmt: skip
+    return {
+        "evaluation": cfg.evaluation,
+        "context": cfg.model.context,
+        "seed": cfg.seed,
+        "bubblewrap": sandbox.bubblewrap() is not None,
+        "sandbox": sandbox.VERSION,
+        "sampler": sampling.VERSION,
+        "perplexity": PPL_VERSION,
+    }
 
 
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
@@ -63,8 +73,10 @@ def build_rq1(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
 
     def produce(out: Path) -> dict:
         val = {o.name: ds.documents(o.name, "validation") for o in cfg.datasets.organizations}
-        ppl_arts = {name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
-                    for name in tqdm(refs, desc="perplexity")}  # fmt: skip
+        ppl_arts = {
+            name: _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, force)
+            for name in tqdm(refs, desc="perplexity")
+        }
         bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
         problems = list(bench.problems)[: e.problems]
         runner = _LazySandbox(cfg)
@@ -92,25 +104,31 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
             parts += [s_art.ref, x_art.ref]
             fitted = s_art.metrics["prompts_cut"]
             results = artifacts.read_jsonl(x_art.file("results.jsonl"))
-            rows.append({"model": name, "temperature": t,
-                         **benchmarks.pass_at_k(results, KS)})  # fmt: skip
+            rows.append({"model": name, "temperature": t, **benchmarks.pass_at_k(results, KS)})
     isolation = runner.isolation or harness.metrics["isolation"]
     by_temp = pd.DataFrame(rows)
     table8(cfg, ppl, by_temp).to_csv(out / "table8.csv", index=False)
-    pd.read_csv(harness.file("table8_harness.csv")).to_csv(out / "table8_harness.csv",
-                                                           index=False)  # fmt: skip
+    pd.read_csv(harness.file("table8_harness.csv")).to_csv(out / "table8_harness.csv", index=False)
     by_temp.to_csv(out / "table8_temperatures.csv", index=False)
     _by_org(ppl).to_csv(out / "perplexity_by_org.csv", index=False)
     # per validation file: what the findings resample (and what an export carries)
     files = pd.concat([f.assign(model=name) for name, f in ppl.items()], ignore_index=True)
     cols = ["model", "organization", "file", "loss_sum", "tokens"]
     files[cols].to_csv(out / FILES, index=False)
-    return {"benchmark": bench.version, "benchmark_sha256": bench.sha256,
-            "problems": len(problems), "n_samples": e.n_samples,
-            "temperatures": list(e.temperatures), "isolation": isolation,
-            "pass_models": pass_models(cfg), "stride": cfg.perplexity_stride,
-            "stops": list(benchmarks.STOPS), "parts": parts, "prompts_fitted": fitted,
-            "prompt_room": cfg.model.context - max_new_tokens(cfg)}  # fmt: skip
+    return {
+        "benchmark": bench.version,
+        "benchmark_sha256": bench.sha256,
+        "problems": len(problems),
+        "n_samples": e.n_samples,
+        "temperatures": list(e.temperatures),
+        "isolation": isolation,
+        "pass_models": pass_models(cfg),
+        "stride": cfg.perplexity_stride,
+        "stops": list(benchmarks.STOPS),
+        "parts": parts,
+        "prompts_fitted": fitted,
+        "prompt_room": cfg.model.context - max_new_tokens(cfg),
+    }
 
 
 def max_new_tokens(cfg: Config) -> int:
@@ -132,8 +150,7 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[dict]]
     counts for the file it belongs to (a file's EOS included), so the per-file rows add up to
     the organization's stream exactly, and the findings can resample files.
     """
-    config = {"context": cfg.model.context, "stride": cfg.perplexity_stride,
-              "version": PPL_VERSION}  # fmt: skip
+    config = {"context": cfg.model.context, "stride": cfg.perplexity_stride, "version": PPL_VERSION}
 
     def produce(out: Path) -> dict:
         from collab_lib.scoring import load_model, token_losses, token_stream
@@ -163,11 +180,20 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[dict]]
 def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: float, force):
     """``n_samples`` completions of each problem at one temperature (EvalPlus's format)."""
     e = cfg.evaluation
-    config = {"benchmark": bench.sha256, "problems": problems, "n": e.n_samples,
-              "temperature": temperature, "top_p": e.top_p, "top_k": e.top_k,
-              "max_new_tokens": max_new_tokens(cfg), "batch_size": e.batch_size,
-              "context": cfg.model.context, "seed": cfg.seed,
-              "prompt_fit": "def line kept", "sampler": sampling.VERSION}  # fmt: skip
+    config = {
+        "benchmark": bench.sha256,
+        "problems": problems,
+        "n": e.n_samples,
+        "temperature": temperature,
+        "top_p": e.top_p,
+        "top_k": e.top_k,
+        "max_new_tokens": max_new_tokens(cfg),
+        "batch_size": e.batch_size,
+        "context": cfg.model.context,
+        "seed": cfg.seed,
+        "prompt_fit": "def line kept",
+        "sampler": sampling.VERSION,
+    }
 
     def produce(out: Path) -> dict:
         from collab_lib.scoring import load_model
@@ -175,17 +201,26 @@ def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: f
         model, tok = load_model(model_art)
         sc = sampling.SamplingConfig(temperature, e.top_p, e.top_k, max_new_tokens(cfg))
         prompts = [(bench.problems[p].prompt, bench.problems[p].entry_point) for p in problems]
-        completions, stats = complete(model, tok, prompts,
-                                      e.n_samples, sc, cfg.model.context, e.batch_size,
-                                      seed=cfg.seed)  # fmt: skip
+        completions, stats = complete(
+            model, tok, prompts, e.n_samples, sc, cfg.model.context, e.batch_size, seed=cfg.seed
+        )
         with open(out / "samples.jsonl", "w", encoding="utf-8") as fh:
             for i, text in enumerate(completions):
-                fh.write(json.dumps({"task_id": problems[i // e.n_samples], "completion": text,
-                                     "temperature": temperature}) + "\n")  # fmt: skip
+                fh.write(
+                    json.dumps(
+                        {
+                            "task_id": problems[i // e.n_samples],
+                            "completion": text,
+                            "temperature": temperature,
+                        }
+                    )
+                    + "\n"
+                )
         return stats
 
-    return artifacts.build(SAMPLES_STEP, config, produce, [model_art.ref], seed=cfg.seed,
-                           force=force)  # fmt: skip
+    return artifacts.build(
+        SAMPLES_STEP, config, produce, [model_art.ref], seed=cfg.seed, force=force
+    )
 
 
 def fit_prompt(prompt: str, entry_point: str, tok, room: int) -> list[int]:
@@ -210,22 +245,31 @@ def fit_prompt(prompt: str, entry_point: str, tok, room: int) -> list[int]:
     return head + tail[-keep:] if keep > 0 else ids[-room:]
 
 
-def complete(model, tok, prompts: list[tuple[str, str]], n: int, sc, context: int,
-             batch_size: int, seed: int) -> tuple[list[str], dict]:  # fmt: skip
+def complete(
+    model, tok, prompts: list[tuple[str, str]], n: int, sc, context: int, batch_size: int, seed: int
+) -> tuple[list[str], dict]:
     """``n`` completions of each ``(prompt, entry_point)``, cut at :data:`benchmarks.STOPS`,
     prompt-major. A prompt longer than ``context - max_new_tokens`` tokens is fitted by
     :func:`fit_prompt`; how many were is in the returned stats."""
     room = max(1, context - sc.max_new_tokens)
     full = [tok(p, verbose=False)["input_ids"] for p, _ in prompts]
-    fitted = [ids if len(ids) <= room else fit_prompt(p, entry, tok, room)
-              for ids, (p, entry) in zip(full, prompts, strict=True)]  # fmt: skip
+    fitted = [
+        ids if len(ids) <= room else fit_prompt(p, entry, tok, room)
+        for ids, (p, entry) in zip(full, prompts, strict=True)
+    ]
     cut = sum(len(ids) > room for ids in full)
     from collab_lib.decoding import sample_texts
 
     out, new_tokens = sample_texts(
-        model, tok, fitted, n, sc, cut=partial(sampling.first_stop, stops=benchmarks.STOPS),
-        batch_size=batch_size, seed=seed,
-    )  # fmt: skip
+        model,
+        tok,
+        fitted,
+        n,
+        sc,
+        cut=partial(sampling.first_stop, stops=benchmarks.STOPS),
+        batch_size=batch_size,
+        seed=seed,
+    )
     return out, {"prompts_cut": cut, "new_tokens": new_tokens, "sequences": len(out)}
 
 
@@ -266,9 +310,14 @@ def make_sandbox(cfg: Config) -> sandbox.Sandbox:
 
 def _sandbox_config(cfg: Config, bench) -> dict:
     e = cfg.evaluation
-    return {"benchmark": bench.sha256, "timeout_s": e.timeout_s, "memory_mb": e.memory_mb,
-            "python": e.sandbox_python, "bubblewrap": sandbox.bubblewrap() is not None,
-            "sandbox": sandbox.VERSION}  # fmt: skip
+    return {
+        "benchmark": bench.sha256,
+        "timeout_s": e.timeout_s,
+        "memory_mb": e.memory_mb,
+        "python": e.sandbox_python,
+        "bubblewrap": sandbox.bubblewrap() is not None,
+        "sandbox": sandbox.VERSION,
+    }
 
 
 def _executions_artifact(cfg, samples_art, bench, runner: _LazySandbox, force: bool):
@@ -282,8 +331,9 @@ def _executions_artifact(cfg, samples_art, bench, runner: _LazySandbox, force: b
         counts = pd.Series([r["status"] for r in results]).value_counts().to_dict()
         return {"statuses": counts, "isolation": runner.isolation}
 
-    return artifacts.build(EXEC_STEP, _sandbox_config(cfg, bench), produce, [samples_art.ref],
-                           force=force)  # fmt: skip
+    return artifacts.build(
+        EXEC_STEP, _sandbox_config(cfg, bench), produce, [samples_art.ref], force=force
+    )
 
 
 HARNESS_ROWS = ("canonical solutions", "always wrong", "always times out")
@@ -293,12 +343,15 @@ def harness_samples(bench, problems: list[str], timeouts: int) -> dict[str, list
     """The check rows' samples: each problem's canonical solution, a wrong completion, and
     one that loops forever (on the first ``timeouts`` problems: each costs the timeout)."""
     return {
-        "canonical solutions": [{"task_id": p, "completion": bench.problems[p].canonical_solution}
-                                for p in problems],
+        "canonical solutions": [
+            {"task_id": p, "completion": bench.problems[p].canonical_solution} for p in problems
+        ],
         "always wrong": [{"task_id": p, "completion": "    return None\n"} for p in problems],
-        "always times out": [{"task_id": p, "completion": "    while True:\n        pass\n"}
-                             for p in problems[:timeouts]],
-    }  # fmt: skip
+        "always times out": [
+            {"task_id": p, "completion": "    while True:\n        pass\n"}
+            for p in problems[:timeouts]
+        ],
+    }
 
 
 def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, force: bool):
@@ -311,11 +364,16 @@ def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, for
         for check, samples in harness_samples(bench, problems, e.harness_timeouts).items():
             results = benchmarks.score(bench, samples, runner.get())
             statuses = pd.Series([r["status"] for r in results]).value_counts()
-            rows.append({"check": check, "problems": len(samples), "samples": len(samples),
-                         "pass@1 (%)": 100 * benchmarks.pass_at_k(results, (1,))["pass@1"],
-                         "expected (%)": expected[check],
-                         "statuses": ", ".join(f"{k} {v}" for k, v in statuses.items()),
-                         })  # fmt: skip
+            rows.append(
+                {
+                    "check": check,
+                    "problems": len(samples),
+                    "samples": len(samples),
+                    "pass@1 (%)": 100 * benchmarks.pass_at_k(results, (1,))["pass@1"],
+                    "expected (%)": expected[check],
+                    "statuses": ", ".join(f"{k} {v}" for k, v in statuses.items()),
+                }
+            )
         pd.DataFrame(rows).to_csv(out / "table8_harness.csv", index=False)
         return {"isolation": runner.isolation}
 
@@ -332,8 +390,11 @@ def table8(cfg: Config, ppl: dict[str, pd.DataFrame], by_temp: pd.DataFrame) -> 
         group = "Baseline" if spec is None else GROUPS[spec.setting]
         if spec is not None and spec.rq == "RQ3":
             group = "RQ3 pair"
-        row = {"group": group, "model": name,
-               "perplexity": math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())}  # fmt: skip
+        row = {
+            "group": group,
+            "model": name,
+            "perplexity": math.exp(frame["loss_sum"].sum() / frame["tokens"].sum()),
+        }
         mine = by_temp[by_temp["model"] == name] if len(by_temp) else by_temp
         for k in KS:
             col = f"pass@{k}"
@@ -401,7 +462,7 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
             "perplexity",
             f"windows of {art.manifest['config']['context']} tokens, stride "
             f"{m['stride']}, each token scored once",
-        ),  # fmt: skip
+        ),
         ("isolation of generated code", m["isolation"]),
         ("per-sample limits", f"{c['timeout_s']:g} s wall clock, {c['memory_mb']} MB"),
     ]
@@ -419,9 +480,12 @@ def table8_view(table: pd.DataFrame) -> pd.DataFrame:
     def col(name: str) -> pd.Series:
         return table[name] if name in table else pd.Series([float("nan")] * len(table))
 
-    out = {("group", ""): table["group"], ("model", ""): table["model"],
-           ("perplexity", "ours"): fmt(table["perplexity"], 2),
-           ("perplexity", "paper"): fmt(col("paper perplexity"), 2)}  # fmt: skip
+    out = {
+        ("group", ""): table["group"],
+        ("model", ""): table["model"],
+        ("perplexity", "ours"): fmt(table["perplexity"], 2),
+        ("perplexity", "paper"): fmt(col("paper perplexity"), 2),
+    }
     for k in KS:
         out[(f"pass@{k} %", "ours")] = fmt(col(f"pass@{k} (%)"), 3)
         out[(f"pass@{k} %", "best T")] = fmt(col(f"T pass@{k}"), 1)

@@ -118,8 +118,9 @@ def _artifacts_in(tar: tarfile.TarFile, path: Path) -> dict[str, list[tarfile.Ta
     return groups
 
 
-def _place(tar: tarfile.TarFile, members: list[tarfile.TarInfo], step: str, key: str,
-           base: Path) -> None:  # fmt: skip
+def _place(
+    tar: tarfile.TarFile, members: list[tarfile.TarInfo], step: str, key: str, base: Path
+) -> None:
     """Write one artifact beside its final place, then rename it in (never half there)."""
     tmp = base / step / f".tmp-import-{key}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)

@@ -39,8 +39,15 @@ def measure_exposures(cfg: Config, models, can, out: Path, force: bool) -> list:
         exposures[name] = pd.read_csv(art.file("exposure.csv"))
     exposure_table(exposures).to_csv(out / "exposure.csv", index=False)
     per_canary = pd.concat([e.assign(model=n) for n, e in exposures.items()], ignore_index=True)
-    cols = ["model", "canary", "organization", "count", "rank_exposure", "extrapolated_exposure",
-            "extracted"]  # fmt: skip
+    cols = [
+        "model",
+        "canary",
+        "organization",
+        "count",
+        "rank_exposure",
+        "extrapolated_exposure",
+        "extracted",
+    ]
     per_canary.reindex(columns=cols).to_csv(out / CANARY_UNITS, index=False)
     return parts
 
@@ -69,8 +76,9 @@ def extrapolated_exposure(secret_loss: float, alternative_losses: np.ndarray) ->
     log_p = -math.inf
     if abs(gamma) < 0.99:
         g = abs(gamma) ** (2 / 3)
-        delta = math.copysign(math.sqrt(math.pi / 2 * g / (g + ((4 - math.pi) / 2) ** (2 / 3))),
-                              gamma)  # fmt: skip
+        delta = math.copysign(
+            math.sqrt(math.pi / 2 * g / (g + ((4 - math.pi) / 2) ** (2 / 3))), gamma
+        )
         omega = sd / math.sqrt(1 - 2 * delta**2 / math.pi)
         xi = mean - omega * delta * math.sqrt(2 / math.pi)
         alpha = delta / math.sqrt(1 - delta**2)
@@ -98,9 +106,13 @@ EXPOSURE_COLUMNS = [
 def exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, force: bool):
     """One model's exposure and greedy extraction of every canary (``exposure.csv``)."""
     n_alt = cfg.memorization.alternatives
-    config = {"alternatives": n_alt, "method": "secret tokens after the prefix",
-              "fit": "moments, else normal", "sampler": sampling.VERSION,
-              "version": verbatim.VERSION}  # fmt: skip
+    config = {
+        "alternatives": n_alt,
+        "method": "secret tokens after the prefix",
+        "fit": "moments, else normal",
+        "sampler": sampling.VERSION,
+        "version": verbatim.VERSION,
+    }
 
     def produce(out: Path) -> dict:
         from collab_lib.scoring import load_model, suffix_losses
@@ -156,9 +168,19 @@ def exposure_table(exposures: dict[str, pd.DataFrame]) -> pd.DataFrame:
     emits (``extracted``) and that emit any planted secret (``leaked``)."""
     base = exposures[BASE].set_index("canary")
     rows = []
-    columns = ["model", "organization", "count", "canaries", "candidates", "rank exposure",
-               "rank exposure - base", "extrapolated exposure", "extrapolated exposure - base",
-               "extracted (%)", "leaked (%)"]  # fmt: skip
+    columns = [
+        "model",
+        "organization",
+        "count",
+        "canaries",
+        "candidates",
+        "rank exposure",
+        "rank exposure - base",
+        "extrapolated exposure",
+        "extrapolated exposure - base",
+        "extracted (%)",
+        "leaked (%)",
+    ]
     for name, frame in exposures.items():
         f = frame.set_index("canary")
         for (org, count), g in f.groupby(["organization", "count"], sort=True):

@@ -42,16 +42,33 @@ STEP = "findings"
 VERSION = 5  # 5: the unit of each statistic, ours and the paper's
 BASE = collaboration.BASE
 INPUTS = ("datasets", "clones", "rq1", "rq2", "rq3")  # the artifacts of each seed it reads
-COLUMNS = ["finding", "claim", "measure", "statistic", "rule", "paper", "paper value",
-           "paper unit", "estimate", "low", "high", "unit", "seed spread", "seeds", "verdict",
-           "why"]  # fmt: skip
+COLUMNS = [
+    "finding",
+    "claim",
+    "measure",
+    "statistic",
+    "rule",
+    "paper",
+    "paper value",
+    "paper unit",
+    "estimate",
+    "low",
+    "high",
+    "unit",
+    "seed spread",
+    "seeds",
+    "verdict",
+    "why",
+]
 HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive"
 # The units of the statistics: a finding measured by another metric than the paper's (canary
 # exposure where no line was memorized verbatim) is not on the paper's scale.
 NATS, SHARE, POINTS, BITS = "nats/token", "share", "% points", "bits"
-NO_CANARIES = ("the paper's metric found no memorized line, and no canaries are planted "
-               "(canaries.enabled is false, as in the paper profile) to measure exposure "
-               "instead")  # fmt: skip
+NO_CANARIES = (
+    "the paper's metric found no memorized line, and no canaries are planted "
+    "(canaries.enabled is false, as in the paper profile) to measure exposure "
+    "instead"
+)
 
 
 # --------------------------------------------------------------------------- one seed's run
@@ -250,8 +267,11 @@ def _collaborative(run: Run) -> list[str]:
     """The collaborative models on all organizations that rq2 measured."""
     settings = ("centralized", "federated", "incremental")
     measured = set(run.prompts.get("model", [])) | set(run.duplication.get("model", []))
-    return [s.name for s in run.roster if s.setting in settings and s.rq == "RQ1/RQ2"
-            and s.name in measured]  # fmt: skip
+    return [
+        s.name
+        for s in run.roster
+        if s.setting in settings and s.rq == "RQ1/RQ2" and s.name in measured
+    ]
 
 
 def f4_duplicates(run: Run, b: int, rng):
@@ -268,8 +288,14 @@ def f4_duplicates(run: Run, b: int, rng):
                 u.sum("generated lines", m, mask) for m in models
             )
         others = np.max([ratio[o] for o in ratio if o != heavy], axis=0)
-        return (f"the paper's memorization ratio (Table 9), all collaborative models; most "
-                f"duplicated: {heavy}"), POINTS, 100 * (ratio[heavy] - others)  # fmt: skip
+        return (
+            (
+                f"the paper's memorization ratio (Table 9), all collaborative models; most "
+                f"duplicated: {heavy}"
+            ),
+            POINTS,
+            100 * (ratio[heavy] - others),
+        )
     return _duplication_signal(run, models, b, rng)
 
 
@@ -281,8 +307,11 @@ def _duplication_signal(run: Run, models: list[str], b: int, rng):
         return "no duplication losses (memorization.duplication_tokens scores none)"
     base = d[d["model"] == BASE]
     has = base.groupby(["organization", "split", "lines"])["tokens"].sum()
-    orgs = [o for o in dict.fromkeys(base["organization"])
-            if all(has.get((o, s, "clone"), 0) > 0 for s in ("train", "validation"))]  # fmt: skip
+    orgs = [
+        o
+        for o in dict.fromkeys(base["organization"])
+        if all(has.get((o, s, "clone"), 0) > 0 for s in ("train", "validation"))
+    ]
     if not orgs:
         return "no organization has clone lines in both its training and validation samples"
     u = Units(d, ["organization", "split", "file"], ["organization", "split"], b, rng)
@@ -296,8 +325,11 @@ def _duplication_signal(run: Run, models: list[str], b: int, rng):
 
     signals = []
     for org in orgs:
-        base_mean = {(s, c): mean(BASE, org, s, c) for s in ("train", "validation")
-                     for c in ("clone", "other")}  # fmt: skip
+        base_mean = {
+            (s, c): mean(BASE, org, s, c)
+            for s in ("train", "validation")
+            for c in ("clone", "other")
+        }
         for m in models:
             drop = {k: base_mean[k] - mean(m, org, *k) for k in base_mean}
             train = drop["train", "clone"] - drop["train", "other"]
@@ -343,9 +375,11 @@ def f6_last(run: Run, b: int, rng):
         u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
 
         def stat(s: ModelSpec) -> np.ndarray:
-            ratio = {o: u.sum("memorized lines", s.name, lambda r, o=o: r["organization"] == o)
-                     / u.sum("generated lines", s.name, lambda r, o=o: r["organization"] == o)
-                     for o in s.orgs}  # fmt: skip
+            ratio = {
+                o: u.sum("memorized lines", s.name, lambda r, o=o: r["organization"] == o)
+                / u.sum("generated lines", s.name, lambda r, o=o: r["organization"] == o)
+                for o in s.orgs
+            }
             return ratio[s.orgs[-1]] - np.mean([ratio[o] for o in s.orgs[:-1]], axis=0)
 
         measure, unit, scale = "the paper's memorization ratio (Table 9), in points", POINTS, 100
@@ -363,8 +397,11 @@ def f6_last(run: Run, b: int, rng):
             last = gain(lambda k: k["organization"] == s.orgs[-1])
             return last - gain(lambda k: k["organization"] != s.orgs[-1])
 
-        measure, unit, scale = ("canary exposure over the base model (bits), the paper's "
-                                "metric being 0", BITS, 1)  # fmt: skip
+        measure, unit, scale = (
+            "canary exposure over the base model (bits), the paper's metric being 0",
+            BITS,
+            1,
+        )
     return (
         f"{measure}; mean over {len(incs)} orders",
         unit,
@@ -382,10 +419,13 @@ def f7_cross(run: Run, b: int, rng):
     if not _verbatim_found(frame, sync + inc):
         blocks = run.rq3_blocks
         if blocks.empty or blocks["tokens"].sum() == 0:
-            return ("the RQ3 pair shares no clone block to prompt with, so neither the paper's "
-                    "metric nor the continuation loss can be measured")  # fmt: skip
-        u = Units(blocks.assign(organization="pair"), ["organization", "prompt"],
-                  ["organization"], b, rng)  # fmt: skip
+            return (
+                "the RQ3 pair shares no clone block to prompt with, so neither the paper's "
+                "metric nor the continuation loss can be measured"
+            )
+        u = Units(
+            blocks.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
+        )
         # the same drop on the pair's validation files, which no model saw: what a model
         # gains on any code of the pair, memorized or not (federated models fit less)
         val = run.perplexity[run.perplexity["organization"].isin(pair[0].orgs)]
@@ -397,12 +437,14 @@ def f7_cross(run: Run, b: int, rng):
 
         beyond = {m: drop(u, m) - drop(v, m) for m in sync + inc}
         n = blocks["prompt"].nunique()
-        return ("the paper's metric (Table 11) found no memorized line, so: each model's loss "
-                "drop from the base model on the second half of the shared clone blocks given "
-                "the first, beyond its drop on the pair's validation code (nats per token), "
-                f"synchronous minus incremental; {n} prompts", NATS,
-                np.mean([beyond[m] for m in sync], axis=0)
-                - np.mean([beyond[m] for m in inc], axis=0))  # fmt: skip
+        return (
+            "the paper's metric (Table 11) found no memorized line, so: each model's loss "
+            "drop from the base model on the second half of the shared clone blocks given "
+            "the first, beyond its drop on the pair's validation code (nats per token), "
+            f"synchronous minus incremental; {n} prompts",
+            NATS,
+            np.mean([beyond[m] for m in sync], axis=0) - np.mean([beyond[m] for m in inc], axis=0),
+        )
     u = Units(
         frame.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
     )
@@ -439,7 +481,7 @@ def _paper_values() -> dict[int, float]:
         2: max(
             (t8[f] - t8["Centralized_FMG"]) / (best - t8["Centralized_FMG"])
             for f in ("Federated_Avg_FMG", "Federated_Yogi_FMG")
-        ),  # fmt: skip
+        ),
         3: t8["Incremental_F2M2G"] - min(t8[k] for k in incs if k != "Incremental_F2M2G"),
         4: pooled("Microsoft") - max(pooled("Google"), pooled("Facebook")),
         5: t10["Centralized_FMG"] - max(t10["Federated_Avg_FMG"], t10["Federated_Yogi_FMG"]),
@@ -447,7 +489,7 @@ def _paper_values() -> dict[int, float]:
         7: float(
             np.mean(
                 [t11[m][3] for m in ("Centralized_MG", "Federated_Avg_MG", "Federated_Yogi_MG")]
-            )  # fmt: skip
+            )
             - np.mean([t11[m][3] for m in ("Incremental_M2G", "Incremental_G2M")])
         ),
     }
@@ -458,42 +500,96 @@ def findings(cfg: Config) -> list[Finding]:
     p = _paper_values()
     share = cfg.findings.close_share
     return [
-        Finding(1, "Size and diversity of data drive effectiveness: the largest organization's "
-                "own model is the best single-organization model",
-                "Google_Only 5.36 vs Microsoft_Only 39.52, Facebook_Only 181.54 (perplexity)",
-                "log perplexity of the largest organization's model minus the lowest of the "
-                "other single-organization models", "below", 0.0, f1_size, p[1], NATS),
-        Finding(2, "Federated models reach perplexity close to centralized",
-                "FedAvg 3.71, FedYogi 4.02 vs centralized 3.32; best single 5.36",
-                "largest share, over the federated models, of the log-perplexity gap from the "
-                "best single-organization model to centralized that federated leaves open",
-                "below", share, f2_federated, p[2], SHARE),
-        Finding(3, "Incremental effectiveness depends on order; small to large is best",
-                "F2M2G 5.30 vs M2F2G 5.36, G2F2M 25.42, ..., G2M2F 53.38 (perplexity)",
-                "log perplexity of the small-to-large order minus the lowest of the other "
-                "orders", "below", 0.0, f3_order, p[3], NATS),
-        Finding(4, "Duplicate-heavy data is memorized more", "Microsoft, the most duplicated: "
-                "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9); the "
-                "statistic pools Table 9's nine models",
-                "the most duplicated organization's memorization minus the next highest "
-                "(verbatim), or memorization of clone lines beyond other lines (duplication "
-                "signal)", "above", 0.0, f4_duplicates, p[4], POINTS),
-        Finding(5, "Centralized training memorizes more than federated",
-                "1.711 % vs FedAvg 0.330 %, FedYogi 0.264 % (Table 10)",
-                "centralized minus the higher of the federated models", "above", 0.0,
-                f5_centralized, p[5], POINTS),
-        Finding(6, "In incremental learning, the last dataset is memorized most",
-                "e.g. G2F2M: Microsoft 8.13 % vs Google 0.02 %, Facebook 0.02 % (Table 9)",
-                "the last organization's memorization minus the mean of the earlier ones, "
-                "averaged over the orders", "above", 0.0, f6_last, p[6], POINTS),
-        Finding(7, "Cross-organization clones are memorized more by synchronous than by "
-                "incremental training",
-                "0.565 / 0.552 / 0.480 % vs 0.192 / 0.246 % (Table 11)",
-                "mean ratio of the pair's centralized and federated models minus that of its "
-                "incremental models (verbatim), or the same difference of their loss drops "
-                "below the base model on the blocks' second halves beyond their drops on the "
-                "pair's validation code", "above", 0.0, f7_cross, p[7], POINTS),
-    ]  # fmt: skip
+        Finding(
+            1,
+            "Size and diversity of data drive effectiveness: the largest organization's "
+            "own model is the best single-organization model",
+            "Google_Only 5.36 vs Microsoft_Only 39.52, Facebook_Only 181.54 (perplexity)",
+            "log perplexity of the largest organization's model minus the lowest of the "
+            "other single-organization models",
+            "below",
+            0.0,
+            f1_size,
+            p[1],
+            NATS,
+        ),
+        Finding(
+            2,
+            "Federated models reach perplexity close to centralized",
+            "FedAvg 3.71, FedYogi 4.02 vs centralized 3.32; best single 5.36",
+            "largest share, over the federated models, of the log-perplexity gap from the "
+            "best single-organization model to centralized that federated leaves open",
+            "below",
+            share,
+            f2_federated,
+            p[2],
+            SHARE,
+        ),
+        Finding(
+            3,
+            "Incremental effectiveness depends on order; small to large is best",
+            "F2M2G 5.30 vs M2F2G 5.36, G2F2M 25.42, ..., G2M2F 53.38 (perplexity)",
+            "log perplexity of the small-to-large order minus the lowest of the other orders",
+            "below",
+            0.0,
+            f3_order,
+            p[3],
+            NATS,
+        ),
+        Finding(
+            4,
+            "Duplicate-heavy data is memorized more",
+            "Microsoft, the most duplicated: "
+            "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9); the "
+            "statistic pools Table 9's nine models",
+            "the most duplicated organization's memorization minus the next highest "
+            "(verbatim), or memorization of clone lines beyond other lines (duplication "
+            "signal)",
+            "above",
+            0.0,
+            f4_duplicates,
+            p[4],
+            POINTS,
+        ),
+        Finding(
+            5,
+            "Centralized training memorizes more than federated",
+            "1.711 % vs FedAvg 0.330 %, FedYogi 0.264 % (Table 10)",
+            "centralized minus the higher of the federated models",
+            "above",
+            0.0,
+            f5_centralized,
+            p[5],
+            POINTS,
+        ),
+        Finding(
+            6,
+            "In incremental learning, the last dataset is memorized most",
+            "e.g. G2F2M: Microsoft 8.13 % vs Google 0.02 %, Facebook 0.02 % (Table 9)",
+            "the last organization's memorization minus the mean of the earlier ones, "
+            "averaged over the orders",
+            "above",
+            0.0,
+            f6_last,
+            p[6],
+            POINTS,
+        ),
+        Finding(
+            7,
+            "Cross-organization clones are memorized more by synchronous than by "
+            "incremental training",
+            "0.565 / 0.552 / 0.480 % vs 0.192 / 0.246 % (Table 11)",
+            "mean ratio of the pair's centralized and federated models minus that of its "
+            "incremental models (verbatim), or the same difference of their loss drops "
+            "below the base model on the blocks' second halves beyond their drops on the "
+            "pair's validation code",
+            "above",
+            0.0,
+            f7_cross,
+            p[7],
+            POINTS,
+        ),
+    ]
 
 
 def decide(low: float, high: float, side: str, threshold: float) -> str:
@@ -525,10 +621,16 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
         rng = np.random.default_rng([cfg.run_seeds[0], finding.number])
         results = [finding.compute(run, f.bootstrap, rng) for run in runs]
         untestable = [r for r in results if isinstance(r, str)]
-        row = {"finding": finding.number, "claim": finding.claim, "statistic": finding.statistic,
-               "rule": _rule(finding, f.confidence), "paper": finding.paper,
-               "paper value": finding.paper_value, "paper unit": finding.paper_unit,
-               "seeds": len(runs)}  # fmt: skip
+        row = {
+            "finding": finding.number,
+            "claim": finding.claim,
+            "statistic": finding.statistic,
+            "rule": _rule(finding, f.confidence),
+            "paper": finding.paper,
+            "paper value": finding.paper_value,
+            "paper unit": finding.paper_unit,
+            "seeds": len(runs),
+        }
         if untestable:
             why = f"Cannot be tested in this profile: {untestable[0]}."
             rows.append(row | {"measure": "none", "verdict": OPEN, "why": why})
@@ -536,14 +638,27 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
         measure, unit = results[0][:2]
         est, reps = combine([r[2] for r in results], f.bootstrap, rng)
         finite = reps[np.isfinite(reps)]
-        low, high = (np.quantile(finite, [alpha, 1 - alpha]) if len(finite) > 0.9 * len(reps)
-                     else (math.nan, math.nan))  # fmt: skip
+        low, high = (
+            np.quantile(finite, [alpha, 1 - alpha])
+            if len(finite) > 0.9 * len(reps)
+            else (math.nan, math.nan)
+        )
         spread = float(np.std([r[2][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
         verdict = decide(low, high, finding.side, finding.threshold)
         why = _why(finding, est, low, high, verdict, f.confidence)
-        rows.append(row | {"measure": measure, "estimate": est, "low": low, "high": high,
-                           "unit": unit, "seed spread": spread, "verdict": verdict,
-                           "why": why})  # fmt: skip
+        rows.append(
+            row
+            | {
+                "measure": measure,
+                "estimate": est,
+                "low": low,
+                "high": high,
+                "unit": unit,
+                "seed spread": spread,
+                "verdict": verdict,
+                "why": why,
+            }
+        )
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
 
 
@@ -552,15 +667,19 @@ def _rule(finding: Finding, confidence: float) -> str:
     other = "above" if side == "below" else "below"
     level = f"{100 * confidence:g} %"
     t = f"{finding.threshold:g}"
-    return (f"holds if the {level} interval lies wholly {side} {t}; does not hold if wholly "
-            f"{other}; inconclusive if it contains {t}")  # fmt: skip
+    return (
+        f"holds if the {level} interval lies wholly {side} {t}; does not hold if wholly "
+        f"{other}; inconclusive if it contains {t}"
+    )
 
 
 def _why(finding: Finding, est: float, low: float, high: float, verdict: str, conf: float):
     level = f"{100 * conf:g} %"
     if not np.isfinite(low):
-        return (f"The estimate is {est:.3g}, but most resamples leave the statistic undefined "
-                "(a denominator of zero), so no interval can be given.")  # fmt: skip
+        return (
+            f"The estimate is {est:.3g}, but most resamples leave the statistic undefined "
+            "(a denominator of zero), so no interval can be given."
+        )
     where = {
         HOLDS: f"lies wholly {finding.side} {finding.threshold:g}, as the paper claims",
         FAILS: f"lies wholly on the other side of {finding.threshold:g}, against the claim",
@@ -573,8 +692,9 @@ def _why(finding: Finding, est: float, low: float, high: float, verdict: str, co
 # --------------------------------------------------------------------------- the step
 
 
-def build_findings(cfg: Config, planned: dict[int, dict], *,
-                   force: bool = False) -> artifacts.Artifact:  # fmt: skip
+def build_findings(
+    cfg: Config, planned: dict[int, dict], *, force: bool = False
+) -> artifacts.Artifact:
     """The findings table from every seed's cached tables and units (never a model);
     ``planned``: each seed's plans."""
     runs = [read_run(cfg.with_seed(s), planned[s]) for s in cfg.run_seeds]
@@ -597,11 +717,17 @@ def seeds_note(art: artifacts.Artifact) -> str:
     """The sentence every page with a verdict carries: how many seeds the verdicts rest on."""
     seeds = art.metrics["seeds"]
     c = art.manifest["config"]["findings"]
-    more = "" if len(seeds) > 1 else (
-        " One seed: the intervals hold the uncertainty of the units (files, prompts, "
-        "canaries), not the seed-to-seed spread of training; the README says how to build "
-        "the book with three seeds."
-    )  # fmt: skip
-    return (f"Built with {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
-            f"({', '.join(map(str, seeds))}); {c['bootstrap']} bootstrap resamples, "
-            f"{100 * c['confidence']:g} % intervals.{more}")  # fmt: skip
+    more = (
+        ""
+        if len(seeds) > 1
+        else (
+            " One seed: the intervals hold the uncertainty of the units (files, prompts, "
+            "canaries), not the seed-to-seed spread of training; the README says how to build "
+            "the book with three seeds."
+        )
+    )
+    return (
+        f"Built with {len(seeds)} seed{'s' if len(seeds) > 1 else ''} "
+        f"({', '.join(map(str, seeds))}); {c['bootstrap']} bootstrap resamples, "
+        f"{100 * c['confidence']:g} % intervals.{more}"
+    )

@@ -42,11 +42,25 @@ SCORES = "membership_scores"  # one row per model and sample: the units (a .csv)
 VERSION = 3  # 2: samples drawn evenly across files; 3: BOS, not special tokens
 BASE = collaboration.BASE
 # signal -> (score column, sign): sign * column is higher for members
-SIGNALS = {"PPL/zlib": ("ppl_zlib", -1.0), "Min-K%++": ("minkpp", 1.0),
-           "loss - base": ("ref_diff", -1.0)}  # fmt: skip
+SIGNALS = {
+    "PPL/zlib": ("ppl_zlib", -1.0),
+    "Min-K%++": ("minkpp", 1.0),
+    "loss - base": ("ref_diff", -1.0),
+}
 SAMPLE_COLUMNS = ["organization", "split", "file", "line", "text"]
-AUC_COLUMNS = ["model", "setting", "organization", "trained on", "signal", "members",
-               "non-members", "files", "auc", "low", "high"]  # fmt: skip
+AUC_COLUMNS = [
+    "model",
+    "setting",
+    "organization",
+    "trained on",
+    "signal",
+    "members",
+    "non-members",
+    "files",
+    "auc",
+    "low",
+    "high",
+]
 
 
 # --------------------------------------------------------------------------- the samples
@@ -81,13 +95,21 @@ def draw_samples(cfg: Config, ds: datasets.Datasets) -> pd.DataFrame:
     for i, org in enumerate(cfg.datasets.organizations):
         for j, split in enumerate(datasets.SPLITS):
             rng = np.random.default_rng([cfg.seed, i, j])
-            per_file = [[(org.name, split, d["path"], line, text)
-                         for line, text in chunks(d["content"], size)]
-                        for d in ds.documents(org.name, split)]  # fmt: skip
+            per_file = [
+                [
+                    (org.name, split, d["path"], line, text)
+                    for line, text in chunks(d["content"], size)
+                ]
+                for d in ds.documents(org.name, split)
+            ]
             per_file = [[f[k] for k in rng.permutation(len(f))] for f in per_file if f]
             order = rng.permutation(len(per_file))
-            rows = [f[r] for r in range(max(map(len, per_file), default=0))
-                    for f in (per_file[k] for k in order) if r < len(f)]  # fmt: skip
+            rows = [
+                f[r]
+                for r in range(max(map(len, per_file), default=0))
+                for f in (per_file[k] for k in order)
+                if r < len(f)
+            ]
             frame = pd.DataFrame(rows[: cfg.membership.samples], columns=SAMPLE_COLUMNS)
             frames.append(frame.sort_values(["file", "line"]))
     return pd.concat(frames, ignore_index=True)
@@ -114,8 +136,9 @@ def min_k_plus_plus(logp: np.ndarray, mu: np.ndarray, sigma: np.ndarray, k: floa
     return float(np.sort(z)[:n].mean())
 
 
-def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
-                  k: float) -> pd.DataFrame:  # fmt: skip
+def score_samples(
+    model, tok, texts: Sequence[str], context: int, stride: int, k: float
+) -> pd.DataFrame:
     """Per sample: tokens scored, mean loss (nats: log PPL) and the Min-K%++ score.
 
     Each sample starts with the tokenizer's BOS (GPT-2's is its EOS, which precedes every
@@ -124,28 +147,41 @@ def score_samples(model, tok, texts: Sequence[str], context: int, stride: int,
     """
     start = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     if start is None:
-        raise UserError("membership: the tokenizer has neither a BOS nor an EOS token to "
-                        "start a sample with")  # fmt: skip
-    encoded = [[start, *tok(t, add_special_tokens=False, verbose=False)["input_ids"]]
-               for t in texts]  # fmt: skip
+        raise UserError(
+            "membership: the tokenizer has neither a BOS nor an EOS token to start a sample with"
+        )
+    encoded = [
+        [start, *tok(t, add_special_tokens=False, verbose=False)["input_ids"]] for t in texts
+    ]
     from collab_lib.scoring import sample_token_stats
 
     rows: dict[int, dict] = {}
     for i, (logp, mu, sigma) in sample_token_stats(model, encoded, context, stride):
-        rows[i] = {"tokens": len(logp), "loss": float(-logp.mean()),
-                   "minkpp": min_k_plus_plus(logp, mu, sigma, k)}  # fmt: skip
+        rows[i] = {
+            "tokens": len(logp),
+            "loss": float(-logp.mean()),
+            "minkpp": min_k_plus_plus(logp, mu, sigma, k),
+        }
     return pd.DataFrame([rows[i] for i in range(len(texts))], columns=["tokens", "loss", "minkpp"])
 
 
 def _scores_config(cfg: Config, extra: dict) -> dict:
     m = cfg.membership
-    return {"sample_chars": sample_chars(cfg), "samples": m.samples, "k": m.k, "seed": cfg.seed,
-            "context": cfg.model.context,
-            "stride": cfg.perplexity_stride, "version": VERSION, **extra}  # fmt: skip
+    return {
+        "sample_chars": sample_chars(cfg),
+        "samples": m.samples,
+        "k": m.k,
+        "seed": cfg.seed,
+        "context": cfg.model.context,
+        "stride": cfg.perplexity_stride,
+        "version": VERSION,
+        **extra,
+    }
 
 
-def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inputs: list[str],
-                     force: bool) -> artifacts.Artifact:  # fmt: skip
+def _scores_artifact(
+    cfg: Config, samples: pd.DataFrame, load, extra: dict, inputs: list[str], force: bool
+) -> artifacts.Artifact:
     """One model's scores of every sample, cached apart (an interrupted step resumes)."""
 
     def produce(out: Path) -> dict:
@@ -153,14 +189,18 @@ def _scores_artifact(cfg: Config, samples: pd.DataFrame, load, extra: dict, inpu
         c = model.config
         most = getattr(c, "max_position_embeddings", None) or getattr(c, "n_positions", None)
         context = min(cfg.model.context, most or cfg.model.context)
-        scores = score_samples(model, tok, list(samples["text"]), context,
-                               min(cfg.perplexity_stride, context - 1),
-                               cfg.membership.k)  # fmt: skip
+        scores = score_samples(
+            model,
+            tok,
+            list(samples["text"]),
+            context,
+            min(cfg.perplexity_stride, context - 1),
+            cfg.membership.k,
+        )
         scores.to_csv(out / "scores.csv", index=False)
         return {"samples": len(scores), "tokens": int(scores["tokens"].sum())}
 
-    return artifacts.build(SCORES_STEP, _scores_config(cfg, extra), produce, inputs,
-                           force=force)  # fmt: skip
+    return artifacts.build(SCORES_STEP, _scores_config(cfg, extra), produce, inputs, force=force)
 
 
 def checkpoint_digest(path: str) -> str:
@@ -171,8 +211,10 @@ def checkpoint_digest(path: str) -> str:
     """
     root = Path(path)
     if not root.is_dir():
-        raise UserError(f"membership checkpoint not found: {path} (a directory holding a "
-                        "model and its tokenizer, saved with save_pretrained)")  # fmt: skip
+        raise UserError(
+            f"membership checkpoint not found: {path} (a directory holding a "
+            "model and its tokenizer, saved with save_pretrained)"
+        )
     files = sorted(p for p in root.rglob("*") if p.is_file())
     stamp = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
     key = hashlib.sha256(json.dumps([str(root.resolve()), stamp]).encode()).hexdigest()
@@ -207,8 +249,9 @@ def _load_point(cfg: Config, i: int, point: Checkpoint):
 # --------------------------------------------------------------------------- AUC
 
 
-def weighted_auc(member: np.ndarray, other: np.ndarray, wm: np.ndarray,
-                 wo: np.ndarray) -> np.ndarray:  # fmt: skip
+def weighted_auc(
+    member: np.ndarray, other: np.ndarray, wm: np.ndarray, wo: np.ndarray
+) -> np.ndarray:
     """ROC AUC of scores (higher: member) for each row of sample weights (ties count half).
 
     ``wm`` (B, members), ``wo`` (B, non-members): a row of ones is the plain AUC; a row of
@@ -249,11 +292,21 @@ def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
             aucs = weighted_auc(sign * mem[col].to_numpy(), sign * non[col].to_numpy(), wm, wo)
             low, high = np.quantile(aucs[1:], [(1 - conf) / 2, (1 + conf) / 2])
             setting = spec.setting if spec else "base" if model == BASE else "checkpoint"
-            rows.append({"model": model, "setting": setting,
-                         "organization": org, "trained on": bool(spec and org in spec.orgs),
-                         "signal": signal, "members": len(mem), "non-members": len(non),
-                         "files": f"{mem['file'].nunique()} / {non['file'].nunique()}",
-                         "auc": aucs[0], "low": low, "high": high})  # fmt: skip
+            rows.append(
+                {
+                    "model": model,
+                    "setting": setting,
+                    "organization": org,
+                    "trained on": bool(spec and org in spec.orgs),
+                    "signal": signal,
+                    "members": len(mem),
+                    "non-members": len(non),
+                    "files": f"{mem['file'].nunique()} / {non['file'].nunique()}",
+                    "auc": aucs[0],
+                    "low": low,
+                    "high": high,
+                }
+            )
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
 
 
@@ -265,17 +318,26 @@ def table5(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
     for name in [BASE, *points]:
         part = scores[scores["model"] == name]
         if name == BASE:
-            data = ("CPython standard library" if cfg.model.base == "stdlib"
-                    else f"checkpoint {Path(cfg.model.checkpoint or 'gpt2').name}")  # fmt: skip
+            data = (
+                "CPython standard library"
+                if cfg.model.base == "stdlib"
+                else f"checkpoint {Path(cfg.model.checkpoint or 'gpt2').name}"
+            )
         else:
             data = points[name].data or "(not given)"
         ref = paper.TABLE5.get("GPT-2" if name == BASE else name, (None, None))
-        rows.append({"model": name, "trained on": data, "samples": len(part),
-                     "mean log(PPL)": part["loss"].mean(),
-                     "mean zlib bytes": part["zlib_bytes"].mean(),
-                     "log(PPL)/zlib": part["ppl_zlib"].mean(),
-                     "paper model": "GPT-2" if name == BASE else (name if ref[1] else None),
-                     "paper log(PPL)/zlib": ref[1]})  # fmt: skip
+        rows.append(
+            {
+                "model": name,
+                "trained on": data,
+                "samples": len(part),
+                "mean log(PPL)": part["loss"].mean(),
+                "mean zlib bytes": part["zlib_bytes"].mean(),
+                "log(PPL)/zlib": part["ppl_zlib"].mean(),
+                "paper model": "GPT-2" if name == BASE else (name if ref[1] else None),
+                "paper log(PPL)/zlib": ref[1],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -283,15 +345,22 @@ def table5(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
 
 
 def _point_configs(cfg: Config) -> list[dict]:
-    return [{"name": p.name, "data": p.data, "digest": checkpoint_digest(p.path)}
-            for p in cfg.membership.checkpoints]  # fmt: skip
+    return [
+        {"name": p.name, "data": p.data, "digest": checkpoint_digest(p.path)}
+        for p in cfg.membership.checkpoints
+    ]
 
 
 def _step_config(cfg: Config) -> dict:
     m = {**dataclasses.asdict(cfg.membership), "checkpoints": _point_configs(cfg)}
-    return {"membership": m, "confidence": cfg.findings.confidence, "context": cfg.model.context,
-            "stride": cfg.perplexity_stride, "seed": cfg.seed,
-            "version": VERSION}  # fmt: skip
+    return {
+        "membership": m,
+        "confidence": cfg.findings.confidence,
+        "context": cfg.model.context,
+        "stride": cfg.perplexity_stride,
+        "seed": cfg.seed,
+        "version": VERSION,
+    }
 
 
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
@@ -309,28 +378,42 @@ def build_membership(cfg: Config, planned: dict, *, force: bool = False) -> arti
         from collab_lib.scoring import load_model
 
         samples = draw_samples(cfg, ds)
-        scorers = {name: (lambda a=models[name]: load_model(a),
-                          {}, [models[name].ref, ds.artifact.ref]) for name in refs}  # fmt: skip
-        for i, (point, pc) in enumerate(zip(cfg.membership.checkpoints, _point_configs(cfg),
-                                            strict=True)):  # fmt: skip
-            scorers[point.name] = (_load_point(cfg, i, point), {"checkpoint": pc},
-                                   [ds.artifact.ref])  # fmt: skip
+        scorers = {
+            name: (lambda a=models[name]: load_model(a), {}, [models[name].ref, ds.artifact.ref])
+            for name in refs
+        }
+        for i, (point, pc) in enumerate(
+            zip(cfg.membership.checkpoints, _point_configs(cfg), strict=True)
+        ):
+            scorers[point.name] = (
+                _load_point(cfg, i, point),
+                {"checkpoint": pc},
+                [ds.artifact.ref],
+            )
         frames, parts = [], []
         for name, (load, extra, inputs) in tqdm(scorers.items(), desc="membership"):
             art = _scores_artifact(cfg, samples, load, extra, inputs, force)
             parts.append(art.ref)
-            frames.append(samples.drop(columns="text").assign(model=name)
-                          .join(art.table("scores")))  # fmt: skip
+            frames.append(samples.drop(columns="text").assign(model=name).join(art.table("scores")))
         scores = pd.concat(frames, ignore_index=True)
         scores["zlib_bytes"] = np.tile([zlib_bytes(t) for t in samples["text"]], len(frames))
         scores["ppl_zlib"] = scores["loss"] / scores["zlib_bytes"]
         base = scores[scores["model"] == BASE].set_index(SAMPLE_COLUMNS[:4])["loss"]
         shares = scores["model"].isin(refs) & (scores["model"] != BASE)  # the base's tokenizer
         keyed = scores.set_index(SAMPLE_COLUMNS[:4]).index
-        scores["ref_diff"] = np.where(shares, scores["loss"] - base.reindex(keyed).to_numpy(),
-                                      np.nan)  # fmt: skip
-        cols = ["model", *SAMPLE_COLUMNS[:4], "tokens", "zlib_bytes", "loss", "ppl_zlib",
-                "minkpp", "ref_diff"]  # fmt: skip
+        scores["ref_diff"] = np.where(
+            shares, scores["loss"] - base.reindex(keyed).to_numpy(), np.nan
+        )
+        cols = [
+            "model",
+            *SAMPLE_COLUMNS[:4],
+            "tokens",
+            "zlib_bytes",
+            "loss",
+            "ppl_zlib",
+            "minkpp",
+            "ref_diff",
+        ]
         scores[cols].to_csv(out / f"{SCORES}.csv", index=False)
         table5(cfg, scores).to_csv(out / "table5.csv", index=False)
         auc_table(cfg, scores).to_csv(out / "membership_auc.csv", index=False)
@@ -372,20 +455,27 @@ def summary(auc: pd.DataFrame) -> pd.DataFrame:
         # the base model's AUC with the same signal (loss - base: itself, so 0.5 exactly)
         base = part[part["model"] == BASE].set_index("organization")["auc"]
         beats = own["low"].to_numpy() > base.reindex(own["organization"]).fillna(0.5).to_numpy()
-        rows.append({"signal": signal, "trained pairs": len(own),
-                     "mean AUC, trained on": own["auc"].mean(),
-                     "intervals above 0.5": int((own["low"] > 0.5).sum()),
-                     "mean AUC, not trained on": other["auc"].mean(),
-                     "base model's mean AUC": base.mean() if len(base) else 0.5,
-                     "intervals above the base model's AUC": int(beats.sum())})  # fmt: skip
+        rows.append(
+            {
+                "signal": signal,
+                "trained pairs": len(own),
+                "mean AUC, trained on": own["auc"].mean(),
+                "intervals above 0.5": int((own["low"] > 0.5).sum()),
+                "mean AUC, not trained on": other["auc"].mean(),
+                "base model's mean AUC": base.mean() if len(base) else 0.5,
+                "intervals above the base model's AUC": int(beats.sum()),
+            }
+        )
     return pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
 
 
 def summary_note(table: pd.DataFrame) -> str:
     """One generated sentence per signal: what its AUCs say, in words."""
     if table.empty:
-        return ("No organization has both training and validation samples here, so no AUC "
-                "could be computed (the samples table shows which split is missing).")  # fmt: skip
+        return (
+            "No organization has both training and validation samples here, so no AUC "
+            "could be computed (the samples table shows which split is missing)."
+        )
     parts = []
     for r in table.to_dict("records"):
         n, base = r["trained pairs"], r["base model's mean AUC"]
@@ -407,12 +497,17 @@ def samples_table(art: artifacts.Artifact) -> pd.DataFrame:
     scores = art.table(SCORES)
     one = scores[scores["model"] == BASE]
     out = one.groupby(["organization", "split"], sort=False).agg(
-        samples=("file", "size"), files=("file", "nunique"),
-        tokens=("tokens", "mean"), zlib_bytes=("zlib_bytes", "mean"))  # fmt: skip
-    out = out.reset_index().rename(columns={"tokens": "mean tokens",
-                                            "zlib_bytes": "mean zlib bytes"})  # fmt: skip
-    out["split"] = out["split"].map({"train": "train (members)",
-                                     "validation": "validation (non-members)"})  # fmt: skip
+        samples=("file", "size"),
+        files=("file", "nunique"),
+        tokens=("tokens", "mean"),
+        zlib_bytes=("zlib_bytes", "mean"),
+    )
+    out = out.reset_index().rename(
+        columns={"tokens": "mean tokens", "zlib_bytes": "mean zlib bytes"}
+    )
+    out["split"] = out["split"].map(
+        {"train": "train (members)", "validation": "validation (non-members)"}
+    )
     return out
 
 
@@ -426,19 +521,31 @@ def table5_view(table: pd.DataFrame) -> pd.DataFrame:
 
 def paper_table5() -> pd.DataFrame:
     """The paper's Table 5 as printed (its eight models; we have none of their weights)."""
-    return pd.DataFrame([{"paper model": k, "trained on": v[0], "log(PPL)/zlib": f"{v[1]:.7f}"}
-                         for k, v in paper.TABLE5.items()])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"paper model": k, "trained on": v[0], "log(PPL)/zlib": f"{v[1]:.7f}"}
+            for k, v in paper.TABLE5.items()
+        ]
+    )
 
 
 def auc_view(auc: pd.DataFrame) -> pd.DataFrame:
     """Model x organization, each signal's AUC with its interval, "yes" where trained on."""
     if auc.empty:
         return pd.DataFrame(columns=["model", "organization", "trained on", *SIGNALS])
-    cell = auc.assign(value=[f"{a:.2f} [{lo:.2f}, {hi:.2f}]"
-                             for a, lo, hi in zip(auc["auc"], auc["low"], auc["high"],
-                                                  strict=True)])  # fmt: skip
-    wide = cell.pivot_table(index=["model", "organization", "trained on"], columns="signal",
-                            values="value", aggfunc="first", sort=False)  # fmt: skip
+    cell = auc.assign(
+        value=[
+            f"{a:.2f} [{lo:.2f}, {hi:.2f}]"
+            for a, lo, hi in zip(auc["auc"], auc["low"], auc["high"], strict=True)
+        ]
+    )
+    wide = cell.pivot_table(
+        index=["model", "organization", "trained on"],
+        columns="signal",
+        values="value",
+        aggfunc="first",
+        sort=False,
+    )
     wide = wide.reindex(columns=[s for s in SIGNALS if s in wide.columns]).reset_index()
     wide["trained on"] = wide["trained on"].map({True: "yes", False: "no"})
     wide.columns.name = None

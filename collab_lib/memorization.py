@@ -71,10 +71,15 @@ def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
         parts += _verbatim(cfg, chosen, prompts_art, train, opts, out, force)
         parts += exposure.measure_exposures(cfg, scored, can, out, force)
         dup_parts, tokens = duplication.measure_duplication(cfg, chosen, ds, opts, out, force)
-        return {"models": list(chosen), "parts": parts + dup_parts,
-                "prompt_room": verbatim.prompt_room(cfg), "canaries": len(canaries.planted(can)),
-                "sampling": verbatim.sampling_config(cfg).__dict__, "min_lines": opts.min_lines,
-                "duplication_tokens": tokens}  # fmt: skip
+        return {
+            "models": list(chosen),
+            "parts": parts + dup_parts,
+            "prompt_room": verbatim.prompt_room(cfg),
+            "canaries": len(canaries.planted(can)),
+            "sampling": verbatim.sampling_config(cfg).__dict__,
+            "min_lines": opts.min_lines,
+            "duplication_tokens": tokens,
+        }
 
     inputs = verbatim.input_refs(cfg, planned)
     return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
@@ -84,16 +89,21 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
     """Tables 9, 10 and the memorized examples: each model's completions of the prompts,
     searched in their organization's training split. Returns the generations' refs."""
     prompts = artifacts.read_jsonl(prompts_art.file("prompts.jsonl"))
-    index = {org: CloneIndex.build(((d["path"], d["content"]) for d in docs), opts)
-             for org, docs in train.items()}  # fmt: skip
+    index = {
+        org: CloneIndex.build(((d["path"], d["content"]) for d in docs), opts)
+        for org, docs in train.items()
+    }
     rows, found, parts, units = [], [], [], []
     for name in tqdm(list(models), desc="rq2 generations"):
         gen = verbatim.generations_artifact(cfg, models[name], prompts_art, STEP, force)
         parts.append(gen.ref)
         completions = artifacts.read_jsonl(gen.file("generations.jsonl"))
         for org in train:
-            mine = [(prompts[c["prompt"]], c) for c in completions
-                    if prompts[c["prompt"]]["organization"] == org]  # fmt: skip
+            mine = [
+                (prompts[c["prompt"]], c)
+                for c in completions
+                if prompts[c["prompt"]]["organization"] == org
+            ]
             row, blocks, per_prompt = verbatim.detect(index[org], mine)
             rows.append({"model": name, "organization": org, **row})
             found += [{"model": name, "organization": org, **b} for b in blocks]
@@ -110,8 +120,12 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
 def _prompts_artifact(cfg: Config, base_art, ds_ref: str, train: dict, force: bool):
     """Table 6: every organization's functions, its prompts, the seeded sample (JSONL)."""
     m = cfg.memorization
-    config = {"room": verbatim.prompt_room(cfg), "fraction": m.sample_fraction, "seed": cfg.seed,
-              "ends": "closing quotes"}  # fmt: skip
+    config = {
+        "room": verbatim.prompt_room(cfg),
+        "fraction": m.sample_fraction,
+        "seed": cfg.seed,
+        "ends": "closing quotes",
+    }
 
     def produce(out: Path) -> dict:
         tok = verbatim.tokenizer(base_art)
@@ -206,17 +220,29 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
     m, c = art.metrics, art.manifest["config"]["memorization"]
     s = m["sampling"]
     rows = [
-        ("prompts", f"signature and docstring, at most {m['prompt_room']} tokens; "
-                    f"{100 * c['sample_fraction']:g} % of each organization's prompts sampled"),
+        (
+            "prompts",
+            f"signature and docstring, at most {m['prompt_room']} tokens; "
+            f"{100 * c['sample_fraction']:g} % of each organization's prompts sampled",
+        ),
         ("completions per prompt", c["n_samples"]),
         ("temperature, top-p, top-k", f"{s['temperature']:g}, {s['top_p']:g}, {s['top_k']}"),
         ("max new tokens", f"{s['max_new_tokens']} (stops at the end of the function body)"),
-        ("memorized", f"a block of >= {m['min_lines']} counted lines also in the "
-                      "organization's training split; completion lines only"),
+        (
+            "memorized",
+            f"a block of >= {m['min_lines']} counted lines also in the "
+            "organization's training split; completion lines only",
+        ),
         ("models", ", ".join(m["models"])),
-        ("canaries", f"{m['canaries']}, each ranked among "
-                     f"{c['alternatives'] or 'all'} alternatives of its format"),
-        ("duplication signal", "tokens scored per organization and split: "
-         + ", ".join(f"{k} {v:,}" for k, v in m["duplication_tokens"].items())),
-    ]  # fmt: skip
+        (
+            "canaries",
+            f"{m['canaries']}, each ranked among "
+            f"{c['alternatives'] or 'all'} alternatives of its format",
+        ),
+        (
+            "duplication signal",
+            "tokens scored per organization and split: "
+            + ", ".join(f"{k} {v:,}" for k, v in m["duplication_tokens"].items()),
+        ),
+    ]
     return pd.DataFrame(rows, columns=["setting", "value"])

@@ -57,32 +57,74 @@ class Step:
 STEPS: dict[str, Step] = {
     s.name: s
     for s in (
-        Step("datasets", "datasets", "build_datasets",
-             ("table2", "table3", "table4", "funnel", "skipped"),
-             "download, preprocess and split each organization's code (Tables 2-4)"),
-        Step("clones", "clone_stats", "build_clone_stats", ("figure2", "table7", "table7_blocks"),
-             "Type-1 clones within and across organizations (Figure 2, Table 7)"),
-        Step("canaries", "canaries", "build_canaries", ("canaries",),
-             "secrets planted in each organization's training split (memorization at any scale)"),
+        Step(
+            "datasets",
+            "datasets",
+            "build_datasets",
+            ("table2", "table3", "table4", "funnel", "skipped"),
+            "download, preprocess and split each organization's code (Tables 2-4)",
+        ),
+        Step(
+            "clones",
+            "clone_stats",
+            "build_clone_stats",
+            ("figure2", "table7", "table7_blocks"),
+            "Type-1 clones within and across organizations (Figure 2, Table 7)",
+        ),
+        Step(
+            "canaries",
+            "canaries",
+            "build_canaries",
+            ("canaries",),
+            "secrets planted in each organization's training split (memorization at any scale)",
+        ),
         # from here on, the roster: planned once the datasets are built when it takes the RQ3
         # pair from the data (datasets.rq3_pair)
-        Step("train", "collaboration", "build_models", (),
-             "base model and the collaborative models (Flower for the federated ones)"),
-        Step("rq1", "evaluation", "build_rq1",
-             ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org"),
-             "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)"),
-        Step("rq2", "memorization", "build_rq2",
-             ("table6", "table9", "table10", "exposure", "duplication", "memorized"),
-             "RQ2 memorization: Tables 6, 9, 10, canary exposure and extraction, duplication"),
-        Step("rq3", "cross_org", "build_rq3", ("table11", "table11_prompts"),
-             "RQ3 cross-organization clones memorized (Table 11)"),
-        Step("membership", "membership", "build_membership", ("table5", "membership_auc"),
-             "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC"),
-        Step("findings", "findings", "build_findings", ("findings",),
-             "the paper's seven findings, each with a verdict computed from this run (all seeds)",
-             across_seeds=True),
+        Step(
+            "train",
+            "collaboration",
+            "build_models",
+            (),
+            "base model and the collaborative models (Flower for the federated ones)",
+        ),
+        Step(
+            "rq1",
+            "evaluation",
+            "build_rq1",
+            ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org"),
+            "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)",
+        ),
+        Step(
+            "rq2",
+            "memorization",
+            "build_rq2",
+            ("table6", "table9", "table10", "exposure", "duplication", "memorized"),
+            "RQ2 memorization: Tables 6, 9, 10, canary exposure and extraction, duplication",
+        ),
+        Step(
+            "rq3",
+            "cross_org",
+            "build_rq3",
+            ("table11", "table11_prompts"),
+            "RQ3 cross-organization clones memorized (Table 11)",
+        ),
+        Step(
+            "membership",
+            "membership",
+            "build_membership",
+            ("table5", "membership_auc"),
+            "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC",
+        ),
+        Step(
+            "findings",
+            "findings",
+            "build_findings",
+            ("findings",),
+            "the paper's seven findings, each with a verdict computed from this run (all seeds)",
+            across_seeds=True,
+        ),
     )
-}  # fmt: skip
+}
 
 
 def plans(cfg: Config) -> dict[str, dict[str, tuple[str, str]] | UserError]:
@@ -197,12 +239,19 @@ def status(cfg: Config) -> list[dict[str, str]]:
                 continue  # planned once, for all seeds
             tag = f" (seed {seed})" if len(cfg.run_seeds) > 1 and not across else ""
             if isinstance(planned, UserError):  # e.g. the roster depends on the datasets
-                rows.append({"step": name, "artifact": str(planned) + tag, "key": "-",
-                             "state": "missing"})  # fmt: skip
+                rows.append(
+                    {"step": name, "artifact": str(planned) + tag, "key": "-", "state": "missing"}
+                )
                 continue
             for what, (art_step, key) in planned.items():
-                rows.append({"step": name, "artifact": what + tag, "key": key,
-                             "state": artifacts.state(art_step, key)})  # fmt: skip
+                rows.append(
+                    {
+                        "step": name,
+                        "artifact": what + tag,
+                        "key": key,
+                        "state": artifacts.state(art_step, key),
+                    }
+                )
     return rows
 
 

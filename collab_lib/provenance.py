@@ -9,7 +9,7 @@ import json
 import pandas as pd
 
 from collab_lib import artifacts, pipeline
-from collab_lib.config import Config
+from collab_lib.config import Config, settings_digest, settings_text
 
 
 def content_digest(art: artifacts.Artifact) -> str:
@@ -86,9 +86,20 @@ def provenance_details_html(cfg: Config) -> str:
         m = art.manifest
         keys = ("config", "inputs", "seed", "libraries", "machine", "metrics", "files", "omitted")
         body = {k: m.get(k) for k in keys}
-        text = html.escape(json.dumps(body, indent=1, sort_keys=True))
-        parts.append(
-            f"<details><summary><code>{art.step}/{art.key}</code></summary>"
-            f"<pre style='max-height:30em;overflow:auto'>{text}</pre></details>"
-        )
+        summary = f"<code>{art.step}/{art.key}</code>"
+        parts.append(_folded(summary, json.dumps(body, indent=1, sort_keys=True)))
     return "\n".join(parts)
+
+
+def settings_html(cfg: Config) -> str:
+    """The resolved settings (:func:`collab_lib.config.settings_text`), folded under their hash."""
+    summary = f"settings <code>{settings_digest(cfg)}</code> (profile {html.escape(cfg.profile)})"
+    return _folded(summary, settings_text(cfg))
+
+
+def _folded(summary: str, text: str) -> str:
+    """``text`` in a scrolling block, folded under ``summary`` (HTML)."""
+    return (
+        f"<details><summary>{summary}</summary>"
+        f"<pre style='max-height:30em;overflow:auto'>{html.escape(text)}</pre></details>"
+    )

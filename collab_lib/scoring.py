@@ -73,8 +73,9 @@ def window_logits(model, ids: Sequence[int], context: int, stride: int, batch_si
             yield model(input_ids=x).logits[:, :-1].float(), x, part
 
 
-def token_losses(model, ids: Sequence[int], context: int, stride: int,
-                 batch_size: int = 16) -> np.ndarray:  # fmt: skip
+def token_losses(
+    model, ids: Sequence[int], context: int, stride: int, batch_size: int = 16
+) -> np.ndarray:
     """Next-token loss (nats) of every position of ``ids``; NaN where never scored (the first)."""
     out = np.full(len(ids), np.nan)
     for logits, x, part in window_logits(model, ids, context, stride, batch_size):
@@ -169,8 +170,9 @@ def suffix_losses(
 
 
 @torch.no_grad()
-def continuation_losses(model, tok, prompts: list[dict], context: int,
-                        batch_size: int = 32) -> pd.DataFrame:  # fmt: skip
+def continuation_losses(
+    model, tok, prompts: list[dict], context: int, batch_size: int = 32
+) -> pd.DataFrame:
     """Per prompt: summed loss (nats) and number of the ``target`` tokens given the prompt.
 
     What a model has memorized of a clone block it predicts with a low loss even when it
@@ -188,14 +190,20 @@ def continuation_losses(model, tok, prompts: list[dict], context: int,
     for at in range(0, len(seqs), batch_size):
         part = seqs[at : at + batch_size]
         width = max(len(h) + len(t) for h, t in part)
-        x = torch.tensor([h + t + [0] * (width - len(h) - len(t)) for h, t in part],
-                         device=device)  # fmt: skip
-        nll = F.cross_entropy(model(input_ids=x).logits[:, :-1].float().transpose(1, 2),
-                              x[:, 1:], reduction="none").cpu().double().numpy()  # fmt: skip
+        x = torch.tensor([h + t + [0] * (width - len(h) - len(t)) for h, t in part], device=device)
+        nll = (
+            F.cross_entropy(
+                model(input_ids=x).logits[:, :-1].float().transpose(1, 2),
+                x[:, 1:],
+                reduction="none",
+            )
+            .cpu()
+            .double()
+            .numpy()
+        )
         for row, (h, t) in enumerate(part):
             scored = nll[row, len(h) - 1 : len(h) - 1 + len(t)]  # predicts t[0] .. t[-1]
-            rows.append({"prompt": at + row, "loss_sum": float(scored.sum()),
-                         "tokens": len(t)})  # fmt: skip
+            rows.append({"prompt": at + row, "loss_sum": float(scored.sum()), "tokens": len(t)})
     return pd.DataFrame(rows, columns=["prompt", "loss_sum", "tokens"])
 
 
@@ -211,8 +219,9 @@ def token_stats(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def sample_token_stats(model, encoded: list[list[int]], context: int, stride: int,
-                budget: int = 2**23) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:  # fmt: skip
+def sample_token_stats(
+    model, encoded: list[list[int]], context: int, stride: int, budget: int = 2**23
+) -> Iterator[tuple[int, tuple[np.ndarray, ...]]]:
     """``(index, (logp, mu, sigma))`` of every token but the first of each sample.
 
     Samples that fit the context share padded batches of at most ``budget`` logits (a few
@@ -223,14 +232,16 @@ def sample_token_stats(model, encoded: list[list[int]], context: int, stride: in
     device = next(model.parameters()).device
     model.eval()
     vocab = model.get_output_embeddings().weight.shape[0]
-    short = sorted((i for i, ids in enumerate(encoded) if len(ids) <= context),
-                   key=lambda i: len(encoded[i]))  # fmt: skip
+    short = sorted(
+        (i for i, ids in enumerate(encoded) if len(ids) <= context), key=lambda i: len(encoded[i])
+    )
     batch = max(1, budget // (context * vocab))
     for at in range(0, len(short), batch):
         part = short[at : at + batch]
         width = len(encoded[part[-1]])
-        x = torch.tensor([encoded[i] + [0] * (width - len(encoded[i])) for i in part],
-                         device=device)  # fmt: skip
+        x = torch.tensor(
+            [encoded[i] + [0] * (width - len(encoded[i])) for i in part], device=device
+        )
         stats = token_stats(model(input_ids=x).logits[:, :-1].float(), x[:, 1:])
         for row, i in enumerate(part):
             yield i, tuple(s[row, : len(encoded[i]) - 1].cpu().double().numpy() for s in stats)

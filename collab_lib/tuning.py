@@ -102,14 +102,18 @@ def build_sweep(
             if not done.exists():
                 work = scratch / done.stem
                 model_dir = work / "output"
-                app, rc, _ = launch.prepare(cfg, "FedYogi", train, base.path, work, model_dir,
-                                            yogi=(eta, tau))  # fmt: skip
+                app, rc, _ = launch.prepare(
+                    cfg, "FedYogi", train, base.path, work, model_dir, yogi=(eta, tau)
+                )
                 launch.simulate(app, rc, artifacts.artifacts_root() / ".flwr")
                 model = GPT2LMHeadModel.from_pretrained(model_dir / "model")
                 curves = json.loads((model_dir / "curves.json").read_text())
-                row = {"eta": eta, "tau": tau,
-                       "held-out perplexity": _perplexity(model, tok, held, cfg),
-                       "final training loss": curves["round_loss"][-1]}  # fmt: skip
+                row = {
+                    "eta": eta,
+                    "tau": tau,
+                    "held-out perplexity": _perplexity(model, tok, held, cfg),
+                    "final training loss": curves["round_loss"][-1],
+                }
                 done.write_text(json.dumps(row))
                 shutil.rmtree(work, ignore_errors=True)
             rows.append(json.loads(done.read_text()))

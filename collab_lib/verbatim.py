@@ -60,9 +60,15 @@ def plan_step(step: str, config: dict, cfg: Config, upstream: dict) -> dict[str,
 
 def step_config(cfg: Config, **extra) -> dict:
     """What an rq2 or rq3 artifact depends on beyond its inputs' keys."""
-    return {"memorization": cfg.memorization, "clones": cfg.clones, "seed": cfg.seed,
-            "version": VERSION, "sampler": sampling.VERSION, "context": cfg.model.context,
-            **extra}  # fmt: skip
+    return {
+        "memorization": cfg.memorization,
+        "clones": cfg.clones,
+        "seed": cfg.seed,
+        "version": VERSION,
+        "sampler": sampling.VERSION,
+        "context": cfg.model.context,
+        **extra,
+    }
 
 
 def generations_artifact(cfg: Config, model_art, prompts_art, kind: str, force: bool):
@@ -172,8 +178,13 @@ def detect(
 def per_prompt(prompt_ids: list[int], file_of: np.ndarray, counts, report) -> list[dict]:
     """Generated and memorized lines of each prompt, its samples together."""
     ids = np.asarray(prompt_ids)[file_of]  # the prompt of every line of the query
-    frame = pd.DataFrame({"prompt": ids, "generated lines": counts.astype(int),
-                          "memorized lines": report.covered.astype(int)})  # fmt: skip
+    frame = pd.DataFrame(
+        {
+            "prompt": ids,
+            "generated lines": counts.astype(int),
+            "memorized lines": report.covered.astype(int),
+        }
+    )
     return frame.groupby("prompt").sum().reset_index().to_dict("records")
 
 

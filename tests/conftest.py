@@ -205,12 +205,15 @@ def course_run(tmp_path_factory, worker_id) -> CourseRun:
 def built_book(course_run, tmp_path_factory) -> BuiltBook:
     """The course run's book: papermill runs the notebooks, Jupyter Book renders them."""
     from collab_lib.book import build_book
+    from collab_lib.config import load_config
 
     mp = pytest.MonkeyPatch()
     mp.setenv("COLLAB_ARTIFACTS", str(course_run.artifacts))
     try:
-        index = build_book(str(course_run.profile), course_run.overrides, run_steps=False,
-                           build_root=tmp_path_factory.mktemp("book") / "_build")  # fmt: skip
+        cfg = load_config(course_run.profile, course_run.overrides)
+        index = build_book(
+            cfg, run_steps=False, build_root=tmp_path_factory.mktemp("book") / "_build"
+        )
     finally:
         mp.undo()
     return BuiltBook(course_run.profile, course_run.artifacts, course_run.overrides, index)
@@ -272,16 +275,24 @@ def chapters() -> list[str]:
     from collab_lib.book import NOTEBOOKS
 
     pages = ["intro", "methods", "rerunning", "teaching"]
-    return [*(f"book/{p}.html" for p in pages),
-            *(f"book/executed/{n.replace('.ipynb', '.html')}" for n in NOTEBOOKS)]  # fmt: skip
+    return [
+        *(f"book/{p}.html" for p in pages),
+        *(f"book/executed/{n.replace('.ipynb', '.html')}" for n in NOTEBOOKS),
+    ]
 
 
 def assert_every_page_reads_offline(page) -> None:
     """As a reader sees the book: every table cell filled, no NaN, every figure loaded, every
     internal link found, and nothing fetched from outside the book (no CDN)."""
     outside = []
-    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
-        page.base) else (outside.append(route.request.url), route.abort()))  # fmt: skip
+    page.route(
+        "**/*",
+        lambda route: (
+            route.continue_()
+            if route.request.url.startswith(page.base)
+            else (outside.append(route.request.url), route.abort())
+        ),
+    )
     links = set()
     for chapter in chapters():
         response = page.goto(f"{page.base}/{chapter}")
@@ -305,8 +316,15 @@ def assert_every_page_reads_offline(page) -> None:
 # run) on one worker, then the quick repository checks; the paper profile's own run (it needs
 # no course run) and Flower's engines on the other, then the book once the course run is
 # there; the rest fill in as workers free up.
-LONGEST_FIRST = ("test_teaching.py", "test_paper_profile.py", "test_federated.py", "test_repo.py",
-                 "test_book.py", "test_collaboration.py", "test_exchange.py")  # fmt: skip
+LONGEST_FIRST = (
+    "test_teaching.py",
+    "test_paper_profile.py",
+    "test_federated.py",
+    "test_repo.py",
+    "test_book.py",
+    "test_collaboration.py",
+    "test_exchange.py",
+)
 
 
 def pytest_collection_modifyitems(items) -> None:

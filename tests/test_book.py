@@ -17,11 +17,16 @@ def book(built_book) -> Path:
     return built_book.index
 
 
-def test_notebooks_ran_through_papermill_without_errors(book):
+def test_notebooks_ran_through_papermill_on_the_books_one_settings_file(book, built_book):
+    from collab_lib.config import load_config, read_settings
+
+    settings = book.parents[2] / "settings.yml"
+    cfg = load_config(built_book.profile, built_book.overrides)
+    assert read_settings(settings) == cfg and cfg.seed == 5  # the --set reached the file
     executed = book.parents[2] / "src" / "book" / "executed"
     for name in NOTEBOOKS:
         nb = json.loads((executed / name).read_text())
-        assert nb["metadata"]["papermill"]["parameters"]["overrides"] == {"seed": 5}
+        assert nb["metadata"]["papermill"]["parameters"] == {"settings": str(settings)}
         outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
         assert outputs and not [o for o in outputs if o["output_type"] == "error"]
 
@@ -147,8 +152,10 @@ def test_findings_chapter_states_each_rule_before_its_verdict(page):
         assert card.index("Rule:") < card.index("Ours (1 seed)") < card.index("Verdict:")
     verdicts = [line for line in text.splitlines() if line.startswith("Verdict:")]
     assert len(verdicts) == 7
-    assert all(v.split(".")[0].split(": ")[1] in ("holds", "does not hold", "inconclusive")
-               for v in verdicts)  # fmt: skip
+    assert all(
+        v.split(".")[0].split(": ")[1] in ("holds", "does not hold", "inconclusive")
+        for v in verdicts
+    )
 
 
 def test_every_page_renders_offline_with_numbers_figures_and_working_links(page):
@@ -159,6 +166,24 @@ def test_search_finds_fedyogi(page):
     page.goto(f"{page.base}/search.html?q=FedYogi")
     page.wait_for_selector("#search-results li", timeout=20000)
     assert page.locator("#search-results li").count() >= 1
+
+
+def test_status_the_settings_file_and_the_reproducibility_page_agree(
+    page, book, built_book, capsys
+):
+    from collab_lib import cli
+
+    args = ["status", "--profile", str(built_book.profile), "--set", "seed=5"]
+    assert cli.main([*args, "--settings"]) == 0
+    printed = capsys.readouterr().out
+    assert cli.main(args) == 0
+    digest = capsys.readouterr().out.splitlines()[-1].split()[1].rstrip(":")
+    assert (book.parents[2] / "settings.yml").read_text() == printed  # what the chapters read
+    page.goto(page.base + "/book/executed/99_reproducibility.html")
+    assert f"settings: {digest}" in page.inner_text("main")
+    page.click(f"summary:has-text('{digest}')")
+    shown = page.inner_text(f"details:has(summary:has-text('{digest}')) pre")
+    assert shown.strip() == printed.strip()
 
 
 def test_reproducibility_page_lists_the_artifacts(page, built_book):
@@ -174,8 +199,16 @@ def test_reproducibility_page_lists_the_artifacts(page, built_book):
 def test_home_page_links_the_chapters(page):
     page.goto(page.base + "/book/intro.html")
     links = page.eval_on_selector_all("nav a", "as => as.map(a => a.innerText)")
-    for chapter in ("Methods", "Datasets", "Models", "RQ1", "RQ2", "RQ3", "Findings",
-                    "Reproducibility"):  # fmt: skip
+    for chapter in (
+        "Methods",
+        "Datasets",
+        "Models",
+        "RQ1",
+        "RQ2",
+        "RQ3",
+        "Findings",
+        "Reproducibility",
+    ):
         assert any(chapter in a for a in links), chapter
 
 
@@ -202,7 +235,7 @@ def test_a_failing_notebook_names_itself_and_its_executed_copy(tmp_path):
     (tmp_path / "nb").mkdir()
     nbformat.write(_notebook("raise ValueError('bad table')"), tmp_path / "nb" / "broken.ipynb")
     with pytest.raises(book_mod.BookError, match="broken.ipynb failed .*ValueError: bad table"):
-        book_mod.execute_notebook("broken.ipynb", "tiny", {}, tmp_path / "out", tmp_path / "nb")
+        book_mod.execute_notebook("broken.ipynb", Path("s.yml"), tmp_path / "out", tmp_path / "nb")
     assert (tmp_path / "out" / "broken.ipynb").exists()
 
 
@@ -215,12 +248,12 @@ def test_notebooks_run_side_by_side_and_a_failure_still_names_its_notebook(tmp_p
     src.mkdir()
     nbformat.write(_notebook("import os\nprint('pid', os.getpid())"), src / "a.ipynb")
     nbformat.write(_notebook("raise ValueError('bad figure')"), src / "b.ipynb")
-    nbformat.write(_notebook("print('profile', profile)"), src / "c.ipynb")
+    nbformat.write(_notebook("print('settings', settings)"), src / "c.ipynb")
     names = ("a.ipynb", "b.ipynb", "c.ipynb")
     with pytest.raises(book_mod.BookError, match="b.ipynb failed .*ValueError: bad figure"):
-        book_mod.execute_notebooks(names, "tiny", {}, tmp_path / "out", src, workers=2)
+        book_mod.execute_notebooks(names, Path("s.yml"), tmp_path / "out", src, workers=2)
     # the notebooks after the failing one still ran, with the parameters papermill injected
-    assert "profile tiny" in (tmp_path / "out" / "c.ipynb").read_text()
+    assert "settings s.yml" in (tmp_path / "out" / "c.ipynb").read_text()
     assert (tmp_path / "out" / "a.ipynb").exists()
 
 

@@ -19,8 +19,11 @@ def test_table7_counts_the_vendored_copies_and_the_natural_rate(tmp_path):
     }
     # a generous budget, so that organizations this small vendor a few whole files; the RQ3
     # pair named in either order finds the paper's row
-    data = {"seed": 0, "datasets": {"organizations": [], "vendored_max_fraction": 0.5},
-            "collaboration": {"rq3_pair": ["Microsoft", "Google"]}}  # fmt: skip
+    data = {
+        "seed": 0,
+        "datasets": {"organizations": [], "vendored_max_fraction": 0.5},
+        "collaboration": {"rq3_pair": ["Microsoft", "Google"]},
+    }
     for name, (short, path) in orgs.items():
         sources = [{"dir": str(path)}]
         if name != "Facebook":

@@ -17,11 +17,24 @@ from collab_lib.collaboration import (
 from collab_lib.config import PROFILES, ConfigError, load_config
 
 PAPER_NAMES = [
-    "Facebook_Only", "Microsoft_Only", "Google_Only", "Centralized_FMG", "Federated_Avg_FMG",
-    "Federated_Yogi_FMG", "Incremental_F2M2G", "Incremental_F2G2M", "Incremental_M2F2G",
-    "Incremental_M2G2F", "Incremental_G2F2M", "Incremental_G2M2F", "Centralized_MG",
-    "Federated_Avg_MG", "Federated_Yogi_MG", "Incremental_M2G", "Incremental_G2M",
-]  # fmt: skip
+    "Facebook_Only",
+    "Microsoft_Only",
+    "Google_Only",
+    "Centralized_FMG",
+    "Federated_Avg_FMG",
+    "Federated_Yogi_FMG",
+    "Incremental_F2M2G",
+    "Incremental_F2G2M",
+    "Incremental_M2F2G",
+    "Incremental_M2G2F",
+    "Incremental_G2F2M",
+    "Incremental_G2M2F",
+    "Centralized_MG",
+    "Federated_Avg_MG",
+    "Federated_Yogi_MG",
+    "Incremental_M2G",
+    "Incremental_G2M",
+]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
@@ -30,8 +43,9 @@ def test_the_paper_profiles_give_the_papers_seventeen_models(profile):
 
 
 def _orgs(tmp_path, names: dict[str, float | None]) -> dict:
-    return {n: (n[0], [make_org_dir(tmp_path / n, n.lower(), 2)], size)
-            for n, size in names.items()}  # fmt: skip
+    return {
+        n: (n[0], [make_org_dir(tmp_path / n, n.lower(), 2)], size) for n, size in names.items()
+    }
 
 
 def test_a_users_own_organizations_name_the_models(tmp_path):
@@ -39,13 +53,24 @@ def test_a_users_own_organizations_name_the_models(tmp_path):
     specs = roster(load_config(write_profile(tmp_path / "p.yml", orgs)))
     names = [m.name for m in specs]
     assert len(names) == len(set(names)) == 17
-    assert names[:6] == ["Payments_Only", "Search_Only", "Ads_Only", "Centralized_PSA",
-                         "Federated_Avg_PSA", "Federated_Yogi_PSA"]  # fmt: skip
+    assert names[:6] == [
+        "Payments_Only",
+        "Search_Only",
+        "Ads_Only",
+        "Centralized_PSA",
+        "Federated_Avg_PSA",
+        "Federated_Yogi_PSA",
+    ]
     assert "Incremental_P2S2A" in names and "Incremental_A2S2P" in names
     # RQ3: the two largest organizations, in the profile's order
     rq3 = [m for m in specs if m.rq == "RQ3"]
-    assert [m.name for m in rq3] == ["Centralized_SA", "Federated_Avg_SA", "Federated_Yogi_SA",
-                                     "Incremental_S2A", "Incremental_A2S"]  # fmt: skip
+    assert [m.name for m in rq3] == [
+        "Centralized_SA",
+        "Federated_Avg_SA",
+        "Federated_Yogi_SA",
+        "Incremental_S2A",
+        "Incremental_A2S",
+    ]
 
 
 def test_four_organizations_train_every_order(tmp_path):
@@ -70,9 +95,14 @@ def test_four_organizations_train_every_order(tmp_path):
 def test_two_organizations_list_each_model_once(tmp_path):
     cfg = load_config(write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2})))
     assert [m.name for m in roster(cfg)] == [
-        "Ads_Only", "Web_Only", "Centralized_AW", "Federated_Avg_AW", "Federated_Yogi_AW",
-        "Incremental_A2W", "Incremental_W2A",
-    ]  # fmt: skip
+        "Ads_Only",
+        "Web_Only",
+        "Centralized_AW",
+        "Federated_Avg_AW",
+        "Federated_Yogi_AW",
+        "Incremental_A2W",
+        "Incremental_W2A",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -94,8 +124,11 @@ def test_a_roster_that_cannot_be_built_is_one_clear_error(tmp_path, orgs, extra,
 
 def test_five_organizations_train_the_listed_orders(tmp_path):
     orders = [list("ABCDE"), list("EDCBA")]
-    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, dict(zip("ABCDE", range(1, 6),
-                         strict=True))), collaboration={"incremental_orders": orders})  # fmt: skip
+    path = write_profile(
+        tmp_path / "p.yml",
+        _orgs(tmp_path, dict(zip("ABCDE", range(1, 6), strict=True))),
+        collaboration={"incremental_orders": orders},
+    )
     names = [m.name for m in roster(load_config(path))]
     assert "Incremental_A2B2C2D2E" in names and "Incremental_E2D2C2B2A" in names
     assert len([n for n in names if n.startswith("Incremental_") and n.count("2") == 4]) == 2
@@ -104,8 +137,11 @@ def test_five_organizations_train_the_listed_orders(tmp_path):
 def test_a_missing_model_names_the_users_own_command(tmp_path, capsys):
     path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2}))
     cfg = load_config(path, ["seed=3", "train.epochs=2"])
-    with pytest.raises(NotBuiltError, match=r"run train --profile \S+p\.yml --set seed=3 "
-                       r"--set train.epochs=2"):  # fmt: skip
+    with pytest.raises(
+        NotBuiltError,
+        match=r"run train --profile \S+p\.yml --set seed=3 "
+        r"--set train.epochs=2",
+    ):
         pipeline.load("train", cfg)
     assert main(["models", "--profile", str(path), "--set", "seed=3"]) == 1
     assert "--set seed=3" in capsys.readouterr().err
@@ -155,7 +191,7 @@ def test_models_are_trained_once_and_listed(course_run, course_cfg, capsys):
                 "seed=5",
             ]
         )
-        == 2  # fmt: skip
+        == 2
     )
     assert "Federated_Yogi_MG" in capsys.readouterr().err
 
@@ -178,8 +214,15 @@ def test_two_renamed_organizations_run_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["models", "--profile", str(path)]) == 0
     names = [line.split("\t")[0] for line in capsys.readouterr().out.strip().splitlines()]
-    assert names == ["Payments_Only", "Search_Only", "Centralized_PS", "Federated_Avg_PS",
-                     "Federated_Yogi_PS", "Incremental_P2S", "Incremental_S2P"]  # fmt: skip
+    assert names == [
+        "Payments_Only",
+        "Search_Only",
+        "Centralized_PS",
+        "Federated_Avg_PS",
+        "Federated_Yogi_PS",
+        "Incremental_P2S",
+        "Incremental_S2P",
+    ]
     cfg = load_config(path)
     models = pipeline.load("train", cfg)
     assert list(models_table(cfg, models)["Data"])[:3] == ["P", "S", "P + S"]
@@ -201,8 +244,12 @@ def test_two_renamed_organizations_run_end_to_end(tmp_path, capsys):
 def test_settings_that_would_be_silently_replaced_are_errors(
     tmp_path, federated, collaboration, message
 ):
-    path = write_profile(tmp_path / "p.yml", _orgs(tmp_path, {"Ads": 1, "Web": 2}),
-                         federated=federated, collaboration=collaboration)  # fmt: skip
+    path = write_profile(
+        tmp_path / "p.yml",
+        _orgs(tmp_path, {"Ads": 1, "Web": 2}),
+        federated=federated,
+        collaboration=collaboration,
+    )
     with pytest.raises(ConfigError, match=message):
         load_config(path)
 

@@ -82,7 +82,7 @@ def test_relative_dirs_are_relative_to_the_profile(tmp_path):
         "seed": 0,
         "datasets": {
             "organizations": [{"name": n, "short": n, "sources": [{"dir": "code"}]} for n in "AB"]
-        },  # fmt: skip
+        },
     }
     cfg = load_config(_profile(tmp_path, yaml.safe_dump(data)))
     assert cfg.datasets.organizations[0].sources[0].dir == str((tmp_path / "code").resolve())
@@ -98,7 +98,7 @@ def test_relative_dirs_of_an_extended_profile_stay_relative_to_it(tmp_path):
         "seed": 0,
         "datasets": {
             "organizations": [{"name": n, "short": n, "sources": [{"dir": "code"}]} for n in "AB"]
-        },  # fmt: skip
+        },
     }
     (tmp_path / "base" / "base.yml").write_text(yaml.safe_dump(data))
     (tmp_path / "child").mkdir()
@@ -116,12 +116,12 @@ def test_relative_dirs_of_an_extended_profile_stay_relative_to_it(tmp_path):
             {"evaluation.max_new_tokens": 256},
             "evaluation.max_new_tokens: below",
             id="no-room-for-a-prompt",
-        ),  # fmt: skip
+        ),
         pytest.param(
             {"evaluation.perplexity_stride": 256},
             "perplexity_stride: below",
             id="stride-of-a-whole-window",
-        ),  # fmt: skip
+        ),
         pytest.param({"evaluation.benchmark": "mbpp"}, "humaneval or humaneval+", id="benchmark"),
         pytest.param({"evaluation.temperatures": [0.0]}, "each above 0", id="temperature"),
     ],
@@ -153,3 +153,24 @@ def test_a_profile_at_another_scale_sweeps_fedyogi_rather_than_inherit_defaults_
     assert load_config("tiny").federated.tuned and load_config("gpu").federated.tuned
     paper = load_config("paper").federated  # the paper's: Flower's defaults, no sweep
     assert not paper.tuned and (paper.yogi_eta, paper.yogi_tau) == (1e-2, 1e-3)
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+def test_the_resolved_settings_file_gives_back_the_same_config(profile, tmp_path):
+    from collab_lib.config import read_settings, settings_digest, write_settings
+
+    cfg = load_config(profile, ["train.lr=0.001"])
+    back = read_settings(write_settings(cfg, tmp_path / "settings.yml"))
+    assert back == cfg and settings_digest(back) == settings_digest(cfg)
+    assert back.command("run", "all").endswith("--set train.lr=0.001")  # messages keep the --set
+    with pytest.raises(ConfigError, match="settings file not found"):
+        read_settings(tmp_path / "none.yml")
+
+
+def test_a_chapter_run_by_hand_resolves_its_profile_and_overrides(tmp_path):
+    from collab_lib.config import chapter_config, write_settings
+
+    by_hand = chapter_config(None, "tiny", {"seed": 3})
+    assert by_hand == load_config("tiny", {"seed": 3}) and by_hand.seed == 3
+    written = write_settings(load_config("tiny", {"seed": 4}), tmp_path / "settings.yml")
+    assert chapter_config(str(written), "tiny", {"seed": 3}).seed == 4  # the book's file wins

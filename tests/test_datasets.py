@@ -332,12 +332,14 @@ def test_own_code_fills_size_mb_whatever_is_vendored(tmp_path):
         ("BSD-3", "BSD-3-Clause"),
         ("Apache 2.0", "Apache-2.0"),
         ("Python Software Foundation License", "PSF-2.0"),
-        ("Apache Software License, BSD License",
-         "Apache (version not stated) OR BSD (version not stated)"),
+        (
+            "Apache Software License, BSD License",
+            "Apache (version not stated) OR BSD (version not stated)",
+        ),
         ("Apache-2.0 AND BSD-2-Clause", "Apache-2.0 AND BSD-2-Clause"),  # SPDX already
         ("not stated", "not stated"),
     ],
-)  # fmt: skip
+)
 def test_table2_summary_names_licenses_by_spdx_identifier(raw, spdx):
     from collab_lib.report import spdx as to_spdx
 

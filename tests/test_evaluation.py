@@ -18,8 +18,16 @@ TEXTS = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(40)]
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = load_config("tiny", ["model.n_layer=1", "model.n_embd=32", "model.n_head=2",
-                               "model.context=32", "model.tokenizer_corpus_mb=0.3"])  # fmt: skip
+    cfg = load_config(
+        "tiny",
+        [
+            "model.n_layer=1",
+            "model.n_embd=32",
+            "model.n_head=2",
+            "model.context=32",
+            "model.tokenizer_corpus_mb=0.3",
+        ],
+    )
     return cfg, load_tokenizer(build_tokenizer(cfg).path)
 
 

@@ -42,8 +42,7 @@ def test_an_import_builds_the_book_without_any_model(exported, course_run, tmp_p
     cfg = load_config(course_run.profile, course_run.overrides)
     assert pipeline.load("findings", cfg).file("findings.csv").is_file()
     # the book renders from the import alone: no step runs, no model is loaded
-    index = build_book(str(course_run.profile), course_run.overrides, run_steps=False,
-                       build_root=tmp_path / "_build")  # fmt: skip
+    index = build_book(cfg, run_steps=False, build_root=tmp_path / "_build")
     text = (index.parent / "book" / "executed" / "07_findings.html").read_text()
     assert "Finding 7" in text and "Verdict:" in text
     # a model arrived without its weights: reading them says so, and what to do

@@ -161,9 +161,14 @@ def test_function_prompts_counts_and_the_token_limit(tok):
     prompts, counts = function_prompts(docs, tok, max_tokens=n_tokens(tok, short))
 
     assert prompts == [
-        {"file": "a.py", "function": "short", "line": 1, "prompt": short,
-         "tokens": n_tokens(tok, short)},
-    ]  # fmt: skip
+        {
+            "file": "a.py",
+            "function": "short",
+            "line": 1,
+            "prompt": short,
+            "tokens": n_tokens(tok, short),
+        },
+    ]
     assert counts == {
         "files": 3,
         "unparsable_files": 1,
@@ -265,8 +270,11 @@ def test_a_long_block_is_split_until_every_prompt_fits(tok):
     out = clone_prompts([{"file": "a.py", "start": 1, "end": 40}], {"a.py": CODE}, tok, most)
     # 40 lines: prompts of 20, then 10 lines are too long; pieces of 10 prompt with 5
     assert [(r["start"], r["end"], r["prompt_lines"]) for r in out] == [
-        (1, 10, 5), (11, 20, 5), (21, 30, 5), (31, 40, 5),
-    ]  # fmt: skip
+        (1, 10, 5),
+        (11, 20, 5),
+        (21, 30, 5),
+        (31, 40, 5),
+    ]
     for r in out:
         assert r["tokens"] == n_tokens(tok, r["prompt"]) <= most
         assert r["prompt"] + r["target"] == piece_text(r)

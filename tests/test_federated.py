@@ -78,8 +78,10 @@ def test_a_client_sends_only_weights_and_counts(simulated, tmp_path, monkeypatch
 
     model = task.load_model(base)
     train = TrainConfig(batch_size=4, lr=1e-3)
-    config = ConfigRecord({"context": cfg.model.context, "seed": 1, "round": 1, "num-rounds": 2}
-                          | task.to_run_config(train))  # fmt: skip
+    config = ConfigRecord(
+        {"context": cfg.model.context, "seed": 1, "round": 1, "num-rounds": 2}
+        | task.to_run_config(train)
+    )
     msg = Message(
         content=RecordDict({"arrays": task.to_arrays(model), "config": config}),
         message_type=MessageType.TRAIN,
@@ -156,11 +158,18 @@ def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monk
     start = task.to_arrays(task.load_model(base))
     weights, counts = [], []
     for node in nodes:  # each client's reply to the round's message, computed here
-        msg = Message(content=RecordDict({"arrays": start, "config": config}),
-                      message_type=MessageType.TRAIN, dst_node_id=1)  # fmt: skip
-        context = Context(run_id=1, node_id=1, state=RecordDict(), run_config=rc,
-                          node_config={"organization": node.organization,
-                                       "data-path": str(node.data_path)})  # fmt: skip
+        msg = Message(
+            content=RecordDict({"arrays": start, "config": config}),
+            message_type=MessageType.TRAIN,
+            dst_node_id=1,
+        )
+        context = Context(
+            run_id=1,
+            node_id=1,
+            state=RecordDict(),
+            run_config=rc,
+            node_config={"organization": node.organization, "data-path": str(node.data_path)},
+        )
         reply = client_app.app(msg, context).content
         n = reply["metrics"]["num-examples"]
         sequences = len(task.packed_data(str(node.data_path), str(base), cfg.model.context))
@@ -179,8 +188,16 @@ def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monk
 
 def test_training_settings_cross_to_the_clients_unchanged():
     """The run config's hyphenated keys read back into the same TrainConfig (one place)."""
-    train = TrainConfig(epochs=4, batch_size=3, grad_accum=2, lr=7e-4, weight_decay=0.05,
-                        warmup_fraction=0.2, schedule="linear", grad_clip=0.5)  # fmt: skip
+    train = TrainConfig(
+        epochs=4,
+        batch_size=3,
+        grad_accum=2,
+        lr=7e-4,
+        weight_decay=0.05,
+        warmup_fraction=0.2,
+        schedule="linear",
+        grad_clip=0.5,
+    )
     record = ConfigRecord(task.to_run_config(train))
     assert "warmup-fraction" in record and task.train_config(record) == train
     assert task.train_config(record, epochs=1) == TrainConfig(**{**train.__dict__, "epochs": 1})
@@ -236,8 +253,10 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
     raise TimeoutError(f"nothing listens on port {port}")
 
 
-@pytest.mark.skipif(shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None,
-                    reason="Flower's executables are not installed")  # fmt: skip
+@pytest.mark.skipif(
+    shutil.which("flower-superlink", path=str(Path(sys.executable).parent)) is None,
+    reason="Flower's executables are not installed",
+)
 def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, monkeypatch):
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
@@ -255,12 +274,14 @@ def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, mo
     try:
         for p in procs[:-1]:  # the SuperLink, then one SuperNode per organization
             log = open(tmp_path / f"{p.name}.log", "w")  # noqa: SIM115 (the process keeps it)
-            running.append(subprocess.Popen(p.argv, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True))  # fmt: skip
+            running.append(
+                subprocess.Popen(
+                    p.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+            )
             if p.name == "superlink":
                 _wait_for_port(link)
-        run = subprocess.run(procs[-1].argv, env=env, capture_output=True,
-                             text=True, timeout=400)  # fmt: skip
+        run = subprocess.run(procs[-1].argv, env=env, capture_output=True, text=True, timeout=400)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
         for _ in range(100):  # --stream returns when the run ends; the model is saved by then
             if (out / "model" / "model.safetensors").exists():

@@ -43,14 +43,29 @@ def _run(loss: dict[str, float], noise: float = 0.05, files: int = 30) -> findin
                 per["Big_Only"] = per["Mid_Only"]
             file = f"{org}/{f}.py"
             rows += [
-                {"model": m, "organization": org, "file": file, "loss_sum": x * tokens,
-                 "tokens": tokens}
+                {
+                    "model": m,
+                    "organization": org,
+                    "file": file,
+                    "loss_sum": x * tokens,
+                    "tokens": tokens,
+                }
                 for m, x in per.items()
-            ]  # fmt: skip
+            ]
     roster = [ModelSpec(f"{o}_Only", "single", (o,)) for o in ORGS]
     empty = pd.DataFrame()
-    return findings.Run(0, roster, ORGS, {o: 1.0 for o in ORGS}, pd.DataFrame(rows),
-                        empty, empty, empty, empty, empty)  # fmt: skip
+    return findings.Run(
+        0,
+        roster,
+        ORGS,
+        {o: 1.0 for o in ORGS},
+        pd.DataFrame(rows),
+        empty,
+        empty,
+        empty,
+        empty,
+        empty,
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,22 +94,41 @@ def test_a_finding_the_run_cannot_test_says_why():
 def test_finding_7_uses_the_continuation_loss_when_no_line_is_memorized(sync, verdict):
     """No verbatim line: the loss drop on the shared blocks' second halves decides."""
     rng = np.random.default_rng(0)
-    pair = [ModelSpec("Centralized_MG", "centralized", ("M", "G"), rq="RQ3"),
-            ModelSpec("Incremental_M2G", "incremental", ("M", "G"), rq="RQ3")]  # fmt: skip
+    pair = [
+        ModelSpec("Centralized_MG", "centralized", ("M", "G"), rq="RQ3"),
+        ModelSpec("Incremental_M2G", "incremental", ("M", "G"), rq="RQ3"),
+    ]
     means = {findings.BASE: 3.0, "Centralized_MG": sync, "Incremental_M2G": 2.3}
     blocks, prompts = [], []
     for p in range(40):
         tokens, hard = int(rng.integers(20, 60)), rng.normal(0, 0.3)
         for m, x in means.items():
-            blocks.append({"model": m, "prompt": p, "tokens": tokens,
-                           "loss_sum": (x + hard + rng.normal(0, 0.05)) * tokens})  # fmt: skip
-            prompts.append({"model": m, "prompt": p, "generated lines": 5,
-                            "memorized lines": 0})  # fmt: skip
+            blocks.append(
+                {
+                    "model": m,
+                    "prompt": p,
+                    "tokens": tokens,
+                    "loss_sum": (x + hard + rng.normal(0, 0.05)) * tokens,
+                }
+            )
+            prompts.append({"model": m, "prompt": p, "generated lines": 5, "memorized lines": 0})
     # on the pair's validation files every model gains the same: only the blocks differ
-    val = [{"model": m, "organization": o, "file": f"{o}/{f}.py", "loss_sum": (x - d) * 100,
-            "tokens": 100} for o in ("M", "G") for f in range(10)
-           for m, x, d in ((findings.BASE, 3.0, 0), ("Centralized_MG", 3.0, 0.2),
-                           ("Incremental_M2G", 3.0, 0.2))]  # fmt: skip
+    val = [
+        {
+            "model": m,
+            "organization": o,
+            "file": f"{o}/{f}.py",
+            "loss_sum": (x - d) * 100,
+            "tokens": 100,
+        }
+        for o in ("M", "G")
+        for f in range(10)
+        for m, x, d in (
+            (findings.BASE, 3.0, 0),
+            ("Centralized_MG", 3.0, 0.2),
+            ("Incremental_M2G", 3.0, 0.2),
+        )
+    ]
     run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
     run.roster += pair
     run.perplexity = pd.concat([run.perplexity, pd.DataFrame(val)], ignore_index=True)
@@ -139,8 +173,10 @@ def test_key_tables_show_mean_and_spread_across_seeds(monkeypatch):
 
     cfg = load_config("tiny", {"seeds": [0, 1, 2]})
     models = ["base model", "Centralized_FMG"]
-    by_seed = {s: pd.DataFrame({"model": models, "perplexity": [100.0 + s, 10.0 + 2 * s]})
-               for s in (0, 1, 2)}  # fmt: skip
+    by_seed = {
+        s: pd.DataFrame({"model": models, "perplexity": [100.0 + s, 10.0 + 2 * s]})
+        for s in (0, 1, 2)
+    }
     monkeypatch.setattr(pipeline, "table", lambda name, c: by_seed[c.seed])
     out = report.across_seeds(cfg, "table8")
     assert list(out["model"]) == ["base model", "Centralized_FMG"]

@@ -89,10 +89,17 @@ def test_no_organization_with_both_splits_reads_as_a_sentence_not_a_crash():
 def _scores_without_validation():
     import pandas as pd
 
-    return pd.DataFrame({"model": ["base model"] * 3, "organization": ["Facebook"] * 3,
-                         "split": ["train"] * 3, "file": ["a", "a", "b"],
-                         "ppl_zlib": [0.1, 0.2, 0.3], "minkpp": [0.0, 1.0, 2.0],
-                         "ref_diff": [math.nan] * 3})  # fmt: skip
+    return pd.DataFrame(
+        {
+            "model": ["base model"] * 3,
+            "organization": ["Facebook"] * 3,
+            "split": ["train"] * 3,
+            "file": ["a", "a", "b"],
+            "ppl_zlib": [0.1, 0.2, 0.3],
+            "minkpp": [0.0, 1.0, 2.0],
+            "ref_diff": [math.nan] * 3,
+        }
+    )
 
 
 def _model(vocab: int, seed: int = 0) -> GPT2LMHeadModel:
@@ -117,8 +124,9 @@ def test_short_and_long_samples_score_as_perplexity_does(tok):
 
 def test_the_signals_separate_what_a_model_memorized(tok):
     """A model trained hard on some texts: every signal ranks those above unseen ones."""
-    texts = [f"def handler_{i}(event, ctx_{i}):\n    return event['k{i * 7}'] + {i}\n"
-             for i in range(16)]  # fmt: skip
+    texts = [
+        f"def handler_{i}(event, ctx_{i}):\n    return event['k{i * 7}'] + {i}\n" for i in range(16)
+    ]
     members, others = texts[::2], texts[1::2]
     base, model = _model(len(tok)), _model(len(tok))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)

@@ -53,16 +53,36 @@ def test_too_short_a_copy_is_not_memorized():
 def test_table10_sums_organizations_and_ranks_by_ratio():
     t9 = pd.DataFrame(
         [
-            {"model": "A", "organization": "X", "generated lines": 100, "memorized blocks": 1,
-             "memorized lines": 6},
-            {"model": "A", "organization": "Y", "generated lines": 100, "memorized blocks": 0,
-             "memorized lines": 0},
-            {"model": "Centralized_FMG", "organization": "X", "generated lines": 50,
-             "memorized blocks": 2, "memorized lines": 12},
-            {"model": "Centralized_FMG", "organization": "Y", "generated lines": 0,
-             "memorized blocks": 0, "memorized lines": 0},
+            {
+                "model": "A",
+                "organization": "X",
+                "generated lines": 100,
+                "memorized blocks": 1,
+                "memorized lines": 6,
+            },
+            {
+                "model": "A",
+                "organization": "Y",
+                "generated lines": 100,
+                "memorized blocks": 0,
+                "memorized lines": 0,
+            },
+            {
+                "model": "Centralized_FMG",
+                "organization": "X",
+                "generated lines": 50,
+                "memorized blocks": 2,
+                "memorized lines": 12,
+            },
+            {
+                "model": "Centralized_FMG",
+                "organization": "Y",
+                "generated lines": 0,
+                "memorized blocks": 0,
+                "memorized lines": 0,
+            },
         ]
-    )  # fmt: skip
+    )
     t10 = memorization.table10(t9)
     assert list(t10["model"]) == ["Centralized_FMG", "A"] and list(t10["rank"]) == [1, 2]
     assert t10["ratio (%)"].tolist() == pytest.approx([24.0, 3.0])
@@ -163,10 +183,17 @@ def test_rank_exposure_counts_only_strictly_better_alternatives():
 def test_exposure_table_subtracts_the_base_models_value_per_canary():
     def frame(rank: list[float]) -> pd.DataFrame:
         return pd.DataFrame(
-            {"canary": ["a", "b"], "organization": ["X", "X"], "count": [4, 4],
-             "candidates": [64, 64], "rank_exposure": rank, "extrapolated_exposure": rank,
-             "extracted": [False, True], "leaked": [None, "a"]}
-        )  # fmt: skip
+            {
+                "canary": ["a", "b"],
+                "organization": ["X", "X"],
+                "count": [4, 4],
+                "candidates": [64, 64],
+                "rank_exposure": rank,
+                "extrapolated_exposure": rank,
+                "extracted": [False, True],
+                "leaked": [None, "a"],
+            }
+        )
 
     t = exposure.exposure_table({"base model": frame([1.0, 2.0]), "M": frame([5.0, 6.0])})
     row = t[t["model"] == "M"].iloc[0]
@@ -188,13 +215,35 @@ def test_no_canaries_give_an_empty_exposure_table_with_its_columns(tmp_path):
 def test_rq3_models_of_a_two_organization_profile_are_its_union_models():
     from collab_lib.config import load_config
 
-    names = cross_org.rq3_models(load_config("tiny", {
-        "datasets.organizations": [
-            {"name": "Ads", "short": "A", "size_mb": 0.1, "sources": [{"installed": "absl-py"}]},
-            {"name": "Web", "short": "W", "size_mb": 0.2, "sources": [{"installed": "torch"}]},
-        ]}))  # fmt: skip
-    assert names == ["base model", "Centralized_AW", "Federated_Avg_AW", "Federated_Yogi_AW",
-                     "Incremental_A2W", "Incremental_W2A"]  # fmt: skip
+    names = cross_org.rq3_models(
+        load_config(
+            "tiny",
+            {
+                "datasets.organizations": [
+                    {
+                        "name": "Ads",
+                        "short": "A",
+                        "size_mb": 0.1,
+                        "sources": [{"installed": "absl-py"}],
+                    },
+                    {
+                        "name": "Web",
+                        "short": "W",
+                        "size_mb": 0.2,
+                        "sources": [{"installed": "torch"}],
+                    },
+                ]
+            },
+        )
+    )
+    assert names == [
+        "base model",
+        "Centralized_AW",
+        "Federated_Avg_AW",
+        "Federated_Yogi_AW",
+        "Incremental_A2W",
+        "Incremental_W2A",
+    ]
 
 
 # --------------------------------------------------------------------------- duplication
@@ -221,9 +270,13 @@ def test_line_sample_classes_lines_as_the_detector_breaks_them(tok):
     from collab_lib.config import load_config
 
     block = "".join(f"value_{i} = compute({i})\r" for i in range(7))  # lone \r line breaks
-    docs = {"train": [{"path": "a.py", "content": block + "x = 1\r\n"},
-                      {"path": "b.py", "content": "y = 2\n" + block},
-                      {"path": "c/__init__.py", "content": "# license only\n"}]}  # fmt: skip
+    docs = {
+        "train": [
+            {"path": "a.py", "content": block + "x = 1\r\n"},
+            {"path": "b.py", "content": "y = 2\n" + block},
+            {"path": "c/__init__.py", "content": "# license only\n"},
+        ]
+    }
     ds = SimpleNamespace(documents=lambda org, split: docs[split])
     cfg = load_config("tiny", {"memorization.duplication_tokens": None})
     sample = duplication.line_sample(ds, tok, "X", "train", CloneOptions(6), cfg)
@@ -238,11 +291,22 @@ def test_line_sample_classes_lines_as_the_detector_breaks_them(tok):
 def test_duplication_signal_is_the_training_excess_net_of_validation():
     def frame(train_clone, train_other, val_clone, val_other):
         rows = []
-        for split, lines, mean in (("train", "clone", train_clone), ("train", "other", train_other),
-                                   ("validation", "clone", val_clone),
-                                   ("validation", "other", val_other)):  # fmt: skip
-            rows.append({"organization": "X", "split": split, "file": "a.py", "lines": lines,
-                         "loss_sum": 10 * mean, "tokens": 10})  # fmt: skip
+        for split, lines, mean in (
+            ("train", "clone", train_clone),
+            ("train", "other", train_other),
+            ("validation", "clone", val_clone),
+            ("validation", "other", val_other),
+        ):
+            rows.append(
+                {
+                    "organization": "X",
+                    "split": split,
+                    "file": "a.py",
+                    "lines": lines,
+                    "loss_sum": 10 * mean,
+                    "tokens": 10,
+                }
+            )
         return pd.DataFrame(rows)
 
     t = duplication.duplication_table(

@@ -34,14 +34,14 @@ SIZES = {  # what a test can train; every other key is the paper profile's
         "max_new_tokens": 12,
         "batch_size": 8,
         "harness_timeouts": 1,
-    },  # fmt: skip
+    },
     "memorization": {
         "sample_fraction": 0.5,
         "n_samples": 2,
         "max_new_tokens": 12,
         "batch_size": 8,
         "duplication_tokens": 2000,
-    },  # fmt: skip
+    },
     "membership": {"samples": 30, "bootstrap": 200},
 }
 
@@ -54,8 +54,11 @@ def paper_book(tmp_path_factory, tok):
     small = load_config("tiny", {"model.n_layer": 1, "model.n_embd": 32, "model.context": 64})
     init_model(small.model, len(tok), seed=0).save_pretrained(checkpoint)
     tok.save_pretrained(checkpoint)
-    orgs = [("Facebook", "F", "fb", "torch", 5), ("Microsoft", "M", "ms", "azure", 8),
-            ("Google", "G", "google", "tensor", 15)]  # fmt: skip
+    orgs = [
+        ("Facebook", "F", "fb", "torch", 5),
+        ("Microsoft", "M", "ms", "azure", 8),
+        ("Google", "G", "google", "tensor", 15),
+    ]
     profile = base / "paper_small.yml"
     raw = {
         "extends": "paper",
@@ -69,7 +72,7 @@ def paper_book(tmp_path_factory, tok):
                 }
                 for name, short, d, flavour, n in orgs
             ]
-        },  # fmt: skip
+        },
         **SIZES,
     }
     raw["model"] = {**raw["model"], "checkpoint": str(checkpoint)}
@@ -83,7 +86,7 @@ def paper_book(tmp_path_factory, tok):
         elsewhere = base / "cpu-machine"  # an empty cache: only the export arrives
         mp.setenv("COLLAB_ARTIFACTS", str(elsewhere))
         assert cli.main(["import", str(archive)]) == 0
-        index = build_book(str(profile), None, run_steps=False, build_root=base / "_build")
+        index = build_book(load_config(profile), run_steps=False, build_root=base / "_build")
     finally:
         mp.undo()
     return load_config(profile), index, elsewhere

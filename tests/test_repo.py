@@ -77,6 +77,7 @@ def test_commands_that_use_no_model_import_no_torch(code, tmp_path):
 
     check = f"{code}\nimport sys\nprint([m for m in {HEAVY!r} if m in sys.modules])"
     env = {"COLLAB_ARTIFACTS": str(tmp_path), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True,
-                         cwd=ROOT, env=env, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT, env=env, check=True
+    )
     assert out.stdout.strip().splitlines()[-1] == "[]", out.stdout + out.stderr

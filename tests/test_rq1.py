@@ -19,8 +19,12 @@ def test_table8_has_every_model_and_the_base_model(course_cfg):
     assert sorted(measured["model"]) == ["Centralized_FMG", "base model"]
     assert measured["pass@1 (%)"].between(0, 100).all()  # n = 2: pass@1 only
     assert "pass@10 (%)" not in t8
-    assert list(dict.fromkeys(t8["group"])) == ["Baseline", "Synchronous", "Asynchronous",
-                                                "RQ3 pair"]  # fmt: skip
+    assert list(dict.fromkeys(t8["group"])) == [
+        "Baseline",
+        "Synchronous",
+        "Asynchronous",
+        "RQ3 pair",
+    ]
     assert t8.set_index("model").loc["base model", "paper perplexity"] == 1084.78
 
 
@@ -53,8 +57,9 @@ def test_per_file_losses_add_up_to_each_organizations_stream(course_cfg):
     texts = [d["content"] for d in docs]
     stride = course_cfg.perplexity_stride
     expected = scoring.perplexity(model, tok, texts, course_cfg.model.context, stride)
-    assert math.isclose(math.exp(mine["loss_sum"].sum() / mine["tokens"].sum()), expected,
-                        rel_tol=1e-9)  # fmt: skip
+    assert math.isclose(
+        math.exp(mine["loss_sum"].sum() / mine["tokens"].sum()), expected, rel_tol=1e-9
+    )
 
 
 @pytest.mark.slow
@@ -77,7 +82,11 @@ def test_unknown_pass_at_k_model_is_a_clear_error():
 
 def test_pass_at_k_models_by_name_or_setting():
     cfg = load_config("default", {"evaluation.models": ["federated", "Google_Only"]})
-    assert evaluation.pass_models(cfg) == ["base model", "Google_Only", "Federated_Avg_FMG",
-                                           "Federated_Yogi_FMG"]  # fmt: skip
+    assert evaluation.pass_models(cfg) == [
+        "base model",
+        "Google_Only",
+        "Federated_Avg_FMG",
+        "Federated_Yogi_FMG",
+    ]
     every = evaluation.pass_models(load_config("default", {"evaluation.models": None}))
     assert len(every) == 18 and every[0] == "base model"

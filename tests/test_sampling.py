@@ -84,8 +84,13 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
     batched = generate(model, prompts, greedy, eos_id=49)
     for p, got in zip(prompts, batched, strict=True):
         assert generate(model, [p], greedy, eos_id=49) == [got]
-    alone = model.generate(torch.tensor([prompts[1]]), max_new_tokens=10, do_sample=False,
-                           pad_token_id=49, eos_token_id=49)  # fmt: skip
+    alone = model.generate(
+        torch.tensor([prompts[1]]),
+        max_new_tokens=10,
+        do_sample=False,
+        pad_token_id=49,
+        eos_token_id=49,
+    )
     assert batched[1] == alone[0, 2:].tolist()[: len(batched[1])]
 
 
@@ -177,8 +182,9 @@ def test_rows_that_finish_early_leave_the_others_untouched(model):
     give exactly what they give alone."""
     prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14], [15, 16], [17, 18, 19]]
     greedy = SamplingConfig(temperature=0, max_new_tokens=8)
-    got = generate(model, prompts, greedy, eos_id=49,
-                   stop_check=lambda i, ids: i % 2 == 0 and len(ids) >= 2)  # fmt: skip
+    got = generate(
+        model, prompts, greedy, eos_id=49, stop_check=lambda i, ids: i % 2 == 0 and len(ids) >= 2
+    )
     for i, p in enumerate(prompts):
         alone = generate(model, [p], greedy, eos_id=49)[0]
         assert got[i] == (alone[:2] if i % 2 == 0 else alone), i

@@ -98,9 +98,11 @@ def sandbox_processes() -> list[str]:
     """Live processes of the sandbox's uids (exited ones awaiting their reaper are not)."""
     out = subprocess.run(["ps", "-eo", "uid=,stat=,pid=,args="], capture_output=True, text=True)
     rows = [line.split(None, 3) for line in out.stdout.splitlines()]
-    return [" ".join(r) for r in rows
-            if UID_BASE <= int(r[0]) < UID_BASE + UID_BLOCK * UID_BLOCKS
-            and not r[1].startswith("Z")]  # fmt: skip
+    return [
+        " ".join(r)
+        for r in rows
+        if UID_BASE <= int(r[0]) < UID_BASE + UID_BLOCK * UID_BLOCKS and not r[1].startswith("Z")
+    ]
 
 
 def run_attacks(box: Sandbox, canary, port: int, skip=()) -> dict[str, dict]:
@@ -130,8 +132,10 @@ def test_the_unmodified_canonical_completion_passes():
         assert benchmarks.score(BENCH, [hostile_sample("pass")], box)[0]["status"] == "pass"
 
 
-@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
-                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+@pytest.mark.skipif(
+    bubblewrap() is None and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (apt-get install bubblewrap)",
+)
 def test_every_attack_fails_inside_bubblewrap_and_harms_nothing(canary, listener):
     port, accepted = listener
     with Sandbox(limits=Limits(timeout_s=2)) as box:
@@ -158,10 +162,12 @@ def test_without_bubblewrap_layers_2_to_4_still_hold(canary, listener, caplog):
 
 
 def test_the_process_limit_binds_and_the_wall_clock_kills_the_tree():
-    fork_loop = ("import ctypes\nlibc = ctypes.CDLL(None)\nn = 0\nwhile True:\n"
-                 "    pid = libc.fork()\n    if pid == 0:\n        import time\n"
-                 "        time.sleep(60)\n    if pid < 0:\n        break\n    n += 1\n"
-                 "assert n < 16, n\n")  # fmt: skip
+    fork_loop = (
+        "import ctypes\nlibc = ctypes.CDLL(None)\nn = 0\nwhile True:\n"
+        "    pid = libc.fork()\n    if pid == 0:\n        import time\n"
+        "        time.sleep(60)\n    if pid < 0:\n        break\n    n += 1\n"
+        "assert n < 16, n\n"
+    )
     with Sandbox(limits=Limits(timeout_s=2, processes=8)) as box:
         if not box.root_user and box.bwrap is None:
             pytest.skip("needs root (uid drop) or bubblewrap")
@@ -189,20 +195,26 @@ def test_required_isolation_without_bubblewrap_is_an_error(monkeypatch):
     assert shutil.which("python3") is None  # the patch was in force
 
 
-@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
-                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+@pytest.mark.skipif(
+    bubblewrap() is None and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (apt-get install bubblewrap)",
+)
 def test_nothing_one_program_leaves_behind_meets_the_next():
     """One worker runs both: the first leaves files in /tmp, its scratch directory and the
     one above it, and a daemonized grandchild; the second finds none of them."""
-    leave = ("import ctypes, io, os, time\nfor p in ('/tmp/leak', 'leak', '../leak'):\n"
-             "    try:\n        io.open(p, 'w').write('x')\n    except OSError:\n        pass\n"
-             "libc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
-             "    time.sleep(30)\n")  # fmt: skip
-    find = ("import os\nassert not [p for p in ('/tmp/leak', 'leak', '../leak')"
-            " if os.path.exists(p)], 'a file'\n"
-            "others = [p for p in os.listdir('/proc') if p.isdigit()"
-            " and int(p) not in (1, os.getpid(), os.getppid())]\n"
-            "assert not others, others\n")  # fmt: skip
+    leave = (
+        "import ctypes, io, os, time\nfor p in ('/tmp/leak', 'leak', '../leak'):\n"
+        "    try:\n        io.open(p, 'w').write('x')\n    except OSError:\n        pass\n"
+        "libc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n"
+        "    time.sleep(30)\n"
+    )
+    find = (
+        "import os\nassert not [p for p in ('/tmp/leak', 'leak', '../leak')"
+        " if os.path.exists(p)], 'a file'\n"
+        "others = [p for p in os.listdir('/proc') if p.isdigit()"
+        " and int(p) not in (1, os.getpid(), os.getppid())]\n"
+        "assert not others, others\n"
+    )
     with Sandbox(limits=Limits(timeout_s=3), workers=1) as box:
         assert box.run(leave) == Outcome("ok", "")
         assert box.run(find) == Outcome("ok", "")
@@ -237,8 +249,10 @@ FORGERIES = {
 }
 
 
-@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
-                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+@pytest.mark.skipif(
+    bubblewrap() is None and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (apt-get install bubblewrap)",
+)
 @pytest.mark.parametrize("name", list(FORGERIES))
 def test_a_program_cannot_forge_its_result_or_a_later_ones(name):
     with Sandbox(limits=Limits(timeout_s=2), workers=1) as box:
@@ -246,8 +260,10 @@ def test_a_program_cannot_forge_its_result_or_a_later_ones(name):
         assert box.run("assert 1 == 2").status == "exception"  # the next one is honest
 
 
-@pytest.mark.skipif(bubblewrap() is None and not os.environ.get("CI"),
-                    reason="bubblewrap is not installed (apt-get install bubblewrap)")  # fmt: skip
+@pytest.mark.skipif(
+    bubblewrap() is None and not os.environ.get("CI"),
+    reason="bubblewrap is not installed (apt-get install bubblewrap)",
+)
 def test_state_in_every_writable_place_is_gone_and_the_harness_survives_deep_trees():
     leave = (
         "import ctypes, io, os\nlibc = ctypes.CDLL(None)\n"
@@ -291,3 +307,42 @@ def test_two_sandboxes_at_once_hold_different_uids():
         assert a.run(prog).status == "ok" and b.run(prog).status == "ok"
     with Sandbox(workers=1) as c:
         assert c.uid_base <= min(a.uid_base, b.uid_base)  # their blocks are free again
+
+
+def test_the_fork_server_is_a_standard_library_module_that_runs_nothing_on_import():
+    import ast
+    import sys
+
+    from collab_lib import sandbox, sandbox_server
+
+    tree = ast.parse(sandbox.SERVER.read_text())
+    imported = {
+        a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names
+    } | {
+        n.module.split(".")[0]
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.level == 0
+    }
+    assert imported - {"__future__"} <= sys.stdlib_module_names  # the sandbox has no collab_lib
+    assert sandbox_server.__file__ == str(sandbox.SERVER)  # what the sandbox copies in
+
+
+def test_the_fork_server_keeps_a_reports_tail_and_removes_what_a_program_locked(tmp_path):
+    from collab_lib import sandbox_server
+
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"x" * 10_000 + b"\ntoken ok\n")
+    os.close(write_end)
+    report = sandbox_server.read_report(read_end)
+    assert len(report) == sandbox_server.REPORT_BYTES and report.endswith("token ok\n")
+
+    locked = tmp_path / "left" / "behind"
+    locked.mkdir(parents=True)
+    deep = locked
+    for _ in range(1200):  # deeper than the recursion limit
+        deep = deep / "d"
+        deep.mkdir()
+    (deep / "f").write_text("x")
+    locked.chmod(0o000)
+    sandbox_server.remove(str(tmp_path / "left"))
+    assert not (tmp_path / "left").exists()

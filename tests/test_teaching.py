@@ -72,8 +72,11 @@ def test_each_exercise_runs_and_changes_its_table(title, course_run, cache, monk
         outputs.append(out)
     table_argv = exercises()[title][-1]
     changed = pd.read_csv(pd.io.common.StringIO(outputs[-1]))
-    plain = [a for i, a in enumerate(table_argv)
-             if a != "--set" and (i == 0 or table_argv[i - 1] != "--set")]  # fmt: skip
+    plain = [
+        a
+        for i, a in enumerate(table_argv)
+        if a != "--set" and (i == 0 or table_argv[i - 1] != "--set")
+    ]
     assert main(_on_book_profile(plain, profile)) == 0
     unchanged = pd.read_csv(pd.io.common.StringIO(capsys.readouterr().out))
     assert len(changed) > 0

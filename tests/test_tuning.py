@@ -35,6 +35,8 @@ def test_the_sweeps_best_pair_trains_every_fedyogi_model(course_run, course_cfg)
             assert (m["yogi_eta"], m["yogi_tau"]) == tuning.best(sweep), spec.name
             assert sweep.ref in models[spec.name].manifest["inputs"]
     # a profile that fixes the pair (the paper's) has no sweep and names its values
-    fixed = load_config(course_run.profile, {**course_run.overrides, "federated.yogi_eta": 0.01,
-                                             "federated.yogi_tau": 0.001})  # fmt: skip
+    fixed = load_config(
+        course_run.profile,
+        {**course_run.overrides, "federated.yogi_eta": 0.01, "federated.yogi_tau": 0.001},
+    )
     assert collaboration.SWEEP not in pipeline.planned_for("train", fixed)

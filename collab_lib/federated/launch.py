@@ -48,8 +48,9 @@ def prepare(
                 fh.writelines(json.dumps({"content": t}) + "\n" for t in docs)
             tmp.replace(path)
         nodes.append(NodeData(org, path))
-    rc = run_config(cfg, strategy, nodes, base, out, work / "rounds", yogi=yogi,
-                    simulation=simulation)  # fmt: skip
+    rc = run_config(
+        cfg, strategy, nodes, base, out, work / "rounds", yogi=yogi, simulation=simulation
+    )
     return write_app(work / "app", rc), rc, nodes
 
 
@@ -93,8 +94,12 @@ def run_config(
         **task.to_run_config(tr),
     }
     if strategy == "FedYogi":
-        rc |= {"yogi-eta": yogi[0], "yogi-beta-1": fed.yogi_beta_1,
-               "yogi-beta-2": fed.yogi_beta_2, "yogi-tau": yogi[1]}  # fmt: skip
+        rc |= {
+            "yogi-eta": yogi[0],
+            "yogi-beta-1": fed.yogi_beta_1,
+            "yogi-beta-2": fed.yogi_beta_2,
+            "yogi-tau": yogi[1],
+        }
     return rc
 
 
@@ -187,8 +192,9 @@ class Process:
     argv: list[str]
 
     def shell(self, env: dict[str, str]) -> str:
-        return " ".join([*(f"{k}={shlex.quote(v)}" for k, v in env.items()),
-                         *map(shlex.quote, self.argv)])  # fmt: skip
+        return " ".join(
+            [*(f"{k}={shlex.quote(v)}" for k, v in env.items()), *map(shlex.quote, self.argv)]
+        )
 
 
 def deployment(
@@ -207,8 +213,18 @@ def deployment(
     in ``FLWR_HOME/config.toml``.
     """
     node_ports = node_ports or [9200 + i for i in range(len(nodes))]
-    procs = [Process("superlink", ["flower-superlink", "--insecure", "--port", str(link_port),
-                                   "--disable-runtime-dependency-installation"])]  # fmt: skip
+    procs = [
+        Process(
+            "superlink",
+            [
+                "flower-superlink",
+                "--insecure",
+                "--port",
+                str(link_port),
+                "--disable-runtime-dependency-installation",
+            ],
+        )
+    ]
     for i, n in enumerate(nodes):
         data = json.dumps(str(n.data_path.resolve()))
         node_config = f"organization={json.dumps(n.organization)} data-path={data}"
@@ -225,7 +241,7 @@ def deployment(
                     "--node-config",
                     node_config,
                 ],
-            )  # fmt: skip
+            )
         )
     procs.append(
         Process("flwr-run", ["flwr", "run", str(app_dir.resolve()), "deployment", "--stream"])

@@ -31,8 +31,12 @@ class _Rounds:
         self.rc = run_config
         self.checkpoint_dir = checkpoint_dir
         self.done = 0  # rounds finished before this start (on resume)
-        self.curves: dict = {"round_loss": [], "organization_loss": {}, "organization_lr": {},
-                             "organization_examples": {}}  # fmt: skip
+        self.curves: dict = {
+            "round_loss": [],
+            "organization_loss": {},
+            "organization_lr": {},
+            "organization_examples": {},
+        }
 
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):
         """Each round's message names the round: a client places it on its own schedule."""
