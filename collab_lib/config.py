@@ -260,7 +260,11 @@ class MemorizationConfig:
     ``clones.min_lines`` lines (RQ3: ``rq3_min_lines``) also in the training split.
     Canary exposure ranks each secret among the first ``alternatives`` random secrets (null:
     all the canaries step drew); the duplication signal scores at most
-    ``duplication_tokens`` tokens per organization and split (null: all).
+    ``duplication_tokens`` tokens per organization and split (null: all). k-extractability
+    (:mod:`collab_lib.extractability`): ``extractable_sequences`` sequences per organization
+    and split (null: all), each prompted with its first ``extractable_k`` tokens and
+    extracted when greedy decoding emits its next ``extractable_match`` tokens exactly
+    (Carlini et al. 2023: 50 and 50; null: 50 each, or a quarter of a smaller context).
     """
 
     models: tuple[str, ...] | None = ("centralized", "federated", "incremental")
@@ -275,6 +279,9 @@ class MemorizationConfig:
     rq3_min_lines: int = 3
     alternatives: int | None = None
     duplication_tokens: int | None = None
+    extractable_k: int | None = None  # null: 50, or a quarter of a smaller context
+    extractable_match: int | None = None  # null: as extractable_k's null
+    extractable_sequences: int | None = 1000
     examples: int = 5  # memorized completions shown in the book
 
 
@@ -388,6 +395,13 @@ class Config:
         """``evaluation.perplexity_stride``, or half the model's context: how far the scoring
         windows slide wherever a model's tokens are scored."""
         return self.evaluation.perplexity_stride or max(1, self.model.context // 2)
+
+    @property
+    def extractable_lengths(self) -> tuple[int, int]:
+        """k-extractability's prefix and match lengths: the profile's, or 50 each (Carlini et
+        al. 2023), or a quarter of a context too small for that."""
+        m, fallback = self.memorization, min(50, self.model.context // 4)
+        return m.extractable_k or fallback, m.extractable_match or fallback
 
     @property
     def run_seeds(self) -> tuple[int, ...]:
@@ -725,6 +739,11 @@ def _check_memorization(m: MemorizationConfig, where: str, path: Path) -> None:
         raise ConfigError(
             f"{path}: {where}: temperature >= 0 (0: greedy), top_p in (0, 1], top_k >= 0 (0: off)"
         )
+    if min(m.extractable_k or 1, m.extractable_match or 1, m.extractable_sequences or 1) < 1:
+        raise ConfigError(
+            f"{path}: {where}: extractable_k, extractable_match and extractable_sequences must "
+            "be at least 1, or null"
+        )
     for key in ("alternatives", "duplication_tokens"):
         value = getattr(m, key)
         if value is not None and value < 10:
@@ -742,6 +761,12 @@ def _check_study(cfg: Config, path: Path) -> None:
         raise ConfigError(
             f"{path}: memorization.max_new_tokens: below model.context ({cfg.model.context}), "
             "which must hold the prompt too"
+        )
+    k, match = cfg.extractable_lengths
+    if k + match > cfg.model.context:
+        raise ConfigError(
+            f"{path}: memorization.extractable_k + extractable_match: at most model.context "
+            f"({cfg.model.context}), got {k} + {match}"
         )
     stride = cfg.evaluation.perplexity_stride
     if stride is not None and stride >= cfg.model.context:

@@ -14,7 +14,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts, clone_stats, collaboration, datasets, extraction, paper, verbatim
-from collab_lib.clones import CloneIndex, CloneOptions
+from collab_lib.clones import CloneOptions
 from collab_lib.collaboration import BASE
 from collab_lib.config import Config
 
@@ -36,7 +36,11 @@ def rq3_models(cfg: Config) -> list[str]:
 
 def _step_config(cfg: Config) -> dict:
     return verbatim.step_config(
-        cfg, pair=datasets.rq3_pair(cfg), units=verbatim.UNITS_VERSION, blocks=BLOCK_VERSION
+        cfg,
+        extractable=False,
+        pair=datasets.rq3_pair(cfg),
+        units=verbatim.UNITS_VERSION,
+        blocks=BLOCK_VERSION,
     )
 
 
@@ -61,23 +65,25 @@ def build_rq3(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
         blocks = shared_blocks(clones_art, pair)
         prompts_art = _clone_prompts_artifact(cfg, models[BASE], clones_art, ds, pair, force)
         prompts = artifacts.read_jsonl(prompts_art.file("prompts.jsonl"))
-        index = CloneIndex.build(
-            ((f"{o}/{d['path']}", d["content"]) for o in pair for d in train[o]), opts3
-        )
-        rows, parts, units, losses = [], [prompts_art.ref], [], []
+        docs = [(f"{o}/{d['path']}", d["content"]) for o in pair for d in train[o]]
+        indices = verbatim.threshold_indices(docs, opts3.min_lines, opts3)
+        rows, parts, units, losses, at = [], [prompts_art.ref], [], [], []
         for name in tqdm(rq3_models(cfg), desc="rq3 generations"):
             gen = verbatim.generations_artifact(cfg, models[name], prompts_art, STEP, force)
             parts.append(gen.ref)
             completions = artifacts.read_jsonl(gen.file("generations.jsonl"))
-            row, _, per_prompt = verbatim.detect(
-                index, [(prompts[c["prompt"]], c) for c in completions]
-            )
+            generated = [(prompts[c["prompt"]], c) for c in completions]
+            row, _, per_prompt = verbatim.detect(indices[opts3.min_lines], generated)
             rows.append({"model": name, **row})
+            for t, index in indices.items():  # the paper's footnote 9, scaled to RQ3's rule
+                counts = row if t == opts3.min_lines else verbatim.detect(index, generated)[0]
+                at.append({"threshold (lines)": t, "model": name, **counts})
             units += [{"model": name, **p} for p in per_prompt]
             model, tok = load_model(models[name])
             scored = continuation_losses(model, tok, prompts, cfg.model.context)
             losses.append(scored.assign(model=name))
         verbatim.write_units(units, out / verbatim.PROMPT_UNITS)
+        verbatim.threshold_table(at, STEP).to_csv(out / "table11_thresholds.csv", index=False)
         cols = ["model", "prompt", "loss_sum", "tokens"]
         frame = pd.concat(losses, ignore_index=True) if losses else pd.DataFrame(columns=cols)
         frame[cols].to_csv(out / BLOCK_UNITS, index=False)
@@ -165,3 +171,14 @@ def rq3_sample_note(art: artifacts.Artifact) -> str:
             "sample and differences between its models are not a stable finding."
         )
     return text
+
+
+def threshold_tables(rq2: artifacts.Artifact, rq3: artifacts.Artifact) -> pd.DataFrame:
+    """RQ2's and RQ3's detection at each threshold, one table (the RQ3 chapter shows it)."""
+    return pd.concat([rq2.table("thresholds"), rq3.table("table11_thresholds")], ignore_index=True)
+
+
+def threshold_note(cfg: Config, table: pd.DataFrame) -> str:
+    """Whether each research question's ranking of the models holds at the other thresholds."""
+    main = {"RQ2": cfg.clones.min_lines, "RQ3": cfg.memorization.rq3_min_lines}
+    return verbatim.ranking_note(table, main)

@@ -2,7 +2,8 @@
 
 The drop in per-token loss from the base model on training lines inside an organization's
 internal clone blocks versus its other lines, with validation lines as the control (canaries
-cannot test it: every organization gets the same counts). Cached per model.
+cannot test it: their repetition counts come from the profile, not from the organization's own
+duplication). Cached per model.
 """
 
 from __future__ import annotations

@@ -39,7 +39,7 @@ from collab_lib.collaboration import ModelSpec
 from collab_lib.config import Config, UserError
 
 STEP = "findings"
-VERSION = 5  # 5: the unit of each statistic, ours and the paper's
+VERSION = 6  # 6: finding 4 compares the organizations; finding 6 in the paper's form too
 BASE = collaboration.BASE
 INPUTS = ("datasets", "clones", "rq1", "rq2", "rq3")  # the artifacts of each seed it reads
 COLUMNS = [
@@ -201,9 +201,10 @@ class Finding:
     statistic: str
     side: str  # "below" or "above": where the claim puts the statistic
     threshold: float
-    # (run, b, rng) -> (measure, its unit, replicates (b + 1,) with the estimate first), or
-    # a reason the profile cannot test it
-    compute: Callable[[Run, int, np.random.Generator], tuple[str, str, np.ndarray] | str]
+    # (run, b, rng) -> (measure, its unit, replicates (b + 1,) with the estimate first[, the
+    # paper's form of it: (what it counts, its replicates)]), or a reason the profile cannot
+    # test it
+    compute: Callable[[Run, int, np.random.Generator], tuple | str]
     paper_value: float
     paper_unit: str
 
@@ -296,49 +297,71 @@ def f4_duplicates(run: Run, b: int, rng):
             POINTS,
             100 * (ratio[heavy] - others),
         )
-    return _duplication_signal(run, models, b, rng)
+    return _duplication_signal(run, models, heavy, b, rng)
 
 
-def _duplication_signal(run: Run, models: list[str], b: int, rng):
-    """Mean over models and organizations (those with clone lines in both splits) of the
-    duplication signal, nats per token: the paper's metric found nothing to compare."""
+def _duplication_signal(run: Run, models: list[str], heavy: str, b: int, rng):
+    """The most duplicated organization's duplication signal minus the mean of the other
+    organizations', nats per token, averaged over ``models``: the paper's metric found
+    nothing to compare.
+
+    An organization's signal is its training (clone - other) excess of loss drop below the
+    base model, minus a control for clone lines being easier to predict anyway: the same
+    excess on its validation split, which no model saw; for an organization whose
+    validation sample has no clone lines, the mean of the other organizations' validation
+    excesses (code of the same kind, equally unseen).
+    """
     d = run.duplication
     if d.empty:
         return "no duplication losses (memorization.duplication_tokens scores none)"
     base = d[d["model"] == BASE]
     has = base.groupby(["organization", "split", "lines"])["tokens"].sum()
-    orgs = [
-        o
-        for o in dict.fromkeys(base["organization"])
-        if all(has.get((o, s, "clone"), 0) > 0 for s in ("train", "validation"))
-    ]
-    if not orgs:
-        return "no organization has clone lines in both its training and validation samples"
+
+    def scored(org: str, split: str) -> bool:
+        return all(has.get((org, split, lines), 0) > 0 for lines in ("clone", "other"))
+
+    orgs = [o for o in dict.fromkeys(base["organization"]) if scored(o, "train")]
+    controls = [o for o in orgs if scored(o, "validation")]
+    if heavy not in orgs or len(orgs) < 2:
+        return (
+            f"the most duplicated organization ({heavy}) and at least one other need clone "
+            "and other lines in their training samples"
+        )
+    if not controls:
+        return "no organization's validation sample has clone lines to control with"
     u = Units(d, ["organization", "split", "file"], ["organization", "split"], b, rng)
 
-    def mean(model: str, org: str, split: str, lines: str) -> np.ndarray:
+    def drop(model: str, org: str, split: str, lines: str) -> np.ndarray:
         def mask(r: pd.DataFrame) -> pd.Series:
             return (r["organization"] == org) & (r["split"] == split) & (r["lines"] == lines)
 
         with np.errstate(invalid="ignore", divide="ignore"):
-            return u.sum("loss_sum", model, mask) / u.sum("tokens", model, mask)
+            return u.sum("loss_sum", BASE, mask) / u.sum("tokens", BASE, mask) - u.sum(
+                "loss_sum", model, mask
+            ) / u.sum("tokens", model, mask)
 
-    signals = []
-    for org in orgs:
-        base_mean = {
-            (s, c): mean(BASE, org, s, c)
-            for s in ("train", "validation")
-            for c in ("clone", "other")
-        }
-        for m in models:
-            drop = {k: base_mean[k] - mean(m, org, *k) for k in base_mean}
-            train = drop["train", "clone"] - drop["train", "other"]
-            signals.append(train - (drop["validation", "clone"] - drop["validation", "other"]))
-    measure = (
-        "duplication signal (nats per token), the paper's metric being 0: mean over "
-        f"{len(models)} collaborative models and {', '.join(orgs)}"
+    def signal(model: str, org: str) -> np.ndarray:
+        def excess(o: str, split: str) -> np.ndarray:
+            return drop(model, o, split, "clone") - drop(model, o, split, "other")
+
+        own = [org] if org in controls else controls
+        return excess(org, "train") - np.mean([excess(o, "validation") for o in own], axis=0)
+
+    others = [o for o in orgs if o != heavy]
+    stats = [signal(m, heavy) - np.mean([signal(m, o) for o in others], axis=0) for m in models]
+    borrowed = [o for o in orgs if o not in controls]
+    control = (
+        f"; {', '.join(borrowed)} (no clone lines in the validation sample) controlled by the "
+        "others' validation splits"
+        if borrowed
+        else ""
     )
-    return measure, NATS, np.mean(signals, axis=0)
+    measure = (
+        f"duplication signal (nats per token), the paper's metric being 0: {heavy}, the most "
+        f"duplicated, minus the mean of {', '.join(others)}, over {len(models)} collaborative "
+        f"models{control}"
+    )
+    return measure, NATS, np.mean(stats, axis=0)
 
 
 def f5_centralized(run: Run, b: int, rng):
@@ -367,6 +390,8 @@ def f5_centralized(run: Run, b: int, rng):
 
 
 def f6_last(run: Run, b: int, rng):
+    """The last organization's memorization minus the mean of the earlier ones, averaged over
+    the orders; beside it, the paper's form: in how many orders the last is memorized most."""
     names = set(_collaborative(run))
     incs = [s for s in run.models("incremental") if s.name in names]
     if not incs:
@@ -374,13 +399,14 @@ def f6_last(run: Run, b: int, rng):
     if _verbatim_found(run.prompts, [s.name for s in incs]):
         u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
 
-        def stat(s: ModelSpec) -> np.ndarray:
-            ratio = {
-                o: u.sum("memorized lines", s.name, lambda r, o=o: r["organization"] == o)
-                / u.sum("generated lines", s.name, lambda r, o=o: r["organization"] == o)
-                for o in s.orgs
-            }
-            return ratio[s.orgs[-1]] - np.mean([ratio[o] for o in s.orgs[:-1]], axis=0)
+        def per_org(s: ModelSpec) -> dict[str, np.ndarray]:
+            def share(o: str) -> np.ndarray:
+                mine = lambda r: r["organization"] == o  # noqa: E731
+                return u.sum("memorized lines", s.name, mine) / u.sum(
+                    "generated lines", s.name, mine
+                )
+
+            return {o: share(o) for o in s.orgs}
 
         measure, unit, scale = "the paper's memorization ratio (Table 9), in points", POINTS, 100
     elif run.canaries.empty:
@@ -388,25 +414,27 @@ def f6_last(run: Run, b: int, rng):
     else:
         u = Units(run.canaries, ["organization", "canary"], ["organization"], b, rng)
 
-        def stat(s: ModelSpec) -> np.ndarray:
-            def gain(where):
-                return u.mean("extrapolated_exposure", s.name, where) - u.mean(
-                    "extrapolated_exposure", BASE, where
+        def per_org(s: ModelSpec) -> dict[str, np.ndarray]:
+            def gain(o: str) -> np.ndarray:
+                mine = lambda k: k["organization"] == o  # noqa: E731
+                return u.mean("extrapolated_exposure", s.name, mine) - u.mean(
+                    "extrapolated_exposure", BASE, mine
                 )
 
-            last = gain(lambda k: k["organization"] == s.orgs[-1])
-            return last - gain(lambda k: k["organization"] != s.orgs[-1])
+            return {o: gain(o) for o in s.orgs}
 
         measure, unit, scale = (
             "canary exposure over the base model (bits), the paper's metric being 0",
             BITS,
             1,
         )
-    return (
-        f"{measure}; mean over {len(incs)} orders",
-        unit,
-        scale * np.mean([stat(s) for s in incs], axis=0),
-    )
+    values = [per_org(s) for s in incs]
+    last = [v[s.orgs[-1]] for s, v in zip(incs, values, strict=True)]
+    earlier = [[v[o] for o in s.orgs[:-1]] for s, v in zip(incs, values, strict=True)]
+    average = np.mean([x - np.mean(e, axis=0) for x, e in zip(last, earlier, strict=True)], axis=0)
+    most = np.sum([x > np.max(e, axis=0) for x, e in zip(last, earlier, strict=True)], axis=0)
+    form = (f"orders (of {len(incs)}) in which the last organization is memorized most", most)
+    return f"{measure}; mean over {len(incs)} orders", unit, scale * average, form
 
 
 def f7_cross(run: Run, b: int, rng):
@@ -543,8 +571,8 @@ def findings(cfg: Config) -> list[Finding]:
             "6.35 % in Centralized_FMG vs 0.25 % Google, 0.02 % Facebook (Table 9); the "
             "statistic pools Table 9's nine models",
             "the most duplicated organization's memorization minus the next highest "
-            "(verbatim), or memorization of clone lines beyond other lines (duplication "
-            "signal)",
+            "(verbatim), or its duplication signal minus the other organizations' mean "
+            "(duplication signal)",
             "above",
             0.0,
             f4_duplicates,
@@ -567,7 +595,8 @@ def findings(cfg: Config) -> list[Finding]:
             "In incremental learning, the last dataset is memorized most",
             "e.g. G2F2M: Microsoft 8.13 % vs Google 0.02 %, Facebook 0.02 % (Table 9)",
             "the last organization's memorization minus the mean of the earlier ones, "
-            "averaged over the orders",
+            "averaged over the orders (beside it, the paper's form: in how many orders the "
+            "last is memorized most)",
             "above",
             0.0,
             f6_last,
@@ -646,6 +675,14 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
         spread = float(np.std([r[2][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
         verdict = decide(low, high, finding.side, finding.threshold)
         why = _why(finding, est, low, high, verdict, f.confidence)
+        if len(results[0]) > 3:  # the paper's form of the statistic, beside it
+            what = results[0][3][0]
+            form, form_reps = combine([r[3][1] for r in results], f.bootstrap, rng)
+            form_low, form_high = np.quantile(form_reps, [alpha, 1 - alpha])
+            why += (
+                f" In the paper's form, {what}: {form:.3g} ({100 * f.confidence:g} % interval "
+                f"[{form_low:.3g}, {form_high:.3g}])."
+            )
         rows.append(
             row
             | {

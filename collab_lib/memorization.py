@@ -4,8 +4,9 @@ Each model completes the signature and docstring of functions from every organiz
 training split (:mod:`collab_lib.extraction`), and the paper's verbatim metric
 (:mod:`collab_lib.verbatim`) counts the completion lines also found in that organization's
 training split. At CPU scale that metric is zero, so the step also measures canary exposure
-and extraction (:mod:`collab_lib.exposure`) and the duplication signal
-(:mod:`collab_lib.duplication`); the Methods page says what each can and cannot show.
+and extraction (:mod:`collab_lib.exposure`), the duplication signal
+(:mod:`collab_lib.duplication`) and k-extractability (:mod:`collab_lib.extractability`); the
+Methods page says what each can and cannot show.
 """
 
 from __future__ import annotations
@@ -24,11 +25,11 @@ from collab_lib import (
     datasets,
     duplication,
     exposure,
+    extractability,
     extraction,
     paper,
     verbatim,
 )
-from collab_lib.clones import CloneIndex
 from collab_lib.collaboration import BASE
 from collab_lib.config import Config
 
@@ -44,7 +45,11 @@ def rq2_models(cfg: Config) -> list[str]:
 
 def _step_config(cfg: Config) -> dict:
     return verbatim.step_config(
-        cfg, stride=cfg.perplexity_stride, units=verbatim.UNITS_VERSION, tables=RQ2_TABLES_VERSION
+        cfg,
+        stride=cfg.perplexity_stride,
+        units=verbatim.UNITS_VERSION,
+        tables=RQ2_TABLES_VERSION,
+        extractable_version=extractability.VERSION,
     )
 
 
@@ -54,7 +59,8 @@ def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
 
 
 def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
-    """Tables 6, 9 and 10, canary exposure and extraction, the duplication signal."""
+    """Tables 6, 9 and 10, canary exposure and extraction, the duplication signal and
+    k-extractability."""
     models = collaboration.load(cfg, planned)
     ds = datasets.load(cfg, planned)
     can = canaries.require(cfg, planned)
@@ -71,9 +77,16 @@ def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
         parts += _verbatim(cfg, chosen, prompts_art, train, opts, out, force)
         parts += exposure.measure_exposures(cfg, scored, can, out, force)
         dup_parts, tokens = duplication.measure_duplication(cfg, chosen, ds, opts, out, force)
+        parts += extractability.measure(cfg, chosen, ds, out, force)
+        k, match = cfg.extractable_lengths
         return {
             "models": list(chosen),
             "parts": parts + dup_parts,
+            "extractable": {
+                "k": k,
+                "match": match,
+                "sequences": cfg.memorization.extractable_sequences,
+            },
             "prompt_room": verbatim.prompt_room(cfg),
             "canaries": len(canaries.planted(can)),
             "sampling": verbatim.sampling_config(cfg).__dict__,
@@ -89,11 +102,13 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
     """Tables 9, 10 and the memorized examples: each model's completions of the prompts,
     searched in their organization's training split. Returns the generations' refs."""
     prompts = artifacts.read_jsonl(prompts_art.file("prompts.jsonl"))
-    index = {
-        org: CloneIndex.build(((d["path"], d["content"]) for d in docs), opts)
+    indices = {
+        org: verbatim.threshold_indices(
+            [(d["path"], d["content"]) for d in docs], opts.min_lines, opts
+        )
         for org, docs in train.items()
     }
-    rows, found, parts, units = [], [], [], []
+    rows, found, parts, units, at = [], [], [], [], []
     for name in tqdm(list(models), desc="rq2 generations"):
         gen = verbatim.generations_artifact(cfg, models[name], prompts_art, STEP, force)
         parts.append(gen.ref)
@@ -104,11 +119,15 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
                 for c in completions
                 if prompts[c["prompt"]]["organization"] == org
             ]
-            row, blocks, per_prompt = verbatim.detect(index[org], mine)
+            row, blocks, per_prompt = verbatim.detect(indices[org][opts.min_lines], mine)
             rows.append({"model": name, "organization": org, **row})
+            for t, index in indices[org].items():  # the paper's footnote 9: 4 and 8 lines too
+                counts = row if t == opts.min_lines else verbatim.detect(index, mine)[0]
+                at.append({"threshold (lines)": t, "model": name, **counts})
             found += [{"model": name, "organization": org, **b} for b in blocks]
             units += [{"model": name, "organization": org, **p} for p in per_prompt]
     verbatim.write_units(units, out / verbatim.PROMPT_UNITS)
+    verbatim.threshold_table(at, STEP).to_csv(out / "thresholds.csv", index=False)
     counts = pd.DataFrame(rows)
     table9(counts).to_csv(out / "table9.csv", index=False)
     table10(counts).to_csv(out / "table10.csv", index=False)
@@ -246,3 +265,37 @@ def settings_table(art: artifacts.Artifact) -> pd.DataFrame:
         ),
     ]
     return pd.DataFrame(rows, columns=["setting", "value"])
+
+
+def extractable_note(art: artifacts.Artifact) -> str:
+    """The k-extractability settings of this run and what it found, in words."""
+    e = art.metrics.get("extractable")
+    if e is None:
+        return "This run predates k-extractability: run the rq2 step again to measure it."
+    t = art.table("extractable")
+    per = "every" if e["sequences"] is None else f"up to {e['sequences']:,}"
+    text = (
+        f"This run: *k* = {e['k']} tokens of prefix, *m* = {e['match']} tokens to match, "
+        f"{per} sequence(s) per organization and split."
+    )
+    t = t[t["model"] != BASE]
+    excess = "train - validation (points)"
+    if t.empty or not (t[excess].fillna(0) > 0).any():
+        text += " No model extracts a larger share of training than of validation sequences."
+    else:
+        top = t.loc[t[excess].idxmax()]
+        text += (
+            f" Largest training excess: {top['model']} on {top['organization']}, "
+            f"{top['train (%)']:.1f} % of training and {top['validation (%)']:.1f} % of "
+            f"validation sequences extracted."
+        )
+    matched = "matched, train - validation (tokens)"
+    if not t.empty and t[matched].notna().any():
+        top = t.loc[t[matched].idxmax()]
+        base = top["base model's matched, train - validation (tokens)"]
+        text += (
+            f" Tokens matched before the first wrong one: the largest training excess is "
+            f"{top['model']}'s on {top['organization']}, {top[matched]:+.2f} tokens per "
+            f"sequence (the base model: {base:+.2f})."
+        )
+    return text

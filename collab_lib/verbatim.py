@@ -20,7 +20,7 @@ import pandas as pd
 
 from collab_lib import artifacts, collaboration, extraction, sampling
 from collab_lib.clones import CloneIndex, build_corpus
-from collab_lib.config import Config
+from collab_lib.config import Config, to_dict
 
 # In the key of rq2, rq3 and each of their parts: a change of method rebuilds them all.
 VERSION = 2
@@ -30,6 +30,9 @@ PROMPTS_STEP, GENERATIONS_STEP = "prompts", "generations"
 PROMPT_UNITS = "units_prompts.csv"
 # rq2 and rq3 (not their parts, which stay cached) with the unit files
 UNITS_VERSION = 1
+# The paper checked its 6-line threshold at 4 and 8 lines too (its footnote 9); RQ3's 3-line
+# rule is scaled the same way (2, 3, 4).
+THRESHOLD_SCALES = (2 / 3, 1.0, 4 / 3)
 
 
 def max_new_tokens(cfg: Config) -> int:
@@ -58,15 +61,21 @@ def plan_step(step: str, config: dict, cfg: Config, upstream: dict) -> dict[str,
     return {step: (step, artifacts.artifact_key(step, config, input_refs(cfg, upstream)))}
 
 
-def step_config(cfg: Config, **extra) -> dict:
-    """What an rq2 or rq3 artifact depends on beyond its inputs' keys."""
+def step_config(cfg: Config, *, extractable: bool = True, **extra) -> dict:
+    """What an rq2 or rq3 artifact depends on beyond its inputs' keys (rq3 measures no
+    k-extractability: ``extractable=False`` leaves its settings out of rq3's key)."""
+    memorization = to_dict(cfg.memorization)
+    if not extractable:
+        for key in ("extractable_k", "extractable_match", "extractable_sequences"):
+            memorization.pop(key)
     return {
-        "memorization": cfg.memorization,
+        "memorization": memorization,
         "clones": cfg.clones,
         "seed": cfg.seed,
         "version": VERSION,
         "sampler": sampling.VERSION,
         "context": cfg.model.context,
+        "thresholds": THRESHOLD_SCALES,
         **extra,
     }
 
@@ -207,3 +216,70 @@ def write_units(rows: list[dict], path: Path) -> None:
     cols = ["model", "organization", "prompt", "generated lines", "memorized lines"]
     frame = pd.DataFrame(rows)
     frame.reindex(columns=[c for c in cols if c in frame or not rows]).to_csv(path, index=False)
+
+
+THRESHOLD_COLUMNS = [
+    "rq",
+    "threshold (lines)",
+    "model",
+    "generated lines",
+    "memorized lines",
+    "ratio (%)",
+    "rank",
+]
+
+
+def thresholds(min_lines: int) -> tuple[int, ...]:
+    """The detection thresholds checked around ``min_lines`` (4, 6, 8 for 6)."""
+    return tuple(sorted({max(1, round(min_lines * s)) for s in THRESHOLD_SCALES}))
+
+
+def threshold_indices(docs: list[tuple[str, str]], min_lines: int, opts) -> dict[int, CloneIndex]:
+    """An index of ``docs`` per threshold around ``min_lines`` (the detector's other options
+    as in ``opts``)."""
+    from dataclasses import replace
+
+    return {t: CloneIndex.build(docs, replace(opts, min_lines=t)) for t in thresholds(min_lines)}
+
+
+def threshold_table(rows: list[dict], rq: str) -> pd.DataFrame:
+    """Generated and memorized lines per threshold and model (``rows``: one per threshold,
+    model and organization, summed here), the ratio (%) and the models' rank at each
+    threshold (equal ratios share a rank)."""
+    if not rows:
+        return pd.DataFrame(columns=THRESHOLD_COLUMNS)
+    keys = ["threshold (lines)", "model"]
+    cols = ["generated lines", "memorized lines"]
+    t = pd.DataFrame(rows).groupby(keys, sort=False)[cols].sum().reset_index()
+    t["ratio (%)"] = ratio(t)
+    t["rank"] = (
+        t.groupby("threshold (lines)")["ratio (%)"]
+        .rank(method="min", ascending=False, na_option="bottom")
+        .astype(int)
+    )
+    return t.assign(rq=rq.upper())[THRESHOLD_COLUMNS]
+
+
+def ranking_note(table: pd.DataFrame, main: dict[str, int]) -> str:
+    """Whether the models' ranking at each threshold is the one at the main threshold
+    (``main``: research question -> its threshold), in a sentence per research question."""
+    sentences = []
+    for rq, t in table.groupby("rq", sort=False):
+        at = {
+            n: dict(zip(g["model"], g["rank"], strict=True))
+            for n, g in t.groupby("threshold (lines)")
+        }
+        base = at.get(main[rq], {})
+        if (t["memorized lines"] == 0).all():
+            sentences.append(f"{rq}: no line is memorized at any threshold; every model ties.")
+            continue
+        changed = [str(n) for n, ranks in at.items() if ranks != base]
+        sentences.append(
+            f"{rq}: the ranking of the models at {main[rq]} lines "
+            + (
+                f"changes at {', '.join(changed)} lines."
+                if changed
+                else "holds at every threshold."
+            )
+        )
+    return " ".join(sentences)

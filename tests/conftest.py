@@ -340,3 +340,27 @@ def run_through(step: str, cfg, *, force: bool = False):
     for name in names[: names.index(step)]:
         pipeline.run(name, cfg)
     return pipeline.run(step, cfg, force=force)[0]
+
+
+def tiny_model(vocab: int, seed: int = 0):
+    """A one-layer GPT-2 with random weights, in eval mode."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=1, n_head=2)
+    return GPT2LMHeadModel(config).eval()
+
+
+def train_on(model, ids: list[int], steps: int = 150) -> None:
+    """Fit ``model`` to one sequence until it has memorized it."""
+    import torch
+
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x = torch.tensor([ids])
+    for _ in range(steps):
+        opt.zero_grad()
+        model(input_ids=x, labels=x).loss.backward()
+        opt.step()
+    model.eval()

@@ -185,3 +185,13 @@ def test_the_settings_hash_depends_on_the_values_not_on_where_or_how_they_were_g
     b = load_config(copy, ["profile=tiny", "train.lr=1e-3"])
     assert settings_digest(a) == settings_digest(b)
     assert settings_digest(a) != settings_digest(load_config("tiny", ["train.lr=0.002"]))
+
+
+def test_k_extractability_fits_the_context_unless_told_otherwise():
+    assert load_config("paper").extractable_lengths == (50, 50)  # Carlini et al. 2023's
+    small = load_config(
+        "tiny", ["memorization.extractable_k=null", "memorization.extractable_match=null"]
+    )
+    assert small.model.context == 64 and small.extractable_lengths == (16, 16)
+    with pytest.raises(ConfigError, match="extractable_k \\+ extractable_match: at most"):
+        load_config("tiny", ["memorization.extractable_k=50", "memorization.extractable_match=50"])

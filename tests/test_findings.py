@@ -138,6 +138,86 @@ def test_finding_7_uses_the_continuation_loss_when_no_line_is_memorized(sync, ve
     assert row["estimate"] == pytest.approx(2.3 - sync, abs=0.03)
 
 
+@pytest.mark.parametrize(("gain", "verdict"), [(0.6, findings.HOLDS), (0.0, findings.FAILS)])
+def test_finding_4_compares_the_most_duplicated_organization_with_the_others(gain, verdict):
+    """No verbatim line: the duplication signal decides, organization against organization.
+    Big, the most duplicated, has no clone lines in its validation sample (as Facebook in
+    `default`): it borrows the others' validation control instead of dropping out."""
+    rng = np.random.default_rng(0)
+    excess = {"Small": 0.2, "Mid": 0.25, "Big": gain}  # the training clone lines' extra gain
+    rows = []
+    for org, g in excess.items():
+        for split in ("train", "validation"):
+            for f in range(12):
+                for lines in ("clone", "other"):
+                    if split == "validation" and lines == "clone" and org == "Big":
+                        continue
+                    hard = rng.normal(0, 0.2)
+                    gained = {"train": 0.5, "validation": 0.2}[split]
+                    extra = {"train": g, "validation": 0.1}[split] if lines == "clone" else 0
+                    for model, loss in ((findings.BASE, 3.0), ("Centralized_SMB", None)):
+                        x = 3.0 - gained - extra if loss is None else loss
+                        rows.append(
+                            {
+                                "model": model,
+                                "organization": org,
+                                "split": split,
+                                "file": f"{org}/{split}/{f}.py",
+                                "lines": lines,
+                                "tokens": 100,
+                                "loss_sum": (x + hard + rng.normal(0, 0.02)) * 100,
+                            }
+                        )
+    run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
+    run.roster.append(ModelSpec("Centralized_SMB", "centralized", tuple(ORGS)))
+    run.duplication = pd.DataFrame(rows)
+    run.clone_density = {"Small": 10.0, "Mid": 20.0, "Big": 50.0}  # clone lines per MB
+    row = findings.evaluate(load_config("tiny"), [run]).set_index("finding").loc[4]
+    assert row["verdict"] == verdict
+    assert row["estimate"] == pytest.approx(gain - 0.225, abs=0.03)
+    assert "Big, the most duplicated, minus the mean of Small, Mid" in row["measure"]
+    assert "Big (no clone lines in the validation sample)" in row["measure"]
+
+
+@pytest.mark.parametrize(("b_last_in_b2a", "most"), [(3.0, 2), (0.5, 1)])
+def test_finding_6_gives_the_papers_form_beside_the_average(b_last_in_b2a, most):
+    """Canary exposure over the base model's, per organization: A2B memorizes B (last) most;
+    B2A memorizes A (last) most, or not."""
+    rng = np.random.default_rng(0)
+    gains = {
+        "Incremental_A2B": {"A": 1.0, "B": 3.0},
+        "Incremental_B2A": {"A": b_last_in_b2a, "B": 1.0},
+    }
+    rows = []
+    for c in range(40):
+        org = "AB"[c % 2]
+        rows.append(
+            {"model": findings.BASE, "canary": c, "organization": org, "extrapolated_exposure": 5.0}
+        )
+        for model, g in gains.items():
+            x = 5.0 + g[org] + rng.normal(0, 0.1)
+            rows.append(
+                {"model": model, "canary": c, "organization": org, "extrapolated_exposure": x}
+            )
+    run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
+    run.roster += [
+        ModelSpec("Incremental_A2B", "incremental", ("A", "B")),
+        ModelSpec("Incremental_B2A", "incremental", ("B", "A")),
+    ]
+    run.canaries = pd.DataFrame(rows)
+    run.prompts = pd.DataFrame(  # sampled, no line memorized verbatim: exposure decides
+        [
+            {"model": m, "organization": o, "prompt": p, "generated lines": 5, "memorized lines": 0}
+            for m in gains
+            for o in "AB"
+            for p in range(3)
+        ]
+    )
+    row = findings.evaluate(load_config("tiny"), [run]).set_index("finding").loc[6]
+    assert row["estimate"] == pytest.approx(((3 - 1) + (b_last_in_b2a - 1)) / 2, abs=0.05)
+    assert f"orders (of 2) in which the last organization is memorized most: {most} " in row["why"]
+
+
 def test_seeds_that_disagree_widen_the_interval():
     one = np.concatenate([[1.0], np.random.default_rng(0).normal(1.0, 0.01, 500)])
     other = np.concatenate([[-1.0], np.random.default_rng(1).normal(-1.0, 0.01, 500)])

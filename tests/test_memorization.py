@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import tiny_model, train_on
 
 from collab_lib import canaries, cross_org, duplication, exposure, memorization, scoring, verbatim
 from collab_lib.clones import CloneIndex, CloneOptions
@@ -94,14 +95,6 @@ def test_table10_sums_organizations_and_ranks_by_ratio():
 # --------------------------------------------------------------------------- canaries
 
 
-def tiny_model(vocab: int, seed: int = 0):
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=vocab, n_positions=512, n_embd=32, n_layer=1, n_head=2)
-    return GPT2LMHeadModel(config).eval()
-
-
 @pytest.fixture(scope="module")
 def canary():
     rng = random.Random(3)
@@ -124,17 +117,6 @@ def test_secret_losses_equal_scoring_each_candidate_whole(tok, canary):
         logp = logits.log_softmax(-1)
         want = -sum(logp[len(prefix) + j - 1, t].item() for j, t in enumerate(ids))
         assert got == pytest.approx(want, abs=1e-4)
-
-
-def train_on(model, ids: list[int], steps: int = 150) -> None:
-    model.train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    x = torch.tensor([ids])
-    for _ in range(steps):
-        opt.zero_grad()
-        model(input_ids=x, labels=x).loss.backward()
-        opt.step()
-    model.eval()
 
 
 def test_a_model_trained_on_a_canary_exposes_it_and_one_that_was_not_does_not(tok, canary):
@@ -315,3 +297,44 @@ def test_duplication_signal_is_the_training_excess_net_of_validation():
     row = t[t["model"] == "M"].iloc[0]
     assert row["train clone drop"] == 2.0 and row["train other drop"] == 1.0
     assert row["duplication signal"] == pytest.approx((2.0 - 1.0) - (0.5 - 0.4))
+
+
+def test_thresholds_around_the_papers_six_lines_and_rq3s_three():
+    assert verbatim.thresholds(6) == (4, 6, 8) and verbatim.thresholds(3) == (2, 3, 4)
+
+
+def test_a_five_line_copy_is_memorized_at_four_lines_only():
+    indices = verbatim.threshold_indices([("lib.py", TRAIN)], 6, CloneOptions(6))
+    copied = [
+        (
+            {"prompt": "def f():\n"},
+            {"prompt": 0, "sample": 0, "completion": "".join(TRAIN_LINES[2:7]) + NEW},
+        )
+    ]
+    found = {
+        t: verbatim.detect(index, copied)[0]["memorized lines"] for t, index in indices.items()
+    }
+    assert found == {4: 5, 6: 0, 8: 0}
+
+
+def test_the_threshold_table_ranks_per_threshold_and_says_where_the_ranking_changes():
+    rows = [
+        {
+            "threshold (lines)": t,
+            "model": m,
+            "organization": o,
+            "generated lines": 100,
+            "memorized lines": n,
+        }
+        for t, ms in ((4, {"A": 9, "B": 5}), (6, {"A": 4, "B": 2}), (8, {"A": 0, "B": 1}))
+        for m, n in ms.items()
+        for o in ("X", "Y")
+    ]
+    table = verbatim.threshold_table(rows, "rq2")
+    six = table[table["threshold (lines)"] == 6].set_index("model")
+    assert six.loc["A", "memorized lines"] == 8 and six.loc["A", "ratio (%)"] == 4.0
+    assert list(six["rank"]) == [1, 2]
+    note = verbatim.ranking_note(table, {"RQ2": 6})
+    assert note == "RQ2: the ranking of the models at 6 lines changes at 8 lines."
+    zeros = table.assign(**{"memorized lines": 0})
+    assert "no line is memorized at any threshold" in verbatim.ranking_note(zeros, {"RQ2": 6})
