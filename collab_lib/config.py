@@ -739,7 +739,8 @@ def _check_memorization(m: MemorizationConfig, where: str, path: Path) -> None:
         raise ConfigError(
             f"{path}: {where}: temperature >= 0 (0: greedy), top_p in (0, 1], top_k >= 0 (0: off)"
         )
-    if min(m.extractable_k or 1, m.extractable_match or 1, m.extractable_sequences or 1) < 1:
+    lengths = (m.extractable_k, m.extractable_match, m.extractable_sequences)
+    if any(n is not None and n < 1 for n in lengths):
         raise ConfigError(
             f"{path}: {where}: extractable_k, extractable_match and extractable_sequences must "
             "be at least 1, or null"

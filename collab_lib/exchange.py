@@ -25,6 +25,9 @@ from collab_lib.config import Config, UserError, to_dict
 
 INDEX = "export.json"
 CARRIED = (".csv", ".json")  # tables, curves, records; weights and code stay home
+# tables whose cells hold an organization's code: the memorized completions beside their
+# training source (RQ2's examples)
+CODE_TABLES = ("memorized.csv",)
 
 
 class ExportError(UserError):
@@ -33,7 +36,7 @@ class ExportError(UserError):
 
 def carried(name: str) -> bool:
     """Whether an artifact's file travels in an export."""
-    return name.endswith(CARRIED)
+    return name.endswith(CARRIED) and PurePosixPath(name).name not in CODE_TABLES
 
 
 def export_run(cfg: Config, path: Path) -> dict:

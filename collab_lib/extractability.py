@@ -26,7 +26,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from collab_lib import artifacts, verbatim
+from collab_lib import artifacts, sampling, verbatim
 from collab_lib.collaboration import BASE
 from collab_lib.config import Config
 
@@ -109,7 +109,6 @@ def matched(
 ) -> list[int]:
     """How many of each target's tokens greedy decoding from its prefix emits before the first
     wrong one (the target is extracted when that is all of them)."""
-    from collab_lib import sampling
     from collab_lib.decoding import generate
 
     out: list[int] = []
@@ -153,7 +152,7 @@ def model_artifact(cfg: Config, model_art, seq_art, force: bool) -> artifacts.Ar
         frame.assign(matched=tokens, extracted=hits).to_csv(out / "extractable.csv", index=False)
         return {"sequences": len(seqs), "extracted": int(sum(hits))}
 
-    config = {"k": k, "decoding": "greedy", "version": VERSION}
+    config = {"k": k, "decoding": "greedy", "sampler": sampling.VERSION, "version": VERSION}
     return artifacts.build(STEP, config, produce, [model_art.ref, seq_art.ref], force=force)
 
 

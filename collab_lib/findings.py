@@ -305,61 +305,59 @@ def _duplication_signal(run: Run, models: list[str], heavy: str, b: int, rng):
     organizations', nats per token, averaged over ``models``: the paper's metric found
     nothing to compare.
 
-    An organization's signal is its training (clone - other) excess of loss drop below the
-    base model, minus a control for clone lines being easier to predict anyway: the same
-    excess on its validation split, which no model saw; for an organization whose
-    validation sample has no clone lines, the mean of the other organizations' validation
-    excesses (code of the same kind, equally unseen).
+    An organization's signal is a model's training (clone - other) excess of loss drop below
+    the base model, minus the same excess under reference models that never saw that
+    organization's code (the other organizations' single-organization models): how much
+    more predictable its clone lines are anyway. Unlike the validation control of the
+    duplication table, it exists for every organization, even one whose validation sample
+    holds no clone line.
     """
     d = run.duplication
     if d.empty:
         return "no duplication losses (memorization.duplication_tokens scores none)"
     base = d[d["model"] == BASE]
     has = base.groupby(["organization", "split", "lines"])["tokens"].sum()
-
-    def scored(org: str, split: str) -> bool:
-        return all(has.get((org, split, lines), 0) > 0 for lines in ("clone", "other"))
-
-    orgs = [o for o in dict.fromkeys(base["organization"]) if scored(o, "train")]
-    controls = [o for o in orgs if scored(o, "validation")]
+    orgs = [
+        o
+        for o in dict.fromkeys(base["organization"])
+        if all(has.get((o, "train", lines), 0) > 0 for lines in ("clone", "other"))
+    ]
     if heavy not in orgs or len(orgs) < 2:
         return (
             f"the most duplicated organization ({heavy}) and at least one other need clone "
             "and other lines in their training samples"
         )
-    if not controls:
-        return "no organization's validation sample has clone lines to control with"
+    scored = set(d["model"])
+    singles = [s for s in run.models("single") if s.name in scored]
+    refs = {o: [s.name for s in singles if o not in s.orgs] for o in orgs}
+    if not all(refs.values()):
+        return "no reference model (a single-organization model of another organization) scored"
     u = Units(d, ["organization", "split", "file"], ["organization", "split"], b, rng)
 
-    def drop(model: str, org: str, split: str, lines: str) -> np.ndarray:
-        def mask(r: pd.DataFrame) -> pd.Series:
-            return (r["organization"] == org) & (r["split"] == split) & (r["lines"] == lines)
+    def excess(model: str, org: str) -> np.ndarray:
+        def drop(lines: str) -> np.ndarray:
+            def mask(r: pd.DataFrame) -> pd.Series:
+                return (r["organization"] == org) & (r["split"] == "train") & (r["lines"] == lines)
 
-        with np.errstate(invalid="ignore", divide="ignore"):
-            return u.sum("loss_sum", BASE, mask) / u.sum("tokens", BASE, mask) - u.sum(
-                "loss_sum", model, mask
-            ) / u.sum("tokens", model, mask)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                return u.sum("loss_sum", BASE, mask) / u.sum("tokens", BASE, mask) - u.sum(
+                    "loss_sum", model, mask
+                ) / u.sum("tokens", model, mask)
+
+        return drop("clone") - drop("other")
+
+    control = {o: np.mean([excess(r, o) for r in refs[o]], axis=0) for o in orgs}
+    others = [o for o in orgs if o != heavy]
 
     def signal(model: str, org: str) -> np.ndarray:
-        def excess(o: str, split: str) -> np.ndarray:
-            return drop(model, o, split, "clone") - drop(model, o, split, "other")
+        return excess(model, org) - control[org]
 
-        own = [org] if org in controls else controls
-        return excess(org, "train") - np.mean([excess(o, "validation") for o in own], axis=0)
-
-    others = [o for o in orgs if o != heavy]
     stats = [signal(m, heavy) - np.mean([signal(m, o) for o in others], axis=0) for m in models]
-    borrowed = [o for o in orgs if o not in controls]
-    control = (
-        f"; {', '.join(borrowed)} (no clone lines in the validation sample) controlled by the "
-        "others' validation splits"
-        if borrowed
-        else ""
-    )
     measure = (
         f"duplication signal (nats per token), the paper's metric being 0: {heavy}, the most "
         f"duplicated, minus the mean of {', '.join(others)}, over {len(models)} collaborative "
-        f"models{control}"
+        "models; each organization's control: the single-organization models of the others, "
+        "which never saw its code"
     )
     return measure, NATS, np.mean(stats, axis=0)
 
@@ -413,26 +411,42 @@ def f6_last(run: Run, b: int, rng):
         return NO_CANARIES
     else:
         u = Units(run.canaries, ["organization", "canary"], ["organization"], b, rng)
+        planted = run.canaries[run.canaries["model"] == BASE]
+        counts = {o: set(c) for o, c in planted.groupby("organization")["count"]}
 
         def per_org(s: ModelSpec) -> dict[str, np.ndarray]:
+            # exposure grows steeply with the repetition count and a small organization may
+            # lack the largest: compare at the counts every organization of the order has
+            shared = set.intersection(*(counts.get(o, set()) for o in s.orgs))
+
+            ids = set(planted.loc[planted["count"].isin(shared), "canary"])
+
             def gain(o: str) -> np.ndarray:
-                mine = lambda k: k["organization"] == o  # noqa: E731
+                mine = lambda k: (k["organization"] == o) & k["canary"].isin(ids)  # noqa: E731
                 return u.mean("extrapolated_exposure", s.name, mine) - u.mean(
                     "extrapolated_exposure", BASE, mine
                 )
 
             return {o: gain(o) for o in s.orgs}
 
+        if any(not set.intersection(*(counts.get(o, set()) for o in s.orgs)) for s in incs):
+            return "an incremental order's organizations share no canary repetition count"
         measure, unit, scale = (
-            "canary exposure over the base model (bits), the paper's metric being 0",
+            "canary exposure over the base model (bits), at the repetition counts every "
+            "organization of an order has, the paper's metric being 0",
             BITS,
             1,
         )
     values = [per_org(s) for s in incs]
     last = [v[s.orgs[-1]] for s, v in zip(incs, values, strict=True)]
     earlier = [[v[o] for o in s.orgs[:-1]] for s, v in zip(incs, values, strict=True)]
-    average = np.mean([x - np.mean(e, axis=0) for x, e in zip(last, earlier, strict=True)], axis=0)
-    most = np.sum([x > np.max(e, axis=0) for x, e in zip(last, earlier, strict=True)], axis=0)
+    with np.errstate(invalid="ignore"):
+        gaps = [x - np.nanmean(e, axis=0) for x, e in zip(last, earlier, strict=True)]
+        wins = [x > np.nanmax(e, axis=0) for x, e in zip(last, earlier, strict=True)]
+    average = np.mean(gaps, axis=0)
+    # a replicate in which some order's comparison is undefined counts as undefined, not lost
+    undefined = np.any([~np.isfinite(g) for g in gaps], axis=0)
+    most = np.where(undefined, np.nan, np.sum(wins, axis=0))
     form = (f"orders (of {len(incs)}) in which the last organization is memorized most", most)
     return f"{measure}; mean over {len(incs)} orders", unit, scale * average, form
 
@@ -678,10 +692,15 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
         if len(results[0]) > 3:  # the paper's form of the statistic, beside it
             what = results[0][3][0]
             form, form_reps = combine([r[3][1] for r in results], f.bootstrap, rng)
-            form_low, form_high = np.quantile(form_reps, [alpha, 1 - alpha])
+            kept = form_reps[np.isfinite(form_reps)]
+            interval = (
+                "[{:.3g}, {:.3g}]".format(*np.quantile(kept, [alpha, 1 - alpha]))
+                if len(kept) > 0.9 * len(form_reps)
+                else "not given: most resamples leave it undefined"
+            )
             why += (
                 f" In the paper's form, {what}: {form:.3g} ({100 * f.confidence:g} % interval "
-                f"[{form_low:.3g}, {form_high:.3g}])."
+                f"{interval})."
             )
         rows.append(
             row

@@ -34,13 +34,20 @@ from collab_lib.collaboration import BASE
 from collab_lib.config import Config
 
 STEP = verbatim.RQ2
-# rq2 alone: 2, tied ratios share a rank in Table 10
-RQ2_TABLES_VERSION = 2
+# rq2 alone: 2, tied ratios share a rank in Table 10; 3, the single-organization models in
+# the duplication table (finding 4's references)
+RQ2_TABLES_VERSION = 3
 
 
 def rq2_models(cfg: Config) -> list[str]:
     """The base model (the control: it never saw any organization) and ``memorization.models``."""
     return collaboration.chosen_models(cfg, cfg.memorization.models, "memorization.models")
+
+
+def references(cfg: Config) -> list[str]:
+    """The single-organization models: each never saw the other organizations' code, so its
+    loss on their training lines tells how predictable those lines are without memorizing."""
+    return [s.name for s in collaboration.roster(cfg) if s.setting == "single"]
 
 
 def _step_config(cfg: Config) -> dict:
@@ -76,7 +83,9 @@ def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
         parts = [prompts_art.ref]
         parts += _verbatim(cfg, chosen, prompts_art, train, opts, out, force)
         parts += exposure.measure_exposures(cfg, scored, can, out, force)
-        dup_parts, tokens = duplication.measure_duplication(cfg, chosen, ds, opts, out, force)
+        # with the single-organization models: finding 4's references (Methods)
+        dup_models = {**chosen, **{n: models[n] for n in references(cfg)}}
+        dup_parts, tokens = duplication.measure_duplication(cfg, dup_models, ds, opts, out, force)
         parts += extractability.measure(cfg, chosen, ds, out, force)
         k, match = cfg.extractable_lengths
         return {

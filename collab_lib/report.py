@@ -589,8 +589,19 @@ def show_across_seeds(cfg: Config, name: str) -> None:
     )
 
 
-def memorized_examples(examples: pd.DataFrame) -> None:
-    """Each memorized block, collapsed: the generated text beside the training source."""
+def memorized_examples(art: artifacts.Artifact) -> None:
+    """Each memorized block, collapsed: the generated text beside the training source (an
+    export never carries them: they are an organization's code)."""
+    try:
+        examples = art.table("memorized")
+    except artifacts.ImportedWithoutFile:
+        display(
+            Markdown(
+                "*This run was imported: its memorized code stayed on the machine "
+                "that ran it (an export carries no organization's code).*"
+            )
+        )
+        return
     if examples.empty:
         display(Markdown("*No completion holds a memorized block at this scale.*"))
         return

@@ -273,6 +273,16 @@ def ranking_note(table: pd.DataFrame, main: dict[str, int]) -> str:
         if (t["memorized lines"] == 0).all():
             sentences.append(f"{rq}: no line is memorized at any threshold; every model ties.")
             continue
+        silent = set(
+            t.groupby("threshold (lines)")["memorized lines"].sum().loc[lambda x: x == 0].index
+        )
+        if main[rq] in silent:
+            found = [str(n) for n in at if n not in silent]
+            sentences.append(
+                f"{rq}: no line is memorized at {main[rq]} lines (every model ties); lines are "
+                f"memorized at {', '.join(found)} lines."
+            )
+            continue
         changed = [str(n) for n, ranks in at.items() if ranks != base]
         sentences.append(
             f"{rq}: the ranking of the models at {main[rq]} lines "

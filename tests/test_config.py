@@ -195,3 +195,5 @@ def test_k_extractability_fits_the_context_unless_told_otherwise():
     assert small.model.context == 64 and small.extractable_lengths == (16, 16)
     with pytest.raises(ConfigError, match="extractable_k \\+ extractable_match: at most"):
         load_config("tiny", ["memorization.extractable_k=50", "memorization.extractable_match=50"])
+    with pytest.raises(ConfigError, match="must be at least 1, or null"):
+        load_config("tiny", ["memorization.extractable_k=0"])

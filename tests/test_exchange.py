@@ -30,6 +30,7 @@ def test_an_export_carries_tables_and_manifests_but_no_weights_or_code(exported)
         names = tar.getnames()
         index = json.loads(tar.extractfile(exchange.INDEX).read())
     assert not [n for n in names if n.endswith((".safetensors", ".jsonl", ".py"))]
+    assert not [n for n in names if n.endswith("/memorized.csv")]  # code beside its source
     assert any(n.startswith("rq1/") and n.endswith("/table8.csv") for n in names)
     assert any(n.startswith("findings/") for n in names)
     assert index["seeds"] == [5] and index["machine"]["cpus"] >= 1
@@ -45,6 +46,8 @@ def test_an_import_builds_the_book_without_any_model(exported, course_run, tmp_p
     index = build_book(cfg, run_steps=False, build_root=tmp_path / "_build")
     text = (index.parent / "book" / "executed" / "07_findings.html").read_text()
     assert "Finding 7" in text and "Verdict:" in text
+    rq2 = (index.parent / "book" / "executed" / "04_rq2_memorization.html").read_text()
+    assert "its memorized code stayed on the machine that ran it" in rq2
     # a model arrived without its weights: reading them says so, and what to do
     model = pipeline.load("train", cfg)[collaboration.BASE]
     with pytest.raises(artifacts.ImportedWithoutFile, match="imported from an export"):

@@ -141,33 +141,36 @@ def test_finding_7_uses_the_continuation_loss_when_no_line_is_memorized(sync, ve
 @pytest.mark.parametrize(("gain", "verdict"), [(0.6, findings.HOLDS), (0.0, findings.FAILS)])
 def test_finding_4_compares_the_most_duplicated_organization_with_the_others(gain, verdict):
     """No verbatim line: the duplication signal decides, organization against organization.
-    Big, the most duplicated, has no clone lines in its validation sample (as Facebook in
-    `default`): it borrows the others' validation control instead of dropping out."""
+    Clone lines are more predictable in some organizations than in others (``easy``): the
+    single-organization models that never saw an organization measure that, so only what the
+    collaborative model learned beyond it (``gain``) counts."""
     rng = np.random.default_rng(0)
-    excess = {"Small": 0.2, "Mid": 0.25, "Big": gain}  # the training clone lines' extra gain
+    easy = {"Small": 0.3, "Mid": 0.1, "Big": 0.5}  # any trained model's extra gain on clones
+    learned = {"Small": 0.2, "Mid": 0.25, "Big": gain}  # the collaborative model's beyond it
+    models = {"Centralized_SMB": None, "Small_Only": "Small", "Mid_Only": "Mid", "Big_Only": "Big"}
     rows = []
-    for org, g in excess.items():
-        for split in ("train", "validation"):
-            for f in range(12):
-                for lines in ("clone", "other"):
-                    if split == "validation" and lines == "clone" and org == "Big":
-                        continue
-                    hard = rng.normal(0, 0.2)
-                    gained = {"train": 0.5, "validation": 0.2}[split]
-                    extra = {"train": g, "validation": 0.1}[split] if lines == "clone" else 0
-                    for model, loss in ((findings.BASE, 3.0), ("Centralized_SMB", None)):
-                        x = 3.0 - gained - extra if loss is None else loss
-                        rows.append(
-                            {
-                                "model": model,
-                                "organization": org,
-                                "split": split,
-                                "file": f"{org}/{split}/{f}.py",
-                                "lines": lines,
-                                "tokens": 100,
-                                "loss_sum": (x + hard + rng.normal(0, 0.02)) * 100,
-                            }
-                        )
+    for org in ORGS:
+        for f in range(12):
+            for lines in ("clone", "other"):
+                hard = rng.normal(0, 0.2)
+                file = f"{org}/train/{f}.py"
+                for model, own in {findings.BASE: "", **models}.items():
+                    extra = 0.0
+                    if model != findings.BASE and lines == "clone":
+                        saw = own is None or own == org
+                        extra = easy[org] + (learned[org] if own is None else 0.4 if saw else 0)
+                    x = 3.0 - (0.5 if model != findings.BASE else 0) - extra
+                    rows.append(
+                        {
+                            "model": model,
+                            "organization": org,
+                            "split": "train",
+                            "file": file,
+                            "lines": lines,
+                            "tokens": 100,
+                            "loss_sum": (x + hard + rng.normal(0, 0.02)) * 100,
+                        }
+                    )
     run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
     run.roster.append(ModelSpec("Centralized_SMB", "centralized", tuple(ORGS)))
     run.duplication = pd.DataFrame(rows)
@@ -176,28 +179,41 @@ def test_finding_4_compares_the_most_duplicated_organization_with_the_others(gai
     assert row["verdict"] == verdict
     assert row["estimate"] == pytest.approx(gain - 0.225, abs=0.03)
     assert "Big, the most duplicated, minus the mean of Small, Mid" in row["measure"]
-    assert "Big (no clone lines in the validation sample)" in row["measure"]
+    assert "the single-organization models of the others" in row["measure"]
 
 
 @pytest.mark.parametrize(("b_last_in_b2a", "most"), [(3.0, 2), (0.5, 1)])
 def test_finding_6_gives_the_papers_form_beside_the_average(b_last_in_b2a, most):
     """Canary exposure over the base model's, per organization: A2B memorizes B (last) most;
-    B2A memorizes A (last) most, or not."""
+    B2A memorizes A (last) most, or not. B alone has 32-copy canaries, far more exposed: they
+    are left out, since A has none to compare with."""
     rng = np.random.default_rng(0)
     gains = {
         "Incremental_A2B": {"A": 1.0, "B": 3.0},
         "Incremental_B2A": {"A": b_last_in_b2a, "B": 1.0},
     }
     rows = []
-    for c in range(40):
-        org = "AB"[c % 2]
+    for c in range(60):
+        org, count = ("AB"[c % 2], 8) if c < 40 else ("B", 32)
         rows.append(
-            {"model": findings.BASE, "canary": c, "organization": org, "extrapolated_exposure": 5.0}
+            {
+                "model": findings.BASE,
+                "canary": c,
+                "organization": org,
+                "count": count,
+                "extrapolated_exposure": 5.0,
+            }
         )
         for model, g in gains.items():
-            x = 5.0 + g[org] + rng.normal(0, 0.1)
+            x = 5.0 + g[org] + (30 if count == 32 else 0) + rng.normal(0, 0.1)
             rows.append(
-                {"model": model, "canary": c, "organization": org, "extrapolated_exposure": x}
+                {
+                    "model": model,
+                    "canary": c,
+                    "organization": org,
+                    "count": count,
+                    "extrapolated_exposure": x,
+                }
             )
     run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
     run.roster += [

@@ -338,3 +338,9 @@ def test_the_threshold_table_ranks_per_threshold_and_says_where_the_ranking_chan
     assert note == "RQ2: the ranking of the models at 6 lines changes at 8 lines."
     zeros = table.assign(**{"memorized lines": 0})
     assert "no line is memorized at any threshold" in verbatim.ranking_note(zeros, {"RQ2": 6})
+    only_four = table.assign(
+        **{"memorized lines": table["memorized lines"].where(table["threshold (lines)"] == 4, 0)}
+    )
+    assert verbatim.ranking_note(only_four, {"RQ2": 6}) == (
+        "RQ2: no line is memorized at 6 lines (every model ties); lines are memorized at 4 lines."
+    )
