@@ -361,12 +361,17 @@ def build_models(
 def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest: Path) -> dict:
     from transformers import GPT2LMHeadModel
 
-    from collab_lib.training import train
+    from collab_lib.training import EPOCHS, train
 
     model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
     data = data_for(job.data)
-    curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch)
+    # epoch snapshots go to the scratch directory first, beside the resume checkpoint, so an
+    # interrupted job keeps the epochs it finished
+    snapshots = scratch / EPOCHS if cfg.train.epoch_checkpoints else None
+    curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch, snapshot_dir=snapshots)
     _save_model(dest, model, tok, curves)
+    if snapshots is not None:  # copied: the scratch copy stays until the artifact is whole
+        shutil.copytree(snapshots, dest / EPOCHS)
     return {
         "final_loss": curves.epoch_loss[-1],
         "data": list(job.data),
@@ -388,6 +393,7 @@ def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, de
         scratch,
         dest,
         yogi=yogi,
+        snapshots=cfg.train.epoch_checkpoints,
     )
     launch.simulate(app, rc, artifacts.artifacts_root() / ".flwr")
     curves = json.loads((dest / "curves.json").read_text())

@@ -144,6 +144,9 @@ class TrainConfig:
     warmup_fraction: float = 0.1
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
     grad_clip: float = 1.0
+    # a from_pretrained copy of the weights after every epoch (a federated model: every
+    # round), for the curves of effectiveness against memorization; false keeps the last only
+    epoch_checkpoints: bool = True
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,6 @@ the tokenizer nor the base model can leak one participant's data to the others. 
 saved with ``save_pretrained``, so anyone loads them with ``from_pretrained``. The paper's
 own base, GPT-2 124M, is loaded from a local directory or, only when the profile allows it,
 from the hub: no default path touches the network.
-
-Issue 4 builds the training loop (base-model pretraining, the 17 collaborative models) on
-top of this module.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from collab_lib.config import TrainConfig
 
 CHECKPOINT = "last.pt"
+EPOCHS = "epochs"  # the weights after each epoch (round): epochs/1, epochs/2, ...
 
 
 def pack(texts: Sequence[str], tokenizer, context: int) -> torch.Tensor:
@@ -78,12 +80,16 @@ def train(
     checkpoint_dir: Path | None = None,
     on_epoch: Callable[[int, Curves], None] | None = None,
     schedule_span: tuple[int, int] | None = None,
+    snapshot_dir: Path | None = None,
 ) -> Curves:
     """Train ``model`` on ``data`` (``(sequences, context)`` ids) for ``cfg.epochs`` epochs.
 
     The learning rate follows :func:`lr_factor` over this call's steps, or, with
     ``schedule_span=(first, total)``, over steps ``first, first + 1, ...`` of a longer
     ``total``-step schedule: a federated client's round continues where the last one ended.
+    With ``snapshot_dir``, the weights after epoch ``n`` are saved to ``snapshot_dir/n``
+    (``save_pretrained``) before that epoch's checkpoint: a run stopped between the two
+    retrains the epoch and writes the same snapshot again.
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
@@ -139,6 +145,8 @@ def train(
             curves.step_loss.append(step_loss)
             losses.append(step_loss)
         curves.epoch_loss.append(sum(losses) / max(len(losses), 1))
+        if snapshot_dir is not None:
+            save_snapshot(model, snapshot_dir / str(epoch + 1))
         if ckpt is not None:
             _save(ckpt, model, optimizer, scheduler, curves, epoch + 1)
         if on_epoch is not None:
@@ -159,3 +167,14 @@ def _save(path: Path, model, optimizer, scheduler, curves: Curves, epoch: int) -
     }
     torch.save(state, tmp)
     os.replace(tmp, path)
+
+
+def save_snapshot(model, dest: Path) -> None:
+    """``model.save_pretrained(dest)``, atomically: written to a directory beside it and
+    renamed, so an interruption never leaves a half-written snapshot under ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)

@@ -209,7 +209,8 @@ def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
     base = collaboration.build_base_model(cfg).path
     texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))
-    app, rc, _ = launch.prepare(cfg, "FedYogi", texts, base, tmp_path, tmp_path / "out")
+    out = tmp_path / "out"
+    app, rc, _ = launch.prepare(cfg, "FedYogi", texts, base, tmp_path, out, snapshots=True)
     save = server_app._Rounds._checkpoint
 
     def stop_after_round_1(self, rnd, arrays):  # the run dies once round 1 is checkpointed
@@ -225,8 +226,15 @@ def test_resume_after_a_stopped_round_gives_the_same_weights(simulated, tmp_path
         assert (
             json.loads(str(ckpt["curves"]))["round"] == 1 and "v_t/transformer.wte.weight" in ckpt
         )
+    assert sorted(p.name for p in (tmp_path / "rounds" / "epochs").iterdir()) == ["1"]
     launch.simulate(app, rc, root / ".flwr")  # the rerun resumes at round 2
-    _assert_same(_weights(tmp_path / "out" / "model"), _weights(art.path / "model"))
+    _assert_same(_weights(out / "model"), _weights(art.path / "model"))
+    # every round's global model, loadable on its own; the last is the model
+    rounds = [str(r) for r in range(1, int(rc["num-rounds"]) + 1)]
+    assert sorted(p.name for p in (out / "epochs").iterdir()) == rounds
+    assert sorted(p.name for p in (art.path / "epochs").iterdir()) == rounds  # the pipeline's
+    _assert_same(_weights(out / "epochs" / rounds[-1]), _weights(out / "model"))
+    _assert_same(_weights(out / "epochs" / "1"), _weights(art.path / "epochs" / "1"))
 
 
 def _free_ports(n: int) -> list[int]:

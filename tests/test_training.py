@@ -96,3 +96,69 @@ def test_a_schedule_span_continues_a_longer_schedule(setup):
         init_model(cfg.model, len(tok), seed=3), data, run, seed=1, schedule_span=(n, 2 * n)
     )
     assert second.step_lr == pytest.approx(alone.step_lr[n:])
+
+
+KILLED_RUN = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from collab_lib.config import TrainConfig, load_config
+from collab_lib.model import init_model
+from collab_lib.training import train
+
+cfg = load_config("tiny", sys.argv[3:])
+data, vocab = torch.load(sys.argv[1]), int(sys.argv[2])
+steps, kill_at = 0, int(os.environ["KILL_AT_STEP"])
+step = torch.optim.AdamW.step
+
+def counted(self, *args, **kwargs):  # SIGKILL in the middle of an epoch, as a crash would
+    global steps
+    steps += 1
+    if steps == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, *args, **kwargs)
+
+torch.optim.AdamW.step = counted
+work = Path(os.environ["WORK"])
+model = init_model(cfg.model, vocab, seed=2)
+train(model, data, TrainConfig(epochs=3, batch_size=4), seed=7, checkpoint_dir=work,
+      snapshot_dir=work / "epochs")
+"""
+
+
+def test_a_killed_run_resumes_with_every_epoch_snapshot_and_the_same_weights(setup, tmp_path):
+    """kill -9 in the middle of epoch 2: the snapshot of epoch 1 is whole, none is half
+    written, and the resumed run's snapshots and weights are those of an unbroken run."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from transformers import GPT2LMHeadModel
+
+    from collab_lib.training import steps_per_epoch
+
+    cfg, tok, data = setup
+    run = TrainConfig(epochs=3, batch_size=4)
+    straight = init_model(cfg.model, len(tok), seed=2)
+    train(straight, data, run, seed=7, snapshot_dir=tmp_path / "straight")
+
+    torch.save(data, tmp_path / "data.pt")
+    work = tmp_path / "work"
+    kill_at = steps_per_epoch(len(data), run) + 2  # two steps into epoch 2
+    env = os.environ | {"WORK": str(work), "KILL_AT_STEP": str(kill_at)}
+    args = [sys.executable, "-c", KILLED_RUN, str(tmp_path / "data.pt"), str(len(tok)), *TINY]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    assert sorted(p.name for p in (work / "epochs").iterdir()) == ["1"]  # no half snapshot
+
+    resumed = init_model(cfg.model, len(tok), seed=2)
+    train(resumed, data, run, seed=7, checkpoint_dir=work, snapshot_dir=work / "epochs")
+    ws, wr = weights(straight), weights(resumed)
+    assert all(torch.equal(ws[k], wr[k]) for k in ws)
+    for n in ("1", "2", "3"):
+        a = GPT2LMHeadModel.from_pretrained(Path(tmp_path / "straight" / n)).state_dict()
+        b = GPT2LMHeadModel.from_pretrained(work / "epochs" / n).state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a), f"epoch {n}"
+    last = GPT2LMHeadModel.from_pretrained(work / "epochs" / "3").state_dict()
+    assert all(torch.equal(last[k], ws[k]) for k in last)

@@ -33,10 +33,13 @@ def prepare(
     *,
     yogi: tuple[float, float] | None = None,
     simulation: bool = True,
+    snapshots: bool = False,
 ) -> tuple[Path, dict, list[NodeData]]:
     """Everything one federated run needs in ``work``: each organization's training
     documents where its client reads them (``texts``, in the order of the profile), the run
     config and the Flower app. Returns the app directory, the run config and the nodes.
+    ``snapshots``: the ServerApp also saves the global model after every round
+    (``out/epochs/<round>``).
     """
     nodes = []
     for org, docs in texts.items():
@@ -51,6 +54,7 @@ def prepare(
     rc = run_config(
         cfg, strategy, nodes, base, out, work / "rounds", yogi=yogi, simulation=simulation
     )
+    rc["snapshots"] = snapshots
     return write_app(work / "app", rc), rc, nodes
 
 
@@ -131,6 +135,8 @@ clientapp = "collab_lib.federated.client_app:app"
 
 
 def _toml(value) -> str:
+    if isinstance(value, bool):  # TOML's true and false, not Python's True and False
+        return "true" if value else "false"
     return json.dumps(value) if isinstance(value, str) else repr(value)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -27,9 +28,10 @@ CHECKPOINT = "round.npz"
 class _Rounds:
     """Mixed into a Flower strategy: per-round client rate, sorted replies, checkpoints."""
 
-    def setup(self, run_config: dict, checkpoint_dir: Path) -> None:
+    def setup(self, run_config: dict, checkpoint_dir: Path, model=None) -> None:
         self.rc = run_config
         self.checkpoint_dir = checkpoint_dir
+        self.model = model  # given: the global weights are also saved after every round
         self.done = 0  # rounds finished before this start (on resume)
         self.curves: dict = {
             "round_loss": [],
@@ -64,7 +66,14 @@ class _Rounds:
         return arrays, metrics
 
     def _checkpoint(self, rnd: int, arrays: ArrayRecord) -> None:
-        """One file per round, replaced atomically: weights, optimizer state and curves agree."""
+        """One file per round, replaced atomically: weights, optimizer state and curves agree.
+        The round's snapshot (``epochs/<round>``) is written first: a run stopped between the
+        two repeats the round and writes the same snapshot again."""
+        if self.model is not None:
+            from collab_lib.training import EPOCHS, save_snapshot
+
+            task.set_arrays(self.model, arrays)
+            save_snapshot(self.model, self.checkpoint_dir / EPOCHS / str(rnd))
         state = {f"w/{k}": v.numpy() for k, v in arrays.items()}
         for name in ("m_t", "v_t"):
             for k, v in (getattr(self, name, None) or {}).items():
@@ -134,8 +143,9 @@ def main(grid: Grid, context: Context) -> None:
     out, ckpt = Path(str(rc["out-dir"])), Path(str(rc["checkpoint-dir"]))
     ckpt.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(rc)
-    strategy.setup(rc, ckpt)
     model = task.load_model(str(rc["base-model"]))
+    snapshots = bool(rc.get("snapshots", False))
+    strategy.setup(rc, ckpt, task.load_model(str(rc["base-model"])) if snapshots else None)
     arrays = strategy.resume()
     if arrays is None:
         arrays = task.to_arrays(model)
@@ -149,6 +159,11 @@ def main(grid: Grid, context: Context) -> None:
         arrays = result.arrays
     task.set_arrays(model, arrays)
     save_global(model, str(rc["base-model"]), out, strategy.curves)
+    if snapshots:
+        from collab_lib.training import EPOCHS
+
+        shutil.rmtree(out / EPOCHS, ignore_errors=True)
+        shutil.copytree(ckpt / EPOCHS, out / EPOCHS)
 
 
 def save_global(model, base_model: str, out: Path, curves: dict) -> None:
