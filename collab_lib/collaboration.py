@@ -30,7 +30,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts, canaries, datasets, tuning
-from collab_lib.config import Config, ConfigError
+from collab_lib.config import Config, ConfigError, weights_config
 
 BASE = "base model"  # the row standing where the paper has "GPT-2"
 BASE_STEP = "base_model"
@@ -229,7 +229,7 @@ def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
 
 
 def _base_config(cfg: Config) -> dict:
-    return {"model": cfg.model, "train": cfg.train, "seed": cfg.seed}
+    return {"model": cfg.model, "train": weights_config(cfg.train), "seed": cfg.seed}
 
 
 def build_base_model(cfg: Config, *, force: bool = False) -> artifacts.Artifact:
@@ -361,7 +361,7 @@ def build_models(
 def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest: Path) -> dict:
     from transformers import GPT2LMHeadModel
 
-    from collab_lib.training import EPOCHS, train
+    from collab_lib.training import EPOCHS, copy_snapshots, train
 
     model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
     data = data_for(job.data)
@@ -370,8 +370,8 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     snapshots = scratch / EPOCHS if cfg.train.epoch_checkpoints else None
     curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch, snapshot_dir=snapshots)
     _save_model(dest, model, tok, curves)
-    if snapshots is not None:  # copied: the scratch copy stays until the artifact is whole
-        shutil.copytree(snapshots, dest / EPOCHS)
+    if snapshots is not None:  # linked: the scratch copy stays until the artifact is whole
+        copy_snapshots(snapshots, dest / EPOCHS)
     return {
         "final_loss": curves.epoch_loss[-1],
         "data": list(job.data),

@@ -812,6 +812,14 @@ def _check_study(cfg: Config, path: Path) -> None:
         )
 
 
+def weights_config(train: TrainConfig) -> dict:
+    """``train`` as a key sees it where only the weights matter (the base model, the FedYogi
+    sweep): without ``epoch_checkpoints``, which changes an artifact's files, not its weights."""
+    out = to_dict(train)
+    out.pop("epoch_checkpoints")
+    return out
+
+
 def settings_text(cfg: Config) -> str:
     """The resolved settings as YAML: every value the steps see, after ``extends`` and the
     overrides. ``status --settings`` prints it, ``book`` writes it beside the build for its

@@ -282,10 +282,10 @@ def extractable_note(art: artifacts.Artifact) -> str:
     if e is None:
         return "This run predates k-extractability: run the rq2 step again to measure it."
     t = art.table("extractable")
-    per = "every" if e["sequences"] is None else f"up to {e['sequences']:,}"
+    per = "all" if e["sequences"] is None else f"up to {e['sequences']:,}"
     text = (
         f"This run: *k* = {e['k']} tokens of prefix, *m* = {e['match']} tokens to match, "
-        f"{per} sequence(s) per organization and split."
+        f"{per} sequences per organization and split."
     )
     t = t[t["model"] != BASE]
     excess = "train - validation (points)"

@@ -173,8 +173,14 @@ def save_snapshot(model, dest: Path) -> None:
     """``model.save_pretrained(dest)``, atomically: written to a directory beside it and
     renamed, so an interruption never leaves a half-written snapshot under ``dest``."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")  # one writer per directory: a fixed name, so a
+    shutil.rmtree(tmp, ignore_errors=True)  # killed write's leftover is cleared on resume
     model.save_pretrained(tmp)
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(tmp, dest)
+
+
+def copy_snapshots(src: Path, dest: Path) -> None:
+    """The finished snapshots of ``src`` into ``dest``, as hard links (snapshot files are
+    never rewritten in place); a killed write's hidden leftover is not copied."""
+    shutil.copytree(src, dest, copy_function=os.link, ignore=shutil.ignore_patterns(".*"))

@@ -22,7 +22,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from collab_lib import artifacts
-from collab_lib.config import Config, UserError
+from collab_lib.config import Config, UserError, weights_config
 
 STEP = "yogi_sweep"
 
@@ -33,7 +33,7 @@ def step_config(cfg: Config) -> dict:
         "sweep": cfg.federated.yogi_sweep,
         "rounds": cfg.federated.rounds or cfg.train.epochs,
         "beta": [cfg.federated.yogi_beta_1, cfg.federated.yogi_beta_2],
-        "train": cfg.train,
+        "train": weights_config(cfg.train),
         "model": cfg.model,
         "organizations": [o.name for o in cfg.datasets.organizations],
         "seed": cfg.seed,

@@ -197,3 +197,15 @@ def test_k_extractability_fits_the_context_unless_told_otherwise():
         load_config("tiny", ["memorization.extractable_k=50", "memorization.extractable_match=50"])
     with pytest.raises(ConfigError, match="must be at least 1, or null"):
         load_config("tiny", ["memorization.extractable_k=0"])
+
+
+def test_keeping_epoch_snapshots_rekeys_the_models_but_not_the_base_model_or_the_sweep():
+    from collab_lib import collaboration, pipeline
+
+    keep = pipeline.planned_for("train", load_config("tiny"))
+    last_only = pipeline.planned_for(
+        "train", load_config("tiny", ["train.epoch_checkpoints=false"])
+    )
+    assert keep[collaboration.BASE] == last_only[collaboration.BASE]
+    assert keep[collaboration.SWEEP] == last_only[collaboration.SWEEP]  # tiny tunes FedYogi
+    assert keep["Centralized_FMG"] != last_only["Centralized_FMG"]  # its files differ

@@ -119,6 +119,21 @@ def counted(self, *args, **kwargs):  # SIGKILL in the middle of an epoch, as a c
     return step(self, *args, **kwargs)
 
 torch.optim.AdamW.step = counted
+if os.environ.get("KILL_IN_SAVE"):  # SIGKILL while epoch 2's snapshot is half written
+    from transformers import PreTrainedModel
+
+    save, saves = PreTrainedModel.save_pretrained, 0
+
+    def half_written(self, path, *args, **kwargs):
+        global saves
+        saves += 1
+        if saves == 2:
+            Path(path).mkdir(parents=True, exist_ok=True)
+            (Path(path) / "config.json").write_text('{"trunc')
+            os.kill(os.getpid(), signal.SIGKILL)
+        return save(self, path, *args, **kwargs)
+
+    PreTrainedModel.save_pretrained = half_written
 work = Path(os.environ["WORK"])
 model = init_model(cfg.model, vocab, seed=2)
 train(model, data, TrainConfig(epochs=3, batch_size=4), seed=7, checkpoint_dir=work,
@@ -126,9 +141,11 @@ train(model, data, TrainConfig(epochs=3, batch_size=4), seed=7, checkpoint_dir=w
 """
 
 
-def test_a_killed_run_resumes_with_every_epoch_snapshot_and_the_same_weights(setup, tmp_path):
-    """kill -9 in the middle of epoch 2: the snapshot of epoch 1 is whole, none is half
-    written, and the resumed run's snapshots and weights are those of an unbroken run."""
+@pytest.mark.parametrize("when", ["mid-epoch", "mid-snapshot"])
+def test_a_killed_run_resumes_with_every_epoch_snapshot_and_the_same_weights(setup, tmp_path, when):
+    """kill -9 in the middle of epoch 2, or while its snapshot is being written: only epoch
+    1's snapshot is there, none is half written under its name, and the resumed run's
+    snapshots and weights are those of an unbroken run, with nothing left over."""
     import os
     import subprocess
     import sys
@@ -145,17 +162,21 @@ def test_a_killed_run_resumes_with_every_epoch_snapshot_and_the_same_weights(set
 
     torch.save(data, tmp_path / "data.pt")
     work = tmp_path / "work"
-    kill_at = steps_per_epoch(len(data), run) + 2  # two steps into epoch 2
+    kill_at = steps_per_epoch(len(data), run) + 2 if when == "mid-epoch" else 0
     env = os.environ | {"WORK": str(work), "KILL_AT_STEP": str(kill_at)}
+    if when == "mid-snapshot":
+        env["KILL_IN_SAVE"] = "1"
     args = [sys.executable, "-c", KILLED_RUN, str(tmp_path / "data.pt"), str(len(tok)), *TINY]
     proc = subprocess.run(args, env=env, capture_output=True, text=True)
     assert proc.returncode == -9, proc.stderr[-2000:]
-    assert sorted(p.name for p in (work / "epochs").iterdir()) == ["1"]  # no half snapshot
+    names = sorted(p.name for p in (work / "epochs").iterdir() if not p.name.startswith("."))
+    assert names == ["1"]  # no half-written snapshot under an epoch's name
 
     resumed = init_model(cfg.model, len(tok), seed=2)
     train(resumed, data, run, seed=7, checkpoint_dir=work, snapshot_dir=work / "epochs")
     ws, wr = weights(straight), weights(resumed)
     assert all(torch.equal(ws[k], wr[k]) for k in ws)
+    assert sorted(p.name for p in (work / "epochs").iterdir()) == ["1", "2", "3"]  # no leftover
     for n in ("1", "2", "3"):
         a = GPT2LMHeadModel.from_pretrained(Path(tmp_path / "straight" / n)).state_dict()
         b = GPT2LMHeadModel.from_pretrained(work / "epochs" / n).state_dict()

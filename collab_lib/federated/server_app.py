@@ -160,10 +160,10 @@ def main(grid: Grid, context: Context) -> None:
     task.set_arrays(model, arrays)
     save_global(model, str(rc["base-model"]), out, strategy.curves)
     if snapshots:
-        from collab_lib.training import EPOCHS
+        from collab_lib.training import EPOCHS, copy_snapshots
 
         shutil.rmtree(out / EPOCHS, ignore_errors=True)
-        shutil.copytree(ckpt / EPOCHS, out / EPOCHS)
+        copy_snapshots(ckpt / EPOCHS, out / EPOCHS)
 
 
 def save_global(model, base_model: str, out: Path, curves: dict) -> None:
