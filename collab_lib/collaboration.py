@@ -385,15 +385,8 @@ def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, de
     """Run one federated model on Flower's simulation engine (resumes from its last round)."""
     from collab_lib.federated import launch
 
-    app, rc, _ = launch.prepare(
-        cfg,
-        job.config["strategy"],
-        {o: texts[o] for o in job.data},
-        base.path,
-        scratch,
-        dest,
-        yogi=yogi,
-        snapshots=cfg.train.epoch_checkpoints,
+    app, rc, _ = _prepare(
+        cfg, job, texts, base, scratch, dest, yogi=yogi, snapshots=cfg.train.epoch_checkpoints
     )
     launch.simulate(app, rc, artifacts.artifacts_root() / ".flwr")
     curves = json.loads((dest / "curves.json").read_text())
@@ -403,6 +396,15 @@ def _train_federated(cfg: Config, job: Job, base, texts, scratch: Path, yogi, de
         "rounds": rc["num-rounds"],
     }
     return out | ({"yogi_eta": rc["yogi-eta"], "yogi_tau": rc["yogi-tau"]} if yogi else {})
+
+
+def _prepare(cfg: Config, job: Job, texts, base, work: Path, out: Path, **options):
+    """:func:`collab_lib.federated.launch.prepare` for one federated job: its strategy and its
+    organizations' training texts, from the base model."""
+    from collab_lib.federated import launch
+
+    data = {o: texts[o] for o in job.data}
+    return launch.prepare(cfg, job.config["strategy"], data, base.path, work, out, **options)
 
 
 def federation(
@@ -431,15 +433,8 @@ def federation(
     job = chain[0]
     tuned = _tuned(cfg, job.config["strategy"])
     yogi = tuning.best(build_sweep(cfg, planned, texts=texts)) if tuned else None
-    app, _, nodes = launch.prepare(
-        cfg,
-        job.config["strategy"],
-        {o: texts[o] for o in job.data},
-        base.path,
-        work,
-        work / "output",
-        yogi=yogi,
-        simulation=False,
+    app, _, nodes = _prepare(
+        cfg, job, texts, base, work, work / "output", yogi=yogi, simulation=False
     )
     home = work / "flwr-home"
     launch.write_connection(home, port=link_port)

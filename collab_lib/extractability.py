@@ -20,6 +20,7 @@ sequences once, each model's outcomes once.
 
 from __future__ import annotations
 
+import os
 import random
 from pathlib import Path
 
@@ -116,17 +117,10 @@ def matched(
         chunk = targets[i : i + batch_size]
         sc = sampling.SamplingConfig(temperature=0, max_new_tokens=max(map(len, chunk)))
         new = generate(model, prefixes[i : i + batch_size], sc, eos_id=eos_id)
-        out += [_common_prefix(g, t) for g, t in zip(new, chunk, strict=True)]
+        out += [
+            len(os.path.commonprefix([list(g), list(t)])) for g, t in zip(new, chunk, strict=True)
+        ]
     return out
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def model_artifact(cfg: Config, model_art, seq_art, force: bool) -> artifacts.Artifact:

@@ -414,12 +414,12 @@ def f6_last(run: Run, b: int, rng):
         planted = run.canaries[run.canaries["model"] == BASE]
         counts = {o: set(c) for o, c in planted.groupby("organization")["count"]}
 
-        def per_org(s: ModelSpec) -> dict[str, np.ndarray]:
-            # exposure grows steeply with the repetition count and a small organization may
-            # lack the largest: compare at the counts every organization of the order has
-            shared = set.intersection(*(counts.get(o, set()) for o in s.orgs))
+        # exposure grows steeply with the repetition count and a small organization may lack
+        # the largest: compare at the counts every organization of the order has
+        shared = {s.name: set.intersection(*(counts.get(o, set()) for o in s.orgs)) for s in incs}
 
-            ids = set(planted.loc[planted["count"].isin(shared), "canary"])
+        def per_org(s: ModelSpec) -> dict[str, np.ndarray]:
+            ids = set(planted.loc[planted["count"].isin(shared[s.name]), "canary"])
 
             def gain(o: str) -> np.ndarray:
                 mine = lambda k: (k["organization"] == o) & k["canary"].isin(ids)  # noqa: E731
@@ -429,7 +429,7 @@ def f6_last(run: Run, b: int, rng):
 
             return {o: gain(o) for o in s.orgs}
 
-        if any(not set.intersection(*(counts.get(o, set()) for o in s.orgs)) for s in incs):
+        if not all(shared.values()):
             return "an incremental order's organizations share no canary repetition count"
         measure, unit, scale = (
             "canary exposure over the base model (bits), at the repetition counts every "

@@ -145,7 +145,7 @@ def main(grid: Grid, context: Context) -> None:
     strategy = make_strategy(rc)
     model = task.load_model(str(rc["base-model"]))
     snapshots = bool(rc.get("snapshots", False))
-    strategy.setup(rc, ckpt, task.load_model(str(rc["base-model"])) if snapshots else None)
+    strategy.setup(rc, ckpt, model if snapshots else None)  # its final weights are set below
     arrays = strategy.resume()
     if arrays is None:
         arrays = task.to_arrays(model)
