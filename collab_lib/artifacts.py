@@ -33,6 +33,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+STAMP = ".verified.json"  # a dot file: not in the manifest, never exported or linked
+# a file's timestamp ticks coarsely (milliseconds): one modified within this long of its
+# hashing could change again with the same size and time, so it is hashed again next time
+RACY_NS = 2_000_000_000
 TRACKED_LIBRARIES = ("numpy", "datasketch", "pandas", "torch", "transformers", "flwr", "pip")
 
 
@@ -124,25 +128,64 @@ def scratch_dir(
 
 
 def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
-    """The artifact if it exists and every file matches its manifest's hash, else None."""
+    """The artifact if it exists and every file matches its manifest's hash, else None.
+
+    A file's content is hashed once; its size, modification time and inode are then kept in
+    a stamp (``.verified.json``) and a later load hashes only what changed since, the way git
+    trusts its index. At the paper's scale an artifact holds gigabytes of weights (a model
+    and its per-epoch snapshots), and every ``status``, plan and read used to hash them all.
+    """
     path = artifact_dir(step, key, root)
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
         return None
     try:
-        manifest = json.loads(manifest_path.read_text())
+        text = manifest_path.read_text()
+        manifest = json.loads(text)
     except (OSError, json.JSONDecodeError):
         return None
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    stamp = _read_stamp(path, digest)
     omitted = set(manifest.get("omitted", []))  # an import without weights or code
+    seen: dict[str, list[int]] = {}
+    settled = time.time_ns() - RACY_NS  # a file changed since may change again unseen
     for name, meta in manifest.get("files", {}).items():
         if name in omitted:
             continue
         file = path / name
-        if not file.is_file() or file.stat().st_size != meta["bytes"]:
+        try:
+            st = file.stat()
+        except OSError:
             return None
-        if sha256_file(file) != meta["sha256"]:
+        if not file.is_file() or st.st_size != meta["bytes"]:
             return None
+        fingerprint = [st.st_size, st.st_mtime_ns, st.st_ino]
+        if stamp.get(name) != fingerprint and sha256_file(file) != meta["sha256"]:
+            return None
+        if st.st_mtime_ns < settled:
+            seen[name] = fingerprint
+    if seen != stamp:
+        _write_stamp(path, digest, seen)
     return Artifact(step, key, path, manifest)
+
+
+def _read_stamp(path: Path, digest: str) -> dict[str, list[int]]:
+    """The files verified against this very manifest, by their stat (empty if none)."""
+    try:
+        stamp = json.loads((path / STAMP).read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return stamp.get("files", {}) if stamp.get("manifest") == digest else {}
+
+
+def _write_stamp(path: Path, digest: str, files: dict[str, list[int]]) -> None:
+    """Best effort: a read-only cache is verified in full on every load, as before."""
+    tmp = path / f"{STAMP}.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    try:
+        tmp.write_text(json.dumps({"manifest": digest, "files": files}))
+        os.replace(tmp, path / STAMP)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def require(planned: tuple[str, str], message: str) -> Artifact:

@@ -153,28 +153,35 @@ def _perplexity_artifact(cfg, model_art, ds_ref: str, val: dict[str, list[dict]]
     config = {"context": cfg.model.context, "stride": cfg.perplexity_stride, "version": PPL_VERSION}
 
     def produce(out: Path) -> dict:
-        from collab_lib.scoring import load_model, token_losses, token_stream
+        from collab_lib.scoring import load_model
 
         model, tok = load_model(model_art)
-        rows = []
-        for org, docs in val.items():
-            encoded = [token_stream([d["content"]], tok) for d in docs]  # each with its EOS
-            ids = [i for e in encoded for i in e]
-            lengths = [len(e) for e in encoded]
-            losses = token_losses(model, ids, cfg.model.context, cfg.perplexity_stride)
-            owner = np.repeat(np.arange(len(docs)), lengths)
-            scored = ~np.isnan(losses)
-            loss = np.bincount(owner[scored], losses[scored], minlength=len(docs))
-            count = np.bincount(owner[scored], minlength=len(docs))
-            rows += [
-                {"organization": org, "file": d["path"], "loss_sum": float(x), "tokens": int(n)}
-                for d, x, n in zip(docs, loss, count, strict=True)
-            ]
-        frame = pd.DataFrame(rows)
+        frame = file_losses(model, tok, val, cfg.model.context, cfg.perplexity_stride)
         frame.to_csv(out / "perplexity.csv", index=False)
         return {"perplexity": math.exp(frame["loss_sum"].sum() / frame["tokens"].sum())}
 
     return artifacts.build(PPL_STEP, config, produce, [model_art.ref, ds_ref], force=force)
+
+
+def file_losses(model, tok, val: dict[str, list[dict]], context: int, stride: int) -> pd.DataFrame:
+    """Summed loss and scored tokens per validation file (organization, file, loss_sum,
+    tokens): each organization's files scored as one stream, a token counted for its file."""
+    from collab_lib.scoring import token_losses, token_stream
+
+    rows = []
+    for org, docs in val.items():
+        encoded = [token_stream([d["content"]], tok) for d in docs]  # each with its EOS
+        ids = [i for e in encoded for i in e]
+        losses = token_losses(model, ids, context, stride)
+        owner = np.repeat(np.arange(len(docs)), [len(e) for e in encoded])
+        scored = ~np.isnan(losses)
+        loss = np.bincount(owner[scored], losses[scored], minlength=len(docs))
+        count = np.bincount(owner[scored], minlength=len(docs))
+        rows += [
+            {"organization": org, "file": d["path"], "loss_sum": float(x), "tokens": int(n)}
+            for d, x, n in zip(docs, loss, count, strict=True)
+        ]
+    return pd.DataFrame(rows, columns=["organization", "file", "loss_sum", "tokens"])
 
 
 def _samples_artifact(cfg, model_art, bench, problems: list[str], temperature: float, force):

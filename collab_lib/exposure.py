@@ -115,26 +115,19 @@ def exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, fo
     }
 
     def produce(out: Path) -> dict:
-        from collab_lib.scoring import load_model, suffix_losses
+        from collab_lib.scoring import load_model
 
         model, tok = load_model(model_art)
         secrets = {p["secret"]: p["id"] for p in planted}
         greedy = greedy_secrets(model, tok, planted)
         rows = []
-        for p, text in zip(planted, greedy, strict=True):
-            alts = alternatives[p["format"]][:n_alt]
-            losses = suffix_losses(model, tok, p["prefix"], [p["secret"], *alts])
+        for p, text, scores in zip(
+            planted, greedy, secret_scores(model, tok, planted, alternatives, n_alt), strict=True
+        ):
             leaked = [i for s, i in secrets.items() if s in text]
             rows.append(
-                {
-                    "canary": p["id"],
-                    "organization": p["organization"],
-                    "count": p["count"],
-                    "format": p["format"],
-                    "secret_loss": losses[0],
-                    "candidates": len(losses),
-                    "rank_exposure": rank_exposure(losses[0], losses[1:]),
-                    "extrapolated_exposure": extrapolated_exposure(losses[0], losses[1:]),
+                scores
+                | {
                     "greedy": text,
                     "extracted": text.startswith(p["secret"]),
                     "leaked": " ".join(leaked),
@@ -146,6 +139,30 @@ def exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, fo
     return artifacts.build(
         EXPOSURE_STEP, config, produce, [model_art.ref, can_art.ref], force=force
     )
+
+
+def secret_scores(model, tok, planted: list[dict], alternatives: dict, n_alt: int) -> list[dict]:
+    """Each canary's secret loss after its prefix, ranked among the first ``n_alt``
+    alternatives of its format: its rank exposure and extrapolated exposure."""
+    from collab_lib.scoring import suffix_losses
+
+    rows = []
+    for p in planted:
+        alts = alternatives[p["format"]][:n_alt]
+        losses = suffix_losses(model, tok, p["prefix"], [p["secret"], *alts])
+        rows.append(
+            {
+                "canary": p["id"],
+                "organization": p["organization"],
+                "count": p["count"],
+                "format": p["format"],
+                "secret_loss": losses[0],
+                "candidates": len(losses),
+                "rank_exposure": rank_exposure(losses[0], losses[1:]),
+                "extrapolated_exposure": extrapolated_exposure(losses[0], losses[1:]),
+            }
+        )
+    return rows
 
 
 def greedy_secrets(model, tok, planted: list[dict]) -> list[str]:

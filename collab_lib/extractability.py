@@ -123,6 +123,17 @@ def matched(
     return out
 
 
+def outcomes(model, tok, seqs: list[dict], k: int, batch_size: int) -> pd.DataFrame:
+    """Each sequence's matched tokens and whether it is extracted (organization, split, file,
+    start, matched, extracted)."""
+    targets = [s["ids"][k:] for s in seqs]
+    tokens = matched(model, [s["ids"][:k] for s in seqs], targets, tok.eos_token_id, batch_size)
+    hits = [n == len(t) for n, t in zip(tokens, targets, strict=True)]
+    cols = ["organization", "split", "file", "start"]
+    frame = pd.DataFrame([{c: s[c] for c in cols} for s in seqs], columns=cols)
+    return frame.assign(matched=tokens, extracted=hits)
+
+
 def model_artifact(cfg: Config, model_art, seq_art, force: bool) -> artifacts.Artifact:
     """One model's outcome on every drawn sequence (``extractable.csv``)."""
     k = cfg.extractable_lengths[0]
@@ -132,19 +143,9 @@ def model_artifact(cfg: Config, model_art, seq_art, force: bool) -> artifacts.Ar
 
         model, tok = load_model(model_art)
         seqs = artifacts.read_jsonl(seq_art.file("sequences.jsonl"))
-        targets = [s["ids"][k:] for s in seqs]
-        tokens = matched(
-            model,
-            [s["ids"][:k] for s in seqs],
-            targets,
-            tok.eos_token_id,
-            cfg.memorization.batch_size,
-        )
-        hits = [n == len(t) for n, t in zip(tokens, targets, strict=True)]
-        cols = ["organization", "split", "file", "start"]
-        frame = pd.DataFrame([{c: s[c] for c in cols} for s in seqs], columns=cols)
-        frame.assign(matched=tokens, extracted=hits).to_csv(out / "extractable.csv", index=False)
-        return {"sequences": len(seqs), "extracted": int(sum(hits))}
+        frame = outcomes(model, tok, seqs, k, cfg.memorization.batch_size)
+        frame.to_csv(out / "extractable.csv", index=False)
+        return {"sequences": len(seqs), "extracted": int(frame["extracted"].sum())}
 
     config = {"k": k, "decoding": "greedy", "sampler": sampling.VERSION, "version": VERSION}
     return artifacts.build(STEP, config, produce, [model_art.ref, seq_art.ref], force=force)

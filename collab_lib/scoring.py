@@ -109,15 +109,17 @@ def perplexity(
     return math.exp(total / count)
 
 
-def load_model(model_art):
-    """A trained model of the cache (on the GPU when there is one) and its tokenizer."""
+def load_model(model_art, epoch: int | None = None):
+    """A trained model of the cache (on the GPU when there is one) and its tokenizer; with
+    ``epoch``, its weights after that epoch (round) of the job (``epochs/<epoch>``)."""
     from transformers import GPT2LMHeadModel
 
     from collab_lib.model import load_tokenizer
 
     path = model_art.file("model/model.safetensors").parent  # a clear error if imported
+    weights = path if epoch is None else model_art.file(f"epochs/{epoch}/model.safetensors").parent
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    return GPT2LMHeadModel.from_pretrained(path).to(device).eval(), load_tokenizer(path)
+    return GPT2LMHeadModel.from_pretrained(weights).to(device).eval(), load_tokenizer(path)
 
 
 @torch.no_grad()

@@ -63,6 +63,48 @@ def test_corruption_is_detected_and_recomputed(damage):
     assert artifacts.state("s", art.key) == "cached"
 
 
+def _settle(path, seconds: float = 10.0) -> None:
+    """Date every file of an artifact back, as if it had been built a while ago."""
+    for f in path.rglob("*"):
+        st = f.stat()
+        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
+
+
+def test_a_verified_artifact_is_not_hashed_again_until_a_file_changes(monkeypatch):
+    art = artifacts.build("s", {"a": 1}, _produce([]))
+    _settle(art.path)
+    hashed = []
+    real = artifacts.sha256_file
+    monkeypatch.setattr(artifacts, "sha256_file", lambda f: hashed.append(f.name) or real(f))
+    assert artifacts.load("s", art.key) is not None and hashed == ["data.txt"]
+    assert artifacts.load("s", art.key) is not None and hashed == ["data.txt"]  # stamped
+    (art.path / "data.txt").write_text("HELLO")  # same size, a later time
+    _settle(art.path, 5)
+    assert artifacts.load("s", art.key) is None and hashed[-1] == "data.txt"
+
+
+def test_a_file_changed_just_after_its_hashing_is_hashed_again():
+    """A timestamp ticks coarsely: a fresh file is never trusted by its stat alone."""
+    art = artifacts.build("s", {"a": 1}, _produce([]))
+    assert artifacts.load("s", art.key) is not None  # hashed now, too fresh to stamp
+    st = (art.path / "data.txt").stat()
+    (art.path / "data.txt").write_text("HELLO")
+    os.utime(art.path / "data.txt", ns=(st.st_atime_ns, st.st_mtime_ns))  # same stat
+    assert artifacts.load("s", art.key) is None
+
+
+def test_a_stamp_holds_only_for_the_manifest_it_verified():
+    import json
+
+    art = artifacts.build("s", {"a": 1}, _produce([]))
+    _settle(art.path)
+    assert artifacts.load("s", art.key) is not None  # stamped: data.txt matches its hash
+    manifest = json.loads((art.path / "manifest.json").read_text())
+    manifest["files"]["data.txt"]["sha256"] = "0" * 64  # the file's stat is unchanged
+    (art.path / "manifest.json").write_text(json.dumps(manifest))
+    assert artifacts.load("s", art.key) is None
+
+
 def test_an_exception_leaves_no_artifact_and_no_temporary_directory(artifact_root):
     def fail(out):
         (out / "half.txt").write_text("partial")
