@@ -289,6 +289,21 @@ class MemorizationConfig:
 
 
 @dataclass(frozen=True)
+class CurvesConfig:
+    """Every setting as a curve (:mod:`collab_lib.curves`): the weights after each epoch
+    (round) scored on a seeded subset, sized to the budget: validation files per organization
+    drawn in a seeded order, each kept while the organization's total stays within
+    ``validation_kb`` (null: every file); every canary, ranked among the first
+    ``alternatives`` of RQ2's (null: as many as RQ2); ``sequences`` of RQ2's k-extractability
+    sequences per organization and split (null: all). Needs ``train.epoch_checkpoints``;
+    without it a job's final weights are its only point."""
+
+    validation_kb: float | None = None
+    alternatives: int | None = None
+    sequences: int | None = None
+
+
+@dataclass(frozen=True)
 class Checkpoint:
     """A base model to compare in Table 5: a local directory holding a causal language model
     and its tokenizer (``save_pretrained``), e.g. GPT-2 124M saved on a machine with internet."""
@@ -373,6 +388,7 @@ class Config:
     collaboration: CollaborationConfig = field(default_factory=CollaborationConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
+    curves: CurvesConfig = field(default_factory=CurvesConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
     # every step runs once per seed; the findings combine them (null: ``seed`` alone)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +29,7 @@ from collab_lib import (
     artifacts,
     collaboration,
     cross_org,
+    curves,
     duplication,
     evaluation,
     exposure,
@@ -39,9 +40,16 @@ from collab_lib.collaboration import ModelSpec
 from collab_lib.config import Config, UserError
 
 STEP = "findings"
-VERSION = 6  # 6: finding 4 compares the organizations; finding 6 in the paper's form too
+VERSION = 7  # 7: finding 5 at matched effectiveness, from the curves
 BASE = collaboration.BASE
-INPUTS = ("datasets", "clones", "rq1", "rq2", "rq3")  # the artifacts of each seed it reads
+INPUTS = (
+    "datasets",
+    "clones",
+    "rq1",
+    "rq2",
+    "rq3",
+    "curves",
+)  # the artifacts of each seed it reads
 COLUMNS = [
     "finding",
     "claim",
@@ -88,6 +96,10 @@ class Run:
     duplication: pd.DataFrame  # model, organization, split, file, lines, loss_sum, tokens
     rq3_prompts: pd.DataFrame  # model, prompt, generated lines, memorized lines
     rq3_blocks: pd.DataFrame  # model, prompt, loss_sum, tokens: a shared block's second half
+    # every setting's curve (model, point, ...): perplexity per validation file, exposure per
+    # canary (curves step); empty where the run has none
+    curve_perplexity: pd.DataFrame = field(default_factory=pd.DataFrame)
+    curve_exposure: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def models(self, setting: str, rq: str = "RQ1/RQ2") -> list[ModelSpec]:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
@@ -134,6 +146,8 @@ def read_run(cfg: Config, planned: dict) -> Run:
         duplication=rq2.table(_stem(duplication.FILE_UNITS)),
         rq3_prompts=rq3.table(_stem(verbatim.PROMPT_UNITS)),
         rq3_blocks=rq3.table(_stem(cross_org.BLOCK_UNITS)),
+        curve_perplexity=arts["curves"].table(_stem(curves.PERPLEXITY_UNITS)),
+        curve_exposure=arts["curves"].table(_stem(curves.EXPOSURE_UNITS)),
     )
 
 
@@ -202,7 +216,7 @@ class Finding:
     side: str  # "below" or "above": where the claim puts the statistic
     threshold: float
     # (run, b, rng) -> (measure, its unit, replicates (b + 1,) with the estimate first[, the
-    # paper's form of it: (what it counts, its replicates)]), or a reason the profile cannot
+    # statistic beside it: (what it counts, its replicates)]), or a reason the profile cannot
     # test it
     compute: Callable[[Run, int, np.random.Generator], tuple | str]
     paper_value: float
@@ -363,11 +377,30 @@ def _duplication_signal(run: Run, models: list[str], heavy: str, b: int, rng):
 
 
 def f5_centralized(run: Run, b: int, rng):
+    """At matched effectiveness (from the curves), beside it the final checkpoints' comparison;
+    the final checkpoints' alone where the run has no curves."""
     cen, feds = run.models("centralized"), run.models("federated")
     names = set(_collaborative(run))
     if not cen or cen[0].name not in names or not all(f.name in names for f in feds) or not feds:
         return "memorization.models must hold the centralized and federated models"
     models = [cen[0].name, *(f.name for f in feds)]
+    point = _f5_points(run, models, b, rng)
+    if isinstance(point, str) or run.curve_perplexity.empty or run.curve_exposure.empty:
+        return point
+    measure, unit, reps = point
+    matched = _matched_exposure(run, models, b, rng)
+    return (
+        "canary exposure (bits) read off the curves at the same validation perplexity: the "
+        "lowest both settings reach (the federated model's best), interpolated linearly in "
+        "log perplexity between the checkpoints around it",
+        BITS,
+        matched,
+        (f"at the final checkpoints, {measure} ({unit})", reps),
+    )
+
+
+def _f5_points(run: Run, models: list[str], b: int, rng):
+    """Centralized minus the more memorizing federated model at their final checkpoints."""
     if _verbatim_found(run.prompts, models):
         u = Units(run.prompts, ["organization", "prompt"], ["organization"], b, rng)
         ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in models}
@@ -385,6 +418,57 @@ def f5_centralized(run: Run, b: int, rng):
         BITS,
         np.min([e[models[0]] - e[f] for f in models[1:]], axis=0),
     )
+
+
+def _matched_exposure(run: Run, models: list[str], b: int, rng) -> np.ndarray:
+    """Centralized minus each federated model's exposure at the federated model's best
+    validation perplexity (or the centralized one's, if worse), the lowest over the
+    federated models; files and canaries resampled, one draw for every point (paired)."""
+
+    def labelled(frame: pd.DataFrame) -> pd.DataFrame:
+        frame = frame[frame["model"].isin(models)]
+        return frame.assign(model=frame["model"] + "@" + frame["point"].astype(str))
+
+    ppl = Units(labelled(run.curve_perplexity), ["organization", "file"], ["organization"], b, rng)
+    exp = Units(labelled(run.curve_exposure), ["organization", "canary"], ["organization"], b, rng)
+    curve = {}
+    for m in models:
+        n = int(run.curve_perplexity.loc[run.curve_perplexity["model"] == m, "point"].max()) + 1
+        labels = [f"{m}@{i}" for i in range(n)]
+        nll = np.stack([ppl.sum("loss_sum", x) / ppl.sum("tokens", x) for x in labels], axis=1)
+        y = np.stack([exp.mean("extrapolated_exposure", x) for x in labels], axis=1)
+        curve[m] = (nll, y)
+    gaps = [matched_gap(*curve[models[0]], *curve[f]) for f in models[1:]]
+    return np.min(gaps, axis=0)
+
+
+def matched_gap(x_a: np.ndarray, y_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray) -> np.ndarray:
+    """Curve a's memorization minus curve b's at the same effectiveness, per replicate row.
+
+    ``x`` is mean validation loss (log perplexity) and ``y`` memorization, one column per
+    checkpoint in training order, the base model first. The level is the lowest loss both
+    curves reach (the weaker one's best); each curve is read where it first reaches it
+    (:func:`at_level`).
+    """
+    x_a, y_a, x_b, y_b = map(np.atleast_2d, (x_a, y_a, x_b, y_b))
+    level = np.maximum(np.nanmin(x_a, axis=1), np.nanmin(x_b, axis=1))
+    return np.array(
+        [
+            at_level(x_a[r], y_a[r], level[r]) - at_level(x_b[r], y_b[r], level[r])
+            for r in range(len(level))
+        ]
+    )
+
+
+def at_level(x: np.ndarray, y: np.ndarray, level: float) -> float:
+    """``y`` where the curve first reaches loss ``level``: along its records (each checkpoint
+    with a loss below every earlier one), linear in the loss between the two records around
+    the level; a checkpoint that got worse than an earlier one is passed over."""
+    keep = x < np.minimum.accumulate(np.concatenate([[np.inf], x[:-1]]))
+    xs, ys = x[keep], y[keep]
+    if not len(xs) or level < xs[-1] or level > xs[0]:
+        return math.nan
+    return float(np.interp(level, xs[::-1], ys[::-1]))
 
 
 def f6_last(run: Run, b: int, rng):
@@ -447,7 +531,11 @@ def f6_last(run: Run, b: int, rng):
     # a replicate in which some order's comparison is undefined counts as undefined, not lost
     undefined = np.any([~np.isfinite(g) for g in gaps], axis=0)
     most = np.where(undefined, np.nan, np.sum(wins, axis=0))
-    form = (f"orders (of {len(incs)}) in which the last organization is memorized most", most)
+    form = (
+        f"in the paper's form, the orders (of {len(incs)}) in which the last organization is "
+        "memorized most",
+        most,
+    )
     return f"{measure}; mean over {len(incs)} orders", unit, scale * average, form
 
 
@@ -597,7 +685,8 @@ def findings(cfg: Config) -> list[Finding]:
             5,
             "Centralized training memorizes more than federated",
             "1.711 % vs FedAvg 0.330 %, FedYogi 0.264 % (Table 10)",
-            "centralized minus the higher of the federated models",
+            "centralized minus the higher of the federated models, at the same validation "
+            "perplexity (read off the curves; beside it, at the final checkpoints)",
             "above",
             0.0,
             f5_centralized,
@@ -689,7 +778,7 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
         spread = float(np.std([r[2][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
         verdict = decide(low, high, finding.side, finding.threshold)
         why = _why(finding, est, low, high, verdict, f.confidence)
-        if len(results[0]) > 3:  # the paper's form of the statistic, beside it
+        if len(results[0]) > 3:  # another form of the statistic, beside it
             what = results[0][3][0]
             form, form_reps = combine([r[3][1] for r in results], f.bootstrap, rng)
             kept = form_reps[np.isfinite(form_reps)]
@@ -698,10 +787,7 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
                 if len(kept) > 0.9 * len(form_reps)
                 else "not given: most resamples leave it undefined"
             )
-            why += (
-                f" In the paper's form, {what}: {form:.3g} ({100 * f.confidence:g} % interval "
-                f"{interval})."
-            )
+            why += f" Beside it, {what}: {form:.3g} ({100 * f.confidence:g} % interval {interval})."
         rows.append(
             row
             | {

@@ -118,6 +118,13 @@ STEPS: dict[str, Step] = {
             "RQ3 cross-organization clones memorized (Table 11)",
         ),
         Step(
+            "curves",
+            "curves",
+            "build_curves",
+            ("curves",),
+            "every setting as a curve: perplexity, canary exposure, k-extractability per epoch",
+        ),
+        Step(
             "membership",
             "membership",
             "build_membership",

@@ -1,0 +1,295 @@
+"""Every setting as a curve: effectiveness against memorization after each epoch of training.
+
+The paper reports each setting as one point, its last checkpoint; a balance between
+effectiveness and memorization is a curve. Every training job keeps its weights after each
+epoch (a federated job after each round: :mod:`collab_lib.training`, ``epochs/<n>``); this
+step scores each of them, and the base model as every curve's start, on the measures that
+show at any scale:
+
+- validation perplexity on a seeded subset of each organization's validation files, about
+  ``curves.validation_kb`` kilobytes of it (null: all), their union as in Table 8;
+- canary exposure of every planted canary (:mod:`collab_lib.exposure`), ranked among the
+  first ``curves.alternatives`` of RQ2's alternatives (null: as many as RQ2);
+- k-extractability (:mod:`collab_lib.extractability`) on ``curves.sequences`` of RQ2's
+  sequences per organization and split (seeded; null: all of them).
+
+An incremental model's curve runs through its stages' epochs in order (stage 2 starts
+where stage 1 ended), so ``Incremental_F2M2G``'s first three points are
+``Facebook_Only``'s. A point is scored once and cached on its own (shared prefixes are
+shared), so an interrupted run resumes at the next point. A job trained without
+``train.epoch_checkpoints`` contributes its final weights as its only point.
+
+The paper's verbatim metric is not scored per point: at CPU scale it is zero everywhere, and
+at the paper's it needs thousands of sampled completions per point.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+from tqdm import tqdm
+
+from collab_lib import artifacts, canaries, collaboration, datasets, extractability
+from collab_lib.collaboration import BASE, ModelSpec
+from collab_lib.config import Config
+from collab_lib.training import EPOCHS
+
+STEP = "curves"
+POINT_STEP = "curve_point"
+VERSION = 1
+# the units the findings resample, one row per model, point and unit
+PERPLEXITY_UNITS = "units_curve_perplexity.csv"
+EXPOSURE_UNITS = "units_curve_exposure.csv"
+EXTRACTABLE_UNITS = "units_curve_extractable.csv"
+COLUMNS = [
+    "model",
+    "setting",
+    "point",
+    "stage",
+    "epoch",
+    "epochs",
+    "validation perplexity",
+    "exposure",
+    "exposure - base",
+    "matched, train - validation (tokens)",
+    "extracted, train (%)",
+]
+
+
+@dataclass(frozen=True)
+class Point:
+    """A model's weights at one moment: ``job``'s after ``epoch`` (None: its final ones)."""
+
+    job: artifacts.Artifact
+    stage: int  # 0: the base model, 1: the first job, ...
+    epoch: int | None
+
+    @property
+    def id(self) -> str:
+        return f"{self.job.ref}@{self.epoch if self.epoch is not None else 'final'}"
+
+
+def curve_models(cfg: Config) -> list[ModelSpec]:
+    """The models of RQ1 and RQ2 (every setting on all organizations, and each organization's
+    own model); the RQ3 pair's models are left out."""
+    return [s for s in collaboration.roster(cfg) if s.rq == "RQ1/RQ2"]
+
+
+def snapshot_epochs(job: artifacts.Artifact) -> list[int]:
+    """The epochs (rounds) whose weights the job kept, from its manifest, in order."""
+    prefix = f"{EPOCHS}/"
+    found = {int(n.split("/")[1]) for n in job.manifest.get("files", {}) if n.startswith(prefix)}
+    return sorted(found)
+
+
+def points(base: artifacts.Artifact, model: artifacts.Artifact) -> list[Point]:
+    """A model's curve: the base model, then each job's epochs in training order."""
+    out = [Point(base, 0, None)]
+    for stage, job in enumerate(collaboration.chain(model), 1):
+        out += [Point(job, stage, e) for e in snapshot_epochs(job)] or [Point(job, stage, None)]
+    return out
+
+
+def _step_config(cfg: Config) -> dict:
+    return {
+        "curves": cfg.curves,
+        "alternatives": cfg.memorization.alternatives,
+        "extractable": [*cfg.extractable_lengths, cfg.memorization.extractable_sequences],
+        "stride": cfg.perplexity_stride,
+        "seed": cfg.seed,
+        "version": VERSION,
+    }
+
+
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The curves artifact's key: its settings, the datasets, canaries and curve models."""
+    names = [BASE, *(s.name for s in curve_models(cfg))]
+    refs = [artifacts.ref(upstream[n]) for n in ("datasets", "canaries", *names)]
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
+
+
+def subsample(items: list, n: int | None, seed: str) -> list:
+    """``n`` of ``items`` drawn with ``seed``, in their order (all when ``n`` is None or more)."""
+    if n is None or n >= len(items):
+        return list(items)
+    keep = set(random.Random(seed).sample(range(len(items)), n))
+    return [x for i, x in enumerate(items) if i in keep]
+
+
+def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
+    """Table ``curves`` (one row per model and point) and the units behind it."""
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    can = canaries.require(cfg, planned)
+    specs = curve_models(cfg)
+
+    def produce(out: Path) -> dict:
+        seq_art = extractability.sequences_artifact(cfg, models[BASE], ds, force)
+        inputs = _Inputs(
+            val=_validation(cfg, ds),
+            planted=canaries.planted(can),
+            alternatives=json.loads(can.file("alternatives.json").read_text()),
+            seqs=_sequences(cfg, seq_art),
+            refs=[ds.artifact.ref, can.ref, seq_art.ref],
+        )
+        curves = {s.name: points(models[BASE], models[s.name]) for s in specs}
+        unique = {p.id: p for ps in curves.values() for p in ps}
+        scored = {}
+        for pid, p in tqdm(unique.items(), desc="curve points"):
+            scored[pid] = point_artifact(cfg, p, inputs, force)
+        parts = _write(out, specs, curves, scored)
+        return {"points": len(unique), "parts": [seq_art.ref, *parts]}
+
+    refs = [artifacts.ref(planned[n]) for n in ("datasets", "canaries")]
+    refs += [artifacts.ref(planned[n]) for n in [BASE, *(s.name for s in specs)]]
+    return artifacts.build(STEP, _step_config(cfg), produce, refs, seed=cfg.seed, force=force)
+
+
+@dataclass(frozen=True)
+class _Inputs:
+    val: dict[str, list[dict]]
+    planted: list[dict]
+    alternatives: dict
+    seqs: list[dict]
+    refs: list[str]
+
+
+def _validation(cfg: Config, ds: datasets.Datasets) -> dict[str, list[dict]]:
+    kb = cfg.curves.validation_kb
+    out = {}
+    for org in ds.corpora:
+        docs = ds.documents(org, "validation")
+        out[org] = docs if kb is None else within(docs, kb * 1000, f"{cfg.seed}/curves/{org}")
+    return out
+
+
+def within(docs: list[dict], budget: float, seed: str) -> list[dict]:
+    """Files drawn in a seeded order, each kept while the total stays within ``budget``
+    bytes (the first drawn always), in their own order: a subset of about that size whatever
+    the files' sizes."""
+    order = random.Random(seed).sample(range(len(docs)), len(docs))
+    keep, total = set(), 0
+    for i in order:
+        size = len(docs[i]["content"].encode())
+        if not keep or total + size <= budget:
+            keep.add(i)
+            total += size
+    return [d for i, d in enumerate(docs) if i in keep]
+
+
+def _sequences(cfg: Config, seq_art: artifacts.Artifact) -> list[dict]:
+    seqs = artifacts.read_jsonl(seq_art.file("sequences.jsonl"))
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for s in seqs:
+        groups.setdefault((s["organization"], s["split"]), []).append(s)
+    n = cfg.curves.sequences
+    return [
+        s
+        for (org, split), group in groups.items()
+        for s in subsample(group, n, f"{cfg.seed}/curves/{org}/{split}")
+    ]
+
+
+def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artifacts.Artifact:
+    """One point's scores: per validation file, per canary and per sequence."""
+    from collab_lib import evaluation, exposure
+
+    drawn = len(next(iter(inputs.alternatives.values()), []))
+    n_alt = cfg.curves.alternatives or cfg.memorization.alternatives or drawn
+    k = cfg.extractable_lengths[0]
+    config = {"epoch": p.epoch} | _step_config(cfg)
+
+    def produce(out: Path) -> dict:
+        from collab_lib.scoring import load_model
+
+        model, tok = load_model(p.job, p.epoch)
+        ppl = evaluation.file_losses(
+            model, tok, inputs.val, cfg.model.context, cfg.perplexity_stride
+        )
+        ppl.to_csv(out / "perplexity.csv", index=False)
+        scores = exposure.secret_scores(model, tok, inputs.planted, inputs.alternatives, n_alt)
+        pd.DataFrame(scores, columns=exposure.EXPOSURE_COLUMNS[:8]).to_csv(
+            out / "exposure.csv", index=False
+        )
+        ext = extractability.outcomes(model, tok, inputs.seqs, k, cfg.memorization.batch_size)
+        ext.to_csv(out / "extractable.csv", index=False)
+        return {"perplexity": math.exp(ppl["loss_sum"].sum() / ppl["tokens"].sum())}
+
+    return artifacts.build(POINT_STEP, config, produce, [p.job.ref, *inputs.refs], force=force)
+
+
+def _write(out: Path, specs: list[ModelSpec], curves: dict, scored: dict) -> list[str]:
+    """The table and the three unit files (one row per model, point and unit)."""
+    frames: dict[str, list[pd.DataFrame]] = {"perplexity": [], "exposure": [], "extractable": []}
+    for spec in specs:
+        for i, p in enumerate(curves[spec.name]):
+            art = scored[p.id]
+            for name, parts in frames.items():
+                parts.append(art.table(name).assign(model=spec.name, point=i))
+    units = {name: _concat(parts) for name, parts in frames.items()}
+    units["perplexity"].to_csv(out / PERPLEXITY_UNITS, index=False)
+    exposure_cols = ["model", "point", "organization", "canary", "count", "extrapolated_exposure"]
+    units["exposure"].reindex(columns=exposure_cols).to_csv(out / EXPOSURE_UNITS, index=False)
+    units["extractable"].to_csv(out / EXTRACTABLE_UNITS, index=False)
+    curves_table(specs, curves, units).to_csv(out / "curves.csv", index=False)
+    return sorted({a.ref for a in scored.values()})
+
+
+def _concat(parts: list[pd.DataFrame]) -> pd.DataFrame:
+    frame = pd.concat(parts, ignore_index=True)
+    return frame[["model", "point", *(c for c in frame.columns if c not in ("model", "point"))]]
+
+
+def curves_table(specs: list[ModelSpec], curves: dict, units: dict) -> pd.DataFrame:
+    """One row per model and point: where it is in training and its scores."""
+    ppl = units["perplexity"].groupby(["model", "point"])[["loss_sum", "tokens"]].sum()
+    exp = units["exposure"].groupby(["model", "point"])["extrapolated_exposure"].mean()
+    ext = units["extractable"]
+    matched = ext.groupby(["model", "point", "split"])["matched"].mean()
+    extracted = ext.groupby(["model", "point", "split"])["extracted"].mean()
+    rows = []
+    for spec in specs:
+        base_exposure = exp.get((spec.name, 0), math.nan)
+        curve = curves[spec.name]
+        for i, (p, epochs) in enumerate(zip(curve, trained(curve), strict=True)):
+            key = (spec.name, i)
+            train_minus_val = matched.get((*key, "train"), math.nan) - matched.get(
+                (*key, "validation"), math.nan
+            )
+            rows.append(
+                {
+                    "model": spec.name,
+                    "setting": spec.setting,
+                    "point": i,
+                    "stage": p.stage,
+                    "epoch": p.epoch,
+                    "epochs": epochs,
+                    "validation perplexity": math.exp(
+                        ppl.loc[key, "loss_sum"] / ppl.loc[key, "tokens"]
+                    ),
+                    "exposure": exp.get(key, math.nan),
+                    "exposure - base": exp.get(key, math.nan) - base_exposure,
+                    "matched, train - validation (tokens)": train_minus_val,
+                    "extracted, train (%)": 100 * extracted.get((*key, "train"), math.nan),
+                }
+            )
+    return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def trained(curve: list[Point]) -> list[float]:
+    """Epochs (rounds) trained up to each point, over the stages so far (NaN from a job that
+    kept no snapshots on: how far into training its final weights are is not recorded)."""
+    out, offset, stage, last = [], 0.0, 0, 0
+    for p in curve:
+        if p.stage != stage:  # a new stage starts where the previous one ended
+            offset, stage, last = offset + last, p.stage, 0
+        if p.epoch is None and p.stage > 0:
+            offset = math.nan
+        last = p.epoch or 0
+        out.append(offset + last)
+    return out
