@@ -40,6 +40,7 @@ NOTEBOOKS = (
     "05_rq3_cross_org_clones.ipynb",
     "06_membership.ipynb",
     "07_findings.ipynb",
+    "08_tradeoff.ipynb",
     "99_reproducibility.ipynb",
 )
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"

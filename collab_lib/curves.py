@@ -37,7 +37,6 @@ from tqdm import tqdm
 from collab_lib import artifacts, canaries, collaboration, datasets, extractability
 from collab_lib.collaboration import BASE, ModelSpec
 from collab_lib.config import Config
-from collab_lib.training import EPOCHS
 
 STEP = "curves"
 POINT_STEP = "curve_point"
@@ -82,6 +81,8 @@ def curve_models(cfg: Config) -> list[ModelSpec]:
 
 def snapshot_epochs(job: artifacts.Artifact) -> list[int]:
     """The epochs (rounds) whose weights the job kept, from its manifest, in order."""
+    from collab_lib.training import EPOCHS  # here: planning imports no torch
+
     prefix = f"{EPOCHS}/"
     found = {int(n.split("/")[1]) for n in job.manifest.get("files", {}) if n.startswith(prefix)}
     return sorted(found)
@@ -143,7 +144,17 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
         for pid, p in tqdm(unique.items(), desc="curve points"):
             scored[pid] = point_artifact(cfg, p, inputs, force)
         parts = _write(out, specs, curves, scored)
-        return {"points": len(unique), "parts": [seq_art.ref, *parts]}
+        return {
+            "points": len(unique),
+            "validation": {
+                o: {"files": len(d), "of": len(ds.documents(o, "validation")), "kb": _kb(d)}
+                for o, d in inputs.val.items()
+            },
+            "canaries": len(inputs.planted),
+            "alternatives": _alternatives(cfg, inputs.alternatives),
+            "sequences": len(inputs.seqs),
+            "parts": [seq_art.ref, *parts],
+        }
 
     refs = [artifacts.ref(planned[n]) for n in ("datasets", "canaries")]
     refs += [artifacts.ref(planned[n]) for n in [BASE, *(s.name for s in specs)]]
@@ -182,6 +193,15 @@ def within(docs: list[dict], budget: float, seed: str) -> list[dict]:
     return [d for i, d in enumerate(docs) if i in keep]
 
 
+def _kb(docs: list[dict]) -> float:
+    return round(sum(len(d["content"].encode()) for d in docs) / 1000, 1)
+
+
+def _alternatives(cfg: Config, alternatives: dict) -> int:
+    drawn = len(next(iter(alternatives.values()), []))
+    return min(drawn, cfg.curves.alternatives or cfg.memorization.alternatives or drawn)
+
+
 def _sequences(cfg: Config, seq_art: artifacts.Artifact) -> list[dict]:
     seqs = artifacts.read_jsonl(seq_art.file("sequences.jsonl"))
     groups: dict[tuple[str, str], list[dict]] = {}
@@ -199,8 +219,7 @@ def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artif
     """One point's scores: per validation file, per canary and per sequence."""
     from collab_lib import evaluation, exposure
 
-    drawn = len(next(iter(inputs.alternatives.values()), []))
-    n_alt = cfg.curves.alternatives or cfg.memorization.alternatives or drawn
+    n_alt = _alternatives(cfg, inputs.alternatives)
     k = cfg.extractable_lengths[0]
     config = {"epoch": p.epoch} | _step_config(cfg)
 
@@ -293,3 +312,32 @@ def trained(curve: list[Point]) -> list[float]:
         last = p.epoch or 0
         out.append(offset + last)
     return out
+
+
+def finding_5_models(cfg: Config) -> list[str]:
+    """The centralized and federated models on all organizations (finding 5's comparison)."""
+    return [s.name for s in curve_models(cfg) if s.setting in ("centralized", "federated")]
+
+
+def subset_note(art: artifacts.Artifact, cfg: Config) -> str:
+    """What every checkpoint was scored on, from the artifact's own record."""
+    m = art.metrics
+    val = "; ".join(
+        f"{o} {v['files']} of {v['of']} files ({v['kb']:g} kB)" for o, v in m["validation"].items()
+    )
+    canaries = (
+        f"{m['canaries']} canaries, each ranked among {m['alternatives']} alternatives"
+        if m["canaries"]
+        else "no canaries (none planted in this profile)"
+    )
+    kb, per = _setting(cfg.curves.validation_kb), _setting(cfg.curves.sequences)
+    return (
+        f"{m['points']} checkpoints scored (a checkpoint that several curves share, such as an "
+        f"incremental model's first stage, once). Validation perplexity on {val} "
+        f"(`curves.validation_kb`: {kb}); {canaries}; k-extractability on {m['sequences']} "
+        f"sequences in all (`curves.sequences`: {per} per organization and split)."
+    )
+
+
+def _setting(value) -> str:
+    return "null" if value is None else f"{value:g}"

@@ -666,3 +666,115 @@ def finding_cards(table: pd.DataFrame) -> None:
                 f"- **Verdict: {r['verdict']}.** {r['why']}\n"
             )
         )
+
+
+SETTING_COLOURS = {
+    "single": "tab:gray",
+    "centralized": "tab:red",
+    "federated": "tab:blue",
+    "incremental": "tab:green",
+}
+
+
+def memorization_axis(curves: pd.DataFrame) -> tuple[str, str]:
+    """The curves' memorization column and its label: canary exposure over the base model's,
+    or, where no canaries are planted (the paper profile), k-extractability's excess."""
+    if curves["exposure - base"].notna().any():
+        return "exposure - base", "canary exposure over the base model (bits)"
+    column = "matched, train - validation (tokens)"
+    return column, "k-extractability: tokens matched, train - validation"
+
+
+def tradeoff_figure(curves: pd.DataFrame, models: list[str] | None = None) -> plt.Figure:
+    """Left: every setting's curve in the effectiveness-memorization plane, from the base
+    model (the shared start) through each epoch (round), the last checkpoint ringed; with
+    ``models`` (centralized and federated), those alone and, dotted, the perplexity at which
+    finding 5 compares them. Right, for orientation: the paper's single points (Table 8's
+    perplexity, Table 10's ratio)."""
+    y, label = memorization_axis(curves)
+    if models is None:
+        fig, (ax, ref) = plt.subplots(1, 2, figsize=(11, 4.4), width_ratios=[3, 2])
+        _paper_points(ref)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 4.4))
+    for name, rows in curves.groupby("model", sort=False):
+        if models is not None and name not in models:
+            continue
+        setting = rows["setting"].iloc[0]
+        colour = SETTING_COLOURS.get(setting, "black")
+        faint = setting in ("incremental", "single") and models is None
+        ax.plot(
+            rows["validation perplexity"],
+            rows[y],
+            marker="o",
+            markersize=3,
+            color=colour,
+            alpha=0.45 if faint else 0.9,
+            linewidth=1 if faint else 1.8,
+        )
+        last = rows.iloc[-1]
+        ax.scatter(last["validation perplexity"], last[y], s=60, facecolors="none", color=colour)
+        if not faint:
+            ax.annotate(
+                name,
+                (last["validation perplexity"], last[y]),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+    if models is not None:  # finding 5's levels: the lowest perplexity both curves reach
+        best = curves.groupby("model")["validation perplexity"].min()
+        setting = curves.drop_duplicates("model").set_index("model")["setting"]
+        central = [m for m in models if setting.get(m) == "centralized"]
+        for m in models:
+            if setting.get(m) == "federated" and central:
+                ax.axvline(max(best[m], best[central[0]]), color="tab:blue", linestyle=":")
+    base = curves[curves["point"] == 0].iloc[0]
+    ax.scatter(base["validation perplexity"], base[y], marker="*", s=120, color="black", zorder=3)
+    _log_perplexity_axis(ax)
+    ax.set_xlabel("validation perplexity (log scale; better to the right)")
+    ax.set_ylabel(label)
+    ax.set_title("This run: every checkpoint (★ the base model)")
+    for setting, colour in SETTING_COLOURS.items():
+        if setting in set(curves["setting"]):
+            ax.plot([], [], color=colour, label=setting)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+def _log_perplexity_axis(ax) -> None:
+    """Log scale, better (lower) perplexity to the right, plain numbers as tick labels."""
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.set_xscale("log")
+    ax.invert_xaxis()
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+
+def _paper_points(ax) -> None:
+    """The paper's models as single points: Table 8's perplexity, Table 10's ratio."""
+    for name, ratio in paper.TABLE10.items():
+        setting = name.split("_")[0].lower()
+        ppl = paper.TABLE8[name][0]
+        ax.scatter(ppl, ratio, color=SETTING_COLOURS.get(setting, "black"), s=25)
+        ax.annotate(
+            name.split("_", 1)[1],
+            (ppl, ratio),
+            fontsize=6,
+            xytext=(3, 2),
+            textcoords="offset points",
+        )
+    _log_perplexity_axis(ax)
+    ax.set_xlabel("perplexity (Table 8, log scale)")
+    ax.set_ylabel("memorized lines (%, Table 10)")
+    ax.set_title("The paper: one point per model")
+
+
+def tradeoff_summary(table: pd.DataFrame) -> pd.DataFrame:
+    """Findings 2 (effectiveness) and 5 (memorization) side by side: the trade-off the
+    paper names, each with its verdict and what stands beside it."""
+    rows = table[table["finding"].isin([2, 5])]
+    return findings_summary(rows).assign(why=rows["why"].to_numpy())
