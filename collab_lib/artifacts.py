@@ -130,10 +130,12 @@ def scratch_dir(
 def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
     """The artifact if it exists and every file matches its manifest's hash, else None.
 
-    A file's content is hashed once; its size, modification time and inode are then kept in
-    a stamp (``.verified.json``) and a later load hashes only what changed since, the way git
+    A file's content is hashed once; its size, times, inode and device are then kept in a
+    stamp (``.verified.json``) and a later load hashes only what changed since, the way git
     trusts its index. At the paper's scale an artifact holds gigabytes of weights (a model
     and its per-epoch snapshots), and every ``status``, plan and read used to hash them all.
+    A change that keeps every one of those (bit rot) is caught only by a full check:
+    ``COLLAB_VERIFY=all`` hashes every file again, as every load did before.
     """
     path = artifact_dir(step, key, root)
     manifest_path = path / MANIFEST
@@ -145,7 +147,7 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
     except (OSError, json.JSONDecodeError):
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
-    stamp = _read_stamp(path, digest)
+    stamp = {} if os.environ.get("COLLAB_VERIFY") == "all" else _read_stamp(path, digest)
     omitted = set(manifest.get("omitted", []))  # an import without weights or code
     seen: dict[str, list[int]] = {}
     settled = time.time_ns() - RACY_NS  # a file changed since may change again unseen
@@ -159,10 +161,10 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
             return None
         if not file.is_file() or st.st_size != meta["bytes"]:
             return None
-        fingerprint = [st.st_size, st.st_mtime_ns, st.st_ino]
+        fingerprint = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
         if stamp.get(name) != fingerprint and sha256_file(file) != meta["sha256"]:
             return None
-        if st.st_mtime_ns < settled:
+        if max(st.st_mtime_ns, st.st_ctime_ns) < settled:
             seen[name] = fingerprint
     if seen != stamp:
         _write_stamp(path, digest, seen)
@@ -173,9 +175,10 @@ def _read_stamp(path: Path, digest: str) -> dict[str, list[int]]:
     """The files verified against this very manifest, by their stat (empty if none)."""
     try:
         stamp = json.loads((path / STAMP).read_text())
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: a hint, never an error
         return {}
-    return stamp.get("files", {}) if stamp.get("manifest") == digest else {}
+    files = stamp.get("files") if isinstance(stamp, dict) else None
+    return files if isinstance(files, dict) and stamp.get("manifest") == digest else {}
 
 
 def _write_stamp(path: Path, digest: str, files: dict[str, list[int]]) -> None:
@@ -351,6 +354,8 @@ def clean_tmp(root: Path | None = None) -> int:
     """Remove temporary directories left by runs that died (their process is gone)."""
     base = root or artifacts_root()
     removed = 0
+    for stamp in base.glob(f"*/*/{STAMP}.*"):  # a stamp's write killed before its rename
+        stamp.unlink(missing_ok=True)
     for path in list(base.glob("*/.tmp-*")) + list(base.glob("*/.trash-*")):
         parts = path.name.split("-")
         if path.name.startswith(".tmp-") and len(parts) >= 4 and _alive(int(parts[2])):

@@ -471,7 +471,13 @@ def chain(art: artifacts.Artifact) -> list[artifacts.Artifact]:
         step, _, key = out[0].manifest["inputs"][0].rpartition("/")
         if step != STAGE_STEP:
             break
-        out.insert(0, artifacts.load(step, key))
+        stage = artifacts.load(step, key)
+        if stage is None:
+            raise artifacts.NotBuiltError(
+                f"{art.ref} starts from stage {key}, which is not in the cache (removed?): "
+                "run the train step again to rebuild it"
+            )
+        out.insert(0, stage)
     return out
 
 

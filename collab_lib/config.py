@@ -670,6 +670,13 @@ def _check(obj: Any, where: str, path: Path) -> None:
         raise ConfigError(
             f"{path}: {where}: max_fraction in (0, 1), counts >= 1, alternatives >= 10"
         )
+    if isinstance(obj, CurvesConfig) and any(
+        v is not None and v <= 0 for v in (obj.validation_kb, obj.alternatives, obj.sequences)
+    ):
+        raise ConfigError(
+            f"{path}: {where}: validation_kb, alternatives and sequences must be positive (or "
+            "null: all)"
+        )
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")
     if isinstance(obj, FederatedConfig) and (obj.yogi_eta is None) != (obj.yogi_tau is None):

@@ -34,13 +34,23 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from collab_lib import artifacts, canaries, collaboration, datasets, extractability
+from collab_lib import (
+    artifacts,
+    canaries,
+    collaboration,
+    datasets,
+    evaluation,
+    extractability,
+    sampling,
+    verbatim,
+)
 from collab_lib.collaboration import BASE, ModelSpec
 from collab_lib.config import Config
 
 STEP = "curves"
 POINT_STEP = "curve_point"
-VERSION = 1
+VERSION = 2  # the table and its units (2: epochs as whole numbers)
+POINT_VERSION = 1  # how a checkpoint is scored: a change re-scores every checkpoint
 # the units the findings resample, one row per model, point and unit
 PERPLEXITY_UNITS = "units_curve_perplexity.csv"
 EXPOSURE_UNITS = "units_curve_exposure.csv"
@@ -96,15 +106,27 @@ def points(base: artifacts.Artifact, model: artifacts.Artifact) -> list[Point]:
     return out
 
 
-def _step_config(cfg: Config) -> dict:
+def _point_config(cfg: Config) -> dict:
+    """What a checkpoint's scores depend on beyond the checkpoint and its inputs."""
     return {
         "curves": cfg.curves,
         "alternatives": cfg.memorization.alternatives,
         "extractable": [*cfg.extractable_lengths, cfg.memorization.extractable_sequences],
         "stride": cfg.perplexity_stride,
         "seed": cfg.seed,
-        "version": VERSION,
+        # the scoring code's own versions: a change there re-scores every checkpoint too
+        "version": POINT_VERSION,
+        "scoring": [
+            evaluation.PPL_VERSION,
+            verbatim.VERSION,
+            extractability.VERSION,
+            sampling.VERSION,
+        ],
     }
+
+
+def _step_config(cfg: Config) -> dict:
+    return _point_config(cfg) | {"version": [POINT_VERSION, VERSION]}
 
 
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
@@ -130,7 +152,8 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
     specs = curve_models(cfg)
 
     def produce(out: Path) -> dict:
-        seq_art = extractability.sequences_artifact(cfg, models[BASE], ds, force)
+        # RQ2's own sequences: --force here re-scores the checkpoints, never RQ2's draw
+        seq_art = extractability.sequences_artifact(cfg, models[BASE], ds, False)
         inputs = _Inputs(
             val=_validation(cfg, ds),
             planted=canaries.planted(can),
@@ -199,7 +222,10 @@ def _kb(docs: list[dict]) -> float:
 
 def _alternatives(cfg: Config, alternatives: dict) -> int:
     drawn = len(next(iter(alternatives.values()), []))
-    return min(drawn, cfg.curves.alternatives or cfg.memorization.alternatives or drawn)
+    for n in (cfg.curves.alternatives, cfg.memorization.alternatives):
+        if n is not None:
+            return min(drawn, n)
+    return drawn
 
 
 def _sequences(cfg: Config, seq_art: artifacts.Artifact) -> list[dict]:
@@ -217,11 +243,11 @@ def _sequences(cfg: Config, seq_art: artifacts.Artifact) -> list[dict]:
 
 def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artifacts.Artifact:
     """One point's scores: per validation file, per canary and per sequence."""
-    from collab_lib import evaluation, exposure
+    from collab_lib import exposure
 
     n_alt = _alternatives(cfg, inputs.alternatives)
     k = cfg.extractable_lengths[0]
-    config = {"epoch": p.epoch} | _step_config(cfg)
+    config = {"epoch": p.epoch} | _point_config(cfg)
 
     def produce(out: Path) -> dict:
         from collab_lib.scoring import load_model
@@ -297,7 +323,7 @@ def curves_table(specs: list[ModelSpec], curves: dict, units: dict) -> pd.DataFr
                     "extracted, train (%)": 100 * extracted.get((*key, "train"), math.nan),
                 }
             )
-    return pd.DataFrame(rows, columns=COLUMNS)
+    return pd.DataFrame(rows, columns=COLUMNS).astype({"epoch": "Int64", "epochs": "Int64"})
 
 
 def trained(curve: list[Point]) -> list[float]:

@@ -72,6 +72,7 @@ HOLDS, FAILS, OPEN = "holds", "does not hold", "inconclusive"
 # The units of the statistics: a finding measured by another metric than the paper's (canary
 # exposure where no line was memorized verbatim) is not on the paper's scale.
 NATS, SHARE, POINTS, BITS = "nats/token", "share", "% points", "bits"
+TOKENS = "tokens"
 NO_CANARIES = (
     "the paper's metric found no memorized line, and no canaries are planted "
     "(canaries.enabled is false, as in the paper profile) to measure exposure "
@@ -100,6 +101,7 @@ class Run:
     # canary (curves step); empty where the run has none
     curve_perplexity: pd.DataFrame = field(default_factory=pd.DataFrame)
     curve_exposure: pd.DataFrame = field(default_factory=pd.DataFrame)
+    curve_extractable: pd.DataFrame = field(default_factory=pd.DataFrame)  # per sequence
 
     def models(self, setting: str, rq: str = "RQ1/RQ2") -> list[ModelSpec]:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
@@ -148,6 +150,7 @@ def read_run(cfg: Config, planned: dict) -> Run:
         rq3_blocks=rq3.table(_stem(cross_org.BLOCK_UNITS)),
         curve_perplexity=arts["curves"].table(_stem(curves.PERPLEXITY_UNITS)),
         curve_exposure=arts["curves"].table(_stem(curves.EXPOSURE_UNITS)),
+        curve_extractable=arts["curves"].table(_stem(curves.EXTRACTABLE_UNITS)),
     )
 
 
@@ -378,25 +381,20 @@ def _duplication_signal(run: Run, models: list[str], heavy: str, b: int, rng):
 
 def f5_centralized(run: Run, b: int, rng):
     """At matched effectiveness (from the curves), beside it the final checkpoints' comparison;
-    the final checkpoints' alone where the run has no curves."""
+    the final checkpoints' alone where the curves cannot match them."""
     cen, feds = run.models("centralized"), run.models("federated")
     names = set(_collaborative(run))
     if not cen or cen[0].name not in names or not all(f.name in names for f in feds) or not feds:
         return "memorization.models must hold the centralized and federated models"
     models = [cen[0].name, *(f.name for f in feds)]
     point = _f5_points(run, models, b, rng)
-    if isinstance(point, str) or run.curve_perplexity.empty or run.curve_exposure.empty:
-        return point
-    measure, unit, reps = point
-    matched = _matched_exposure(run, models, b, rng)
-    return (
-        "canary exposure (bits) read off the curves at the same validation perplexity: the "
-        "lowest both settings reach (the federated model's best), interpolated linearly in "
-        "log perplexity between the checkpoints around it",
-        BITS,
-        matched,
-        (f"at the final checkpoints, {measure} ({unit})", reps),
-    )
+    matched = _matched(run, models, b, rng)
+    if isinstance(matched, str):
+        return point if isinstance(point, str) else (f"{point[0]}; {matched}", *point[1:])
+    measure, unit, reps = matched
+    if isinstance(point, str):
+        return measure, unit, reps
+    return measure, unit, reps, (f"at the final checkpoints, {point[0]} ({point[1]})", point[2])
 
 
 def _f5_points(run: Run, models: list[str], b: int, rng):
@@ -420,26 +418,63 @@ def _f5_points(run: Run, models: list[str], b: int, rng):
     )
 
 
-def _matched_exposure(run: Run, models: list[str], b: int, rng) -> np.ndarray:
-    """Centralized minus each federated model's exposure at the federated model's best
+MATCHED = (
+    "read off the curves at the same validation perplexity: the lowest both settings reach "
+    "(the federated model's best), interpolated linearly in log perplexity between the "
+    "checkpoints around it"
+)
+
+
+def _matched(run: Run, models: list[str], b: int, rng):
+    """Centralized minus each federated model's memorization at the federated model's best
     validation perplexity (or the centralized one's, if worse), the lowest over the
-    federated models; files and canaries resampled, one draw for every point (paired)."""
+    federated models; validation files and the memorization units resampled, one draw for
+    every checkpoint (paired). Canary exposure, else k-extractability's excess."""
+    points = run.curve_perplexity.groupby("model")["point"].nunique()
+    if run.curve_perplexity.empty or any(points.get(m, 0) < 3 for m in models):
+        return (
+            "the curves have no checkpoint between the base model and the last (one epoch, "
+            "or train.epoch_checkpoints off), so the final checkpoints decide"
+        )
 
     def labelled(frame: pd.DataFrame) -> pd.DataFrame:
         frame = frame[frame["model"].isin(models)]
         return frame.assign(model=frame["model"] + "@" + frame["point"].astype(str))
 
     ppl = Units(labelled(run.curve_perplexity), ["organization", "file"], ["organization"], b, rng)
-    exp = Units(labelled(run.curve_exposure), ["organization", "canary"], ["organization"], b, rng)
+    if not run.curve_exposure.empty:
+        exp = Units(
+            labelled(run.curve_exposure), ["organization", "canary"], ["organization"], b, rng
+        )
+        memorized = lambda x: exp.mean("extrapolated_exposure", x)  # noqa: E731
+        measure, unit = "canary exposure (bits, the curves' alternatives)", BITS
+    elif not run.curve_extractable.empty:
+        ext = Units(
+            labelled(run.curve_extractable),
+            ["organization", "split", "file", "start"],
+            ["organization", "split"],
+            b,
+            rng,
+        )
+
+        def memorized(x: str) -> np.ndarray:
+            def split(name: str) -> Callable:
+                return lambda k: k["split"] == name
+
+            return ext.mean("matched", x, split("train")) - ext.mean(
+                "matched", x, split("validation")
+            )
+
+        measure, unit = "k-extractability: tokens matched, train minus validation", TOKENS
+    else:
+        return "the curves hold no memorization measure (no canaries, no sequences)"
     curve = {}
     for m in models:
-        n = int(run.curve_perplexity.loc[run.curve_perplexity["model"] == m, "point"].max()) + 1
-        labels = [f"{m}@{i}" for i in range(n)]
+        labels = [f"{m}@{i}" for i in range(int(points[m]))]
         nll = np.stack([ppl.sum("loss_sum", x) / ppl.sum("tokens", x) for x in labels], axis=1)
-        y = np.stack([exp.mean("extrapolated_exposure", x) for x in labels], axis=1)
-        curve[m] = (nll, y)
+        curve[m] = (nll, np.stack([memorized(x) for x in labels], axis=1))
     gaps = [matched_gap(*curve[models[0]], *curve[f]) for f in models[1:]]
-    return np.min(gaps, axis=0)
+    return f"{measure}, {MATCHED}", unit, np.min(gaps, axis=0)
 
 
 def matched_gap(x_a: np.ndarray, y_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray) -> np.ndarray:

@@ -63,46 +63,60 @@ def test_corruption_is_detected_and_recomputed(damage):
     assert artifacts.state("s", art.key) == "cached"
 
 
-def _settle(path, seconds: float = 10.0) -> None:
-    """Date every file of an artifact back, as if it had been built a while ago."""
-    for f in path.rglob("*"):
-        st = f.stat()
-        os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns - int(seconds * 1e9)))
-
-
 def test_a_verified_artifact_is_not_hashed_again_until_a_file_changes(monkeypatch):
+    monkeypatch.setattr(artifacts, "RACY_NS", 0)  # stamp at once (a real one waits 2 s)
     art = artifacts.build("s", {"a": 1}, _produce([]))
-    _settle(art.path)
     hashed = []
     real = artifacts.sha256_file
     monkeypatch.setattr(artifacts, "sha256_file", lambda f: hashed.append(f.name) or real(f))
     assert artifacts.load("s", art.key) is not None and hashed == ["data.txt"]
     assert artifacts.load("s", art.key) is not None and hashed == ["data.txt"]  # stamped
-    (art.path / "data.txt").write_text("HELLO")  # same size, a later time
-    _settle(art.path, 5)
+    monkeypatch.setenv("COLLAB_VERIFY", "all")  # the full check ignores the stamp
+    assert artifacts.load("s", art.key) is not None and hashed == ["data.txt"] * 2
+    monkeypatch.delenv("COLLAB_VERIFY")
+    data = art.path / "data.txt"
+    st = data.stat()
+    data.write_text("HELLO")  # same size; its time set apart from the stamped one
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     assert artifacts.load("s", art.key) is None and hashed[-1] == "data.txt"
 
 
 def test_a_file_changed_just_after_its_hashing_is_hashed_again():
-    """A timestamp ticks coarsely: a fresh file is never trusted by its stat alone."""
+    """A timestamp ticks coarsely: a fresh file is never trusted by its stat alone, and a
+    file rewritten with its old modification time differs in its change time."""
     art = artifacts.build("s", {"a": 1}, _produce([]))
-    assert artifacts.load("s", art.key) is not None  # hashed now, too fresh to stamp
-    st = (art.path / "data.txt").stat()
-    (art.path / "data.txt").write_text("HELLO")
-    os.utime(art.path / "data.txt", ns=(st.st_atime_ns, st.st_mtime_ns))  # same stat
+    assert artifacts.load("s", art.key) is not None
+    data = art.path / "data.txt"
+    st = data.stat()
+    data.write_text("HELLO")
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as before
     assert artifacts.load("s", art.key) is None
 
 
-def test_a_stamp_holds_only_for_the_manifest_it_verified():
+def test_a_stamp_holds_only_for_the_manifest_it_verified(monkeypatch):
     import json
 
+    monkeypatch.setattr(artifacts, "RACY_NS", 0)
     art = artifacts.build("s", {"a": 1}, _produce([]))
-    _settle(art.path)
     assert artifacts.load("s", art.key) is not None  # stamped: data.txt matches its hash
     manifest = json.loads((art.path / "manifest.json").read_text())
     manifest["files"]["data.txt"]["sha256"] = "0" * 64  # the file's stat is unchanged
     (art.path / "manifest.json").write_text(json.dumps(manifest))
     assert artifacts.load("s", art.key) is None
+
+
+@pytest.mark.parametrize("stamp", [b"[]", b"\xff\xfe", b'{"manifest": "x", "files": []}', b"{"])
+def test_a_damaged_stamp_is_ignored(stamp, monkeypatch):
+    monkeypatch.setattr(artifacts, "RACY_NS", 0)
+    art = artifacts.build("s", {"a": 1}, _produce([]))
+    (art.path / artifacts.STAMP).write_bytes(stamp)
+    assert artifacts.load("s", art.key) is not None
+    import hashlib
+    import json
+
+    digest = hashlib.sha256((art.path / "manifest.json").read_bytes()).hexdigest()
+    (art.path / artifacts.STAMP).write_text(json.dumps({"manifest": digest, "files": []}))
+    assert artifacts.load("s", art.key) is not None
 
 
 def test_an_exception_leaves_no_artifact_and_no_temporary_directory(artifact_root):

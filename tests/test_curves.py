@@ -37,6 +37,20 @@ def test_a_curve_is_read_where_it_first_reaches_the_level():
     assert gap[0] == pytest.approx(1.0 - 4.0)
 
 
+def test_epochs_trained_count_through_the_stages():
+    class Job:
+        ref = "stage/x"
+
+    def at(stage, epoch):
+        return curves.Point(Job(), stage, epoch)
+
+    three_stages = [at(0, None)] + [at(s, e) for s in (1, 2, 3) for e in (1, 2, 3)]
+    assert curves.trained(three_stages) == list(range(10))
+    # a stage without snapshots: its final weights are a point, how far in is not known
+    gap = curves.trained([at(0, None), at(1, 1), at(1, 2), at(2, None), at(3, 1)])
+    assert gap[:3] == [0, 1, 2] and all(math.isnan(v) for v in gap[3:])
+
+
 def _curve_units(xs: list[float], ys: list[float], model: str, rng) -> tuple[list, list]:
     """Per point: 3 organizations x 8 validation files at loss ``x`` and 3 x 4 canaries at
     exposure ``y``, each with a little noise."""
@@ -93,6 +107,27 @@ def test_finding_5_is_decided_at_matched_effectiveness_with_the_final_points_bes
     assert "Beside it, at the final checkpoints" in row["why"] and ": 7" in row["why"]
 
 
+def test_finding_5_falls_back_to_the_final_checkpoints_without_a_checkpoint_between():
+    """One epoch, or no snapshots: a curve is the base model and the last checkpoint, and a
+    straight line between them is no reading of where the model was; the final points decide."""
+    rng = np.random.default_rng(0)
+    run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
+    run.roster += [
+        ModelSpec("Centralized_ABC", "centralized", tuple("ABC")),
+        ModelSpec("Federated_Avg_ABC", "federated", tuple("ABC"), "FedAvg"),
+    ]
+    ends = {"Centralized_ABC": CENTRAL, "Federated_Avg_ABC": FEDERATED}
+    units = [_curve_units([x[0], x[-1]], [y[0], y[-1]], m, rng) for m, (x, y) in ends.items()]
+    run.curve_perplexity = pd.DataFrame([r for ppl, _ in units for r in ppl])
+    run.curve_exposure = pd.DataFrame([r for _, exp in units for r in exp])
+    run.canaries = run.curve_exposure[run.curve_exposure["point"] == 1].drop(columns="point")
+    lines = {"organization": "A", "prompt": 0, "generated lines": 5, "memorized lines": 0}
+    run.prompts = pd.DataFrame([{"model": m} | lines for m in ends])
+    row = findings.evaluate(load_config("tiny"), [run]).set_index("finding").loc[5]
+    assert row["estimate"] == pytest.approx(7.0, abs=0.2) and row["verdict"] == findings.HOLDS
+    assert "the final checkpoints decide" in row["measure"]
+
+
 def test_every_models_curve_runs_from_the_base_model_through_each_epoch(course_cfg):
     table = pipeline.table("curves", course_cfg)
     t8 = pipeline.table("perplexity_by_org", course_cfg).set_index("model")["union"]
@@ -119,7 +154,7 @@ def test_an_interrupted_curves_run_scores_only_what_is_missing(course_run, tmp_p
     cfg = load_config(course_run.profile, course_run.overrides)
     planned = pipeline.plans(cfg)["curves"]["curves"]
     shutil.rmtree(artifacts.artifact_dir(*planned))
-    points = sorted((copy / curves.POINT_STEP).iterdir())
+    points = sorted(p for p in (copy / curves.POINT_STEP).iterdir() if not p.name.startswith("."))
     before = {p.name: (p / artifacts.MANIFEST).stat().st_mtime_ns for p in points}
     shutil.rmtree(points[0])
     pipeline.run("curves", cfg)
