@@ -295,12 +295,15 @@ class CurvesConfig:
     drawn in a seeded order, each kept while the organization's total stays within
     ``validation_kb`` (null: every file); every canary, ranked among the first
     ``alternatives`` of RQ2's (null: as many as RQ2); ``sequences`` of RQ2's k-extractability
-    sequences per organization and split (null: all). Needs ``train.epoch_checkpoints``;
-    without it a job's final weights are its only point."""
+    sequences per organization and split (null: all); and, where ``prompts`` is above 0, the
+    paper's verbatim metric on that many of RQ2's prompts per organization (seeded; RQ2's
+    sampling and detection; 0: not scored, as at CPU scale, where it is zero). Needs
+    ``train.epoch_checkpoints``; without it a job's final weights are its only point."""
 
     validation_kb: float | None = None
     alternatives: int | None = None
     sequences: int | None = None
+    prompts: int = 0
 
 
 @dataclass(frozen=True)
@@ -670,12 +673,13 @@ def _check(obj: Any, where: str, path: Path) -> None:
         raise ConfigError(
             f"{path}: {where}: max_fraction in (0, 1), counts >= 1, alternatives >= 10"
         )
-    if isinstance(obj, CurvesConfig) and any(
-        v is not None and v <= 0 for v in (obj.validation_kb, obj.alternatives, obj.sequences)
+    if isinstance(obj, CurvesConfig) and (
+        any(v is not None and v <= 0 for v in (obj.validation_kb, obj.alternatives, obj.sequences))
+        or obj.prompts < 0
     ):
         raise ConfigError(
             f"{path}: {where}: validation_kb, alternatives and sequences must be positive (or "
-            "null: all)"
+            "null: all), prompts 0 or more"
         )
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")

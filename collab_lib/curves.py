@@ -19,8 +19,10 @@ where stage 1 ended), so ``Incremental_F2M2G``'s first three points are
 shared), so an interrupted run resumes at the next point. A job trained without
 ``train.epoch_checkpoints`` contributes its final weights as its only point.
 
-The paper's verbatim metric is not scored per point: at CPU scale it is zero everywhere, and
-at the paper's it needs thousands of sampled completions per point.
+The paper's verbatim metric is scored per point only where ``curves.prompts`` asks for it
+(the ``gpu`` and ``paper`` profiles): on a seeded subset of RQ2's prompts, with RQ2's
+sampling and clone detection. At CPU scale it is zero everywhere, and it costs sampled
+completions at every point.
 """
 
 from __future__ import annotations
@@ -49,12 +51,13 @@ from collab_lib.config import Config
 
 STEP = "curves"
 POINT_STEP = "curve_point"
-VERSION = 2  # the table and its units (2: epochs as whole numbers)
+VERSION = 3  # the table and its units (3: the verbatim metric where scored)
 POINT_VERSION = 1  # how a checkpoint is scored: a change re-scores every checkpoint
 # the units the findings resample, one row per model, point and unit
 PERPLEXITY_UNITS = "units_curve_perplexity.csv"
 EXPOSURE_UNITS = "units_curve_exposure.csv"
 EXTRACTABLE_UNITS = "units_curve_extractable.csv"
+VERBATIM_UNITS = "units_curve_prompts.csv"  # where curves.prompts > 0
 COLUMNS = [
     "model",
     "setting",
@@ -67,6 +70,7 @@ COLUMNS = [
     "exposure - base",
     "matched, train - validation (tokens)",
     "extracted, train (%)",
+    "memorized lines (%)",
 ]
 
 
@@ -125,8 +129,24 @@ def _point_config(cfg: Config) -> dict:
     }
 
 
+def _verbatim_config(cfg: Config) -> dict:
+    """What a point's verbatim metric depends on (nothing where it is not scored)."""
+    if not cfg.curves.prompts:
+        return {}
+    m = cfg.memorization
+    return {
+        "verbatim": {
+            "sampling": verbatim.sampling_config(cfg).__dict__,
+            "n": m.n_samples,
+            "batch_size": m.batch_size,
+            "clones": cfg.clones,
+            "room": verbatim.prompt_room(cfg),
+        }
+    }
+
+
 def _step_config(cfg: Config) -> dict:
-    return _point_config(cfg) | {"version": [POINT_VERSION, VERSION]}
+    return _point_config(cfg) | _verbatim_config(cfg) | {"version": [POINT_VERSION, VERSION]}
 
 
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
@@ -154,12 +174,15 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
     def produce(out: Path) -> dict:
         # RQ2's own sequences: --force here re-scores the checkpoints, never RQ2's draw
         seq_art = extractability.sequences_artifact(cfg, models[BASE], ds, False)
+        prompts, indices, prompt_refs = _prompts(cfg, models[BASE], ds)
         inputs = _Inputs(
             val=_validation(cfg, ds),
             planted=canaries.planted(can),
             alternatives=json.loads(can.file("alternatives.json").read_text()),
             seqs=_sequences(cfg, seq_art),
-            refs=[ds.artifact.ref, can.ref, seq_art.ref],
+            prompts=prompts,
+            indices=indices,
+            refs=[ds.artifact.ref, can.ref, seq_art.ref, *prompt_refs],
         )
         curves = {s.name: points(models[BASE], models[s.name]) for s in specs}
         unique = {p.id: p for ps in curves.values() for p in ps}
@@ -176,6 +199,7 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
             "canaries": len(inputs.planted),
             "alternatives": _alternatives(cfg, inputs.alternatives),
             "sequences": len(inputs.seqs),
+            "prompts": len(inputs.prompts),
             "parts": [seq_art.ref, *parts],
         }
 
@@ -190,6 +214,8 @@ class _Inputs:
     planted: list[dict]
     alternatives: dict
     seqs: list[dict]
+    prompts: list[dict]  # RQ2's prompts the verbatim metric completes (none: not scored)
+    indices: dict  # each organization's training split, indexed for the clone detector
     refs: list[str]
 
 
@@ -214,6 +240,34 @@ def within(docs: list[dict], budget: float, seed: str) -> list[dict]:
             keep.add(i)
             total += size
     return [d for i, d in enumerate(docs) if i in keep]
+
+
+def _prompts(cfg: Config, base: artifacts.Artifact, ds) -> tuple[list[dict], dict, list[str]]:
+    """``curves.prompts`` of RQ2's prompts per organization (seeded) and each organization's
+    training split indexed for detection; nothing where the verbatim metric is not scored."""
+    if not cfg.curves.prompts:
+        return [], {}, []
+    from collab_lib import clone_stats, memorization
+    from collab_lib.clones import CloneIndex
+
+    train = {o: ds.documents(o, "train") for o in ds.corpora}
+    art = memorization.prompts_artifact(cfg, base, ds.artifact.ref, train, False)
+    every = artifacts.read_jsonl(art.file("prompts.jsonl"))
+    chosen = [
+        p
+        for org in train
+        for p in subsample(
+            [p for p in every if p["organization"] == org],
+            cfg.curves.prompts,
+            f"{cfg.seed}/curves/prompts/{org}",
+        )
+    ]
+    opts = clone_stats.clone_options(cfg)
+    indices = {
+        o: CloneIndex.build([(d["path"], d["content"]) for d in docs], opts)
+        for o, docs in train.items()
+    }
+    return chosen, indices, [art.ref]
 
 
 def _kb(docs: list[dict]) -> float:
@@ -247,7 +301,7 @@ def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artif
 
     n_alt = _alternatives(cfg, inputs.alternatives)
     k = cfg.extractable_lengths[0]
-    config = {"epoch": p.epoch} | _point_config(cfg)
+    config = {"epoch": p.epoch} | _point_config(cfg) | _verbatim_config(cfg)
 
     def produce(out: Path) -> dict:
         from collab_lib.scoring import load_model
@@ -263,14 +317,32 @@ def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artif
         )
         ext = extractability.outcomes(model, tok, inputs.seqs, k, cfg.memorization.batch_size)
         ext.to_csv(out / "extractable.csv", index=False)
+        if inputs.prompts:
+            _verbatim_units(cfg, model, tok, inputs).to_csv(out / "verbatim.csv", index=False)
         return {"perplexity": math.exp(ppl["loss_sum"].sum() / ppl["tokens"].sum())}
 
     return artifacts.build(POINT_STEP, config, produce, [p.job.ref, *inputs.refs], force=force)
 
 
+def _verbatim_units(cfg: Config, model, tok, inputs: _Inputs) -> pd.DataFrame:
+    """Generated and memorized lines per prompt (RQ2's sampling and detection)."""
+    rows, _ = verbatim.complete(cfg, model, tok, inputs.prompts, verbatim.RQ2)
+    units = []
+    for org, index in inputs.indices.items():
+        mine = [(inputs.prompts[r["prompt"]], r) for r in rows]
+        mine = [(p, r) for p, r in mine if p["organization"] == org]
+        units += [{"organization": org, **u} for u in verbatim.detect(index, mine)[2]]
+    return pd.DataFrame(
+        units, columns=["organization", "prompt", "generated lines", "memorized lines"]
+    )
+
+
 def _write(out: Path, specs: list[ModelSpec], curves: dict, scored: dict) -> list[str]:
     """The table and the three unit files (one row per model, point and unit)."""
-    frames: dict[str, list[pd.DataFrame]] = {"perplexity": [], "exposure": [], "extractable": []}
+    names = ["perplexity", "exposure", "extractable"]
+    if any((a.path / "verbatim.csv").is_file() for a in scored.values()):
+        names.append("verbatim")
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
     for spec in specs:
         for i, p in enumerate(curves[spec.name]):
             art = scored[p.id]
@@ -281,6 +353,8 @@ def _write(out: Path, specs: list[ModelSpec], curves: dict, scored: dict) -> lis
     exposure_cols = ["model", "point", "organization", "canary", "count", "extrapolated_exposure"]
     units["exposure"].reindex(columns=exposure_cols).to_csv(out / EXPOSURE_UNITS, index=False)
     units["extractable"].to_csv(out / EXTRACTABLE_UNITS, index=False)
+    if "verbatim" in units:
+        units["verbatim"].to_csv(out / VERBATIM_UNITS, index=False)
     curves_table(specs, curves, units).to_csv(out / "curves.csv", index=False)
     return sorted({a.ref for a in scored.values()})
 
@@ -297,6 +371,10 @@ def curves_table(specs: list[ModelSpec], curves: dict, units: dict) -> pd.DataFr
     ext = units["extractable"]
     matched = ext.groupby(["model", "point", "split"])["matched"].mean()
     extracted = ext.groupby(["model", "point", "split"])["extracted"].mean()
+    lines = ["generated lines", "memorized lines"]
+    verb = (
+        units["verbatim"].groupby(["model", "point"])[lines].sum() if "verbatim" in units else None
+    )
     rows = []
     for spec in specs:
         base_exposure = exp.get((spec.name, 0), math.nan)
@@ -321,6 +399,7 @@ def curves_table(specs: list[ModelSpec], curves: dict, units: dict) -> pd.DataFr
                     "exposure - base": exp.get(key, math.nan) - base_exposure,
                     "matched, train - validation (tokens)": train_minus_val,
                     "extracted, train (%)": 100 * extracted.get((*key, "train"), math.nan),
+                    "memorized lines (%)": _ratio(verb, key),
                 }
             )
     return pd.DataFrame(rows, columns=COLUMNS).astype({"epoch": "Int64", "epochs": "Int64"})
@@ -357,13 +436,26 @@ def subset_note(art: artifacts.Artifact, cfg: Config) -> str:
         else "no canaries (none planted in this profile)"
     )
     kb, per = _setting(cfg.curves.validation_kb), _setting(cfg.curves.sequences)
+    prompts = (
+        f" The paper's verbatim metric on {m['prompts']} of RQ2's prompts "
+        f"(`curves.prompts`: {cfg.curves.prompts} per organization), RQ2's sampling."
+        if m.get("prompts")
+        else " The paper's verbatim metric is not scored per checkpoint (`curves.prompts`: 0)."
+    )
     return (
         f"{m['points']} checkpoints scored (a checkpoint that several curves share, such as an "
         f"incremental model's first stage, once). Validation perplexity on {val} "
         f"(`curves.validation_kb`: {kb}); {canaries}; k-extractability on {m['sequences']} "
-        f"sequences in all (`curves.sequences`: {per} per organization and split)."
+        f"sequences in all (`curves.sequences`: {per} per organization and split).{prompts}"
     )
 
 
 def _setting(value) -> str:
     return "null" if value is None else f"{value:g}"
+
+
+def _ratio(verb: pd.DataFrame | None, key: tuple) -> float:
+    """The paper's memorization ratio (%) at a point, where it was scored."""
+    if verb is None or key not in verb.index or not verb.loc[key, "generated lines"]:
+        return math.nan
+    return 100 * verb.loc[key, "memorized lines"] / verb.loc[key, "generated lines"]

@@ -78,7 +78,7 @@ def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
 
     def produce(out: Path) -> dict:
         train = {o: ds.documents(o, "train") for o in orgs}
-        prompts_art = _prompts_artifact(cfg, models[BASE], ds.artifact.ref, train, force)
+        prompts_art = prompts_artifact(cfg, models[BASE], ds.artifact.ref, train, force)
         shutil.copy(prompts_art.file("table6.csv"), out / "table6.csv")
         parts = [prompts_art.ref]
         parts += _verbatim(cfg, chosen, prompts_art, train, opts, out, force)
@@ -145,7 +145,7 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
     return parts
 
 
-def _prompts_artifact(cfg: Config, base_art, ds_ref: str, train: dict, force: bool):
+def prompts_artifact(cfg: Config, base_art, ds_ref: str, train: dict, force: bool):
     """Table 6: every organization's functions, its prompts, the seeded sample (JSONL)."""
     m = cfg.memorization
     config = {

@@ -677,8 +677,11 @@ SETTING_COLOURS = {
 
 
 def memorization_axis(curves: pd.DataFrame) -> tuple[str, str]:
-    """The curves' memorization column and its label: canary exposure over the base model's,
-    or, where no canaries are planted (the paper profile), k-extractability's excess."""
+    """The curves' memorization column and its label: the paper's verbatim metric wherever it
+    found a memorized line, else canary exposure over the base model's, else (no canaries
+    planted) k-extractability's excess."""
+    if (curves["memorized lines (%)"].fillna(0) > 0).any():
+        return "memorized lines (%)", "memorized lines (%, the paper's metric)"
     if curves["exposure - base"].notna().any():
         return "exposure - base", "canary exposure over the base model (bits)"
     column = "matched, train - validation (tokens)"

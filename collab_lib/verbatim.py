@@ -95,32 +95,13 @@ def generations_artifact(cfg: Config, model_art, prompts_art, kind: str, force: 
     }
 
     def produce(out: Path) -> dict:
-        from collab_lib.decoding import sample_texts
         from collab_lib.scoring import load_model
 
         model, tok = load_model(model_art)
         prompts = artifacts.read_jsonl(prompts_art.file("prompts.jsonl"))
-        ids = [tok(p["prompt"], verbose=False)["input_ids"][-prompt_room(cfg) :] for p in prompts]
-        cut = extraction.body_end if kind == RQ2 else never
-        texts, new_tokens = sample_texts(
-            model,
-            tok,
-            ids,
-            m.n_samples,
-            sc,
-            cut=cut,
-            batch_size=m.batch_size,
-            seed=cfg.seed,
-            desc=f"sampling {kind}",
-        )
-        artifacts.write_jsonl(
-            out / "generations.jsonl",
-            [
-                {"prompt": i // m.n_samples, "sample": i % m.n_samples, "completion": t}
-                for i, t in enumerate(texts)
-            ],
-        )
-        return {"sequences": len(texts), "new_tokens": new_tokens}
+        rows, new_tokens = complete(cfg, model, tok, prompts, kind)
+        artifacts.write_jsonl(out / "generations.jsonl", rows)
+        return {"sequences": len(rows), "new_tokens": new_tokens}
 
     return artifacts.build(
         GENERATIONS_STEP,
@@ -130,6 +111,32 @@ def generations_artifact(cfg: Config, model_art, prompts_art, kind: str, force: 
         seed=cfg.seed,
         force=force,
     )
+
+
+def complete(cfg: Config, model, tok, prompts: list[dict], kind: str) -> tuple[list[dict], int]:
+    """``memorization.n_samples`` completions of each prompt with the paper's sampling (RQ2:
+    until the function's body ends; RQ3: until EOS), as ``{prompt, sample, completion}`` rows
+    (``prompt``: its index in ``prompts``), and the new tokens drawn."""
+    from collab_lib.decoding import sample_texts
+
+    m = cfg.memorization
+    ids = [tok(p["prompt"], verbose=False)["input_ids"][-prompt_room(cfg) :] for p in prompts]
+    texts, new_tokens = sample_texts(
+        model,
+        tok,
+        ids,
+        m.n_samples,
+        sampling_config(cfg),
+        cut=extraction.body_end if kind == RQ2 else never,
+        batch_size=m.batch_size,
+        seed=cfg.seed,
+        desc=f"sampling {kind}",
+    )
+    rows = [
+        {"prompt": i // m.n_samples, "sample": i % m.n_samples, "completion": t}
+        for i, t in enumerate(texts)
+    ]
+    return rows, new_tokens
 
 
 def never(text: str) -> None:

@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import tiny_model, train_on
 
 from collab_lib import artifacts, collaboration, curves, findings, pipeline
 from collab_lib.collaboration import ModelSpec
@@ -166,3 +167,43 @@ def test_an_interrupted_curves_run_scores_only_what_is_missing(course_run, tmp_p
     assert after.keys() == before.keys()
     assert [n for n in after if after[n] != before[n]] == [points[0].name]
     assert artifacts.load(*planned) is not None
+
+
+FUNCTION = (
+    "def settle_invoice(ledger, invoice_id, amount):\n"
+    '    """Settle one invoice and record it."""\n'
+    "    entry = ledger.lookup(invoice_id)\n"
+    "    entry.balance -= amount\n"
+    "    entry.paid = True\n"
+    "    ledger.record(entry)\n"
+    "    ledger.flush()\n"
+    "    audit.log(invoice_id)\n"
+    "    return entry.balance\n"
+)
+
+
+def test_a_checkpoints_verbatim_metric_finds_the_function_it_memorized(tok):
+    """RQ2's sampling and detection at one checkpoint: a model trained on a function emits its
+    body from its signature and docstring; a fresh model does not."""
+    from collab_lib.clone_stats import clone_options
+    from collab_lib.clones import CloneIndex
+
+    cfg = load_config(
+        "tiny", {"model.context": 256, "memorization.max_new_tokens": 120, "curves.prompts": 1}
+    )
+    prompt = FUNCTION[: FUNCTION.index('."""') + 4]  # RQ2's prompts end at the quotes
+    inputs = curves._Inputs(
+        val={},
+        planted=[],
+        alternatives={},
+        seqs=[],
+        prompts=[{"organization": "A", "prompt": prompt}],
+        indices={"A": CloneIndex.build([("ledger.py", FUNCTION)], clone_options(cfg))},
+        refs=[],
+    )
+    trained = tiny_model(len(tok), seed=3)
+    train_on(trained, tok(FUNCTION)["input_ids"] + [tok.eos_token_id], steps=250)
+    memorized = curves._verbatim_units(cfg, trained, tok, inputs)
+    fresh = curves._verbatim_units(cfg, tiny_model(len(tok), seed=3), tok, inputs)
+    assert memorized["memorized lines"].sum() >= cfg.clones.min_lines
+    assert fresh["memorized lines"].sum() == 0  # (a fresh model ends the body at once)
