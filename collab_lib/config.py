@@ -674,12 +674,13 @@ def _check(obj: Any, where: str, path: Path) -> None:
             f"{path}: {where}: max_fraction in (0, 1), counts >= 1, alternatives >= 10"
         )
     if isinstance(obj, CurvesConfig) and (
-        any(v is not None and v <= 0 for v in (obj.validation_kb, obj.alternatives, obj.sequences))
+        any(v is not None and v <= 0 for v in (obj.validation_kb, obj.sequences))
+        or (obj.alternatives is not None and obj.alternatives < 10)
         or obj.prompts < 0
     ):
         raise ConfigError(
-            f"{path}: {where}: validation_kb, alternatives and sequences must be positive (or "
-            "null: all), prompts 0 or more"
+            f"{path}: {where}: validation_kb and sequences positive, alternatives at least 10 "
+            "(or each null: all), prompts 0 or more"
         )
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")

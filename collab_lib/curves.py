@@ -47,7 +47,7 @@ from collab_lib import (
     verbatim,
 )
 from collab_lib.collaboration import BASE, ModelSpec
-from collab_lib.config import Config
+from collab_lib.config import Config, to_dict
 
 STEP = "curves"
 POINT_STEP = "curve_point"
@@ -113,7 +113,7 @@ def points(base: artifacts.Artifact, model: artifacts.Artifact) -> list[Point]:
 def _point_config(cfg: Config) -> dict:
     """What a checkpoint's scores depend on beyond the checkpoint and its inputs."""
     return {
-        "curves": cfg.curves,
+        "curves": {k: v for k, v in to_dict(cfg.curves).items() if k != "prompts"},
         "alternatives": cfg.memorization.alternatives,
         "extractable": [*cfg.extractable_lengths, cfg.memorization.extractable_sequences],
         "stride": cfg.perplexity_stride,
@@ -136,6 +136,7 @@ def _verbatim_config(cfg: Config) -> dict:
     m = cfg.memorization
     return {
         "verbatim": {
+            "prompts": cfg.curves.prompts,
             "sampling": verbatim.sampling_config(cfg).__dict__,
             "n": m.n_samples,
             "batch_size": m.batch_size,
@@ -215,7 +216,7 @@ class _Inputs:
     alternatives: dict
     seqs: list[dict]
     prompts: list[dict]  # RQ2's prompts the verbatim metric completes (none: not scored)
-    indices: dict  # each organization's training split, indexed for the clone detector
+    indices: dict  # each organization's training split, indexed for the clone detector (lazy)
     refs: list[str]
 
 
@@ -263,11 +264,24 @@ def _prompts(cfg: Config, base: artifacts.Artifact, ds) -> tuple[list[dict], dic
         )
     ]
     opts = clone_stats.clone_options(cfg)
-    indices = {
-        o: CloneIndex.build([(d["path"], d["content"]) for d in docs], opts)
-        for o, docs in train.items()
-    }
-    return chosen, indices, [art.ref]
+    return chosen, _Indices(lambda o: CloneIndex.build(_pairs(train[o]), opts)), [art.ref]
+
+
+def _pairs(docs: list[dict]) -> list[tuple[str, str]]:
+    return [(d["path"], d["content"]) for d in docs]
+
+
+class _Indices(dict):
+    """Each organization's training split indexed for the clone detector, built the first
+    time a checkpoint needs it (a rerun whose checkpoints are all cached builds none)."""
+
+    def __init__(self, build) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, org: str):
+        self[org] = self._build(org)
+        return self[org]
 
 
 def _kb(docs: list[dict]) -> float:
@@ -328,10 +342,10 @@ def _verbatim_units(cfg: Config, model, tok, inputs: _Inputs) -> pd.DataFrame:
     """Generated and memorized lines per prompt (RQ2's sampling and detection)."""
     rows, _ = verbatim.complete(cfg, model, tok, inputs.prompts, verbatim.RQ2)
     units = []
-    for org, index in inputs.indices.items():
+    for org in dict.fromkeys(p["organization"] for p in inputs.prompts):
         mine = [(inputs.prompts[r["prompt"]], r) for r in rows]
         mine = [(p, r) for p, r in mine if p["organization"] == org]
-        units += [{"organization": org, **u} for u in verbatim.detect(index, mine)[2]]
+        units += [{"organization": org, **u} for u in verbatim.detect(inputs.indices[org], mine)[2]]
     return pd.DataFrame(
         units, columns=["organization", "prompt", "generated lines", "memorized lines"]
     )

@@ -102,6 +102,7 @@ class Run:
     curve_perplexity: pd.DataFrame = field(default_factory=pd.DataFrame)
     curve_exposure: pd.DataFrame = field(default_factory=pd.DataFrame)
     curve_extractable: pd.DataFrame = field(default_factory=pd.DataFrame)  # per sequence
+    curve_prompts: pd.DataFrame = field(default_factory=pd.DataFrame)  # where curves.prompts
 
     def models(self, setting: str, rq: str = "RQ1/RQ2") -> list[ModelSpec]:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
@@ -151,7 +152,13 @@ def read_run(cfg: Config, planned: dict) -> Run:
         curve_perplexity=arts["curves"].table(_stem(curves.PERPLEXITY_UNITS)),
         curve_exposure=arts["curves"].table(_stem(curves.EXPOSURE_UNITS)),
         curve_extractable=arts["curves"].table(_stem(curves.EXTRACTABLE_UNITS)),
+        curve_prompts=_optional(arts["curves"], curves.VERBATIM_UNITS),
     )
+
+
+def _optional(art: artifacts.Artifact, file_name: str) -> pd.DataFrame:
+    """A unit file a step writes only where a setting asks for it (empty otherwise)."""
+    return art.table(_stem(file_name)) if (art.path / file_name).is_file() else pd.DataFrame()
 
 
 def _stem(file_name: str) -> str:
@@ -429,9 +436,12 @@ def _matched(run: Run, models: list[str], b: int, rng):
     """Centralized minus each federated model's memorization at the federated model's best
     validation perplexity (or the centralized one's, if worse), the lowest over the
     federated models; validation files and the memorization units resampled, one draw for
-    every checkpoint (paired). Canary exposure, else k-extractability's excess."""
+    every checkpoint (paired). The paper's verbatim metric where the curves found memorized
+    lines, else canary exposure, else k-extractability's excess."""
+    if run.curve_perplexity.empty:
+        return "this run has no curves"
     points = run.curve_perplexity.groupby("model")["point"].nunique()
-    if run.curve_perplexity.empty or any(points.get(m, 0) < 3 for m in models):
+    if any(points.get(m, 0) < 3 for m in models):
         return (
             "the curves have no checkpoint between the base model and the last (one epoch, "
             "or train.epoch_checkpoints off), so the final checkpoints decide"
@@ -442,7 +452,16 @@ def _matched(run: Run, models: list[str], b: int, rng):
         return frame.assign(model=frame["model"] + "@" + frame["point"].astype(str))
 
     ppl = Units(labelled(run.curve_perplexity), ["organization", "file"], ["organization"], b, rng)
-    if not run.curve_exposure.empty:
+    if not run.curve_prompts.empty and _verbatim_found(run.curve_prompts, models):
+        lines = Units(
+            labelled(run.curve_prompts), ["organization", "prompt"], ["organization"], b, rng
+        )
+
+        def memorized(x: str) -> np.ndarray:
+            return 100 * lines.sum("memorized lines", x) / lines.sum("generated lines", x)
+
+        measure, unit = "the paper's memorization ratio (curves.prompts of RQ2's prompts)", POINTS
+    elif not run.curve_exposure.empty:
         exp = Units(
             labelled(run.curve_exposure), ["organization", "canary"], ["organization"], b, rng
         )

@@ -1,3 +1,4 @@
+import json
 import os
 import signal
 import subprocess
@@ -90,6 +91,22 @@ def test_a_file_changed_just_after_its_hashing_is_hashed_again():
     st = data.stat()
     data.write_text("HELLO")
     os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))  # size and mtime as before
+    assert artifacts.load("s", art.key) is None
+
+
+def test_a_stamped_file_rewritten_with_its_old_size_and_time_is_caught(monkeypatch):
+    """The change time: a rewrite that restores the size and modification time (``cp -p``,
+    ``touch -r``) cannot restore it."""
+    monkeypatch.setattr(artifacts, "RACY_NS", 0)
+    art = artifacts.build("s", {"a": 1}, _produce([]))
+    assert artifacts.load("s", art.key) is not None
+    data = art.path / "data.txt"
+    stamp = json.loads((art.path / artifacts.STAMP).read_text())["files"]["data.txt"]
+    st = data.stat()
+    assert stamp == [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+    time.sleep(0.05)  # past the timestamps' coarse tick
+    data.write_text("HELLO")
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
     assert artifacts.load("s", art.key) is None
 
 

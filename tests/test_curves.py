@@ -38,6 +38,44 @@ def test_a_curve_is_read_where_it_first_reaches_the_level():
     assert gap[0] == pytest.approx(1.0 - 4.0)
 
 
+def test_without_canaries_finding_5_is_matched_on_k_extractability():
+    """The paper profile plants no canaries: the curves' sequences decide, tokens matched on
+    training minus validation sequences, read at the same perplexity."""
+    rng = np.random.default_rng(0)
+    run = _run({"Small_Only": 3, "Mid_Only": 2, "Big_Only": 1})
+    run.roster += [
+        ModelSpec("Centralized_ABC", "centralized", tuple("ABC")),
+        ModelSpec("Federated_Avg_ABC", "federated", tuple("ABC"), "FedAvg"),
+    ]
+    ppl, seqs = [], []
+    for model, (xs, ys) in {"Centralized_ABC": CENTRAL, "Federated_Avg_ABC": FEDERATED}.items():
+        ppl += _curve_units(xs, ys, model, rng)[0]
+        for point, y in enumerate(ys):
+            for org in "ABC":
+                for split, excess in (("train", y), ("validation", 0.0)):
+                    seqs += [
+                        {
+                            "model": model,
+                            "point": point,
+                            "organization": org,
+                            "split": split,
+                            "file": f"{org}.py",
+                            "start": 64 * i,
+                            "matched": 3 + excess + rng.normal(0, 0.1),
+                        }
+                        for i in range(6)
+                    ]
+    run.curve_perplexity, run.curve_extractable = pd.DataFrame(ppl), pd.DataFrame(seqs)
+    lines = {"organization": "A", "prompt": 0, "generated lines": 5, "memorized lines": 0}
+    run.prompts = pd.DataFrame(
+        [{"model": m} | lines for m in ("Centralized_ABC", "Federated_Avg_ABC")]
+    )
+    row = findings.evaluate(load_config("tiny"), [run]).set_index("finding").loc[5]
+    assert row["estimate"] == pytest.approx(3.6 - 5.0, abs=0.15)
+    assert "k-extractability" in row["measure"] and row["unit"] == findings.TOKENS
+    assert "Beside it" not in row["why"]  # no canaries: no final comparison to set beside it
+
+
 def test_epochs_trained_count_through_the_stages():
     class Job:
         ref = "stage/x"
@@ -192,18 +230,39 @@ def test_a_checkpoints_verbatim_metric_finds_the_function_it_memorized(tok):
         "tiny", {"model.context": 256, "memorization.max_new_tokens": 120, "curves.prompts": 1}
     )
     prompt = FUNCTION[: FUNCTION.index('."""') + 4]  # RQ2's prompts end at the quotes
+    opts = clone_options(cfg)
+    # B asks the same prompt, but its training split lacks the function: nothing of B's is
+    # memorized, so each organization's completions must be searched in its own split
     inputs = curves._Inputs(
         val={},
         planted=[],
         alternatives={},
         seqs=[],
-        prompts=[{"organization": "A", "prompt": prompt}],
-        indices={"A": CloneIndex.build([("ledger.py", FUNCTION)], clone_options(cfg))},
+        prompts=[{"organization": "B", "prompt": prompt}, {"organization": "A", "prompt": prompt}],
+        indices={
+            "A": CloneIndex.build([("ledger.py", FUNCTION)], opts),
+            "B": CloneIndex.build([("other.py", "x = 1\n" * 8)], opts),
+        },
         refs=[],
     )
     trained = tiny_model(len(tok), seed=3)
     train_on(trained, tok(FUNCTION)["input_ids"] + [tok.eos_token_id], steps=250)
-    memorized = curves._verbatim_units(cfg, trained, tok, inputs)
+    memorized = curves._verbatim_units(cfg, trained, tok, inputs).set_index("organization")
     fresh = curves._verbatim_units(cfg, tiny_model(len(tok), seed=3), tok, inputs)
-    assert memorized["memorized lines"].sum() >= cfg.clones.min_lines
+    assert memorized.loc["A", "memorized lines"] >= cfg.clones.min_lines
+    assert memorized.loc["A", "prompt"] == 1 and memorized.loc["B", "prompt"] == 0
+    assert memorized.loc["B", "memorized lines"] == 0 < memorized.loc["B", "generated lines"]
     assert fresh["memorized lines"].sum() == 0  # (a fresh model ends the body at once)
+
+
+def test_a_checkpoints_key_moves_with_the_verbatim_settings_only_where_they_are_scored():
+    def key(overrides: dict) -> str:
+        cfg = load_config("default", overrides)
+        config = curves._point_config(cfg) | curves._verbatim_config(cfg)
+        return artifacts.artifact_key(curves.POINT_STEP, config)
+
+    off = key({})
+    assert key({"memorization.n_samples": 2}) == off  # not scored: sampling does not matter
+    on = key({"curves.prompts": 5})
+    assert on != off and key({"curves.prompts": 5, "memorization.n_samples": 2}) != on
+    assert key({"curves.prompts": 6}) != on
