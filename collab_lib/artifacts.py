@@ -355,7 +355,9 @@ def clean_tmp(root: Path | None = None) -> int:
     base = root or artifacts_root()
     removed = 0
     for stamp in base.glob(f"*/*/{STAMP}.*"):  # a stamp's write killed before its rename
-        stamp.unlink(missing_ok=True)
+        pid = stamp.name.removeprefix(f"{STAMP}.").split(".")[0]
+        if not (pid.isdigit() and _alive(int(pid))):
+            stamp.unlink(missing_ok=True)
     for path in list(base.glob("*/.tmp-*")) + list(base.glob("*/.trash-*")):
         parts = path.name.split("-")
         if path.name.startswith(".tmp-") and len(parts) >= 4 and _alive(int(parts[2])):

@@ -175,6 +175,20 @@ def test_kill_9_mid_step_then_rerun_finishes(artifact_root, tmp_path):
     assert artifacts.clean_tmp() == 1 and not list((artifact_root / "s").glob(".tmp-*"))
 
 
+def test_a_stamp_left_half_written_by_a_dead_process_is_cleaned_and_a_live_ones_kept():
+    art = artifacts.build("s", {"a": 1}, _produce([]))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True
+    )
+    left = art.path / f"{artifacts.STAMP}.{int(dead.stdout)}.abcd1234"
+    live = art.path / f"{artifacts.STAMP}.{os.getpid()}.abcd1234"
+    left.write_text("{")
+    live.write_text("{")
+    artifacts.clean_tmp()
+    assert not left.exists() and live.exists()
+    assert artifacts.load("s", art.key) is not None  # and neither was ever read as the stamp
+
+
 def test_lineage_follows_inputs():
     up = artifacts.build("up", {"a": 1}, _produce([]))
     down = artifacts.build("down", {"b": 1}, _produce([]), [up.ref])
