@@ -88,6 +88,27 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
     sp = sub.add_parser(
+        "audit",
+        help="check any causal language model against your own code, locally (a report)",
+        description="Run the study's memorization measures on MODEL (a directory that "
+        "from_pretrained loads: ours or anyone's) and on code you own (DIR): the paper's "
+        "verbatim metric on your functions' prompts with the longest reproduced blocks, "
+        "k-extractability, membership signals (AUC against --held-out code the model never "
+        "saw) and the exposure of canaries you planted. Writes audit.json and audit.html "
+        "into --out. README: 'Auditing a model against your code'.",
+    )
+    sp.add_argument("model", metavar="MODEL")
+    sp.add_argument("--code", required=True, metavar="DIR", help="code your organization owns")
+    sp.add_argument("--held-out", metavar="DIR", help="code of the same kind the model never saw")
+    sp.add_argument(
+        "--canaries", metavar="FILE", help="JSON list of planted {prefix, secret, format}"
+    )
+    sp.add_argument("--out", default="audit", metavar="DIR", help="where the report goes (audit/)")
+    sp.add_argument("--prompts", type=int, default=100, help="function prompts to complete (100)")
+    sp.add_argument("--sequences", type=int, default=200, help="k-extractability windows (200)")
+    sp.add_argument("--seed", type=int, default=0)
+
+    sp = sub.add_parser(
         "evaluate",
         help="score anyone's samples on HumanEval / HumanEval+ in the sandbox (pass@k)",
         description="SAMPLES.jsonl in EvalPlus's format: one JSON object per line with "
@@ -122,6 +143,18 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _audit_model(args) -> int:
+    """``audit``: the report's summary on stdout, the report's files beside it."""
+    from collab_lib.audit import AuditSettings, run_audit, summary, write_report
+
+    settings = AuditSettings(prompts=args.prompts, sequences=args.sequences, seed=args.seed)
+    report = run_audit(args.model, args.code, args.held_out, args.canaries, settings)
+    paths = write_report(report, args.out)
+    summary(report).to_csv(sys.stdout, index=False)
+    print(f"report: {paths[1]} (and {paths[0].name}, aggregates to share if you choose)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -130,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "import":
             return _import(Path(args.file))
+        if args.command == "audit":
+            return _audit_model(args)
         if getattr(args, "seed", None) is not None:
             args.overrides.append(f"seed={args.seed}")
         cfg = load_config(args.profile, args.overrides)

@@ -1,0 +1,351 @@
+"""``audit``: an organization checks a shared model against its own code, on its own machine.
+
+The paper (§6.1) warns that even a federated model can emit an organization's code verbatim,
+but leaves the organization no way to check. ``python -m collab_lib audit MODEL --code DIR``
+runs the study's own measures on any causal language model that ``from_pretrained`` loads
+and on code the organization owns, locally, and writes a short report (``audit.json`` and
+``audit.html``):
+
+- **the paper's verbatim metric** (Eq. 1): the signature and docstring of DIR's functions as
+  prompts, completions with the paper's sampling (5 at temperature 0.6, top-p 0.6), lines in
+  blocks of at least ``min_lines`` lines also in DIR; with the longest blocks, their file
+  and line (what the model reproduces, where it came from);
+- **k-extractability** (Carlini et al. 2023): windows of DIR's tokens, greedy decoding from
+  the first ``k``, exact when the next ``k`` follow; with ``--held-out`` (code of the same
+  kind the model never saw) its windows are the control;
+- **membership signals** (loss, PPL/zlib, Min-K%++) on runs of DIR's lines, and with
+  ``--held-out`` each signal's ROC AUC of DIR against it (0.5: the model cannot tell them
+  apart), its interval resampling files;
+- **canary exposure** of secrets the organization planted (``--canaries``: a JSON list of
+  ``{prefix, secret, format}``, the canaries step's format), ranked among random secrets of
+  the same format.
+
+Nothing leaves the machine: the JSON holds aggregates and, in ``longest``, the reproduced
+lines themselves (the organization's own code; leave that key out before sharing it).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from collab_lib import canaries, exposure, extractability, extraction, membership, sampling
+from collab_lib.clones import CloneIndex, CloneOptions
+from collab_lib.config import UserError
+
+SIGNALS = membership.SIGNALS  # the same signals, oriented the same way (higher: member)
+
+
+class AuditError(UserError):
+    """A model or a code directory the audit cannot use; the message says what it needs."""
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """How much of the code each measure reads (defaults: a few minutes on a CPU for a small
+    model and a few MB of code)."""
+
+    prompts: int = 100  # functions with a docstring, drawn with the seed
+    samples: int = 5  # completions per prompt (the paper's 5)
+    temperature: float = 0.6  # the paper's sampling
+    top_p: float = 0.6
+    max_new_tokens: int = 128
+    min_lines: int = 6  # the paper's memorization threshold
+    sequences: int = 200  # k-extractability windows per directory
+    k: int | None = None  # prefix and match length (null: 50, or a quarter of the context)
+    chunks: int = 200  # membership samples per directory
+    alternatives: int = 250  # random secrets each planted canary is ranked among
+    batch_size: int = 64
+    seed: int = 0
+
+
+def read_code(path: str | Path, what: str) -> list[tuple[str, str]]:
+    """``(relative path, source)`` of every ``.py`` file under ``path``, or a clear error."""
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise AuditError(f"{what} {path}: not a directory")
+    files = sorted(p for p in root.rglob("*.py") if p.is_file())
+    docs = [
+        (str(p.relative_to(root)), p.read_text(encoding="utf-8", errors="replace")) for p in files
+    ]
+    docs = [(n, s) for n, s in docs if s.strip()]
+    if not docs:
+        raise AuditError(f"{what} {path}: no Python (.py) file with any code in it")
+    return docs
+
+
+def load_model(path: str | Path):
+    """Any causal language model saved with ``save_pretrained`` (and its tokenizer), offline."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    root = Path(path).expanduser()
+    if not root.is_dir():
+        raise AuditError(f"model {path}: not a directory (a model saved with save_pretrained)")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True)
+        tok = AutoTokenizer.from_pretrained(root, local_files_only=True)
+    except (OSError, ValueError, KeyError) as exc:
+        raise AuditError(
+            f"model {path}: not a causal language model with its tokenizer that "
+            f"transformers can load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+        ) from None
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return model.to(device).eval(), tok
+
+
+def context_of(model) -> int:
+    return int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+
+
+def run_audit(
+    model_dir: str | Path,
+    code_dir: str | Path,
+    held_out_dir: str | Path | None = None,
+    canaries_file: str | Path | None = None,
+    settings: AuditSettings = AuditSettings(),
+) -> dict:
+    """Every measure of the report, as one JSON-able dict."""
+    code = read_code(code_dir, "--code")
+    held = read_code(held_out_dir, "--held-out") if held_out_dir is not None else None
+    planted = _read_canaries(canaries_file) if canaries_file is not None else []
+    model, tok = load_model(model_dir)
+    report = {
+        "model": str(model_dir),
+        "code": {"dir": str(code_dir), "files": len(code)},
+        "held_out": None if held is None else {"dir": str(held_out_dir), "files": len(held)},
+        "settings": asdict(settings),
+    }
+    report["verbatim"] = verbatim_metric(model, tok, code, settings)
+    report["extractability"] = k_extractability(model, tok, code, held, settings)
+    report["membership"] = membership_signals(model, tok, code, held, settings)
+    report["canaries"] = canary_exposure(model, tok, planted, settings)
+    return report
+
+
+# --------------------------------------------------------------------------- the measures
+
+
+def verbatim_metric(model, tok, code: list[tuple[str, str]], s: AuditSettings) -> dict:
+    """The paper's Eq. 1 on completions of DIR's function prompts, and the longest blocks."""
+    from collab_lib import verbatim
+    from collab_lib.decoding import sample_texts
+
+    room = max(16, context_of(model) - s.max_new_tokens)
+    found, counts = extraction.function_prompts(code, tok, min(512, room))
+    chosen = random.Random(f"{s.seed}/audit/prompts").sample(found, min(s.prompts, len(found)))
+    out = {"functions": counts["functions"], "prompts": len(chosen)}
+    if not chosen:
+        return out | {"generated lines": 0, "memorized lines": 0, "ratio (%)": None, "longest": []}
+    ids = [tok(p["prompt"], verbose=False)["input_ids"][-room:] for p in chosen]
+    sc = sampling.SamplingConfig(s.temperature, s.top_p, 50, s.max_new_tokens)
+    texts, _ = sample_texts(
+        model,
+        tok,
+        ids,
+        s.samples,
+        sc,
+        cut=extraction.body_end,
+        batch_size=s.batch_size,
+        seed=s.seed,
+        desc="audit: sampling",
+    )
+    rows = [
+        (
+            chosen[i // s.samples],
+            {"prompt": i // s.samples, "sample": i % s.samples, "completion": t},
+        )
+        for i, t in enumerate(texts)
+    ]
+    index = CloneIndex.build(code, CloneOptions(s.min_lines))
+    lines, blocks, _ = verbatim.detect(index, rows)
+    generated = lines["generated lines"]
+    longest = sorted(blocks, key=lambda b: -b["generated_lines"])[:5]
+    return out | {
+        "generated lines": generated,
+        "memorized lines": lines["memorized lines"],
+        "ratio (%)": 100 * lines["memorized lines"] / generated if generated else None,
+        "longest": [
+            {
+                "file": b["source_file"],
+                "line": b["source_start"],
+                "lines": b["generated_lines"],
+                "text": b["text"],
+            }
+            for b in longest
+        ],
+    }
+
+
+def k_extractability(model, tok, code, held, s: AuditSettings) -> dict:
+    """Exact extraction (%) and tokens matched, on DIR's windows and the held-out control."""
+    k = s.k or min(50, context_of(model) // 4)
+    out = {"k": k, "match": k}
+    for name, docs in (("code", code), ("held_out", held)):
+        if docs is None:
+            continue
+        files = [tok(src, verbose=False)["input_ids"] for _, src in docs]
+        seqs = [
+            {
+                "organization": name,
+                "split": name,
+                "file": docs[f][0],
+                "start": start,
+                "ids": files[f][start : start + 2 * k],
+            }
+            for f, start in extractability.draw(files, 2 * k, s.sequences, f"{s.seed}/audit/{name}")
+        ]
+        if not seqs:
+            out[name] = {"sequences": 0}
+            continue
+        frame = extractability.outcomes(model, tok, seqs, k, s.batch_size)
+        out[name] = {
+            "sequences": len(frame),
+            "extracted (%)": 100 * float(frame["extracted"].mean()),
+            "matched (tokens)": float(frame["matched"].mean()),
+        }
+    return out
+
+
+def membership_signals(model, tok, code, held, s: AuditSettings) -> dict:
+    """Mean loss, PPL/zlib and Min-K%++ on runs of DIR's lines; AUC against the held-out."""
+    context = context_of(model)
+    size = max(40, int(1.5 * context))
+    frames = {}
+    for name, docs in (("code", code), ("held_out", held)):
+        if docs is None:
+            continue
+        pieces = [(path, text) for path, src in docs for _, text in membership.chunks(src, size)]
+        pieces = random.Random(f"{s.seed}/audit/chunks/{name}").sample(
+            pieces, min(s.chunks, len(pieces))
+        )
+        scores = membership.score_samples(
+            model, tok, [t for _, t in pieces], context, max(1, context // 2), 0.2
+        )
+        scores["file"] = [p for p, _ in pieces]
+        scores["zlib_bytes"] = [membership.zlib_bytes(t) for _, t in pieces]
+        scores["ppl_zlib"] = scores["loss"] / scores["zlib_bytes"]
+        frames[name] = scores
+    out = {name: {"samples": len(f), "loss": float(f["loss"].mean())} for name, f in frames.items()}
+    if "held_out" not in frames or frames["held_out"].empty or frames["code"].empty:
+        return out
+    rng = np.random.default_rng(s.seed)
+    member, other = frames["code"], frames["held_out"]
+    wm = membership.file_weights(member["file"], 1000, rng)
+    wo = membership.file_weights(other["file"], 1000, rng)
+    out["auc"] = {}
+    for signal, (column, sign) in SIGNALS.items():
+        if column not in member:  # "loss - base" needs a reference model: not here
+            continue
+        aucs = membership.weighted_auc(
+            sign * member[column].to_numpy(), sign * other[column].to_numpy(), wm, wo
+        )
+        low, high = np.quantile(aucs[1:], [0.025, 0.975])
+        out["auc"][signal] = {"auc": float(aucs[0]), "low": float(low), "high": float(high)}
+    return out
+
+
+def canary_exposure(model, tok, planted: list[dict], s: AuditSettings) -> list[dict]:
+    """Each planted secret's exposure (bits) among random secrets of its format."""
+    if not planted:
+        return []
+    rng = random.Random(f"{s.seed}/audit/alternatives")
+    formats = sorted({p["format"] for p in planted})
+    alternatives = {
+        f: [canaries.new_secret(f, rng) for _ in range(s.alternatives)] for f in formats
+    }
+    planted = [{"id": i, "organization": "", "count": 0, **p} for i, p in enumerate(planted)]
+    rows = exposure.secret_scores(model, tok, planted, alternatives, s.alternatives)
+    return [
+        {
+            "secret": p["secret"],
+            "rank exposure": r["rank_exposure"],
+            "exposure (bits)": r["extrapolated_exposure"],
+        }
+        for p, r in zip(planted, rows, strict=True)
+    ]
+
+
+def _read_canaries(path: str | Path) -> list[dict]:
+    try:
+        planted = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise AuditError(f"--canaries {path}: not a readable JSON file ({exc})") from None
+    if not isinstance(planted, list) or not all(
+        isinstance(p, dict) and {"prefix", "secret", "format"} <= set(p) for p in planted
+    ):
+        raise AuditError(f"--canaries {path}: a JSON list of {{prefix, secret, format}} objects")
+    unknown = {p["format"] for p in planted} - set(canaries.FORMATS)
+    if unknown:
+        raise AuditError(
+            f"--canaries {path}: unknown format {sorted(unknown)} "
+            f"(known: {', '.join(canaries.FORMATS)})"
+        )
+    return planted
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
+    """``audit.json`` and ``audit.html`` in ``out``."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps(report, indent=1))
+    (out / "audit.html").write_text(_html(report))
+    return out / "audit.json", out / "audit.html"
+
+
+def summary(report: dict) -> pd.DataFrame:
+    """One row per measure: what it is, on the code, on the held-out code."""
+    v, e, m = report["verbatim"], report["extractability"], report["membership"]
+    rows = [
+        ("memorized lines (%, the paper's Eq. 1)", v.get("ratio (%)"), None),
+        (
+            "k-extractable sequences (%)",
+            e.get("code", {}).get("extracted (%)"),
+            e.get("held_out", {}).get("extracted (%)"),
+        ),
+        (
+            "tokens matched before the first wrong one",
+            e.get("code", {}).get("matched (tokens)"),
+            e.get("held_out", {}).get("matched (tokens)"),
+        ),
+        (
+            "mean loss (nats per token)",
+            m.get("code", {}).get("loss"),
+            m.get("held_out", {}).get("loss"),
+        ),
+    ]
+    rows += [
+        (f"ROC AUC, {sig} (0.5: no sign of training)", a["auc"], None)
+        for sig, a in m.get("auc", {}).items()
+    ]
+    return pd.DataFrame(rows, columns=["measure", "your code", "held-out code"])
+
+
+def _html(report: dict) -> str:
+    parts = [
+        "<!doctype html><meta charset='utf-8'><title>Audit</title>",
+        f"<h1>Audit of {html.escape(report['model'])}</h1>",
+        f"<p>Code: {html.escape(report['code']['dir'])} ({report['code']['files']} files)</p>",
+        summary(report).to_html(index=False, na_rep="—", float_format=lambda x: f"{x:.3g}"),
+        "<h2>Longest reproduced blocks</h2>",
+    ]
+    for b in report["verbatim"].get("longest", []):
+        parts.append(
+            f"<p>{html.escape(b['file'])}, line {b['line']} ({b['lines']} lines)</p>"
+            f"<pre>{html.escape(b['text'])}</pre>"
+        )
+    if report["canaries"]:
+        parts += [
+            "<h2>Planted canaries</h2>",
+            pd.DataFrame(report["canaries"]).to_html(index=False),
+        ]
+    return "\n".join(parts)
