@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from collab_lib import canaries, exposure, extractability, extraction, membership, sampling
 from collab_lib.clones import CloneIndex, CloneOptions
@@ -122,10 +123,14 @@ def run_audit(
         "held_out": None if held is None else {"dir": str(held_out_dir), "files": len(held)},
         "settings": asdict(settings),
     }
-    report["verbatim"] = verbatim_metric(model, tok, code, settings)
-    report["extractability"] = k_extractability(model, tok, code, held, settings)
-    report["membership"] = membership_signals(model, tok, code, held, settings)
-    report["canaries"] = canary_exposure(model, tok, planted, settings)
+    measures = {
+        "verbatim": lambda: verbatim_metric(model, tok, code, settings),
+        "extractability": lambda: k_extractability(model, tok, code, held, settings),
+        "membership": lambda: membership_signals(model, tok, code, held, settings),
+        "canaries": lambda: canary_exposure(model, tok, planted, settings),
+    }
+    for name, measure in tqdm(measures.items(), desc="audit", unit="measure"):
+        report[name] = measure()
     return report
 
 
