@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import random
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,6 +43,10 @@ from collab_lib.clones import CloneIndex, CloneOptions
 from collab_lib.config import UserError
 
 SIGNALS = membership.SIGNALS  # the same signals, oriented the same way (higher: member)
+# a membership sample: at most this many characters of whole lines (1.5 per context token
+# below it), so a long-context model is not left with only the largest files
+CHUNK_CHARS = 1536
+SECRET_PATTERNS = {"letters16": r"[a-z]{16}", "hex24": r"[0-9a-f]{24}"}
 
 
 class AuditError(UserError):
@@ -66,16 +72,27 @@ class AuditSettings:
     seed: int = 0
 
 
+SKIP = {"site-packages", "__pycache__", "node_modules", "venv", "env"}  # not your code
+
+
 def read_code(path: str | Path, what: str) -> list[tuple[str, str]]:
-    """``(relative path, source)`` of every ``.py`` file under ``path``, or a clear error."""
+    """``(relative path, source)`` of every ``.py`` file under ``path``, or a clear error.
+    Hidden directories (``.venv``, ``.tox``, ``.git``) and installed packages are skipped:
+    widely published library code would read as the organization's own."""
     root = Path(path).expanduser()
     if not root.is_dir():
         raise AuditError(f"{what} {path}: not a directory")
-    files = sorted(p for p in root.rglob("*.py") if p.is_file())
-    docs = [
-        (str(p.relative_to(root)), p.read_text(encoding="utf-8", errors="replace")) for p in files
-    ]
-    docs = [(n, s) for n, s in docs if s.strip()]
+    docs = []
+    for p in sorted(root.rglob("*.py")):
+        parts = p.relative_to(root).parts
+        if not p.is_file() or any(x.startswith(".") or x in SKIP for x in parts[:-1]):
+            continue
+        try:
+            text = p.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue  # unreadable: not part of the audit
+        if text.strip():
+            docs.append(("/".join(parts), text))
     if not docs:
         raise AuditError(f"{what} {path}: no Python (.py) file with any code in it")
     return docs
@@ -92,17 +109,32 @@ def load_model(path: str | Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(root, local_files_only=True)
         tok = AutoTokenizer.from_pretrained(root, local_files_only=True)
-    except (OSError, ValueError, KeyError) as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever the loader raises, the fix is the same
+        first = (str(exc).splitlines() or [""])[0]
         raise AuditError(
             f"model {path}: not a causal language model with its tokenizer that "
-            f"transformers can load ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+            f"transformers can load offline ({type(exc).__name__}: {first})"
         ) from None
+    if tok.eos_token_id is None:  # decoding pads and stops with it
+        if tok.pad_token is None and tok.unk_token is None:
+            raise AuditError(f"model {path}: its tokenizer has no EOS, pad or unknown token")
+        tok.eos_token = tok.pad_token or tok.unk_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tok
 
 
+CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")
+
+
 def context_of(model) -> int:
-    return int(getattr(model.config, "n_positions", None) or model.config.max_position_embeddings)
+    """The model's context in tokens, whatever its config calls it."""
+    for key in CONTEXT_KEYS:
+        value = getattr(model.config, key, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    raise AuditError(
+        f"the model's config names no context length (none of {', '.join(CONTEXT_KEYS)})"
+    )
 
 
 def run_audit(
@@ -142,14 +174,20 @@ def verbatim_metric(model, tok, code: list[tuple[str, str]], s: AuditSettings) -
     from collab_lib import verbatim
     from collab_lib.decoding import sample_texts
 
-    room = max(16, context_of(model) - s.max_new_tokens)
-    found, counts = extraction.function_prompts(code, tok, min(512, room))
+    context = context_of(model)
+    new_tokens = min(s.max_new_tokens, context // 2)  # the rest holds the prompt
+    room = min(512, context - new_tokens)  # the paper's prompts: at most 512 tokens
+    found, counts = extraction.function_prompts(code, tok, room)
     chosen = random.Random(f"{s.seed}/audit/prompts").sample(found, min(s.prompts, len(found)))
-    out = {"functions": counts["functions"], "prompts": len(chosen)}
+    out = {
+        "functions": counts["functions"],
+        "with docstring": counts["with_docstring"],
+        "prompts": len(chosen),
+    }
     if not chosen:
         return out | {"generated lines": 0, "memorized lines": 0, "ratio (%)": None, "longest": []}
     ids = [tok(p["prompt"], verbose=False)["input_ids"][-room:] for p in chosen]
-    sc = sampling.SamplingConfig(s.temperature, s.top_p, 50, s.max_new_tokens)
+    sc = sampling.SamplingConfig(s.temperature, s.top_p, 50, new_tokens)
     texts, _ = sample_texts(
         model,
         tok,
@@ -171,7 +209,10 @@ def verbatim_metric(model, tok, code: list[tuple[str, str]], s: AuditSettings) -
     index = CloneIndex.build(code, CloneOptions(s.min_lines))
     lines, blocks, _ = verbatim.detect(index, rows)
     generated = lines["generated lines"]
-    longest = sorted(blocks, key=lambda b: -b["generated_lines"])[:5]
+    by_source: dict[tuple, dict] = {}
+    for b in sorted(blocks, key=lambda b: -b["generated_lines"]):
+        by_source.setdefault((b["source_file"], b["source_start"]), b)  # once per block
+    longest = list(by_source.values())[:5]
     return out | {
         "generated lines": generated,
         "memorized lines": lines["memorized lines"],
@@ -180,8 +221,8 @@ def verbatim_metric(model, tok, code: list[tuple[str, str]], s: AuditSettings) -
             {
                 "file": b["source_file"],
                 "line": b["source_start"],
-                "lines": b["generated_lines"],
-                "text": b["text"],
+                "generated lines": b["generated_lines"],  # the block's lines the model wrote
+                "text": b["text"],  # with the prompt's lines it starts in
             }
             for b in longest
         ],
@@ -221,7 +262,7 @@ def k_extractability(model, tok, code, held, s: AuditSettings) -> dict:
 def membership_signals(model, tok, code, held, s: AuditSettings) -> dict:
     """Mean loss, PPL/zlib and Min-K%++ on runs of DIR's lines; AUC against the held-out."""
     context = context_of(model)
-    size = max(40, int(1.5 * context))
+    size = max(40, min(int(1.5 * context), CHUNK_CHARS))
     frames = {}
     for name, docs in (("code", code), ("held_out", held)):
         if docs is None:
@@ -266,10 +307,11 @@ def canary_exposure(model, tok, planted: list[dict], s: AuditSettings) -> list[d
         f: [canaries.new_secret(f, rng) for _ in range(s.alternatives)] for f in formats
     }
     planted = [{"id": i, "organization": "", "count": 0, **p} for i, p in enumerate(planted)]
-    rows = exposure.secret_scores(model, tok, planted, alternatives, s.alternatives)
-    return [
+    context = context_of(model)
+    rows = exposure.secret_scores(model, tok, planted, alternatives, s.alternatives, context)
+    return [  # by position in --canaries: a secret in the report would spoil it
         {
-            "secret": p["secret"],
+            "canary": p["id"],
             "rank exposure": r["rank_exposure"],
             "exposure (bits)": r["extrapolated_exposure"],
         }
@@ -287,6 +329,18 @@ def _read_canaries(path: str | Path) -> list[dict]:
     ):
         raise AuditError(f"--canaries {path}: a JSON list of {{prefix, secret, format}} objects")
     unknown = {p["format"] for p in planted} - set(canaries.FORMATS)
+    wrong = [
+        i
+        for i, p in enumerate(planted)
+        if p["format"] in SECRET_PATTERNS
+        and not re.fullmatch(SECRET_PATTERNS[p["format"]], str(p["secret"]))
+    ]
+    if wrong:
+        raise AuditError(
+            f"--canaries {path}: canary {wrong[0]}'s secret does not fit its format (letters16: "
+            "16 lowercase letters; hex24: 24 hexadecimal digits); a secret of another shape "
+            "would rank as exposed whether or not the model saw it"
+        )
     if unknown:
         raise AuditError(
             f"--canaries {path}: unknown format {sorted(unknown)} "
@@ -302,9 +356,20 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     """``audit.json`` and ``audit.html`` in ``out``."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "audit.json").write_text(json.dumps(report, indent=1))
+    (out / "audit.json").write_text(json.dumps(_plain(report), indent=1, allow_nan=False))
     (out / "audit.html").write_text(_html(report))
     return out / "audit.json", out / "audit.html"
+
+
+def _plain(value):
+    """The report with every NaN as null (strict JSON parsers refuse NaN)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def summary(report: dict) -> pd.DataFrame:
@@ -323,16 +388,22 @@ def summary(report: dict) -> pd.DataFrame:
             e.get("held_out", {}).get("matched (tokens)"),
         ),
         (
-            "mean loss (nats per token)",
+            "loss (nats per token, mean over samples)",
             m.get("code", {}).get("loss"),
             m.get("held_out", {}).get("loss"),
         ),
     ]
-    rows += [
-        (f"ROC AUC, {sig} (0.5: no sign of training)", a["auc"], None)
+    frame = pd.DataFrame(rows, columns=["measure", "your code", "held-out code"])
+    auc = [
+        {
+            "measure": f"ROC AUC, {sig}: your code against the held-out (0.5: no difference)",
+            "your code vs held-out [95 % interval]": (
+                f"{a['auc']:.3g} [{a['low']:.3g}, {a['high']:.3g}]"
+            ),
+        }
         for sig, a in m.get("auc", {}).items()
     ]
-    return pd.DataFrame(rows, columns=["measure", "your code", "held-out code"])
+    return pd.concat([frame, pd.DataFrame(auc)], ignore_index=True) if auc else frame
 
 
 def _html(report: dict) -> str:
@@ -341,11 +412,17 @@ def _html(report: dict) -> str:
         f"<h1>Audit of {html.escape(report['model'])}</h1>",
         f"<p>Code: {html.escape(report['code']['dir'])} ({report['code']['files']} files)</p>",
         summary(report).to_html(index=False, na_rep="—", float_format=lambda x: f"{x:.3g}"),
-        "<h2>Longest reproduced blocks</h2>",
+        "<p>A high AUC says the model tells your code from the held-out code: a sign that it "
+        "trained on yours only where the held-out code is of the same kind (same projects, "
+        "style and age) and the model never saw it.</p>",
     ]
-    for b in report["verbatim"].get("longest", []):
+    longest = report["verbatim"].get("longest", [])
+    if longest:
+        parts.append("<h2>Longest reproduced blocks</h2>")
+    for b in longest:
         parts.append(
-            f"<p>{html.escape(b['file'])}, line {b['line']} ({b['lines']} lines)</p>"
+            f"<p>{html.escape(b['file'])}, line {b['line']} ({b['generated lines']} of its "
+            "lines written by the model)</p>"
             f"<pre>{html.escape(b['text'])}</pre>"
         )
     if report["canaries"]:

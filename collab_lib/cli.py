@@ -14,6 +14,13 @@ from collab_lib.book import SETTINGS_FILE, build_book, build_dir
 from collab_lib.config import UserError, load_config, settings_digest, settings_text
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m collab_lib",
@@ -104,8 +111,12 @@ def _parser() -> argparse.ArgumentParser:
         "--canaries", metavar="FILE", help="JSON list of planted {prefix, secret, format}"
     )
     sp.add_argument("--out", default="audit", metavar="DIR", help="where the report goes (audit/)")
-    sp.add_argument("--prompts", type=int, default=100, help="function prompts to complete (100)")
-    sp.add_argument("--sequences", type=int, default=200, help="k-extractability windows (200)")
+    sp.add_argument(
+        "--prompts", type=_positive, default=100, help="function prompts to complete (100)"
+    )
+    sp.add_argument(
+        "--sequences", type=_positive, default=200, help="k-extractability windows (200)"
+    )
     sp.add_argument("--seed", type=int, default=0)
 
     sp = sub.add_parser(

@@ -141,7 +141,9 @@ def exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, fo
     )
 
 
-def secret_scores(model, tok, planted: list[dict], alternatives: dict, n_alt: int) -> list[dict]:
+def secret_scores(
+    model, tok, planted: list[dict], alternatives: dict, n_alt: int, context: int | None = None
+) -> list[dict]:
     """Each canary's secret loss after its prefix, ranked among the first ``n_alt``
     alternatives of its format: its rank exposure and extrapolated exposure."""
     from collab_lib.scoring import suffix_losses
@@ -149,7 +151,7 @@ def secret_scores(model, tok, planted: list[dict], alternatives: dict, n_alt: in
     rows = []
     for p in planted:
         alts = alternatives[p["format"]][:n_alt]
-        losses = suffix_losses(model, tok, p["prefix"], [p["secret"], *alts])
+        losses = suffix_losses(model, tok, p["prefix"], [p["secret"], *alts], context=context)
         rows.append(
             {
                 "canary": p["id"],

@@ -124,21 +124,23 @@ def load_model(model_art, epoch: int | None = None):
 
 @torch.no_grad()
 def suffix_losses(
-    model, tok, prefix: str, suffixes: list[str], batch_size: int = 256
+    model, tok, prefix: str, suffixes: list[str], batch_size: int = 256, context: int | None = None
 ) -> np.ndarray:
     """Summed loss (nats) of each suffix's tokens right after ``prefix`` (a canary's secret
     and its alternatives, Carlini et al. 2019).
 
     The prefix runs through the model once; every batch of suffixes continues from a copy of
     its KV cache, right-padded (causal attention: padding after a token never reaches it).
-    A context too small for prefix and secret keeps the prefix's end.
+    A context too small for prefix and secret keeps the prefix's end (``context``: the
+    model's, where its config does not call it ``n_positions``). A suffix gets no special
+    token of its own: it continues the prefix.
     """
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     model.eval()
-    rows = [tok(s, verbose=False)["input_ids"] for s in suffixes]
-    keep = model.config.n_positions - max(map(len, rows))
+    rows = [tok(s, add_special_tokens=False, verbose=False)["input_ids"] for s in suffixes]
+    keep = (context or model.config.n_positions) - max(map(len, rows))
     p_ids = tok(prefix, verbose=False)["input_ids"][-keep:]
     first = model(input_ids=torch.tensor([p_ids], device=device), use_cache=True)
     first_logp = first.logits[0, -1].float().log_softmax(-1)  # (V,)

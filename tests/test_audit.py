@@ -83,3 +83,48 @@ def test_bad_inputs_get_errors_that_say_what_is_needed(trained, tmp_path, capsys
     assert "{prefix, secret, format}" in capsys.readouterr().err
     with pytest.raises(audit.AuditError, match="not a directory"):
         audit.read_code(tmp_path / "missing", "--code")
+
+
+def test_a_model_of_another_family_and_a_short_context_is_audited(trained, tok, tmp_path):
+    """A Llama-style config (no ``n_positions``; 256 positions): every measure runs, prompts
+    leave room for completions, and the report is strict JSON (no NaN) without --held-out."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "llama")
+    tok.save_pretrained(tmp_path / "llama")
+    argv = [str(tmp_path / "llama"), "--code", str(trained / "ours"), "--out", str(tmp_path)]
+    argv += ["--canaries", str(trained / "canaries.json"), "--prompts", "3"]
+    assert main(["audit", *argv, "--sequences", "5"]) == 0
+    report = json.loads(
+        (tmp_path / "audit.json").read_text(), parse_constant=lambda c: pytest.fail(c)
+    )
+    assert report["verbatim"]["prompts"] == 1 and report["extractability"]["k"] == 50
+    assert [c["canary"] for c in report["canaries"]] == [0, 1]
+    assert SECRET not in (tmp_path / "audit.json").read_text()  # secrets never in the report
+    assert "held_out" not in report["membership"]
+
+
+def test_a_secret_that_does_not_fit_its_format_is_refused(trained, tmp_path, capsys):
+    bad = tmp_path / "canaries.json"
+    bad.write_text(json.dumps([{"prefix": "k = '", "secret": "abc", "format": "letters16"}]))
+    argv = ["audit", str(trained / "model"), "--code", str(trained / "ours")]
+    assert main([*argv, "--canaries", str(bad)]) == 2
+    assert "does not fit its format" in capsys.readouterr().err
+
+
+def test_hidden_and_installed_directories_are_not_read_as_your_code(tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "mine.py").write_text("x = 1\n")
+    for skipped in (".venv/lib", "build/site-packages", ".tox"):
+        (tmp_path / skipped).mkdir(parents=True)
+        (tmp_path / skipped / "theirs.py").write_text("y = 2\n")
+    assert [p for p, _ in audit.read_code(tmp_path, "--code")] == ["src/mine.py"]
