@@ -267,10 +267,9 @@ def membership_signals(model, tok, code, held, s: AuditSettings) -> dict:
     for name, docs in (("code", code), ("held_out", held)):
         if docs is None:
             continue
-        pieces = [(path, text) for path, src in docs for _, text in membership.chunks(src, size)]
-        pieces = random.Random(f"{s.seed}/audit/chunks/{name}").sample(
-            pieces, min(s.chunks, len(pieces))
-        )
+        per_file = [[(path, t) for _, t in membership.chunks(src, size)] for path, src in docs]
+        rng = np.random.default_rng([s.seed, len(frames)])
+        pieces = membership.balanced(per_file, s.chunks, rng)  # evenly across files
         scores = membership.score_samples(
             model, tok, [t for _, t in pieces], context, max(1, context // 2), 0.2
         )

@@ -102,17 +102,24 @@ def draw_samples(cfg: Config, ds: datasets.Datasets) -> pd.DataFrame:
                 ]
                 for d in ds.documents(org.name, split)
             ]
-            per_file = [[f[k] for k in rng.permutation(len(f))] for f in per_file if f]
-            order = rng.permutation(len(per_file))
-            rows = [
-                f[r]
-                for r in range(max(map(len, per_file), default=0))
-                for f in (per_file[k] for k in order)
-                if r < len(f)
-            ]
-            frame = pd.DataFrame(rows[: cfg.membership.samples], columns=SAMPLE_COLUMNS)
+            rows = balanced(per_file, cfg.membership.samples, rng)
+            frame = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
             frames.append(frame.sort_values(["file", "line"]))
     return pd.concat(frames, ignore_index=True)
+
+
+def balanced(per_file: list[list], n: int, rng: np.random.Generator) -> list:
+    """At most ``n`` items drawn evenly across files: each file's items shuffled, then round
+    robin over the shuffled files, so that one large file cannot make up the sample."""
+    per_file = [[f[k] for k in rng.permutation(len(f))] for f in per_file if f]
+    order = rng.permutation(len(per_file))
+    rows = [
+        f[r]
+        for r in range(max(map(len, per_file), default=0))
+        for f in (per_file[k] for k in order)
+        if r < len(f)
+    ]
+    return rows[:n]
 
 
 def sample_chars(cfg: Config) -> int:
