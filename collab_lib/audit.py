@@ -236,16 +236,19 @@ def k_extractability(model, tok, code, held, s: AuditSettings) -> dict:
     for name, docs in (("code", code), ("held_out", held)):
         if docs is None:
             continue
-        files = [tok(src, verbose=False)["input_ids"] for _, src in docs]
+        # sizes first, tokens kept only for the files drawn from: GBs of code stay on disk
+        sizes = [len(tok(src, verbose=False)["input_ids"]) for _, src in docs]
+        drawn = extractability.draw(sizes, 2 * k, s.sequences, f"{s.seed}/audit/{name}")
+        ids = {f: tok(docs[f][1], verbose=False)["input_ids"] for f in {f for f, _ in drawn}}
         seqs = [
             {
                 "organization": name,
                 "split": name,
                 "file": docs[f][0],
                 "start": start,
-                "ids": files[f][start : start + 2 * k],
+                "ids": ids[f][start : start + 2 * k],
             }
-            for f, start in extractability.draw(files, 2 * k, s.sequences, f"{s.seed}/audit/{name}")
+            for f, start in drawn
         ]
         if not seqs:
             out[name] = {"sequences": 0}

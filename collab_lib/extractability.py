@@ -52,15 +52,16 @@ COLUMNS = [
 ]
 
 
-def windows(ids: list[int], length: int) -> list[int]:
+def windows(n_tokens: int, length: int) -> list[int]:
     """Start of every whole window of ``length`` tokens, back to back from the file's start."""
-    return list(range(0, len(ids) - length + 1, length))
+    return list(range(0, n_tokens - length + 1, length))
 
 
-def draw(files: list[list[int]], length: int, n: int | None, seed: str) -> list[tuple[int, int]]:
+def draw(sizes: list[int], length: int, n: int | None, seed: str) -> list[tuple[int, int]]:
     """``(file, start)`` of ``n`` windows drawn without replacement (all when ``n`` is None or
-    larger), in file order: the same draw for the same files and seed."""
-    every = [(f, s) for f, ids in enumerate(files) for s in windows(ids, length)]
+    larger), in file order, from files of ``sizes`` tokens: the same draw for the same sizes
+    and seed (only the sizes: a caller need not keep every file's tokens)."""
+    every = [(f, s) for f, size in enumerate(sizes) for s in windows(size, length)]
     if n is None or n >= len(every):
         return every
     return sorted(random.Random(seed).sample(every, n))
@@ -87,7 +88,7 @@ def sequences_artifact(cfg: Config, base_art, ds, force: bool) -> artifacts.Arti
                 docs = ds.documents(org, split)
                 files = [tok(d["content"], verbose=False)["input_ids"] for d in docs]
                 key = f"{cfg.seed}/extractable/{org}/{split}"
-                for f, start in draw(files, length, m.extractable_sequences, key):
+                for f, start in draw(list(map(len, files)), length, m.extractable_sequences, key):
                     ids = files[f][start : start + length]
                     rows.append(
                         {
