@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shutil
+import stat
 import sys
 import time
 import uuid
@@ -147,7 +148,8 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
     except (OSError, json.JSONDecodeError):
         return None
     digest = hashlib.sha256(text.encode()).hexdigest()
-    stamp = {} if os.environ.get("COLLAB_VERIFY") == "all" else _read_stamp(path, digest)
+    stamp = _read_stamp(path, digest)
+    trusted = {} if os.environ.get("COLLAB_VERIFY") == "all" else stamp
     omitted = set(manifest.get("omitted", []))  # an import without weights or code
     seen: dict[str, list[int]] = {}
     settled = time.time_ns() - RACY_NS  # a file changed since may change again unseen
@@ -159,10 +161,10 @@ def load(step: str, key: str, root: Path | None = None) -> Artifact | None:
             st = file.stat()
         except OSError:
             return None
-        if not file.is_file() or st.st_size != meta["bytes"]:
+        if not stat.S_ISREG(st.st_mode) or st.st_size != meta["bytes"]:
             return None
         fingerprint = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
-        if stamp.get(name) != fingerprint and sha256_file(file) != meta["sha256"]:
+        if trusted.get(name) != fingerprint and sha256_file(file) != meta["sha256"]:
             return None
         if max(st.st_mtime_ns, st.st_ctime_ns) < settled:
             seen[name] = fingerprint

@@ -42,11 +42,9 @@ from collab_lib import canaries, exposure, extractability, extraction, membershi
 from collab_lib.clones import CloneIndex, CloneOptions
 from collab_lib.config import UserError
 
-SIGNALS = membership.SIGNALS  # the same signals, oriented the same way (higher: member)
 # a membership sample: at most this many characters of whole lines (1.5 per context token
 # below it), so a long-context model is not left with only the largest files
 CHUNK_CHARS = 1536
-SECRET_PATTERNS = {"letters16": r"[a-z]{16}", "hex24": r"[0-9a-f]{24}"}
 
 
 class AuditError(UserError):
@@ -287,15 +285,8 @@ def membership_signals(model, tok, code, held, s: AuditSettings) -> dict:
     member, other = frames["code"], frames["held_out"]
     wm = membership.file_weights(member["file"], 1000, rng)
     wo = membership.file_weights(other["file"], 1000, rng)
-    out["auc"] = {}
-    for signal, (column, sign) in SIGNALS.items():
-        if column not in member:  # "loss - base" needs a reference model: not here
-            continue
-        aucs = membership.weighted_auc(
-            sign * member[column].to_numpy(), sign * other[column].to_numpy(), wm, wo
-        )
-        low, high = np.quantile(aucs[1:], [0.025, 0.975])
-        out["auc"][signal] = {"auc": float(aucs[0]), "low": float(low), "high": float(high)}
+    aucs = membership.signal_aucs(member, other, wm, wo, 0.95)  # no reference: no loss - base
+    out["auc"] = {sig: dict(zip(("auc", "low", "high"), a, strict=True)) for sig, a in aucs.items()}
     return out
 
 
@@ -334,8 +325,8 @@ def _read_canaries(path: str | Path) -> list[dict]:
     wrong = [
         i
         for i, p in enumerate(planted)
-        if p["format"] in SECRET_PATTERNS
-        and not re.fullmatch(SECRET_PATTERNS[p["format"]], str(p["secret"]))
+        if p["format"] in canaries.FORMAT_PATTERNS
+        and not re.fullmatch(canaries.FORMAT_PATTERNS[p["format"]], str(p["secret"]))
     ]
     if wrong:
         raise AuditError(

@@ -238,6 +238,10 @@ SHAPES: tuple[Shape, ...] = (
 FORMATS = tuple(sorted({s.format for s in SHAPES}))
 
 
+# what new_secret draws, per format: a planted secret of another shape ranks as exposed
+FORMAT_PATTERNS = {"letters16": r"[a-z]{16}", "hex24": r"[0-9a-f]{24}"}
+
+
 def new_secret(fmt: str, rng: random.Random) -> str:
     """A random secret: 16 lowercase letters, or 24 hexadecimal digits."""
     if fmt == "letters16":

@@ -471,13 +471,11 @@ def chain(art: artifacts.Artifact) -> list[artifacts.Artifact]:
         step, _, key = out[0].manifest["inputs"][0].rpartition("/")
         if step != STAGE_STEP:
             break
-        stage = artifacts.load(step, key)
-        if stage is None:
-            raise artifacts.NotBuiltError(
-                f"{art.ref} starts from stage {key}, which is not in the cache (removed?): "
-                "run the train step again to rebuild it"
-            )
-        out.insert(0, stage)
+        message = (
+            f"{art.ref} starts from stage {key}, which is not in the cache (removed?): "
+            "run the train step again to rebuild it"
+        )
+        out.insert(0, artifacts.require((step, key), message))
     return out
 
 

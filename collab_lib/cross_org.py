@@ -66,18 +66,18 @@ def build_rq3(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
         prompts_art = _clone_prompts_artifact(cfg, models[BASE], clones_art, ds, pair, force)
         prompts = artifacts.read_jsonl(prompts_art.file("prompts.jsonl"))
         docs = [(f"{o}/{d['path']}", d["content"]) for o in pair for d in train[o]]
-        indices = verbatim.threshold_indices(docs, opts3.min_lines, opts3)
+        indices = verbatim.threshold_indices(docs, opts3)
         rows, parts, units, losses, at = [], [prompts_art.ref], [], [], []
         for name in tqdm(rq3_models(cfg), desc="rq3 generations"):
             gen = verbatim.generations_artifact(cfg, models[name], prompts_art, STEP, force)
             parts.append(gen.ref)
             completions = artifacts.read_jsonl(gen.file("generations.jsonl"))
             generated = [(prompts[c["prompt"]], c) for c in completions]
-            row, _, per_prompt = verbatim.detect(indices[opts3.min_lines], generated)
+            (row, _, per_prompt), counts = verbatim.detect_thresholds(
+                indices, opts3.min_lines, generated, model=name
+            )
             rows.append({"model": name, **row})
-            for t, index in indices.items():  # the paper's footnote 9, scaled to RQ3's rule
-                counts = row if t == opts3.min_lines else verbatim.detect(index, generated)[0]
-                at.append({"threshold (lines)": t, "model": name, **counts})
+            at += counts
             units += [{"model": name, **p} for p in per_prompt]
             model, tok = load_model(models[name])
             scored = continuation_losses(model, tok, prompts, cfg.model.context)

@@ -150,10 +150,15 @@ def _step_config(cfg: Config) -> dict:
     return _point_config(cfg) | _verbatim_config(cfg) | {"version": [POINT_VERSION, VERSION]}
 
 
-def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
-    """The curves artifact's key: its settings, the datasets, canaries and curve models."""
+def _input_refs(cfg: Config, upstream: dict) -> list[str]:
+    """What the curves artifact reads: the datasets, canaries and curve models."""
     names = [BASE, *(s.name for s in curve_models(cfg))]
-    refs = [artifacts.ref(upstream[n]) for n in ("datasets", "canaries", *names)]
+    return [artifacts.ref(upstream[n]) for n in ("datasets", "canaries", *names)]
+
+
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The curves artifact's key: its settings and :func:`_input_refs`."""
+    refs = _input_refs(cfg, upstream)
     return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), refs))}
 
 
@@ -204,8 +209,7 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
             "parts": [seq_art.ref, *parts],
         }
 
-    refs = [artifacts.ref(planned[n]) for n in ("datasets", "canaries")]
-    refs += [artifacts.ref(planned[n]) for n in [BASE, *(s.name for s in specs)]]
+    refs = _input_refs(cfg, planned)
     return artifacts.build(STEP, _step_config(cfg), produce, refs, seed=cfg.seed, force=force)
 
 
@@ -326,7 +330,7 @@ def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artif
         )
         ppl.to_csv(out / "perplexity.csv", index=False)
         scores = exposure.secret_scores(model, tok, inputs.planted, inputs.alternatives, n_alt)
-        pd.DataFrame(scores, columns=exposure.EXPOSURE_COLUMNS[:8]).to_csv(
+        pd.DataFrame(scores, columns=exposure.SCORE_COLUMNS).to_csv(
             out / "exposure.csv", index=False
         )
         ext = extractability.outcomes(model, tok, inputs.seqs, k, cfg.memorization.batch_size)
@@ -341,10 +345,12 @@ def point_artifact(cfg: Config, p: Point, inputs: _Inputs, force: bool) -> artif
 def _verbatim_units(cfg: Config, model, tok, inputs: _Inputs) -> pd.DataFrame:
     """Generated and memorized lines per prompt (RQ2's sampling and detection)."""
     rows, _ = verbatim.complete(cfg, model, tok, inputs.prompts, verbatim.RQ2)
+    by_org: dict[str, list] = {}
+    for r in rows:
+        p = inputs.prompts[r["prompt"]]
+        by_org.setdefault(p["organization"], []).append((p, r))
     units = []
-    for org in dict.fromkeys(p["organization"] for p in inputs.prompts):
-        mine = [(inputs.prompts[r["prompt"]], r) for r in rows]
-        mine = [(p, r) for p, r in mine if p["organization"] == org]
+    for org, mine in by_org.items():
         units += [{"organization": org, **u} for u in verbatim.detect(inputs.indices[org], mine)[2]]
     return pd.DataFrame(
         units, columns=["organization", "prompt", "generated lines", "memorized lines"]
@@ -356,12 +362,12 @@ def _write(out: Path, specs: list[ModelSpec], curves: dict, scored: dict) -> lis
     names = ["perplexity", "exposure", "extractable"]
     if any((a.path / "verbatim.csv").is_file() for a in scored.values()):
         names.append("verbatim")
+    tables = {pid: {n: art.table(n) for n in names} for pid, art in scored.items()}  # read once
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in names}
     for spec in specs:
         for i, p in enumerate(curves[spec.name]):
-            art = scored[p.id]
             for name, parts in frames.items():
-                parts.append(art.table(name).assign(model=spec.name, point=i))
+                parts.append(tables[p.id][name].assign(model=spec.name, point=i))
     units = {name: _concat(parts) for name, parts in frames.items()}
     units["perplexity"].to_csv(out / PERPLEXITY_UNITS, index=False)
     exposure_cols = ["model", "point", "organization", "canary", "count", "extrapolated_exposure"]
@@ -383,8 +389,8 @@ def curves_table(specs: list[ModelSpec], curves: dict, units: dict) -> pd.DataFr
     ppl = units["perplexity"].groupby(["model", "point"])[["loss_sum", "tokens"]].sum()
     exp = units["exposure"].groupby(["model", "point"])["extrapolated_exposure"].mean()
     ext = units["extractable"]
-    matched = ext.groupby(["model", "point", "split"])["matched"].mean()
-    extracted = ext.groupby(["model", "point", "split"])["extracted"].mean()
+    means = ext.groupby(["model", "point", "split"])[["matched", "extracted"]].mean()
+    matched, extracted = means["matched"], means["extracted"]
     lines = ["generated lines", "memorized lines"]
     verb = (
         units["verbatim"].groupby(["model", "point"])[lines].sum() if "verbatim" in units else None

@@ -88,7 +88,7 @@ def extrapolated_exposure(secret_loss: float, alternative_losses: np.ndarray) ->
     return float(-log_p / math.log(2))
 
 
-EXPOSURE_COLUMNS = [
+SCORE_COLUMNS = [  # secret_scores' rows
     "canary",
     "organization",
     "count",
@@ -97,10 +97,8 @@ EXPOSURE_COLUMNS = [
     "candidates",
     "rank_exposure",
     "extrapolated_exposure",
-    "greedy",
-    "extracted",
-    "leaked",
 ]
+EXPOSURE_COLUMNS = [*SCORE_COLUMNS, "greedy", "extracted", "leaked"]
 
 
 def exposure_artifact(cfg: Config, model_art, can_art, planted, alternatives, force: bool):

@@ -452,7 +452,7 @@ def _matched(run: Run, models: list[str], b: int, rng):
         return frame.assign(model=frame["model"] + "@" + frame["point"].astype(str))
 
     ppl = Units(labelled(run.curve_perplexity), ["organization", "file"], ["organization"], b, rng)
-    if not run.curve_prompts.empty and _verbatim_found(run.curve_prompts, models):
+    if _verbatim_found(run.curve_prompts, models):
         lines = Units(
             labelled(run.curve_prompts), ["organization", "prompt"], ["organization"], b, rng
         )
@@ -823,22 +823,17 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
             continue
         measure, unit = results[0][:2]
         est, reps = combine([r[2] for r in results], f.bootstrap, rng)
-        finite = reps[np.isfinite(reps)]
-        low, high = (
-            np.quantile(finite, [alpha, 1 - alpha])
-            if len(finite) > 0.9 * len(reps)
-            else (math.nan, math.nan)
-        )
+        low, high = _interval(reps, alpha)
         spread = float(np.std([r[2][0] for r in results], ddof=1)) if len(runs) > 1 else math.nan
         verdict = decide(low, high, finding.side, finding.threshold)
         why = _why(finding, est, low, high, verdict, f.confidence)
         if len(results[0]) > 3:  # another form of the statistic, beside it
             what = results[0][3][0]
             form, form_reps = combine([r[3][1] for r in results], f.bootstrap, rng)
-            kept = form_reps[np.isfinite(form_reps)]
+            lo, hi = _interval(form_reps, alpha)
             interval = (
-                "[{:.3g}, {:.3g}]".format(*np.quantile(kept, [alpha, 1 - alpha]))
-                if len(kept) > 0.9 * len(form_reps)
+                f"[{lo:.3g}, {hi:.3g}]"
+                if np.isfinite(lo)
                 else "not given: most resamples leave it undefined"
             )
             why += f" Beside it, {what}: {form:.3g} ({100 * f.confidence:g} % interval {interval})."
@@ -856,6 +851,16 @@ def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
             }
         )
     return pd.DataFrame(rows).reindex(columns=COLUMNS)
+
+
+def _interval(reps: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The percentile interval of the finite replicates; undefined (NaN) where more than a
+    tenth of the resamples leave the statistic undefined."""
+    finite = reps[np.isfinite(reps)]
+    if len(finite) <= 0.9 * len(reps):
+        return math.nan, math.nan
+    low, high = np.quantile(finite, [alpha, 1 - alpha])
+    return float(low), float(high)
 
 
 def _rule(finding: Finding, confidence: float) -> str:

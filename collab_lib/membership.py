@@ -293,11 +293,7 @@ def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
         wm = file_weights(mem["file"], m.bootstrap, rng)
         wo = file_weights(non["file"], m.bootstrap, rng)
         spec = specs.get(model)
-        for signal, (col, sign) in SIGNALS.items():
-            if part[col].isna().any():
-                continue  # loss - base: not for the base models themselves
-            aucs = weighted_auc(sign * mem[col].to_numpy(), sign * non[col].to_numpy(), wm, wo)
-            low, high = np.quantile(aucs[1:], [(1 - conf) / 2, (1 + conf) / 2])
+        for signal, (auc, low, high) in signal_aucs(mem, non, wm, wo, conf).items():
             setting = spec.setting if spec else "base" if model == BASE else "checkpoint"
             rows.append(
                 {
@@ -309,12 +305,28 @@ def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
                     "members": len(mem),
                     "non-members": len(non),
                     "files": f"{mem['file'].nunique()} / {non['file'].nunique()}",
-                    "auc": aucs[0],
+                    "auc": auc,
                     "low": low,
                     "high": high,
                 }
             )
     return pd.DataFrame(rows, columns=AUC_COLUMNS)
+
+
+def signal_aucs(
+    mem: pd.DataFrame, non: pd.DataFrame, wm: np.ndarray, wo: np.ndarray, conf: float
+) -> dict[str, tuple[float, float, float]]:
+    """Each signal's ROC AUC of members against non-members and its interval over the
+    resampling rows of ``wm``/``wo`` (:func:`file_weights`); a signal a sample lacks (loss -
+    base for a base model, or without a reference model) is left out."""
+    out = {}
+    for signal, (col, sign) in SIGNALS.items():
+        if col not in mem or mem[col].isna().any() or non[col].isna().any():
+            continue
+        aucs = weighted_auc(sign * mem[col].to_numpy(), sign * non[col].to_numpy(), wm, wo)
+        low, high = np.quantile(aucs[1:], [(1 - conf) / 2, (1 + conf) / 2])
+        out[signal] = (float(aucs[0]), float(low), float(high))
+    return out
 
 
 def table5(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:

@@ -112,9 +112,7 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
     searched in their organization's training split. Returns the generations' refs."""
     prompts = artifacts.read_jsonl(prompts_art.file("prompts.jsonl"))
     indices = {
-        org: verbatim.threshold_indices(
-            [(d["path"], d["content"]) for d in docs], opts.min_lines, opts
-        )
+        org: verbatim.threshold_indices([(d["path"], d["content"]) for d in docs], opts)
         for org, docs in train.items()
     }
     rows, found, parts, units, at = [], [], [], [], []
@@ -128,11 +126,11 @@ def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: b
                 for c in completions
                 if prompts[c["prompt"]]["organization"] == org
             ]
-            row, blocks, per_prompt = verbatim.detect(indices[org][opts.min_lines], mine)
+            (row, blocks, per_prompt), counts = verbatim.detect_thresholds(
+                indices[org], opts.min_lines, mine, model=name
+            )
             rows.append({"model": name, "organization": org, **row})
-            for t, index in indices[org].items():  # the paper's footnote 9: 4 and 8 lines too
-                counts = row if t == opts.min_lines else verbatim.detect(index, mine)[0]
-                at.append({"threshold (lines)": t, "model": name, **counts})
+            at += counts
             found += [{"model": name, "organization": org, **b} for b in blocks]
             units += [{"model": name, "organization": org, **p} for p in per_prompt]
     verbatim.write_units(units, out / verbatim.PROMPT_UNITS)

@@ -241,12 +241,24 @@ def thresholds(min_lines: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, round(min_lines * s)) for s in THRESHOLD_SCALES}))
 
 
-def threshold_indices(docs: list[tuple[str, str]], min_lines: int, opts) -> dict[int, CloneIndex]:
-    """An index of ``docs`` per threshold around ``min_lines`` (the detector's other options
-    as in ``opts``)."""
+def threshold_indices(docs: list[tuple[str, str]], opts) -> dict[int, CloneIndex]:
+    """An index of ``docs`` per threshold around ``opts.min_lines`` (the detector's other
+    options as in ``opts``)."""
     from dataclasses import replace
 
-    return {t: CloneIndex.build(docs, replace(opts, min_lines=t)) for t in thresholds(min_lines)}
+    return {
+        t: CloneIndex.build(docs, replace(opts, min_lines=t)) for t in thresholds(opts.min_lines)
+    }
+
+
+def detect_thresholds(
+    indices: dict[int, CloneIndex], main: int, generated: list, **labels
+) -> tuple[tuple, list[dict]]:
+    """:func:`detect` at the ``main`` threshold, and one row of line counts per threshold
+    (``{"threshold (lines)": t, **labels, **counts}``, the paper's footnote 9)."""
+    found = {t: detect(index, generated) for t, index in indices.items()}
+    rows = [{"threshold (lines)": t, **labels, **f[0]} for t, f in found.items()]
+    return found[main], rows
 
 
 def threshold_table(rows: list[dict], rq: str) -> pd.DataFrame:

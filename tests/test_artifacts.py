@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import signal
@@ -111,7 +112,6 @@ def test_a_stamped_file_rewritten_with_its_old_size_and_time_is_caught(monkeypat
 
 
 def test_a_stamp_holds_only_for_the_manifest_it_verified(monkeypatch):
-    import json
 
     monkeypatch.setattr(artifacts, "RACY_NS", 0)
     art = artifacts.build("s", {"a": 1}, _produce([]))
@@ -128,9 +128,6 @@ def test_a_damaged_stamp_is_ignored(stamp, monkeypatch):
     art = artifacts.build("s", {"a": 1}, _produce([]))
     (art.path / artifacts.STAMP).write_bytes(stamp)
     assert artifacts.load("s", art.key) is not None
-    import hashlib
-    import json
-
     digest = hashlib.sha256((art.path / "manifest.json").read_bytes()).hexdigest()
     (art.path / artifacts.STAMP).write_text(json.dumps({"manifest": digest, "files": []}))
     assert artifacts.load("s", art.key) is not None

@@ -304,7 +304,7 @@ def test_thresholds_around_the_papers_six_lines_and_rq3s_three():
 
 
 def test_a_five_line_copy_is_memorized_at_four_lines_only():
-    indices = verbatim.threshold_indices([("lib.py", TRAIN)], 6, CloneOptions(6))
+    indices = verbatim.threshold_indices([("lib.py", TRAIN)], CloneOptions(6))
     copied = [
         (
             {"prompt": "def f():\n"},

@@ -52,9 +52,16 @@ def prepare(
             tmp.replace(path)
         nodes.append(NodeData(org, path))
     rc = run_config(
-        cfg, strategy, nodes, base, out, work / "rounds", yogi=yogi, simulation=simulation
+        cfg,
+        strategy,
+        nodes,
+        base,
+        out,
+        work / "rounds",
+        yogi=yogi,
+        simulation=simulation,
+        snapshots=snapshots,
     )
-    rc["snapshots"] = snapshots
     return write_app(work / "app", rc), rc, nodes
 
 
@@ -68,6 +75,7 @@ def run_config(
     *,
     yogi: tuple[float, float] | None = None,
     simulation: bool = True,
+    snapshots: bool = False,
 ) -> dict:
     """The run's settings, [tool.flwr.app.config] of the app; paths absolute (the ServerApp
     may run from an installed copy). Only a simulation maps nodes to data: on the deployment
@@ -95,6 +103,7 @@ def run_config(
         ),
         "seed": cfg.seed,
         "context": cfg.model.context,
+        "snapshots": snapshots,  # the ServerApp keeps the global model after every round
         **task.to_run_config(tr),
     }
     if strategy == "FedYogi":

@@ -144,7 +144,7 @@ def main(grid: Grid, context: Context) -> None:
     ckpt.mkdir(parents=True, exist_ok=True)
     strategy = make_strategy(rc)
     model = task.load_model(str(rc["base-model"]))
-    snapshots = bool(rc.get("snapshots", False))
+    snapshots = bool(rc["snapshots"])
     strategy.setup(rc, ckpt, model if snapshots else None)  # its final weights are set below
     arrays = strategy.resume()
     if arrays is None:
