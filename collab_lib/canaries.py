@@ -437,9 +437,13 @@ def place(planted: list[dict], n_docs: int, seed: int, org: str) -> None:
         p["positions"].sort()
 
 
-def training_texts(ds: datasets.Datasets, planted: list[dict], org: str) -> list[str]:
-    """One organization's training documents with its canary copies at their positions."""
-    docs = [d["content"] for d in ds.documents(org, "train")]
+def training_texts(
+    ds: datasets.Datasets, planted: list[dict], org: str, docs: list[str] | None = None
+) -> list[str]:
+    """One organization's training documents (or ``docs`` in their place, one per document)
+    with its canary copies at their positions."""
+    if docs is None:
+        docs = [d["content"] for d in ds.documents(org, "train")]
     at = {pos: p["text"] for p in planted if p["organization"] == org for pos in p["positions"]}
     rest = iter(docs)
     return [at[i] if i in at else next(rest) for i in range(len(docs) + len(at))]

@@ -120,6 +120,52 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, default=0)
 
     sp = sub.add_parser(
+        "psi",
+        help="remove the clones your organization shares with others, without sharing code",
+        description="Private set intersection of the clone detector's windows (README: "
+        "'Removing shared code without sharing it'). Every organization, on its own machine: "
+        "1. `psi request` and send the request file to every other organization; 2. `psi "
+        "answer` each request it receives and send each answer back; 3. `psi remove` with the "
+        "answers to its request: a copy of its code without the shared windows. Only blinded "
+        "fingerprints and set sizes travel; STATE holds secret keys: keep it.",
+    )
+    psi_sub = sp.add_subparsers(dest="role", required=True)
+    roles = {
+        "request": "step 1: write your blinded windows, to send to every other organization",
+        "answer": "step 2: answer another organization's request (send the answer back)",
+        "remove": "step 3: from the answers to your request, copy your code without the "
+        "windows you share",
+    }
+    for role, text in roles.items():
+        rp = psi_sub.add_parser(role, help=text, description=text)
+        rp.add_argument("--code", required=True, metavar="DIR", help="your organization's code")
+        rp.add_argument("--state", required=True, metavar="DIR", help="private: keys, records")
+        rp.add_argument("--min-lines", type=_positive, default=6, help="window, counted lines")
+        rp.add_argument("--mode", choices=["simian", "strict"], default="simian")
+        if role == "request":
+            rp.add_argument("--out", required=True, metavar="FILE", help="the request to send")
+        if role == "answer":
+            rp.add_argument("--request", required=True, metavar="FILE", help="theirs")
+            rp.add_argument("--out", required=True, metavar="FILE", help="the answer to send")
+            rp.add_argument("--fpr", type=float, default=1e-9, help="false-positive chance")
+        if role == "remove":
+            rp.add_argument(
+                "--answer",
+                action="append",
+                required=True,
+                metavar="ORG=FILE",
+                help="an organization's answer to your request (one per organization)",
+            )
+            rp.add_argument("--out", required=True, metavar="DIR", help="deduplicated copy")
+            rp.add_argument(
+                "--owner",
+                action="store_true",
+                help="keep a shared window where you come first in --order (default: drop)",
+            )
+            rp.add_argument("--me", default="", help="your name in --order (with --owner)")
+            rp.add_argument("--order", default="", help="A,B,C: agreed order (with --owner)")
+
+    sp = sub.add_parser(
         "evaluate",
         help="score anyone's samples on HumanEval / HumanEval+ in the sandbox (pass@k)",
         description="SAMPLES.jsonl in EvalPlus's format: one JSON object per line with "
@@ -166,6 +212,30 @@ def _audit_model(args) -> int:
     return 0
 
 
+def _psi(args) -> int:
+    """``psi request|answer|remove``: one organization's side, its result on stdout."""
+    from collab_lib import psi
+    from collab_lib.clones import CloneOptions
+
+    party = psi.Party(Path(args.code), Path(args.state), CloneOptions(args.min_lines, args.mode))
+    if args.role == "request":
+        result = psi.party_request(party, Path(args.out))
+    elif args.role == "answer":
+        result = psi.party_answer(party, Path(args.request), Path(args.out), args.fpr)
+    else:
+        answers = {}
+        for item in args.answer:
+            org, sep, path = item.partition("=")
+            if not sep or not org:
+                raise UserError(f"--answer {item!r}: write ORG=FILE")
+            answers[org] = Path(path)
+        order = [o for o in args.order.split(",") if o]
+        removal = "owner" if args.owner else "drop"
+        result = psi.party_remove(party, answers, Path(args.out), removal, args.me, order)
+    print(json.dumps(result))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -176,6 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             return _import(Path(args.file))
         if args.command == "audit":
             return _audit_model(args)
+        if args.command == "psi":
+            return _psi(args)
         if getattr(args, "seed", None) is not None:
             args.overrides.append(f"seed={args.seed}")
         cfg = load_config(args.profile, args.overrides)

@@ -726,6 +726,15 @@ def cross_clones(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions())
     return _report(both, longest, partner, corpora[0].n_lines)
 
 
+def cross_covered(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions()) -> np.ndarray:
+    """Mask of the first corpus's counted lines inside a block :func:`cross_clones` reports."""
+    both = combine(corpora)
+    longest, _ = longest_common(both, opts.min_lines, need_groups=len(corpora))
+    longest[corpora[0].n_lines :] = 0
+    starts = maximal_starts(longest, both)
+    return _covered(longest, starts, both.n_lines)[: corpora[0].n_lines]
+
+
 # --------------------------------------------------------------------------- index
 
 

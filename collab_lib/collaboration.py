@@ -18,6 +18,7 @@ Every organization's training data carries its planted canaries (:mod:`collab_li
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import shutil
@@ -29,9 +30,10 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from collab_lib import artifacts, canaries, datasets, tuning
+from collab_lib import artifacts, canaries, datasets, psi, tuning
 from collab_lib.config import Config, ConfigError, weights_config
 
+PSI = "PSI"  # the rq of the models trained on PSI-deduplicated data
 BASE = "base model"  # the row standing where the paper has "GPT-2"
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
@@ -47,7 +49,9 @@ class ModelSpec:
     setting: str  # single | centralized | incremental | federated
     orgs: tuple[str, ...]
     strategy: str | None = None  # FedAvg | FedYogi for federated models
-    rq: str = "RQ1/RQ2"  # RQ3: the models of the cross-organization pair
+    # RQ3: the models of the cross-organization pair; PSI: those trained again on the pair's
+    # data after private clone removal (:mod:`collab_lib.psi`)
+    rq: str = "RQ1/RQ2"
 
 
 def roster(cfg: Config) -> list[ModelSpec]:
@@ -56,7 +60,8 @@ def roster(cfg: Config) -> list[ModelSpec]:
     One ``<Name>_Only`` per organization; on all of them ``Centralized_``, ``Federated_Avg_``
     and ``Federated_Yogi_`` + their short letters, and ``Incremental_`` for every order (or
     the profile's list); then the same union models and both orders on the RQ3 pair. A model
-    that two groups would both name (two organizations in all) is listed once.
+    that two groups would both name (two organizations in all) is listed once. Last, the
+    pair's models of ``psi.models`` again as ``<model>_PSI``, on PSI-deduplicated data.
     """
     orgs = tuple(o.name for o in cfg.datasets.organizations)
     short = short_letters(cfg)
@@ -72,6 +77,8 @@ def roster(cfg: Config) -> list[ModelSpec]:
     unique: dict[str, ModelSpec] = {}
     for spec in specs:
         unique.setdefault(spec.name, spec)
+    for plain, name in psi.psi_models(cfg):
+        unique[name] = dataclasses.replace(unique[plain], name=name, rq=PSI)
     return list(unique.values())
 
 
@@ -125,7 +132,9 @@ def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[s
             f"{cfg.source}: {key}: unknown model {unknown[0]!r} (a setting: "
             f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
         )
-    keep = [s.name for s in specs if s.name in chosen or (s.setting in chosen and s.rq != "RQ3")]
+    keep = [
+        s.name for s in specs if s.name in chosen or (s.setting in chosen and s.rq == "RQ1/RQ2")
+    ]
     return [BASE, *keep]
 
 
@@ -148,6 +157,7 @@ class Job:
     config: dict
     inputs: tuple[str, ...]
     data: tuple[str, ...]
+    deduplicated: bool = False  # trains on the organizations' PSI-deduplicated data
 
     @property
     def key(self) -> str:
@@ -158,29 +168,38 @@ class Job:
         return f"{self.step}/{self.key}"
 
 
-def jobs(cfg: Config, base_ref: str, data_refs: list[str]) -> dict[str, list[Job]]:
+def jobs(
+    cfg: Config, base_ref: str, data_refs: list[str], psi_ref: str = ""
+) -> dict[str, list[Job]]:
     """Each model's chain of jobs; a job's key depends on the job it starts from.
 
-    ``data_refs`` are the datasets and canaries artifacts. Equal chains give equal keys, so
-    a prefix shared by several models (``Facebook_Only`` and the first stage of
-    ``Incremental_F2M2G``) is one artifact, trained once.
+    ``data_refs`` are the datasets and canaries artifacts; ``psi_ref`` the psi step's, which
+    the ``_PSI`` models' jobs read too. Equal chains give equal keys, so a prefix shared by
+    several models (``Facebook_Only`` and the first stage of ``Incremental_F2M2G``) is one
+    artifact, trained once.
     """
     out: dict[str, list[Job]] = {}
     for spec in roster(cfg):
+        dedup = spec.rq == PSI
+        # the deduplicated data: its removal rule in the key, the psi artifact among the inputs
+        extra = {"psi": cfg.psi.removal} if dedup else {}
+        refs = (*data_refs, psi_ref) if dedup else tuple(data_refs)
         if spec.setting == "federated":
             config = {
                 "strategy": spec.strategy,
                 **_federated_config(cfg, spec.strategy),
                 **_stage_config(cfg, spec.orgs),
+                **extra,
             }
-            inputs = (base_ref, *data_refs)
+            inputs = (base_ref, *refs)
             if _tuned(cfg, spec.strategy):  # the sweep's pair
                 inputs += (tuning.ref(cfg, base_ref, data_refs),)
-            out[spec.name] = [Job(FEDERATED_STEP, config, inputs, spec.orgs)]
+            out[spec.name] = [Job(FEDERATED_STEP, config, inputs, spec.orgs, dedup)]
             continue
         chain, prev = [], base_ref
         for data in _stages(spec):
-            chain.append(Job(STAGE_STEP, _stage_config(cfg, data), (prev, *data_refs), data))
+            config = _stage_config(cfg, data) | extra
+            chain.append(Job(STAGE_STEP, config, (prev, *refs), data, dedup))
             prev = chain[-1].ref
         out[spec.name] = chain
     return out
@@ -215,6 +234,11 @@ def _data_refs(planned: dict) -> list[str]:
     return [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])]
 
 
+def _psi_ref(planned: dict) -> str:
+    """The psi artifact the ``_PSI`` models' jobs read."""
+    return artifacts.ref(planned[psi.STEP])
+
+
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
     """The artifacts of the base model and of every model, keyed without training anything,
     from the datasets and canaries steps' plans."""
@@ -223,7 +247,7 @@ def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
     base_ref, data_refs = artifacts.ref(base), _data_refs(upstream)
     if cfg.federated.tuned:
         out[SWEEP] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
-    for name, chain_ in jobs(cfg, base_ref, data_refs).items():
+    for name, chain_ in jobs(cfg, base_ref, data_refs, _psi_ref(upstream)).items():
         out[name] = (chain_[-1].step, chain_[-1].key)
     return out
 
@@ -281,12 +305,22 @@ def _save_model(out: Path, model, tok, curves) -> None:
     (out / "curves.json").write_text(json.dumps(curves.__dict__))
 
 
-def training_texts(cfg: Config, planned: dict) -> dict[str, list[str]]:
-    """Each organization's training documents, its planted canaries included."""
+def training_texts(
+    cfg: Config, planned: dict, *, deduplicated: bool = False
+) -> dict[str, list[str]]:
+    """Each organization's training documents, its planted canaries included; with
+    ``deduplicated``, without the lines PSI found shared (the canaries, the study's
+    instrument, stay the same)."""
     ds = datasets.load(cfg, planned)
     planted = canaries.planted(canaries.require(cfg, planned))
+    if not deduplicated:
+        return {
+            o.name: canaries.training_texts(ds, planted, o.name) for o in cfg.datasets.organizations
+        }
+    art = psi.load(cfg, planned)
     return {
-        o.name: canaries.training_texts(ds, planted, o.name) for o in cfg.datasets.organizations
+        o.name: canaries.training_texts(ds, planted, o.name, psi.deduplicated(art, ds, o.name))
+        for o in cfg.datasets.organizations
     }
 
 
@@ -308,30 +342,36 @@ def build_models(
     from collab_lib.model import load_tokenizer
     from collab_lib.training import pack
 
-    texts = training_texts(cfg, planned)
+    plain = training_texts(cfg, planned)
     base = build_base_model(cfg, force=force)
     tok = load_tokenizer(base.path / "model")
-    packed: dict[str, object] = {}
+    packed: dict[tuple[str, bool], object] = {}
+    texts: dict[bool, dict[str, list[str]]] = {False: plain}
 
-    def data_for(orgs: tuple[str, ...]):
+    def texts_for(dedup: bool) -> dict[str, list[str]]:
+        if dedup not in texts:  # read only when a _PSI model trains
+            texts[dedup] = training_texts(cfg, planned, deduplicated=True)
+        return texts[dedup]
+
+    def data_for(orgs: tuple[str, ...], dedup: bool = False):
         import torch
 
         for o in orgs:
-            if o not in packed:
-                packed[o] = pack(texts[o], tok, cfg.model.context)
-        return torch.cat([packed[o] for o in orgs])
+            if (o, dedup) not in packed:
+                packed[o, dedup] = pack(texts_for(dedup)[o], tok, cfg.model.context)
+        return torch.cat([packed[o, dedup] for o in orgs])
 
     built: dict[str, artifacts.Artifact] = {base.ref: base}
     out: dict[str, artifacts.Artifact] = {}
     forced: set[str] = set()  # with force, a shared stage is still retrained only once
-    chains = jobs(cfg, base.ref, _data_refs(planned))
+    chains = jobs(cfg, base.ref, _data_refs(planned), _psi_ref(planned))
     sweep = None
     unknown = set(names or ()) - set(chains)
     if unknown:
         raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
     chains = {n: c for n, c in chains.items() if names is None or n in names}
     if any(_tuned(cfg, j.config.get("strategy")) for c in chains.values() for j in c):
-        sweep = build_sweep(cfg, planned, force=force, texts=texts)
+        sweep = build_sweep(cfg, planned, force=force, texts=plain)
     for name, chain in tqdm(chains.items(), desc="models", disable=None):
         for job in chain:
             if job.ref in built:
@@ -339,7 +379,8 @@ def build_models(
             scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
             if job.step == FEDERATED_STEP:
                 yogi = tuning.best(sweep) if _tuned(cfg, job.config["strategy"]) else None
-                produce = partial(_train_federated, cfg, job, base, texts, scratch, yogi)
+                data = texts_for(job.deduplicated)
+                produce = partial(_train_federated, cfg, job, base, data, scratch, yogi)
             else:
                 produce = partial(
                     _train_stage, cfg, job, built[job.inputs[0]], tok, data_for, scratch
@@ -364,7 +405,7 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     from collab_lib.training import EPOCHS, copy_snapshots, train
 
     model = GPT2LMHeadModel.from_pretrained(prev.path / "model")
-    data = data_for(job.data)
+    data = data_for(job.data, job.deduplicated)
     # epoch snapshots go to the scratch directory first, beside the resume checkpoint, so an
     # interrupted job keeps the epochs it finished
     snapshots = scratch / EPOCHS if cfg.train.epoch_checkpoints else None
@@ -423,16 +464,17 @@ def federation(
     """
     from collab_lib.federated import launch
 
-    chain = jobs(cfg, "", _data_refs(planned)).get(name)
+    chain = jobs(cfg, "", _data_refs(planned), _psi_ref(planned)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
         known = [s.name for s in roster(cfg) if s.setting == "federated"]
         raise ConfigError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
-    texts = training_texts(cfg, planned)
+    texts = training_texts(cfg, planned, deduplicated=chain[0].deduplicated)
     base = build_base_model(cfg)
     work = work.resolve()
     job = chain[0]
     tuned = _tuned(cfg, job.config["strategy"])
-    yogi = tuning.best(build_sweep(cfg, planned, texts=texts)) if tuned else None
+    plain = None if job.deduplicated else texts  # the sweep ran on the plain data
+    yogi = tuning.best(build_sweep(cfg, planned, texts=plain)) if tuned else None
     app, _, nodes = _prepare(
         cfg, job, texts, base, work, work / "output", yogi=yogi, simulation=False
     )

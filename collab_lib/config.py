@@ -306,6 +306,24 @@ class CurvesConfig:
     prompts: int = 0
 
 
+PSI_KINDS = ("Centralized", "Federated_Avg", "Federated_Yogi", "Incremental")
+
+
+@dataclass(frozen=True)
+class PsiConfig:
+    """Cross-organization clone removal by private set intersection (:mod:`collab_lib.psi`):
+    the organizations learn which windows of ``clones.min_lines`` counted lines they share
+    (a filter with false-positive chance ``fpr`` per request), then each cuts its copies
+    (``removal: drop``) or keeps those where it is the first holder in the profile's order
+    (``owner``). ``models``: the RQ3 pair's models trained again on the deduplicated data,
+    by kind (``Centralized``, ``Federated_Avg``, ``Federated_Yogi``, ``Incremental``: the
+    pair in its order), each as ``<model>_PSI`` beside the plain one; [] trains none."""
+
+    models: tuple[str, ...] = ("Federated_Avg", "Incremental")
+    removal: str = "drop"
+    fpr: float = 1e-9
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A base model to compare in Table 5: a local directory holding a causal language model
@@ -392,6 +410,7 @@ class Config:
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
     curves: CurvesConfig = field(default_factory=CurvesConfig)
+    psi: PsiConfig = field(default_factory=PsiConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
     # every step runs once per seed; the findings combine them (null: ``seed`` alone)
@@ -682,6 +701,8 @@ def _check(obj: Any, where: str, path: Path) -> None:
             f"{path}: {where}: validation_kb and sequences positive, alternatives at least 10 "
             "(or each null: all), prompts 0 or more"
         )
+    if isinstance(obj, PsiConfig):
+        _check_psi(obj, where, path)
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")
     if isinstance(obj, FederatedConfig) and (obj.yogi_eta is None) != (obj.yogi_tau is None):
@@ -730,6 +751,19 @@ def _check(obj: Any, where: str, path: Path) -> None:
         raise ConfigError(f"{path}: seeds: a non-empty list of different seeds, or null")
     if isinstance(obj, DedupConfig) and not 0 < obj.threshold <= 1:
         raise ConfigError(f"{path}: {where}.threshold: must be in (0, 1]")
+
+
+def _check_psi(p: PsiConfig, where: str, path: Path) -> None:
+    unknown = [m for m in p.models if m not in PSI_KINDS]
+    if unknown or len(set(p.models)) != len(p.models):
+        raise ConfigError(
+            f"{path}: {where}.models: each of {', '.join(PSI_KINDS)} at most once "
+            f"(got {unknown[0] if unknown else 'a repeat'!r})"
+        )
+    if p.removal not in ("drop", "owner"):
+        raise ConfigError(f"{path}: {where}.removal: drop or owner, not {p.removal!r}")
+    if not 0 < p.fpr < 1e-3:
+        raise ConfigError(f"{path}: {where}.fpr: must be in (0, 0.001)")
 
 
 def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:

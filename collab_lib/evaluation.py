@@ -397,6 +397,8 @@ def table8(cfg: Config, ppl: dict[str, pd.DataFrame], by_temp: pd.DataFrame) -> 
         group = "Baseline" if spec is None else GROUPS[spec.setting]
         if spec is not None and spec.rq == "RQ3":
             group = "RQ3 pair"
+        if spec is not None and spec.rq == collaboration.PSI:
+            group = "RQ3 pair, shared clones removed (PSI)"
         row = {
             "group": group,
             "model": name,

@@ -34,13 +34,14 @@ from collab_lib import (
     evaluation,
     exposure,
     paper,
+    psi,
     verbatim,
 )
 from collab_lib.collaboration import ModelSpec
 from collab_lib.config import Config, UserError
 
 STEP = "findings"
-VERSION = 7  # 7: finding 5 at matched effectiveness, from the curves
+VERSION = 8  # 8: the PSI findings beside the seven
 BASE = collaboration.BASE
 INPUTS = (
     "datasets",
@@ -231,6 +232,7 @@ class Finding:
     compute: Callable[[Run, int, np.random.Generator], tuple | str]
     paper_value: float
     paper_unit: str
+    label: str = ""  # how the table names it, where not by its number (P1, P2: beyond it)
 
 
 def _ppl(units: Units, names: list[str]) -> dict[str, np.ndarray]:
@@ -778,6 +780,108 @@ def findings(cfg: Config) -> list[Finding]:
     ]
 
 
+# --------------------------------------------------------------------------- beyond the paper
+
+
+PSI_TOLERANCE = 0.05  # nats/token: a 5 % perplexity increase, the most "little" may cost
+
+
+def _psi_twins(run: Run) -> list[tuple[str, str]]:
+    """``(plain, _PSI)`` model pairs of the run: each deduplicated model and its twin."""
+    dedup = [s.name for s in run.roster if s.rq == collaboration.PSI]
+    return [(n.removesuffix(psi.SUFFIX), n) for n in dedup]
+
+
+def p1_removal(run: Run, b: int, rng):
+    twins = _psi_twins(run)
+    if not twins:
+        return "no model is trained on PSI-deduplicated data (psi.models is empty)"
+    names = [m for pair in twins for m in pair]
+    if _verbatim_found(run.rq3_prompts, names):
+        u = Units(
+            run.rq3_prompts.assign(organization="pair"),
+            ["organization", "prompt"],
+            ["organization"],
+            b,
+            rng,
+        )
+        ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in names}
+        gaps = [ratio[plain] - ratio[dedup] for plain, dedup in twins]
+        return (
+            "the paper's ratio on shared clones (Table 11), plain minus PSI",
+            POINTS,
+            100 * np.mean(gaps, axis=0),
+        )
+    blocks = run.rq3_blocks
+    if blocks.empty or blocks["tokens"].sum() == 0:
+        return "the RQ3 pair shares no clone block, so PSI has nothing to remove"
+    u = Units(
+        blocks.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
+    )
+    pair = next(s.orgs for s in run.roster if s.name == twins[0][0])
+    val = run.perplexity[run.perplexity["organization"].isin(pair)]
+    v = Units(val, ["organization", "file"], ["organization"], b, rng)
+    blk, vl = _ppl(u, names), _ppl(v, names)
+    gaps = [(blk[d] - blk[p]) - (vl[d] - vl[p]) for p, d in twins]
+    return (
+        "the paper's metric (Table 11) found no memorized line, so: the loss of the shared "
+        "blocks' second halves given their first, PSI model minus its plain twin, beyond the "
+        "same difference on the pair's validation code (nats per token), mean over "
+        f"{len(twins)} twins; {blocks['prompt'].nunique()} prompts",
+        NATS,
+        np.mean(gaps, axis=0),
+    )
+
+
+def p2_cost(run: Run, b: int, rng):
+    twins = _psi_twins(run)
+    if not twins:
+        return "no model is trained on PSI-deduplicated data (psi.models is empty)"
+    nll = _ppl(_ppl_units(run, b, rng), [m for pair in twins for m in pair])
+    gaps = [nll[d] - nll[p] for p, d in twins]
+    return (
+        f"union validation log perplexity (Table 8), PSI model minus its plain twin, mean "
+        f"over {len(twins)} twins",
+        NATS,
+        np.mean(gaps, axis=0),
+    )
+
+
+def psi_findings(cfg: Config) -> list[Finding]:
+    """Beyond the paper: what clone removal by private set intersection does (the paper's
+    RQ3 asks for it and could not do it)."""
+    beyond = "none: the paper could not remove cross-organization clones (§4.5)"
+    return [
+        Finding(
+            101,
+            "Removing the shared clones by private set intersection lowers what the pair's "
+            "models keep of them",
+            beyond,
+            "the plain model's memorization of the shared blocks minus its PSI twin's "
+            "(verbatim), or the PSI twin's loss on the blocks minus the plain model's, beyond "
+            "that difference on validation code",
+            "above",
+            0.0,
+            p1_removal,
+            math.nan,
+            "",
+            "P1",
+        ),
+        Finding(
+            102,
+            f"Removal costs little effectiveness: less than {PSI_TOLERANCE:g} nats per token",
+            beyond,
+            "validation log perplexity of the PSI model minus its plain twin",
+            "below",
+            PSI_TOLERANCE,
+            p2_cost,
+            math.nan,
+            "",
+            "P2",
+        ),
+    ]
+
+
 def decide(low: float, high: float, side: str, threshold: float) -> str:
     """The rule: the interval wholly on the claim's side holds, wholly across it fails."""
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -798,17 +902,17 @@ def combine(per_seed: list[np.ndarray], b: int, rng) -> tuple[float, np.ndarray]
     return est, reps[pick, np.arange(b)[:, None]].mean(axis=1)
 
 
-def evaluate(cfg: Config, runs: list[Run]) -> pd.DataFrame:
-    """The findings table: one row per finding, its verdict and why."""
+def evaluate(cfg: Config, runs: list[Run], which: list[Finding] | None = None) -> pd.DataFrame:
+    """The findings table: one row per finding (the seven, or ``which``), verdict and why."""
     f = cfg.findings
     alpha = (1 - f.confidence) / 2
     rows = []
-    for finding in findings(cfg):
+    for finding in findings(cfg) if which is None else which:
         rng = np.random.default_rng([cfg.run_seeds[0], finding.number])
         results = [finding.compute(run, f.bootstrap, rng) for run in runs]
         untestable = [r for r in results if isinstance(r, str)]
         row = {
-            "finding": finding.number,
+            "finding": finding.label or finding.number,
             "claim": finding.claim,
             "statistic": finding.statistic,
             "rule": _rule(finding, f.confidence),
@@ -881,8 +985,9 @@ def _why(finding: Finding, est: float, low: float, high: float, verdict: str, co
             f"The estimate is {est:.3g}, but most resamples leave the statistic undefined "
             "(a denominator of zero), so no interval can be given."
         )
+    claimed = "as claimed" if finding.label else "as the paper claims"
     where = {
-        HOLDS: f"lies wholly {finding.side} {finding.threshold:g}, as the paper claims",
+        HOLDS: f"lies wholly {finding.side} {finding.threshold:g}, {claimed}",
         FAILS: f"lies wholly on the other side of {finding.threshold:g}, against the claim",
         OPEN: f"contains {finding.threshold:g}: the difference is inside its uncertainty",
     }
@@ -903,6 +1008,7 @@ def build_findings(
     def produce(out: Path) -> dict:
         table = evaluate(cfg, runs)
         table.to_csv(out / "findings.csv", index=False)
+        evaluate(cfg, runs, psi_findings(cfg)).to_csv(out / "psi_findings.csv", index=False)
         verdicts = dict(zip(table["finding"].astype(str), table["verdict"], strict=True))
         return {"seeds": list(cfg.run_seeds), "verdicts": verdicts}
 

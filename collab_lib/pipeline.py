@@ -78,6 +78,13 @@ STEPS: dict[str, Step] = {
             ("canaries",),
             "secrets planted in each organization's training split (memorization at any scale)",
         ),
+        Step(
+            "psi",
+            "psi",
+            "build_psi",
+            ("psi_accuracy", "psi_cost", "psi_messages"),
+            "clone removal without sharing code: private set intersection of clone windows",
+        ),
         # from here on, the roster: planned once the datasets are built when it takes the RQ3
         # pair from the data (datasets.rq3_pair)
         Step(
@@ -135,7 +142,7 @@ STEPS: dict[str, Step] = {
             "findings",
             "findings",
             "build_findings",
-            ("findings",),
+            ("findings", "psi_findings"),
             "the paper's seven findings, each with a verdict computed from this run (all seeds)",
             across_seeds=True,
         ),

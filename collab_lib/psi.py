@@ -1,0 +1,517 @@
+"""Cross-organization clone removal without sharing code: private set intersection (PSI).
+
+The paper's RQ3 (§4.5, Table 11) finds that code two organizations share is memorized, and
+that in federated and incremental training nobody may look at the others' code to remove it.
+Here the organizations learn which normalized windows of ``clones.min_lines`` counted lines
+(the clone detector's own normalization and window, :mod:`collab_lib.clones`) they have in
+common, and nothing else about each other's code, through ECDH private set intersection
+(OpenMined's ``openmined.psi``: elements hashed to the P-256 curve and blinded with each
+party's secret key; the server's set travels as a Golomb-compressed filter).
+
+For every ordered pair, the organization that wants to know (the *client*) sends its
+fingerprints blinded with its key (a request: one curve point per window); the other (the
+*server*) answers with the request blinded again with its own key and its own fingerprints,
+blinded with its key, in a filter sized for the request (the setup). The client removes its
+own blinding and tests each of its elements against the filter: it learns which of its
+windows the server has, and how many windows the server has; the server learns how many the
+client has. No code, no fingerprint in the clear and no window outside the intersection
+leaves an organization (semi-honest parties; what a party can still learn is on the Methods
+page, "Private clone removal").
+
+Each organization then cuts the lines of its shared windows from its own files (``drop``), or
+keeps them where it comes first, in the agreed order, among the organizations that hold
+them (``owner``), and trains on the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import struct
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from collab_lib import artifacts, clone_stats, clones, datasets
+from collab_lib.clones import CloneOptions, Corpus
+from collab_lib.config import Config, UserError
+
+STEP = "psi"
+VERSION = 1
+REMOVALS = ("drop", "owner")
+SUFFIX = "_PSI"
+LINE_BREAK = re.compile(r"(\r\n|\r|\n)")
+
+
+def _psi():
+    """OpenMined's PSI library (imported late: its C++ extension loads in ~50 ms)."""
+    import private_set_intersection.python as psi
+
+    return psi
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+@dataclass
+class Windows:
+    """One organization's windows: the corpus they come from, the counted line each starts
+    at, and its fingerprint (the detector's 64-bit window key, as 16 hex digits)."""
+
+    corpus: Corpus
+    starts: np.ndarray  # counted-line index of each window
+    keys: np.ndarray  # uint64 window key of each window
+    min_lines: int
+
+    @property
+    def elements(self) -> list[str]:
+        """The distinct fingerprints, sorted: the set this organization brings to PSI."""
+        return [f"{k:016x}" for k in np.unique(self.keys).tolist()]
+
+
+def windows(docs: Sequence[tuple[str, str]], opts: CloneOptions) -> Windows:
+    """Every window of ``opts.min_lines`` counted lines within a file, with its fingerprint.
+
+    Two windows have equal fingerprints exactly when the detector finds them equal (a 64-bit
+    key of the lines' hashes, as :class:`collab_lib.clones.CloneIndex` uses).
+    """
+    corpus = clones.build_corpus(docs, opts)
+    keys = clones._window_keys(corpus.hashes, corpus.file_end(), opts.min_lines)
+    starts = np.flatnonzero(keys)
+    return Windows(corpus, starts, keys[starts], opts.min_lines)
+
+
+def covered(win: Windows, shared: set[str]) -> np.ndarray:
+    """Mask of the counted lines inside at least one window whose fingerprint is ``shared``."""
+    hit = np.array([f"{k:016x}" in shared for k in win.keys.tolist()], bool)
+    delta = np.zeros(win.corpus.n_lines + 1, np.int64)
+    np.add.at(delta, win.starts[hit], 1)
+    np.add.at(delta, win.starts[hit] + win.min_lines, -1)
+    return np.cumsum(delta[:-1]) > 0
+
+
+# --------------------------------------------------------------------------- the protocol
+
+
+def new_key() -> bytes:
+    """A fresh secret key (32 random bytes from the OS, as the library draws its own)."""
+    return _psi().client.CreateWithNewKey(True).GetPrivateKeyBytes()
+
+
+def seeded_key(seed: int, party: str, role: str) -> bytes:
+    """A key derived from the seed, for the study's own simulation only: the same run gives
+    the same messages byte for byte. A real organization draws :func:`new_key`."""
+    return hashlib.sha256(f"collab-psi/{seed}/{party}/{role}".encode()).digest()
+
+
+def request(elements: Sequence[str], client_key: bytes) -> bytes:
+    """The client's message: its elements hashed to the curve and blinded with its key."""
+    client = _psi().client.CreateFromKey(client_key, True)
+    return client.CreateRequest(list(elements)).SerializeToString()
+
+
+def answer(elements: Sequence[str], request_bytes: bytes, server_key: bytes, fpr: float) -> bytes:
+    """The server's message: the request blinded again, and its own elements in a filter.
+
+    ``fpr``: the chance that any of the request's elements is falsely found in the filter.
+    """
+    psi = _psi()
+    req = psi.Request()
+    req.ParseFromString(request_bytes)
+    server = psi.server.CreateFromKey(server_key, True)
+    setup = server.CreateSetupMessage(
+        fpr, len(req.encrypted_elements), list(elements), psi.DataStructure.GCS
+    ).SerializeToString()
+    response = server.ProcessRequest(req).SerializeToString()
+    return struct.pack(">Q", len(setup)) + setup + response
+
+
+def intersect(elements: Sequence[str], client_key: bytes, answer_bytes: bytes) -> set[str]:
+    """The client's own elements that the server holds (the client's key unblinds them)."""
+    psi = _psi()
+    (n,) = struct.unpack(">Q", answer_bytes[:8])
+    setup, response = psi.ServerSetup(), psi.Response()
+    setup.ParseFromString(answer_bytes[8 : 8 + n])
+    response.ParseFromString(answer_bytes[8 + n :])
+    if len(response.encrypted_elements) != len(elements):
+        raise UserError(
+            f"an answer to a request of {len(response.encrypted_elements)} windows, where this "
+            f"organization asked about {len(elements)}: the answer is to another request (or "
+            "the code changed since `psi request`)"
+        )
+    client = psi.client.CreateFromKey(client_key, True)
+    return {elements[i] for i in client.GetIntersection(setup, response)}
+
+
+# --------------------------------------------------------------------------- all parties
+
+
+@dataclass
+class Exchange:
+    """What a run among several organizations found and cost: per organization, the other
+    organizations it shares each of its fingerprints with; per message, its size and time."""
+
+    shared: dict[str, dict[str, set[str]]]  # client -> server -> shared fingerprints
+    messages: list[dict] = field(default_factory=list)
+
+
+def run(
+    elements: dict[str, list[str]],
+    fpr: float,
+    keys: dict[str, tuple[bytes, bytes]],
+    progress: bool = True,
+) -> Exchange:
+    """Every organization learns, against every other, which of its fingerprints both hold.
+
+    Each party's computation sees only its own elements and the messages it receives
+    (``keys``: each party's client and server key). Run in one process here; the ``psi``
+    command runs each role on its own organization's machine with the same functions.
+    """
+    orgs = list(elements)
+    shared: dict[str, dict[str, set[str]]] = {o: {} for o in orgs}
+    messages = []
+    requests = {}
+    for o in orgs:
+        t = time.perf_counter()
+        requests[o] = request(elements[o], keys[o][0])
+        messages.append(_msg("request", o, "every other", requests[o], t))
+    pairs = [(c, s) for c in orgs for s in orgs if c != s]
+    for client, server in tqdm(pairs, desc="psi", disable=None if progress else True):
+        t = time.perf_counter()
+        reply = answer(elements[server], requests[client], keys[server][1], fpr)
+        messages.append(_msg("answer", server, client, reply, t))
+        t = time.perf_counter()
+        shared[client][server] = intersect(elements[client], keys[client][0], reply)
+        messages.append(_msg("intersect", client, "", b"", t))
+    return Exchange(shared, messages)
+
+
+def _msg(role: str, sender: str, to: str, payload: bytes, started: float) -> dict:
+    return {
+        "role": role,
+        "party": sender,
+        "to": to,
+        "bytes": len(payload),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+# --------------------------------------------------------------------------- removal
+
+
+def to_remove(
+    shared: dict[str, set[str]], org: str, removal: str, order: Sequence[str]
+) -> set[str]:
+    """The fingerprints ``org`` removes: every one it shares (``drop``), or those that an
+    organization before it in ``order`` also holds (``owner``: the first holder keeps it)."""
+    if removal not in REMOVALS:
+        raise UserError(f"psi removal must be one of {', '.join(REMOVALS)}, not {removal!r}")
+    out: set[str] = set()
+    for other, common in shared.items():
+        if removal == "drop" or order.index(other) < order.index(org):
+            out |= common
+    return out
+
+
+def cut_spans(win: Windows, remove: set[str]) -> dict[str, list[tuple[int, int]]]:
+    """Per file, the physical line spans (1-based, inclusive) of the windows to remove,
+    merged: from each window's first counted line to its last."""
+    mask = covered(win, remove)
+    c = win.corpus
+    spans: dict[str, list[tuple[int, int]]] = {}
+    for f, name in enumerate(c.names):
+        lo, hi = c.starts[f], c.starts[f + 1]
+        rows = np.flatnonzero(mask[lo:hi]) + lo
+        if not len(rows):
+            continue
+        # consecutive counted lines form one span, blank lines between them included
+        breaks = np.flatnonzero(np.diff(rows) > 1)
+        firsts = np.concatenate([[rows[0]], rows[breaks + 1]])
+        lasts = np.concatenate([rows[breaks], [rows[-1]]])
+        spans[name] = [
+            (int(c.line_no[a]), int(c.line_no[b])) for a, b in zip(firsts, lasts, strict=True)
+        ]
+    return spans
+
+
+def cut(text: str, spans: Sequence[tuple[int, int]]) -> str:
+    """``text`` without the lines of ``spans`` (1-based, inclusive), lines broken where the
+    detector breaks them (``\n``, ``\r\n``, ``\r``; not at form feeds, as
+    ``str.splitlines`` would)."""
+    parts = LINE_BREAK.split(text)
+    lines = [
+        parts[i] + (parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2)
+    ]
+    drop = np.zeros(len(lines) + 1, bool)
+    for a, b in spans:
+        drop[a - 1 : b] = True
+    return "".join(line for i, line in enumerate(lines) if not drop[i])
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def psi_models(cfg: Config) -> list[tuple[str, str]]:
+    """``(plain model, PSI model)`` names of the RQ3 pair's models the profile trains again
+    on PSI-deduplicated data (``psi.models``: kinds such as ``Federated_Avg``)."""
+    pair = datasets.rq3_pair(cfg)
+    short = {o.name: o.short for o in cfg.datasets.organizations}
+    out = []
+    for kind in cfg.psi.models:
+        joined = "2".join(short[o] for o in pair) if kind == "Incremental" else None
+        tag = joined or "".join(short[o] for o in pair)
+        out.append((f"{kind}_{tag}", f"{kind}_{tag}{SUFFIX}"))
+    return out
+
+
+def _step_config(cfg: Config) -> dict:
+    return {
+        "version": VERSION,
+        "clones": clone_stats.clone_options(cfg).__dict__,
+        "removal": cfg.psi.removal,
+        "fpr": cfg.psi.fpr,
+        "seed": cfg.seed,
+    }
+
+
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The psi artifact's key, from the config and the datasets' key."""
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), _inputs(upstream)))}
+
+
+def _inputs(upstream: dict) -> list[str]:
+    return [artifacts.ref(upstream["datasets"])]
+
+
+def build_psi(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
+    """Run PSI among the profile's organizations on their training splits; record what each
+    removes, what the protocol cost, and its accuracy against the centralized detector."""
+    ds = datasets.load(cfg, planned)
+    opts = clone_stats.clone_options(cfg)
+    orgs = [o.name for o in cfg.datasets.organizations]
+
+    def produce(out: Path) -> dict:
+        docs = {o: [(d["path"], d["content"]) for d in ds.documents(o, "train")] for o in orgs}
+        wins = {o: windows(docs[o], opts) for o in orgs}
+        elements = {o: wins[o].elements for o in orgs}
+        keys = {
+            o: (seeded_key(cfg.seed, o, "client"), seeded_key(cfg.seed, o, "server")) for o in orgs
+        }
+        ex = run(elements, cfg.psi.fpr, keys)
+        removed = []
+        for o in orgs:
+            remove = to_remove(ex.shared[o], o, cfg.psi.removal, orgs)
+            for name, spans in cut_spans(wins[o], remove).items():
+                removed.append({"organization": o, "file": name, "spans": spans})
+        artifacts.write_jsonl(out / "removed.jsonl", removed)
+        accuracy = accuracy_table(wins, ex, opts)
+        accuracy.to_csv(out / "psi_accuracy.csv", index=False)
+        cost = cost_table(ex, elements)
+        cost.to_csv(out / "psi_cost.csv", index=False)
+        pd.DataFrame(ex.messages).to_csv(out / "psi_messages.csv", index=False)
+        return {
+            "removal": cfg.psi.removal,
+            "recall": float(accuracy["recall"].min()) if len(accuracy) else 1.0,
+            "false_positive_lines": int(accuracy["false positive lines"].sum()),
+            "bytes": int(cost["bytes sent"].sum()),
+            "seconds": float(cost["seconds"].sum()),
+        }
+
+    return artifacts.build(
+        STEP, _step_config(cfg), produce, _inputs(planned), seed=cfg.seed, force=force
+    )
+
+
+def accuracy_table(wins: dict[str, Windows], ex: Exchange, opts: CloneOptions) -> pd.DataFrame:
+    """Per ordered pair: the lines PSI marks shared against the centralized detector's
+    (Table 7's method, :func:`collab_lib.clones.cross_clones`, run with both sides' code)."""
+    rows = []
+    for client, per_server in ex.shared.items():
+        for server, common in per_server.items():
+            true_mask = clones.cross_covered([wins[client].corpus, wins[server].corpus], opts)
+            found = covered(wins[client], common)
+            true_windows = set(
+                f"{k:016x}" for k in np.intersect1d(wins[client].keys, wins[server].keys).tolist()
+            )
+            rows.append(
+                {
+                    "organization": client,
+                    "against": server,
+                    "windows": len(wins[client].elements),
+                    "shared windows (PSI)": len(common),
+                    "shared windows (detector)": len(true_windows),
+                    "shared lines (detector)": int(true_mask.sum()),
+                    "shared lines (PSI)": int(found.sum()),
+                    "recall": (found & true_mask).sum() / true_mask.sum()
+                    if true_mask.any()
+                    else 1.0,
+                    "false positive lines": int((found & ~true_mask).sum()),
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def cost_table(ex: Exchange, elements: dict[str, list[str]]) -> pd.DataFrame:
+    """Per organization: windows, bytes it sent (its request, its answers), its seconds."""
+    frame = pd.DataFrame(ex.messages)
+    rows = []
+    for o, els in elements.items():
+        mine = frame[frame["party"] == o]
+        rows.append(
+            {
+                "organization": o,
+                "windows": len(els),
+                "bytes sent": int(mine["bytes"].sum()),
+                "seconds": float(mine["seconds"].sum()),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def load(cfg: Config, planned: dict) -> artifacts.Artifact:
+    return artifacts.require_step(cfg, planned, STEP, STEP)
+
+
+def deduplicated(art: artifacts.Artifact, ds, org: str) -> list[str]:
+    """``org``'s training documents with the lines PSI marked for removal cut out (a file
+    left empty stays, empty, so canaries keep their positions)."""
+    spans = {
+        r["file"]: r["spans"]
+        for r in artifacts.read_jsonl(art.file("removed.jsonl"))
+        if r["organization"] == org
+    }
+    return [cut(d["content"], spans.get(d["path"], ())) for d in ds.documents(org, "train")]
+
+
+# --------------------------------------------------------------------------- one organization
+
+FORMAT = "collab-psi/1"
+
+
+@dataclass(frozen=True)
+class Party:
+    """One organization's side, on its own machine: its code and its private state."""
+
+    code: Path
+    state: Path  # private: its keys and what it removed; never sent
+    opts: CloneOptions
+
+    def windows(self) -> Windows:
+        docs = clones.read_tree(self.code)
+        if not docs:
+            raise UserError(f"{self.code}: no Python files (.py) to fingerprint")
+        rel = [(str(Path(name).relative_to(self.code)), path) for name, path in docs]
+        return windows([(name, clones._read(path)) for name, path in rel], self.opts)
+
+    def keys(self, create: bool = False) -> tuple[bytes, bytes]:
+        """The client and server keys, made on the first request and kept in ``state``."""
+        path = self.state / "secret.json"
+        if not path.exists():
+            if not create:
+                raise UserError(
+                    f"{path}: no keys yet: run `python -m collab_lib psi request --code "
+                    f"{self.code} --state {self.state}` first"
+                )
+            self.state.mkdir(parents=True, exist_ok=True)
+            keys = {"client": new_key().hex(), "server": new_key().hex()}
+            path.write_text(json.dumps(keys))
+            path.chmod(0o600)
+        keys = json.loads(path.read_text())
+        return bytes.fromhex(keys["client"]), bytes.fromhex(keys["server"])
+
+
+def _header(kind: str, opts: CloneOptions, elements: int) -> dict:
+    return {"format": FORMAT, "kind": kind, "window": opts.__dict__, "elements": elements}
+
+
+def write_message(path: Path, header: dict, payload: bytes) -> int:
+    """A message file: one JSON line (what it is, the window settings) and the payload."""
+    data = json.dumps(header).encode() + b"\n" + payload
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return len(data)
+
+
+def read_message(path: Path, kind: str, opts: CloneOptions) -> tuple[dict, bytes]:
+    """A message of ``kind``, refused when another program or other window settings made it
+    (the two sides would fingerprint differently and find nothing in common)."""
+    try:
+        raw = Path(path).read_bytes()
+        head, _, payload = raw.partition(b"\n")
+        header = json.loads(head)
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a psi message ({exc})") from None
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise UserError(f"{path}: not a {FORMAT} message")
+    if header.get("kind") != kind:
+        raise UserError(f"{path}: a {header.get('kind')} message, where a {kind} was expected")
+    if header.get("window") != opts.__dict__:
+        raise UserError(
+            f"{path}: made with window settings {header.get('window')}, these are "
+            f"{opts.__dict__}: every organization must use the same --min-lines and --mode"
+        )
+    return header, payload
+
+
+def party_request(party: Party, out: Path) -> dict:
+    """Step 1 (every organization): its blinded fingerprints, for every other one."""
+    client_key, _ = party.keys(create=True)
+    elements = party.windows().elements
+    size = write_message(
+        out, _header("request", party.opts, len(elements)), request(elements, client_key)
+    )
+    return {"windows": len(elements), "bytes": size}
+
+
+def party_answer(party: Party, their_request: Path, out: Path, fpr: float) -> dict:
+    """Step 2 (every organization, once per other): answer another's request."""
+    _, server_key = party.keys()
+    _, payload = read_message(their_request, "request", party.opts)
+    elements = party.windows().elements
+    reply = answer(elements, payload, server_key, fpr)
+    size = write_message(out, _header("answer", party.opts, len(elements)), reply)
+    return {"windows": len(elements), "bytes": size}
+
+
+def party_remove(
+    party: Party,
+    answers: dict[str, Path],
+    out: Path,
+    removal: str = "drop",
+    me: str = "",
+    order: Sequence[str] = (),
+) -> dict:
+    """Step 3 (every organization): learn its shared windows from the answers to its request
+    and write its code without them into ``out`` (every ``.py`` file, the rest left out).
+
+    ``owner``: ``me`` keeps a shared window unless an organization before it in ``order``
+    (every organization's name, agreed beforehand) holds it too."""
+    if removal == "owner" and sorted(order) != sorted([me, *answers]):
+        raise UserError(
+            f"--order must list this organization ({me or 'give --me'}) and every one that "
+            f"answered ({', '.join(answers)}), each once"
+        )
+    client_key, _ = party.keys()
+    win = party.windows()
+    elements = win.elements
+    shared = {}
+    for org, path in answers.items():
+        _, payload = read_message(path, "answer", party.opts)
+        shared[org] = intersect(elements, client_key, payload)
+    remove = to_remove(shared, me, removal, order)
+    spans = cut_spans(win, remove)
+    for name in win.corpus.names:
+        dest = out / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        text = (party.code / name).read_text(encoding="utf-8", errors="surrogateescape")
+        dest.write_text(cut(text, spans.get(name, ())), encoding="utf-8", errors="surrogateescape")
+    record = {"shared": {o: len(s) for o, s in shared.items()}, "removed": spans}
+    (party.state / "removed.json").write_text(json.dumps(record, indent=1))
+    lines = sum(b - a + 1 for s in spans.values() for a, b in s)
+    return {"windows": len(elements), "shared": record["shared"], "lines removed": lines}
