@@ -41,6 +41,7 @@ NOTEBOOKS = (
     "06_membership.ipynb",
     "07_findings.ipynb",
     "08_tradeoff.ipynb",
+    "09_beyond_sharing.ipynb",
     "99_reproducibility.ipynb",
 )
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
