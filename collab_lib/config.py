@@ -317,9 +317,10 @@ class PsiConfig:
     (``removal: drop``) or keeps those where it is the first holder in the profile's order
     (``owner``). ``models``: the RQ3 pair's models trained again on the deduplicated data,
     by kind (``Centralized``, ``Federated_Avg``, ``Federated_Yogi``, ``Incremental``: the
-    pair in its order), each as ``<model>_PSI`` beside the plain one; [] trains none."""
+    pair in its order), each as ``<model>_PSI`` beside the plain one; none unless the profile
+    lists them (``default`` and ``gpu``: ``Federated_Avg`` and ``Incremental``)."""
 
-    models: tuple[str, ...] = ("Federated_Avg", "Incremental")
+    models: tuple[str, ...] = ()
     removal: str = "drop"
     fpr: float = 1e-9
 

@@ -190,7 +190,11 @@ def course_run(tmp_path_factory, worker_id) -> CourseRun:
         # FedYogi's server rate comes from a two-point sweep (as a profile with a null pair)
         sweep = {"etas": [0.01, 0.1], "taus": [0.001], "holdout_fraction": 0.2}
         federated = {"yogi_eta": None, "yogi_tau": None, "yogi_sweep": sweep}
-        write_profile(run.profile, orgs, canaries={"max_fraction": 0.3}, federated=federated)
+        # one PSI twin (beyond the paper): the pipeline's path through private clone removal
+        psi = {"models": ["Federated_Avg"]}
+        write_profile(
+            run.profile, orgs, canaries={"max_fraction": 0.3}, federated=federated, psi=psi
+        )
         mp = pytest.MonkeyPatch()
         mp.setenv("COLLAB_ARTIFACTS", str(run.artifacts))
         try:

@@ -30,7 +30,7 @@ def test_run_then_table_then_status(local_profile, course_run, monkeypatch, caps
     assert (
         code == 0
         and "missing" in out
-        and "would run: datasets, clones, canaries, train, rq1" in out
+        and "would run: datasets, clones, canaries, psi, train, rq1" in out
     )
 
     # every step has run for the book's profile (the session's book build): `run all` finds

@@ -37,9 +37,17 @@ PAPER_NAMES = [
 ]
 
 
+PSI_TWINS = {"default": ["Federated_Avg_MG_PSI", "Incremental_M2G_PSI"]}
+PSI_TWINS["gpu"] = PSI_TWINS["default"]  # gpu extends default; tiny and paper train none
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 def test_the_paper_profiles_give_the_papers_seventeen_models(profile):
-    assert [m.name for m in roster(load_config(profile))] == PAPER_NAMES
+    """The paper's seventeen, in its order; then the PSI twins where the profile lists them
+    (beyond the paper: the RQ3 pair's models on PSI-deduplicated data)."""
+    specs = roster(load_config(profile))
+    assert [m.name for m in specs] == PAPER_NAMES + PSI_TWINS.get(profile, [])
+    assert all(m.rq == "PSI" for m in specs[17:])
 
 
 def _orgs(tmp_path, names: dict[str, float | None]) -> dict:
@@ -155,7 +163,7 @@ def _input_stage(art):
 def test_models_are_trained_once_and_listed(course_run, course_cfg, capsys):
     artifact_root, local_profile, cfg = course_run.artifacts, course_run.profile, course_cfg
     models = pipeline.run("train", cfg)[0]  # all cached by the course run: nothing is retrained
-    assert len(models) == 17
+    assert len(models) == 18  # the paper's 17 and Federated_Avg_MG_PSI
     assert pipeline.planned_for("train", cfg)["Incremental_M2G"] == (
         models["Incremental_M2G"].step,
         models["Incremental_M2G"].key,
@@ -167,14 +175,15 @@ def test_models_are_trained_once_and_listed(course_run, course_cfg, capsys):
     assert models["Incremental_M2G"].key == _input_stage(models["Incremental_M2G2F"]).key
     # 3 single-org + 6 second + 6 third stages + 2 unions: each trained once; 4 federated runs
     assert len([p for p in (artifact_root / "stage").iterdir() if not p.name.startswith(".")]) == 17
-    assert len(list((artifact_root / "federated").glob("[0-9a-f]*"))) == 4
+    assert len(list((artifact_root / "federated").glob("[0-9a-f]*"))) == 5  # a PSI twin too
+    assert models["Federated_Avg_MG_PSI"].key != models["Federated_Avg_MG"].key
     assert models["Federated_Avg_MG"].metrics["data"] == ["Microsoft", "Google"]
 
     args = ["models", "--profile", str(local_profile), "--seed", "5"]
     assert main(args) == 0
     out = capsys.readouterr()
     rows = [line.split("\t") for line in out.out.strip().splitlines()]
-    assert len(rows) == 17 and all(row[1].endswith("/model") for row in rows)
+    assert len(rows) == 18 and all(row[1].endswith("/model") for row in rows)
     assert [r[0] for r in rows] == [m.name for m in roster(cfg)]
 
     # a model that is not federated cannot be deployed; the message names those that can

@@ -24,6 +24,7 @@ def test_table8_has_every_model_and_the_base_model(course_cfg):
         "Synchronous",
         "Asynchronous",
         "RQ3 pair",
+        "RQ3 pair, shared clones removed (PSI)",
     ]
     assert t8.set_index("model").loc["base model", "paper perplexity"] == 1084.78
 
@@ -89,4 +90,5 @@ def test_pass_at_k_models_by_name_or_setting():
         "Federated_Yogi_FMG",
     ]
     every = evaluation.pass_models(load_config("default", {"evaluation.models": None}))
-    assert len(every) == 18 and every[0] == "base model"
+    # the base model, the paper's 17 and default's two PSI twins
+    assert len(every) == 20 and every[0] == "base model" and every[-1] == "Incremental_M2G_PSI"
