@@ -72,12 +72,24 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser(
         "federation",
         help="set up a federated model on Flower's deployment engine and print the commands",
-        description="Write the Flower app, each organization's training data and FLWR_HOME "
-        "into DIR, and print the commands: one SuperLink, one SuperNode per organization (each "
-        "reads only its own data), then `flwr run`. README: 'Across machines'.",
+        description="Write the Flower app, each organization's training data, FLWR_HOME and "
+        "the run's TLS certificates and SuperNode keys into DIR, and print the commands: one "
+        "SuperLink (TLS, registered SuperNodes only), the registration of each organization's "
+        "key, one SuperNode per organization (each reads only its own data), then `flwr run`. "
+        "README: 'Across machines'.",
     )
     sp.add_argument("model", help="Federated_Avg_FMG, Federated_Yogi_FMG, Federated_Avg_MG, ...")
     sp.add_argument("--dir", required=True, help="working directory for the run")
+    sp.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="the SuperLink's address, as the SuperNodes reach it (its certificate names it)",
+    )
+    sp.add_argument(
+        "--insecure",
+        action="store_true",
+        help="no TLS, no SuperNode authentication: anyone who reaches the port can join",
+    )
     with_profile(sp)
 
     sp = sub.add_parser(
@@ -311,9 +323,19 @@ def _print_federation(cfg, args: argparse.Namespace) -> int:
     from collab_lib import collaboration
 
     planned = pipeline.planned_for("train", cfg)
-    procs, env, out = collaboration.federation(cfg, planned, args.model, Path(args.dir))
+    procs, env, out = collaboration.federation(
+        cfg, planned, args.model, Path(args.dir), host=args.host, insecure=args.insecure
+    )
+    if args.insecure:
+        print(
+            "warning: --insecure: no TLS and no SuperNode authentication. Anyone who reaches "
+            "the SuperLink's port can join the federation, receive the global model every "
+            "round and send updates into it; use it only where no one else can connect.",
+            file=sys.stderr,
+        )
     print(f"# {args.model} on Flower's deployment engine; the ServerApp saves it to {out}")
-    print("# start each line in its own shell (or machine), in this order:")
+    print("# start each line in its own shell (or machine), in this order; the register lines")
+    print("# run once the SuperLink listens, each to its end, before the SuperNodes start:")
     for p in procs:
         print(p.shell(env))
     return 0

@@ -456,13 +456,18 @@ def federation(
     *,
     link_port: int = 8000,
     node_ports: list[int] | None = None,
+    host: str = "127.0.0.1",
+    insecure: bool = False,
 ) -> tuple[list, dict[str, str], Path]:
     """Set up a deployment-engine run of one federated model in ``work``.
 
-    Returns the processes to start (SuperLink, one SuperNode per organization, ``flwr
-    run``), the environment they need, and where the ServerApp will save the model.
+    Returns the processes to start (SuperLink, one ``flwr supernode register`` and one
+    SuperNode per organization, ``flwr run``), the environment they need, and where the
+    ServerApp will save the model. The SuperLink serves TLS on ``host`` and admits only the
+    organizations' SuperNodes (keys and certificates made for the run in ``work/secrets``);
+    ``insecure``: in the clear, anyone who reaches the port may join.
     """
-    from collab_lib.federated import launch
+    from collab_lib.federated import launch, secure
 
     chain = jobs(cfg, "", _data_refs(planned), _psi_ref(planned)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
@@ -479,8 +484,16 @@ def federation(
         cfg, job, texts, base, work, work / "output", yogi=yogi, simulation=False
     )
     home = work / "flwr-home"
-    launch.write_connection(home, port=link_port)
-    procs = launch.deployment(app, nodes, link_port=link_port, node_ports=node_ports)
+    security = None
+    if not insecure:
+        secrets = work / "secrets"
+        tls = secure.write_tls(secrets, host)
+        keys = {n.organization: secure.write_node_key(secrets, n.organization) for n in nodes}
+        security = launch.Security(tls, keys)
+    launch.write_connection(home, host, link_port, None if insecure else security.tls.ca)
+    procs = launch.deployment(
+        app, nodes, host=host, link_port=link_port, node_ports=node_ports, security=security
+    )
     return procs, launch.flower_env(home), work / "output"
 
 

@@ -249,6 +249,12 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
+def _with(argv: list[str], flag: str, value: str | None) -> list[str]:
+    """``argv`` with ``flag``'s value replaced, or the flag and its value removed (None)."""
+    i = argv.index(flag)
+    return argv[:i] + ([flag, value] if value is not None else []) + argv[i + 2 :]
+
+
 def _wait_for_port(port: int, timeout: float = 60) -> None:
     import socket
 
@@ -266,43 +272,102 @@ def _wait_for_port(port: int, timeout: float = 60) -> None:
     reason="Flower's executables are not installed",
 )
 def test_deployment_engine_gives_the_simulations_weights(simulated, tmp_path, monkeypatch):
+    """The secure deployment (TLS, registered SuperNodes only) gives the simulation's
+    weights bit for bit; a SuperNode whose key is not registered is refused, one without TLS
+    cannot connect, and neither disturbs the run."""
+    from collab_lib.federated import secure
+
     cfg, art, root = simulated
     monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
-    link, *nodes = _free_ports(4)
+    link, *nodes = _free_ports(6)
     procs, env, out = collaboration.federation(
         cfg,
         pipeline.planned_for("train", cfg),
         FEDERATED,
         tmp_path / "deploy",
         link_port=link,
-        node_ports=nodes,
+        node_ports=nodes[:3],
     )
+    superlink = procs[0].argv
+    assert "--insecure" not in superlink and "--enable-supernode-auth" in superlink
+    assert "insecure" not in (tmp_path / "deploy" / "flwr-home" / "config.toml").read_text()
+    assert oct((tmp_path / "deploy" / "secrets" / "superlink.key").stat().st_mode)[-3:] == "600"
     env = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    supernodes = [p for p in procs if p.name.startswith("supernode-")]
+    rogue_key, _ = secure.write_node_key(tmp_path / "rogue", "Rogue")  # never registered
+    rogue = _with(supernodes[0].argv, "--auth-supernode-private-key", str(rogue_key))
+    rogue = _with(rogue, "--port", str(nodes[3]))
+    plain = _with(supernodes[0].argv, "--port", str(nodes[4]))
+    plain = _with(plain, "--root-certificates", None)
+    plain = _with(plain, "--auth-supernode-private-key", None)
+    plain = [plain[0], "--insecure", "--max-retries", "1", *plain[1:]]
     running: list[subprocess.Popen] = []
+
+    def start(name: str, argv: list[str]) -> subprocess.Popen:
+        log = open(tmp_path / f"{name}.log", "w")  # noqa: SIM115 (the process keeps it)
+        proc = subprocess.Popen(
+            argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        running.append(proc)
+        return proc
+
     try:
-        for p in procs[:-1]:  # the SuperLink, then one SuperNode per organization
-            log = open(tmp_path / f"{p.name}.log", "w")  # noqa: SIM115 (the process keeps it)
-            running.append(
-                subprocess.Popen(
-                    p.argv, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-                )
-            )
+        for p in procs[:-1]:  # the SuperLink, each key's registration, then the SuperNodes
+            if p.name.startswith("register-"):
+                reg = subprocess.run(p.argv, env=env, capture_output=True, text=True, timeout=120)
+                assert reg.returncode == 0, reg.stdout[-2000:] + reg.stderr[-2000:]
+                continue
+            start(p.name, p.argv)
             if p.name == "superlink":
                 _wait_for_port(link)
+        intruders = [start("rogue", rogue), start("no-tls", plain)]
         run = subprocess.run(procs[-1].argv, env=env, capture_output=True, text=True, timeout=400)
         assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        for proc in intruders:  # refused: they end on their own (the run takes far longer)
+            proc.wait(timeout=60)
         for _ in range(100):  # --stream returns when the run ends; the model is saved by then
             if (out / "model" / "model.safetensors").exists():
                 break
             time.sleep(0.5)
     finally:
         for proc in running:  # SuperNodes start SuperExec children: stop the whole group
-            os.killpg(proc.pid, 15)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, 15)
         for proc in running:
             proc.wait(timeout=30)
     _assert_same(_weights(out / "model"), _weights(art.path / "model"))
+    for proc, name, said in (
+        (intruders[0], "rogue", "Failed to activate SuperNode"),
+        (intruders[1], "no-tls", "Giving up"),
+    ):
+        assert proc.returncode > 0, name  # it ended on its own, with an error
+        assert said in (tmp_path / f"{name}.log").read_text(), name
     app_config = (tmp_path / "deploy" / "app" / "pyproject.toml").read_text()
     assert "nodes/" not in app_config  # each SuperNode names its own data, the app none
     assert json.loads((out / "curves.json").read_text()) == json.loads(
         art.file("curves.json").read_text()
     )
+
+
+def test_federation_command_is_secure_unless_asked(simulated, tmp_path, monkeypatch, capsys):
+    """`federation` prints a TLS deployment that registers each organization's key; with
+    --insecure it prints the plain one and warns what that lets anyone do."""
+    from collab_lib.cli import main
+
+    cfg, _, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    args = ["federation", FEDERATED, "--profile", cfg.source]
+    assert main([*args, "--dir", str(tmp_path / "secure")]) == 0
+    out = capsys.readouterr()
+    assert "--insecure" not in out.out and out.err == ""
+    assert out.out.count("flwr supernode register") == len(cfg.datasets.organizations)
+    assert out.out.count("--root-certificates") == len(cfg.datasets.organizations)
+    keys = sorted(p.name for p in (tmp_path / "secure" / "secrets").iterdir())
+    orgs = [o.name for o in cfg.datasets.organizations]
+    tls = ["ca.crt", "superlink.crt", "superlink.key"]
+    assert keys == sorted([*orgs, *(f"{o}.pub" for o in orgs), *tls])
+    assert main([*args, "--dir", str(tmp_path / "open"), "--insecure"]) == 0
+    out = capsys.readouterr()
+    assert "warning: --insecure" in out.err and "send updates into it" in out.err
+    assert "supernode register" not in out.out and out.out.count("--insecure") == 1 + len(orgs)
+    assert not (tmp_path / "open" / "secrets").exists()

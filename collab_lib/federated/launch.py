@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from collab_lib.config import Config
+from collab_lib.federated.secure import Tls
 
 
 @dataclass(frozen=True)
@@ -212,6 +213,15 @@ class Process:
         )
 
 
+@dataclass(frozen=True)
+class Security:
+    """What keeps outsiders out: the SuperLink's TLS files and each organization's SuperNode
+    key pair (private key, public key), from :mod:`collab_lib.federated.secure`."""
+
+    tls: Tls
+    keys: dict[str, tuple[Path, Path]]
+
+
 def deployment(
     app_dir: Path,
     nodes: list[NodeData],
@@ -219,27 +229,73 @@ def deployment(
     host: str = "127.0.0.1",
     link_port: int = 8000,
     node_ports: list[int] | None = None,
+    security: Security | None = None,
 ) -> list[Process]:
     """The processes of a deployment-engine run (README: "Across machines").
 
-    One SuperLink (its HTTP API on ``link_port``, Flower's default 8000); one SuperNode per
-    organization, each pointing only at its own data and each with its own ``--port`` (two on
-    one host would clash otherwise); then ``flwr run`` submits the app to the SuperLink named
-    in ``FLWR_HOME/config.toml``.
+    One SuperLink (its one port, ``link_port``, Flower's default 8000, serves the SuperNodes,
+    ``flwr`` and its own SuperExec); with ``security``, over TLS and admitting only the
+    registered SuperNodes: then one ``flwr supernode register`` per organization, run once the
+    SuperLink listens. One SuperNode per organization, each pointing only at its own data,
+    with its own key and its own ``--port`` (two on one host would clash otherwise); then
+    ``flwr run`` submits the app to the SuperLink named in ``FLWR_HOME/config.toml``. Without
+    ``security`` (``federation --insecure``) everything runs in the clear and any process that
+    reaches the port can join.
     """
     node_ports = node_ports or [9200 + i for i in range(len(nodes))]
+    if security is None:
+        link_security, node_security = (
+            ["--insecure"],
+            {n.organization: ["--insecure"] for n in nodes},
+        )
+    else:
+        t = security.tls
+        link_security = [
+            "--ssl-ca-certfile",
+            str(t.ca),
+            "--ssl-certfile",
+            str(t.cert),
+            "--ssl-keyfile",
+            str(t.key),
+            "--enable-supernode-auth",
+        ]
+        node_security = {
+            n.organization: [
+                "--root-certificates",
+                str(t.ca),
+                "--auth-supernode-private-key",
+                str(security.keys[n.organization][0]),
+            ]
+            for n in nodes
+        }
     procs = [
         Process(
             "superlink",
             [
                 "flower-superlink",
-                "--insecure",
+                *link_security,
+                "--host",
+                host,
                 "--port",
                 str(link_port),
                 "--disable-runtime-dependency-installation",
             ],
         )
     ]
+    if security is not None:
+        procs += [
+            Process(
+                f"register-{n.organization}",
+                [
+                    "flwr",
+                    "supernode",
+                    "register",
+                    str(security.keys[n.organization][1]),
+                    "deployment",
+                ],
+            )
+            for n in nodes
+        ]
     for i, n in enumerate(nodes):
         data = json.dumps(str(n.data_path.resolve()))
         node_config = f"organization={json.dumps(n.organization)} data-path={data}"
@@ -248,7 +304,7 @@ def deployment(
                 f"supernode-{n.organization}",
                 [
                     "flower-supernode",
-                    "--insecure",
+                    *node_security[n.organization],
                     "--superlink",
                     f"{host}:{link_port}",
                     "--port",
@@ -264,12 +320,17 @@ def deployment(
     return procs
 
 
-def write_connection(home: Path, host: str = "127.0.0.1", port: int = 8000) -> Path:
-    """``FLWR_HOME/config.toml`` naming the SuperLink that ``flwr run ... deployment`` uses."""
+def write_connection(
+    home: Path, host: str = "127.0.0.1", port: int = 8000, ca: Path | None = None
+) -> Path:
+    """``FLWR_HOME/config.toml`` naming the SuperLink that ``flwr run ... deployment`` and
+    ``flwr supernode register`` use: over TLS, trusting ``ca`` (an absolute path, as Flower
+    requires), or in the clear without one."""
     home.mkdir(parents=True, exist_ok=True)
     path = home / "config.toml"
+    trust = f'root-certificates = "{ca.resolve()}"\n' if ca else "insecure = true\n"
     path.write_text(
         f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\n'
-        f'address = "{host}:{port}"\ninsecure = true\n'
+        f'address = "{host}:{port}"\n{trust}'
     )
     return path
