@@ -21,6 +21,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _chance(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1e-3:
+        raise argparse.ArgumentTypeError(f"must be in (0, 0.001), got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m collab_lib",
@@ -159,7 +166,7 @@ def _parser() -> argparse.ArgumentParser:
         if role == "answer":
             rp.add_argument("--request", required=True, metavar="FILE", help="theirs")
             rp.add_argument("--out", required=True, metavar="FILE", help="the answer to send")
-            rp.add_argument("--fpr", type=float, default=1e-9, help="false-positive chance")
+            rp.add_argument("--fpr", type=_chance, default=1e-9, help="false-positive chance")
         if role == "remove":
             rp.add_argument(
                 "--answer",

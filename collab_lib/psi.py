@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import struct
 import time
@@ -125,9 +126,10 @@ def answer(elements: Sequence[str], request_bytes: bytes, server_key: bytes, fpr
     req = psi.Request()
     req.ParseFromString(request_bytes)
     server = psi.server.CreateFromKey(server_key, True)
-    setup = server.CreateSetupMessage(
-        fpr, len(req.encrypted_elements), list(elements), psi.DataStructure.GCS
-    ).SerializeToString()
+    # a request of no window still gets a (valid) filter: the library refuses a size of 0
+    size = max(len(req.encrypted_elements), 1)
+    setup = server.CreateSetupMessage(fpr, size, list(elements), psi.DataStructure.GCS)
+    setup = setup.SerializeToString()
     response = server.ProcessRequest(req).SerializeToString()
     return struct.pack(">Q", len(setup)) + setup + response
 
@@ -250,6 +252,10 @@ def cut(text: str, spans: Sequence[tuple[int, int]]) -> str:
     ]
     drop = np.zeros(len(lines) + 1, bool)
     for a, b in spans:
+        # a line ending in a backslash continues on the next, which the detector counts as
+        # part of it (its number is the first line's): cut the continuation too
+        while b < len(lines) and lines[b - 1].rstrip("\r\n").endswith("\\"):
+            b += 1
         drop[a - 1 : b] = True
     return "".join(line for i, line in enumerate(lines) if not drop[i])
 
@@ -403,6 +409,8 @@ class Party:
     opts: CloneOptions
 
     def windows(self) -> Windows:
+        if not self.code.is_dir():
+            raise UserError(f"{self.code}: not a directory (--code names your code's folder)")
         docs = clones.read_tree(self.code)
         if not docs:
             raise UserError(f"{self.code}: no Python files (.py) to fingerprint")
@@ -418,16 +426,23 @@ class Party:
                     f"{path}: no keys yet: run `python -m collab_lib psi request --code "
                     f"{self.code} --state {self.state}` first"
                 )
-            self.state.mkdir(parents=True, exist_ok=True)
+            self.state.mkdir(mode=0o700, parents=True, exist_ok=True)
             keys = {"client": new_key().hex(), "server": new_key().hex()}
-            path.write_text(json.dumps(keys))
-            path.chmod(0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable
+            with os.fdopen(fd, "w") as fh:  # by others, not even for a moment
+                fh.write(json.dumps(keys))
         keys = json.loads(path.read_text())
         return bytes.fromhex(keys["client"]), bytes.fromhex(keys["server"])
 
 
-def _header(kind: str, opts: CloneOptions, elements: int) -> dict:
-    return {"format": FORMAT, "kind": kind, "window": opts.__dict__, "elements": elements}
+def _header(kind: str, opts: CloneOptions, elements: int, **more) -> dict:
+    return {"format": FORMAT, "kind": kind, "window": opts.__dict__, "elements": elements} | more
+
+
+def _digest(data: bytes | list[str]) -> str:
+    if isinstance(data, list):
+        data = "\n".join(data).encode()
+    return hashlib.sha256(data).hexdigest()
 
 
 def write_message(path: Path, header: dict, payload: bytes) -> int:
@@ -460,12 +475,14 @@ def read_message(path: Path, kind: str, opts: CloneOptions) -> tuple[dict, bytes
 
 
 def party_request(party: Party, out: Path) -> dict:
-    """Step 1 (every organization): its blinded fingerprints, for every other one."""
+    """Step 1 (every organization): its blinded fingerprints, for every other one. What it
+    asked is remembered (privately) so that step 3 can tell an answer to it from another."""
     client_key, _ = party.keys(create=True)
     elements = party.windows().elements
-    size = write_message(
-        out, _header("request", party.opts, len(elements)), request(elements, client_key)
-    )
+    payload = request(elements, client_key)
+    size = write_message(out, _header("request", party.opts, len(elements)), payload)
+    asked = {"request": _digest(payload), "windows": _digest(elements)}
+    (party.state / "request.json").write_text(json.dumps(asked))
     return {"windows": len(elements), "bytes": size}
 
 
@@ -474,8 +491,12 @@ def party_answer(party: Party, their_request: Path, out: Path, fpr: float) -> di
     _, server_key = party.keys()
     _, payload = read_message(their_request, "request", party.opts)
     elements = party.windows().elements
-    reply = answer(elements, payload, server_key, fpr)
-    size = write_message(out, _header("answer", party.opts, len(elements)), reply)
+    try:
+        reply = answer(elements, payload, server_key, fpr)
+    except Exception as exc:  # the library's own errors: a damaged request, a bad fpr
+        raise UserError(f"{their_request}: cannot answer it ({exc})") from None
+    header = _header("answer", party.opts, len(elements), request=_digest(payload))
+    size = write_message(out, header, reply)
     return {"windows": len(elements), "bytes": size}
 
 
@@ -500,17 +521,36 @@ def party_remove(
     client_key, _ = party.keys()
     win = party.windows()
     elements = win.elements
+    asked = json.loads((party.state / "request.json").read_text())
+    if asked["windows"] != _digest(elements):
+        raise UserError(
+            f"{party.code} changed since `psi request`: run the three steps again (the "
+            "answers are to the code as it was)"
+        )
     shared = {}
     for org, path in answers.items():
-        _, payload = read_message(path, "answer", party.opts)
-        shared[org] = intersect(elements, client_key, payload)
+        header, payload = read_message(path, "answer", party.opts)
+        if header.get("request") != asked["request"]:
+            raise UserError(
+                f"{path}: {org}'s answer is to another request than this organization's "
+                f"last (`psi request` ran again since?): ask {org} to answer the latest"
+            )
+        try:
+            shared[org] = intersect(elements, client_key, payload)
+        except UserError:
+            raise
+        except Exception as exc:
+            raise UserError(f"{path}: a damaged answer ({type(exc).__name__})") from None
     remove = to_remove(shared, me, removal, order)
     spans = cut_spans(win, remove)
     for name in win.corpus.names:
         dest = out / name
         dest.parent.mkdir(parents=True, exist_ok=True)
-        text = (party.code / name).read_text(encoding="utf-8", errors="surrogateescape")
-        dest.write_text(cut(text, spans.get(name, ())), encoding="utf-8", errors="surrogateescape")
+        # newline="": line ends stay as they are (CRLF files stay CRLF)
+        with open(party.code / name, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            text = fh.read()
+        with open(dest, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
+            fh.write(cut(text, spans.get(name, ())))
     record = {"shared": {o: len(s) for o, s in shared.items()}, "removed": spans}
     (party.state / "removed.json").write_text(json.dumps(record, indent=1))
     lines = sum(b - a + 1 for s in spans.values() for a, b in s)

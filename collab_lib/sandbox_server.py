@@ -61,8 +61,8 @@ def main() -> None:
             child(work, write_end, cfg, guard)
         os.close(write_end)
         _, status = os.waitpid(pid, 0)
-        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == NO_MORE:
-            return
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == NO_MORE and stdin_closed():
+            return  # (a program that exits with the same code does not stop the server)
         text = read_report(read_end)
         data = read_outputs(os.path.join(work, OUTPUTS))
         clean_up(pid, cfg, libc)
@@ -99,6 +99,16 @@ def read_report(fd: int) -> str:
         pass
     os.close(fd)
     return data[-REPORT_BYTES:].decode("utf-8", "replace")
+
+
+def stdin_closed() -> bool:
+    """Whether the client closed the requests' pipe (hung up, nothing left to read)."""
+    import select
+
+    poller = select.poll()
+    poller.register(0, select.POLLIN | select.POLLHUP)
+    events = dict(poller.poll(0)).get(0, 0)
+    return bool(events & select.POLLHUP) and not events & select.POLLIN
 
 
 def read_outputs(path: str) -> str | None:

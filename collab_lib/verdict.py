@@ -13,8 +13,10 @@ or read the report's token from its own frames. Here a sample's process only com
    only (never the check, the canonical solution or an expected output), calls the entry
    point on a deep copy of each, and writes each result as plain data of exactly the
    built-in types (``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``,
-   ``list``, ``tuple``, ``dict``, ``set``, ``frozenset``; a subclass, e.g. an ``int`` with its
-   own ``__eq__``, is refused), or the name of the exception it raised.
+   ``list``, ``tuple``, ``dict``, ``set``, ``frozenset``; the standard library's
+   ``Counter``, ``OrderedDict``, ``defaultdict`` and namedtuples as their base type, read
+   with the base type's own methods; any other subclass, e.g. an ``int`` with its own
+   ``__eq__``, is refused), or the name of the exception it raised.
 3. **Outside it**, the results are decoded by a strict decoder into genuine built-ins, and
    the problem's own check runs in another sandbox (:func:`checker`), on the benchmark's
    prompt and canonical solution (so its helpers are the benchmark's), with the entry point
@@ -74,6 +76,13 @@ def _plain_encode(x, depth=0):
     if t is dict:  # in its order: the check's literals fix it, and a function may depend on it
         d = depth + 1
         return ["d", [[_plain_encode(k, d), _plain_encode(v, d)] for k, v in x.items()]]
+    # the standard library's containers a correct function may return, as their base type
+    # (read by the base type's own methods: no method of theirs is called)
+    import collections
+    if t in (collections.Counter, collections.OrderedDict, collections.defaultdict):
+        return _plain_encode(dict(dict.items(x)), depth)
+    if t.__bases__ == (tuple,) and hasattr(t, "_fields") and t.__eq__ is tuple.__eq__:
+        return _plain_encode(tuple(tuple.__iter__(x)), depth)  # a namedtuple
     raise _NotPlain("not plain data: " + t.__name__)
 
 
@@ -284,6 +293,7 @@ def derive(
     sandbox that never runs a sample, returning outcomes with ``status`` and ``data``.
     """
     out = Derivation()
+    run = _steady(run)
     ids = list(problems)
     recorded = run([recorder(*problems[t]) for t in ids])
     candidates = {}
@@ -311,6 +321,20 @@ def derive(
         else:
             out.uncovered[tid] = f"the check fails on the recorded results ({outcome.detail})"
     return out
+
+
+def _steady(run: Callable[[list[str]], list]) -> Callable[[list[str]], list]:
+    """``run``, with each program that timed out or crashed run once more: a loaded machine
+    must not move a problem's check back into the sample's process."""
+
+    def again(programs: list[str]) -> list:
+        out = list(run(programs))
+        redo = [i for i, o in enumerate(out) if o.status in ("timeout", "crashed")]
+        for i, outcome in zip(redo, run([programs[i] for i in redo]) if redo else [], strict=True):
+            out[i] = outcome
+        return out
+
+    return again
 
 
 def _json_list(data: str | None) -> list | None:

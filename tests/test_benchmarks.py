@@ -39,14 +39,19 @@ def test_pass_at_k_averages_over_tasks_and_uses_the_smallest_n():
     assert benchmarks.pass_at_k(mixed, (1, 10, 100)) == {"pass@1": 0.5, "pass@10": 0.5}
 
 
-def test_harness_rows_score_100_0_0():
+def test_harness_rows_score_100_0_0_0():
     problems = list(HE.problems)[:12]
     with Sandbox(limits=Limits(timeout_s=1.5)) as box:
         rows = {
             name: benchmarks.pass_at_k(benchmarks.score(HE, samples, box), (1,))["pass@1"]
             for name, samples in harness_samples(HE, problems, timeouts=2).items()
         }
-    assert rows == {"canonical solutions": 1.0, "always wrong": 0.0, "always times out": 0.0}
+    assert rows == {
+        "canonical solutions": 1.0,
+        "always wrong": 0.0,
+        "always times out": 0.0,
+        "forges equality": 0.0,
+    }
 
 
 def test_samples_that_do_not_compile_fail_without_running_and_duplicates_run_once():

@@ -4,6 +4,7 @@ its own state, exchanging only the files the ``psi`` command writes."""
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import sysconfig
 from pathlib import Path
@@ -255,3 +256,42 @@ def test_pipeline_step_records_accuracy_cost_and_removal(course_cfg):
     assert (acc["shared lines (PSI)"] == acc["shared lines (detector)"]).all()
     cost = pipeline.table("psi_cost", course_cfg)
     assert (cost["bytes sent"] > 0).all()
+
+
+def test_a_changed_request_a_damaged_answer_and_an_empty_side_are_clear(
+    orgs, exchange, tmp_path, capsys
+):
+    """Step 3 refuses an answer to an older request (the code or the keys moved on) and a
+    damaged one with a message; an organization with no window takes part all the same."""
+    wire = exchange["wire"]
+    state = tmp_path / "state"
+    shutil.copytree(exchange["state"]["Alpha"], state)
+    code = ["--code", str(orgs["Alpha"]), "--state", str(state)]
+    answer = f"--answer=Beta={wire / 'Beta-to-Alpha.answer'}"
+    (state / "secret.json").unlink()  # new keys: a new request, which Beta never answered
+    assert cli.main(["psi", "request", *code, "--out", str(tmp_path / "again.request")]) == 0
+    assert cli.main(["psi", "remove", *code, answer, "--out", str(tmp_path / "o")]) == 2
+    assert "another request" in capsys.readouterr().err
+    changed = tmp_path / "changed"
+    shutil.copytree(orgs["Alpha"], changed)
+    (changed / "more.py").write_text((STDLIB / "colorsys.py").read_text())
+    moved = ["--code", str(changed), "--state", str(state)]
+    assert cli.main(["psi", "remove", *moved, answer, "--out", str(tmp_path / "o")]) == 2
+    assert "changed since `psi request`" in capsys.readouterr().err
+    shutil.copytree(exchange["state"]["Alpha"], state, dirs_exist_ok=True)  # the old request
+    raw = (wire / "Beta-to-Alpha.answer").read_bytes()
+    damaged = tmp_path / "damaged.answer"
+    damaged.write_bytes(raw[: len(raw) // 2])
+    args = ["psi", "remove", *code, f"--answer=Beta={damaged}", "--out", str(tmp_path / "o")]
+    assert cli.main(args) == 2
+    assert "damaged" in capsys.readouterr().err
+    ex = psi.run({"A": [], "B": ["00", "01"]}, 1e-9, {o: (psi.new_key(),) * 2 for o in "AB"})
+    assert ex.shared == {"A": {"B": set()}, "B": {"A": set()}}
+
+
+def test_cut_takes_a_continued_line_whole_and_keeps_line_ends():
+    """The detector counts a line continued by a backslash as one (numbered by its first):
+    cutting it takes the continuation too. CRLF files stay CRLF after removal."""
+    text = "a = 1\nb = 'x\\\ny'\nz = 9\n"
+    assert psi.cut(text, [(1, 2)]) == "z = 9\n"
+    assert psi.cut(text.replace("\n", "\r\n"), [(4, 4)]) == "a = 1\r\nb = 'x\\\r\ny'\r\n"

