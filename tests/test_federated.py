@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import make_org_dir, run_through, write_profile
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from safetensors.numpy import load_file
 
 from collab_lib import collaboration, pipeline
@@ -371,3 +371,32 @@ def test_federation_command_is_secure_unless_asked(simulated, tmp_path, monkeypa
     assert "warning: --insecure" in out.err and "send updates into it" in out.err
     assert "supernode register" not in out.out and out.out.count("--insecure") == 1 + len(orgs)
     assert not (tmp_path / "open" / "secrets").exists()
+
+
+class _Grid:
+    """Flower's grid as far as the strategies use it: the connected nodes, and messages."""
+
+    def __init__(self, nodes: list[int]) -> None:
+        self.nodes, self.sent = nodes, []
+
+    def get_node_ids(self) -> list[int]:
+        return self.nodes
+
+    def send_and_receive(self, messages, timeout=None):
+        self.sent += list(messages)
+        return []
+
+
+def test_a_node_beyond_the_organizations_stops_the_run_before_any_model_is_sent():
+    """Flower 1.42's Control API lets whoever reaches the SuperLink register a key: the
+    ServerApp starts no round while more nodes than organizations are connected."""
+    rc = {"strategy": "FedAvg", "num-nodes": 2, "seed": 0}
+    strategy = server_app.make_strategy(rc)
+    strategy.setup(rc, Path("unused"))
+    grid = _Grid([11, 12, 13])
+    guarded = server_app.OrganizationsOnly(grid, 2)
+    with pytest.raises(RuntimeError, match="3 SuperNodes are connected where 2 organizations"):
+        strategy.configure_train(1, ArrayRecord(), ConfigRecord(), guarded)
+    assert grid.sent == []
+    grid.nodes = [11, 12]
+    assert sorted(guarded.get_node_ids()) == [11, 12]

@@ -111,6 +111,34 @@ class OrderedFedYogi(_Rounds, FedYogi):
     """Flower's FedYogi (Reddi et al.'s defaults unless configured), replies in order."""
 
 
+class OrganizationsOnly:
+    """The grid as the strategy sees it: the organizations' nodes, or the run stops.
+
+    Flower 1.42's open-source SuperLink does not authenticate its Control API (account login
+    is not part of it): whoever reaches its port can register a SuperNode key of their own
+    and join. So a node beyond the organizations' count stops the run before a round sends
+    anyone a model or takes an update: the strategies choose their nodes from
+    ``get_node_ids`` (and talk to them through ``send_and_receive`` only).
+    """
+
+    def __init__(self, grid: Grid, organizations: int) -> None:
+        self._grid, self._organizations = grid, organizations
+
+    def get_node_ids(self):
+        ids = list(self._grid.get_node_ids())
+        if len(ids) > self._organizations:
+            raise RuntimeError(
+                f"{len(ids)} SuperNodes are connected where {self._organizations} "
+                f"organizations take part (node ids {sorted(ids)}): a node nobody expected "
+                "joined, so no round starts. Stop the SuperLink, check who registered keys "
+                "(`flwr supernode ls`), and restrict its port to the organizations"
+            )
+        return ids
+
+    def send_and_receive(self, *args, **kwargs):
+        return self._grid.send_and_receive(*args, **kwargs)
+
+
 def _organization(msg: Message) -> str:
     return str(msg.content["client"]["organization"]) if not msg.has_error() else ""
 
@@ -155,7 +183,8 @@ def main(grid: Grid, context: Context) -> None:
             {"context": int(rc["context"]), "num-rounds": int(rc["num-rounds"])}
             | {key: rc[key] for key in task.TRAIN_KEYS}  # as the run config holds them
         )
-        result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
+        guarded = OrganizationsOnly(grid, int(rc["num-nodes"]))
+        result = strategy.start(guarded, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays
     task.set_arrays(model, arrays)
     save_global(model, str(rc["base-model"]), out, strategy.curves)
