@@ -484,12 +484,20 @@ def federation(
         cfg, job, texts, base, work, work / "output", yogi=yogi, simulation=False
     )
     home = work / "flwr-home"
+    if host in ("0.0.0.0", "::", ""):
+        raise ConfigError(
+            f"--host {host!r}: give the SuperLink's address as the organizations reach it (its "
+            "certificate names it, and the SuperNodes dial it), not a wildcard"
+        )
     security = None
     if not insecure:
         secrets = work / "secrets"
-        tls = secure.write_tls(secrets, host)
-        keys = {n.organization: secure.write_node_key(secrets, n.organization) for n in nodes}
-        security = launch.Security(tls, keys)
+        orgs = [n.organization for n in nodes]
+        made = secure.existing(secrets, host, orgs)  # a second set-up keeps the keys given out
+        if made is None:
+            tls = secure.write_tls(secrets, host)
+            made = tls, {o: secure.write_node_key(secrets, o) for o in orgs}
+        security = launch.Security(*made)
     launch.write_connection(home, host, link_port, None if insecure else security.tls.ca)
     procs = launch.deployment(
         app, nodes, host=host, link_port=link_port, node_ports=node_ports, security=security

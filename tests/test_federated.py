@@ -364,8 +364,14 @@ def test_federation_command_is_secure_unless_asked(simulated, tmp_path, monkeypa
     assert out.out.count("--root-certificates") == len(cfg.datasets.organizations)
     keys = sorted(p.name for p in (tmp_path / "secure" / "secrets").iterdir())
     orgs = [o.name for o in cfg.datasets.organizations]
-    tls = ["ca.crt", "superlink.crt", "superlink.key"]
+    tls = ["ca.crt", "host", "superlink.crt", "superlink.key"]
     assert keys == sorted([*orgs, *(f"{o}.pub" for o in orgs), *tls])
+    ca = (tmp_path / "secure" / "secrets" / "ca.crt").read_bytes()
+    assert main([*args, "--dir", str(tmp_path / "secure")]) == 0  # set up again: same keys
+    assert (tmp_path / "secure" / "secrets" / "ca.crt").read_bytes() == ca
+    capsys.readouterr()
+    assert main([*args, "--dir", str(tmp_path / "wild"), "--host", "0.0.0.0"]) == 2
+    assert "not a wildcard" in capsys.readouterr().err
     assert main([*args, "--dir", str(tmp_path / "open"), "--insecure"]) == 0
     out = capsys.readouterr()
     assert "warning: --insecure" in out.err and "send updates into it" in out.err

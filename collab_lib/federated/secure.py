@@ -39,11 +39,24 @@ class Tls:
 
 
 def _private(path: Path, data: bytes) -> Path:
-    """Write a secret readable by its owner only (never world-readable, not even briefly)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    """Write a secret readable by its owner only (never world-readable, not even briefly;
+    an older file of that name is replaced, not rewritten with its old mode)."""
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
     return path
+
+
+def existing(out: Path, host: str, organizations: list[str]) -> tuple[Tls, dict] | None:
+    """The run's certificates and keys made before for the same host and organizations, so
+    that setting a run up again keeps the keys already given out and registered."""
+    tls = Tls(out / "ca.crt", out / "superlink.crt", out / "superlink.key")
+    keys = {o: (out / o, out / f"{o}.pub") for o in organizations}
+    files = [tls.ca, tls.cert, tls.key, *(p for pair in keys.values() for p in pair)]
+    made_for = out / "host"
+    ready = all(f.is_file() for f in [*files, made_for])
+    return (tls, keys) if ready and made_for.read_text().strip() == host else None
 
 
 def write_tls(out: Path, host: str = "127.0.0.1") -> Tls:
@@ -109,6 +122,7 @@ def write_tls(out: Path, host: str = "127.0.0.1") -> Tls:
     (out / "ca.crt").write_bytes(ca.public_bytes(pem))
     (out / "superlink.crt").write_bytes(cert.public_bytes(pem))
     secret = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    (out / "host").write_text(host + "\n")
     # the CA's key is not kept: nothing else is ever signed for this run
     return Tls(out / "ca.crt", out / "superlink.crt", _private(out / "superlink.key", secret))
 
