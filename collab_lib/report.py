@@ -791,14 +791,23 @@ def tradeoff_summary(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def psi_effect(
-    cfg: Config, table8: pd.DataFrame, table11: pd.DataFrame, blocks: pd.DataFrame
+    cfg: Config,
+    table8: pd.DataFrame,
+    table11: pd.DataFrame,
+    blocks: pd.DataFrame,
+    exposure: pd.DataFrame,
 ) -> pd.DataFrame:
     """Each PSI model beside its plain twin (and the base model): what it keeps of the shared
-    blocks (Table 11's ratio; the loss of a block's second half given its first) and its
-    validation perplexity (Table 8)."""
-    from collab_lib import psi
+    blocks (Table 11's ratio; the loss of a block's second half given its first), the pair's
+    canaries' exposure over the base model's (RQ2; canaries are no shared code, so removal
+    should leave it), and its validation perplexity (Table 8)."""
+    from collab_lib import datasets, psi
     from collab_lib.collaboration import BASE
 
+    pair = exposure[exposure["organization"].isin(datasets.rq3_pair(cfg))]
+    weighted = pair.assign(w=pair["extrapolated exposure - base"] * pair["canaries"])
+    sums = weighted.groupby("model")[["w", "canaries"]].sum()
+    bits = (sums["w"] / sums["canaries"]).to_dict() if len(sums) else {}
     ppl = dict(zip(table8["model"], table8["perplexity"], strict=False))
     ratio = dict(zip(table11["model"], table11["ratio (%)"], strict=False))
     sums = blocks.groupby("model")[["loss_sum", "tokens"]].sum()
@@ -815,6 +824,7 @@ def psi_effect(
                 "trained on": data,
                 "Table 11 ratio (%)": ratio.get(name),
                 "shared blocks' loss (nats/token)": loss.get(name),
+                "pair's canary exposure - base (bits)": bits.get(name),
                 "validation perplexity": ppl.get(name),
             }
         )
