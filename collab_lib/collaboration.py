@@ -469,6 +469,11 @@ def federation(
     """
     from collab_lib.federated import launch, secure
 
+    if _wildcard(host):  # before anything is built or written
+        raise ConfigError(
+            f"--host {host!r}: give the SuperLink's address as the organizations reach it (its "
+            "certificate names it, and the SuperNodes dial it), not a wildcard"
+        )
     chain = jobs(cfg, "", _data_refs(planned), _psi_ref(planned)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
         known = [s.name for s in roster(cfg) if s.setting == "federated"]
@@ -484,11 +489,6 @@ def federation(
         cfg, job, texts, base, work, work / "output", yogi=yogi, simulation=False
     )
     home = work / "flwr-home"
-    if host in ("0.0.0.0", "::", ""):
-        raise ConfigError(
-            f"--host {host!r}: give the SuperLink's address as the organizations reach it (its "
-            "certificate names it, and the SuperNodes dial it), not a wildcard"
-        )
     security = None
     if not insecure:
         secrets = work / "secrets"
@@ -503,6 +503,16 @@ def federation(
         app, nodes, host=host, link_port=link_port, node_ports=node_ports, security=security
     )
     return procs, launch.flower_env(home), work / "output"
+
+
+def _wildcard(host: str) -> bool:
+    """Whether ``host`` is an "any address" (0.0.0.0, ::, 0): no machine can dial it."""
+    import ipaddress
+
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_unspecified
+    except ValueError:
+        return host.strip() in ("", "0")
 
 
 # --------------------------------------------------------------------------- reading back

@@ -242,7 +242,7 @@ def cut_spans(win: Windows, remove: set[str]) -> dict[str, list[tuple[int, int]]
     return spans
 
 
-def cut(text: str, spans: Sequence[tuple[int, int]]) -> str:
+def cut(text: str, spans: Sequence[tuple[int, int]], opts: CloneOptions | None = None) -> str:
     """``text`` without the lines of ``spans`` (1-based, inclusive), lines broken where the
     detector breaks them (``\n``, ``\r\n``, ``\r``; not at form feeds, as
     ``str.splitlines`` would)."""
@@ -251,10 +251,15 @@ def cut(text: str, spans: Sequence[tuple[int, int]]) -> str:
         parts[i] + (parts[i + 1] if i + 1 < len(parts) else "") for i in range(0, len(parts), 2)
     ]
     drop = np.zeros(len(lines) + 1, bool)
+    counted = None
     for a, b in spans:
-        # a line ending in a backslash continues on the next, which the detector counts as
-        # part of it (its number is the first line's): cut the continuation too
+        # a string continued by a backslash at the line's end is one line to the detector,
+        # numbered by its first: cut the continuation too (not a line an explicit `\` join
+        # leads to, which the detector counts on its own)
         while b < len(lines) and lines[b - 1].rstrip("\r\n").endswith("\\"):
+            counted = counted or clones.line_hashes(text, opts or CloneOptions())
+            if counted[b] is not None:
+                break
             b += 1
         drop[a - 1 : b] = True
     return "".join(line for i, line in enumerate(lines) if not drop[i])
@@ -392,7 +397,9 @@ def deduplicated(art: artifacts.Artifact, ds, org: str) -> list[str]:
         for r in artifacts.read_jsonl(art.file("removed.jsonl"))
         if r["organization"] == org
     }
-    return [cut(d["content"], spans.get(d["path"], ())) for d in ds.documents(org, "train")]
+    opts = CloneOptions(**art.manifest["config"]["clones"])
+    docs = ds.documents(org, "train")
+    return [cut(d["content"], spans.get(d["path"], ()), opts) for d in docs]
 
 
 # --------------------------------------------------------------------------- one organization
@@ -431,8 +438,26 @@ class Party:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)  # never readable
             with os.fdopen(fd, "w") as fh:  # by others, not even for a moment
                 fh.write(json.dumps(keys))
-        keys = json.loads(path.read_text())
-        return bytes.fromhex(keys["client"]), bytes.fromhex(keys["server"])
+        try:
+            keys = json.loads(path.read_text())
+            return bytes.fromhex(keys["client"]), bytes.fromhex(keys["server"])
+        except (ValueError, KeyError, TypeError):
+            raise UserError(
+                f"{path}: damaged: delete {self.state} and run the three steps again"
+            ) from None
+
+    def asked(self) -> dict:
+        """What step 1 asked (its request's and its windows' digests)."""
+        path = self.state / "request.json"
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserError(
+                f"{path}: no request made from this state: run `python -m collab_lib psi "
+                f"request --code {self.code} --state {self.state} --out FILE` first"
+            ) from None
+        except ValueError:
+            raise UserError(f"{path}: damaged: run `psi request` again") from None
 
 
 def _header(kind: str, opts: CloneOptions, elements: int, **more) -> dict:
@@ -477,8 +502,10 @@ def read_message(path: Path, kind: str, opts: CloneOptions) -> tuple[dict, bytes
 def party_request(party: Party, out: Path) -> dict:
     """Step 1 (every organization): its blinded fingerprints, for every other one. What it
     asked is remembered (privately) so that step 3 can tell an answer to it from another."""
+    elements = party.windows().elements  # first: a folder without code makes no keys
+    if out.is_dir():
+        raise UserError(f"--out {out}: a directory: name the request's file")
     client_key, _ = party.keys(create=True)
-    elements = party.windows().elements
     payload = request(elements, client_key)
     size = write_message(out, _header("request", party.opts, len(elements)), payload)
     asked = {"request": _digest(payload), "windows": _digest(elements)}
@@ -489,15 +516,25 @@ def party_request(party: Party, out: Path) -> dict:
 def party_answer(party: Party, their_request: Path, out: Path, fpr: float) -> dict:
     """Step 2 (every organization, once per other): answer another's request."""
     _, server_key = party.keys()
-    _, payload = read_message(their_request, "request", party.opts)
+    header, payload = read_message(their_request, "request", party.opts)
     elements = party.windows().elements
     try:
+        asked = _psi().Request()
+        asked.ParseFromString(payload)
+        if len(asked.encrypted_elements) != header.get("elements"):
+            raise UserError(
+                f"{their_request}: its header says {header.get('elements')} windows, it holds "
+                f"{len(asked.encrypted_elements)}: not answered"
+            )
         reply = answer(elements, payload, server_key, fpr)
+    except UserError:
+        raise
     except Exception as exc:  # the library's own errors: a damaged request, a bad fpr
         raise UserError(f"{their_request}: cannot answer it ({exc})") from None
     header = _header("answer", party.opts, len(elements), request=_digest(payload))
     size = write_message(out, header, reply)
-    return {"windows": len(elements), "bytes": size}
+    # what the request asked about: an organization may refuse one far larger than it expects
+    return {"windows": len(elements), "their windows": len(asked.encrypted_elements), "bytes": size}
 
 
 def party_remove(
@@ -513,6 +550,11 @@ def party_remove(
 
     ``owner``: ``me`` keeps a shared window unless an organization before it in ``order``
     (every organization's name, agreed beforehand) holds it too."""
+    code, dest = party.code.resolve(), out.resolve()
+    if dest == code or code in dest.parents:
+        raise UserError(f"--out {out}: inside --code {party.code}: name a new directory")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: a file: name a directory for the deduplicated copy")
     if removal == "owner" and sorted(order) != sorted([me, *answers]):
         raise UserError(
             f"--order must list this organization ({me or 'give --me'}) and every one that "
@@ -521,7 +563,7 @@ def party_remove(
     client_key, _ = party.keys()
     win = party.windows()
     elements = win.elements
-    asked = json.loads((party.state / "request.json").read_text())
+    asked = party.asked()
     if asked["windows"] != _digest(elements):
         raise UserError(
             f"{party.code} changed since `psi request`: run the three steps again (the "
@@ -550,7 +592,7 @@ def party_remove(
         with open(party.code / name, encoding="utf-8", errors="surrogateescape", newline="") as fh:
             text = fh.read()
         with open(dest, "w", encoding="utf-8", errors="surrogateescape", newline="") as fh:
-            fh.write(cut(text, spans.get(name, ())))
+            fh.write(cut(text, spans.get(name, ()), party.opts))
     record = {"shared": {o: len(s) for o, s in shared.items()}, "removed": spans}
     (party.state / "removed.json").write_text(json.dumps(record, indent=1))
     lines = sum(b - a + 1 for s in spans.values() for a, b in s)

@@ -34,7 +34,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-VERSION = 1  # part of every cached evaluation's key
+VERSION = 2  # part of every cached evaluation's key; 2: stdlib containers as their base
 OUTPUTS = "outputs.json"  # what a program leaves in its scratch directory for the sandbox
 MAX_DEPTH = 64  # nesting of a plain value, arguments and results alike
 
@@ -77,10 +77,10 @@ def _plain_encode(x, depth=0):
         d = depth + 1
         return ["d", [[_plain_encode(k, d), _plain_encode(v, d)] for k, v in x.items()]]
     # the standard library's containers a correct function may return, as their base type
-    # (read by the base type's own methods: no method of theirs is called)
+    # (whatever they yield is plain data again, checked outside: no method of theirs counts)
     import collections
     if t in (collections.Counter, collections.OrderedDict, collections.defaultdict):
-        return _plain_encode(dict(dict.items(x)), depth)
+        return _plain_encode(dict(x.items()), depth)  # in the container's own order
     if t.__bases__ == (tuple,) and hasattr(t, "_fields") and t.__eq__ is tuple.__eq__:
         return _plain_encode(tuple(tuple.__iter__(x)), depth)  # a namedtuple
     raise _NotPlain("not plain data: " + t.__name__)
@@ -293,7 +293,7 @@ def derive(
     sandbox that never runs a sample, returning outcomes with ``status`` and ``data``.
     """
     out = Derivation()
-    run = _steady(run)
+    run = steady(run)
     ids = list(problems)
     recorded = run([recorder(*problems[t]) for t in ids])
     candidates = {}
@@ -323,7 +323,7 @@ def derive(
     return out
 
 
-def _steady(run: Callable[[list[str]], list]) -> Callable[[list[str]], list]:
+def steady(run: Callable[[list[str]], list]) -> Callable[[list[str]], list]:
     """``run``, with each program that timed out or crashed run once more: a loaded machine
     must not move a problem's check back into the sample's process."""
 

@@ -295,3 +295,38 @@ def test_cut_takes_a_continued_line_whole_and_keeps_line_ends():
     text = "a = 1\nb = 'x\\\ny'\nz = 9\n"
     assert psi.cut(text, [(1, 2)]) == "z = 9\n"
     assert psi.cut(text.replace("\n", "\r\n"), [(4, 4)]) == "a = 1\r\nb = 'x\\\r\ny'\r\n"
+
+
+def test_only_a_string_continued_by_a_backslash_is_one_line():
+    """An explicit `\\` join leaves the next line counted on its own: cutting the first keeps
+    it."""
+    assert psi.cut("x = a + \\\n    b\ny = 2\n", [(1, 1)]) == "    b\ny = 2\n"
+
+
+def test_remove_refuses_to_write_into_the_code_and_request_into_a_folder(orgs, exchange, tmp_path):
+    code = tmp_path / "code"
+    shutil.copytree(orgs["Alpha"], code)
+    party = psi.Party(code, exchange["state"]["Alpha"], OPTS)
+    answers = {"Beta": exchange["wire"] / "Beta-to-Alpha.answer"}
+    for out in (code, code / "dedup"):
+        with pytest.raises(UserError, match="inside --code"):
+            psi.party_remove(party, answers, out)
+    assert (code / "own.py").read_text() == (orgs["Alpha"] / "own.py").read_text()
+    with pytest.raises(UserError, match="a directory"):
+        psi.party_request(psi.Party(code, tmp_path / "s", OPTS), tmp_path)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(UserError, match="no Python files"):
+        psi.party_request(psi.Party(empty, tmp_path / "e", OPTS), tmp_path / "r")
+    assert not (tmp_path / "e").exists()  # no keys made for a folder without code
+    with pytest.raises(UserError, match="psi request"):
+        psi.Party(code, tmp_path / "s2", OPTS).asked()
+
+
+def test_a_request_whose_header_lies_about_its_size_is_not_answered(orgs, exchange, tmp_path):
+    header, payload = psi.read_message(exchange["wire"] / "Beta.request", "request", OPTS)
+    lie = tmp_path / "lie.request"
+    psi.write_message(lie, header | {"elements": 3}, payload)
+    party = psi.Party(orgs["Alpha"], exchange["state"]["Alpha"], OPTS)
+    with pytest.raises(UserError, match="header says 3 windows"):
+        psi.party_answer(party, lie, tmp_path / "a", 1e-9)

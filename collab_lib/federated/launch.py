@@ -306,7 +306,7 @@ def deployment(
                     "flower-supernode",
                     *node_security[n.organization],
                     "--superlink",
-                    f"{host}:{link_port}",
+                    address(host, link_port),
                     "--port",
                     str(node_ports[i]),
                     "--node-config",
@@ -320,6 +320,11 @@ def deployment(
     return procs
 
 
+def address(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets."""
+    return f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+
+
 def write_connection(
     home: Path, host: str = "127.0.0.1", port: int = 8000, ca: Path | None = None
 ) -> Path:
@@ -331,6 +336,6 @@ def write_connection(
     trust = f'root-certificates = "{ca.resolve()}"\n' if ca else "insecure = true\n"
     path.write_text(
         f'[superlink]\ndefault = "deployment"\n\n[superlink.deployment]\n'
-        f'address = "{host}:{port}"\n{trust}'
+        f'address = "{address(host, port)}"\n{trust}'
     )
     return path

@@ -50,13 +50,23 @@ def _private(path: Path, data: bytes) -> Path:
 
 def existing(out: Path, host: str, organizations: list[str]) -> tuple[Tls, dict] | None:
     """The run's certificates and keys made before for the same host and organizations, so
-    that setting a run up again keeps the keys already given out and registered."""
+    that setting a run up again keeps the keys already given out and registered (None: make
+    new ones, also when the certificate has a day or less left)."""
     tls = Tls(out / "ca.crt", out / "superlink.crt", out / "superlink.key")
     keys = {o: (out / o, out / f"{o}.pub") for o in organizations}
     files = [tls.ca, tls.cert, tls.key, *(p for pair in keys.values() for p in pair)]
     made_for = out / "host"
     ready = all(f.is_file() for f in [*files, made_for])
-    return (tls, keys) if ready and made_for.read_text().strip() == host else None
+    if not ready or made_for.read_text().strip() != host:
+        return None
+    return (tls, keys) if _days_left(tls.cert) > 1 else None  # an old one is made anew
+
+
+def _days_left(cert: Path) -> float:
+    from cryptography import x509
+
+    end = x509.load_pem_x509_certificate(cert.read_bytes()).not_valid_after_utc
+    return (end - datetime.datetime.now(datetime.UTC)).total_seconds() / 86400
 
 
 def write_tls(out: Path, host: str = "127.0.0.1") -> Tls:
