@@ -323,7 +323,8 @@ def _decide(bench, samples, programs, outcomes, inputs, sandbox: Sandbox) -> dic
     """For each covered sample whose process ran to its end: its results decoded here and
     the problem's check run on them in the referee; its verdict as an outcome."""
     decided: dict[int, Outcome] = {}
-    checks: dict[int, str] = {}
+    tables: dict[str, dict[str, dict]] = {}  # task -> results' text -> results
+    wanted: dict[int, tuple[str, str]] = {}
     for i, (s, prog) in enumerate(zip(samples, programs, strict=True)):
         given = inputs[s["task_id"]]
         if not isinstance(given, list) or outcomes[prog].status != "ok":
@@ -332,17 +333,47 @@ def _decide(bench, samples, programs, outcomes, inputs, sandbox: Sandbox) -> dic
         if isinstance(results, str):
             decided[i] = Outcome("exception", results)
             continue
-        checks[i] = verdict.checker(*reference(bench.problems[s["task_id"]]), results)
-    unique = list(dict.fromkeys(checks.values()))
-    # a check timed out or crashed is run once more: a loaded machine must not fail a sample
-    verdicts = dict(zip(unique, verdict.steady(sandbox.referee().run_many)(unique), strict=True))
-    for i, check in checks.items():
-        v = verdicts[check]
+        text = json.dumps(results, sort_keys=True)  # equal results are decided once
+        tables.setdefault(s["task_id"], {})[text] = results
+        wanted[i] = (s["task_id"], text)
+    found = _referee_verdicts(bench, tables, sandbox.referee())
+    for i, key in wanted.items():
+        decided[i] = found[key]
+    return decided
+
+
+CHECKS_PER_PROGRAM = 32  # samples one referee program decides (HumanEval's checks take ms)
+
+
+def _referee_verdicts(bench, tables: dict[str, dict[str, dict]], referee: Sandbox) -> dict:
+    """``(task, results' text) -> outcome``: many samples of a problem per referee program;
+    a program that ends otherwise (a timeout, a crash) is redone one sample per program."""
+    batches = []
+    for task, by_text in tables.items():
+        texts = list(by_text)
+        for k in range(0, len(texts), CHECKS_PER_PROGRAM):
+            batches.append((task, texts[k : k + CHECKS_PER_PROGRAM]))
+    programs = [
+        verdict.checker_many(*reference(bench.problems[t]), [tables[t][x] for x in chunk])
+        for t, chunk in batches
+    ]
+    run = verdict.steady(referee.run_many)  # a timeout or crash is run once more
+    out, single = {}, []
+    for (task, chunk), outcome in zip(batches, run(programs), strict=True):
+        rows = verdict.verdicts(outcome.data, len(chunk)) if outcome.status == "ok" else None
+        if rows is None:
+            single += [(task, x) for x in chunk]
+            continue
+        for text, row in zip(chunk, rows, strict=True):
+            status, _, detail = row.partition(" ")
+            out[task, text] = Outcome("ok" if status == "ok" else "exception", detail)
+    checks = [verdict.checker(*reference(bench.problems[t]), tables[t][x]) for t, x in single]
+    for key, v in zip(single, run(checks), strict=True):
         # the check is the benchmark's code: its timeout or crash is the harness's error
-        decided[i] = (
+        out[key] = (
             v if v.status in ("ok", "exception") else Outcome("crashed", f"check: {v.status}")
         )
-    return decided
+    return out
 
 
 def pass_at_k(results: Iterable[dict], ks: Sequence[int] = (1, 10, 100)) -> dict[str, float]:

@@ -228,6 +228,41 @@ def recorder(reference: str, entry: str, test: str) -> str:
     return f"{reference}\n\n{CODEC}\n{_RECORDER % params}\n{SEED}\n{test}\n{_RECORDER_END}"
 
 
+# Many samples of one problem decided in one program: the check runs once per sample's
+# results, each time with the entry point replaced by that sample's replay; one verdict per
+# sample ("ok" or "exception <name>") in OUTPUTS.
+_CHECKER_MANY = r"""
+_collab_tables = _pj.loads(%(tables)r)
+_collab_test = compile(%(test)r, "check.py", "exec")
+_collab_verdicts = []
+for _collab_results in _collab_tables:
+    %(entry)s = _collab_replay
+    _collab_random.seed(0)
+    try:
+        exec(_collab_test, globals())
+        _collab_verdicts.append("ok")
+    except Exception as _collab_exc:
+        _collab_verdicts.append("exception " + type(_collab_exc).__name__)
+_plain_write(_collab_verdicts)
+"""
+
+
+def checker_many(reference: str, entry: str, test: str, tables: list[dict[str, list]]) -> str:
+    """One program deciding several samples of a problem (each ``tables`` item as in
+    :func:`checker`): the problem's check once per sample, its verdicts in OUTPUTS."""
+    replay = _CHECKER % {"entry": entry, "results": "{}"}
+    many = _CHECKER_MANY % {"entry": entry, "tables": json.dumps(tables), "test": test}
+    return f"{reference}\n\n{CODEC}\n{replay}\n{SEED}\n{many}"
+
+
+def verdicts(data: str | None, n: int) -> list[str] | None:
+    """The ``n`` verdicts a :func:`checker_many` program left, or None."""
+    rows = _json_list(data)
+    if rows is None or len(rows) != n or not all(type(r) is str for r in rows):
+        return None
+    return rows
+
+
 def checker(reference: str, entry: str, test: str, results: dict[str, list]) -> str:
     """The program that decides: reference code, the replay of ``results`` (input key ->
     ``["ok", value]`` | ``["raise", name]`` | ``["bad", why]``), the benchmark's test."""

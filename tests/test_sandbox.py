@@ -483,3 +483,23 @@ def test_honest_samples_get_the_same_verdict_as_a_check_in_their_own_process():
         inside = [o.status == "ok" for o in box.run_many(programs)]
     assert outside == inside
     assert 60 <= sum(outside) < len(samples)  # both kinds are there
+
+
+def test_a_referee_program_that_times_out_is_redone_one_sample_at_a_time():
+    """Many samples' checks share a referee program; when one check hangs, the others are
+    decided one by one and keep their verdicts."""
+    test = (
+        "def check(candidate):\n    if candidate(1) == 2:\n        import time\n"
+        "        time.sleep(60)\n    assert candidate(1) == 1\n\ncheck(f)\n"
+    )
+    problem = benchmarks.Problem("T/0", "def f(x):\n", "f", "    return x\n", test)
+    bench = benchmarks.Benchmark("custom", "a custom benchmark", "sha-of-T0", {"T/0": problem})
+    samples = [
+        {"task_id": "T/0", "completion": "    return x\n"},
+        {"task_id": "T/0", "completion": "    return 2 * x\n"},
+        {"task_id": "T/0", "completion": "    return 3\n"},
+    ]
+    with Sandbox(limits=Limits(timeout_s=1)) as box:
+        results = benchmarks.score(bench, samples, box)
+    assert [r["status"] for r in results] == ["pass", "error", "fail"]
+    assert results[1]["detail"] == "check: timeout"
