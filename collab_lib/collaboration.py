@@ -585,7 +585,8 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
                 "Setting": spec.setting,
                 "Data": (" → " if spec.setting == "incremental" else " + ").join(
                     short[o] for o in spec.orgs
-                ),
+                )
+                + (", shared clones removed (PSI)" if spec.rq == PSI else ""),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),
                 "Tokens trained": sum(_tokens_trained(cfg, j) for j in jobs_),
