@@ -109,10 +109,17 @@ def test_humaneval_plus_runs_differential_tests(tmp_path, gz):
         {"task_id": "HumanEval/2", "completion": "    return number % 1.0 + 1e-9\n"},  # atol
         {"task_id": "HumanEval/4", "completion": HE.problems["HumanEval/4"].canonical_solution},
         {"task_id": "HumanEval/4", "completion": "    return 0.0\n"},
+        {  # equal to anything: EvalPlus's `out == expected` would take it
+            "task_id": "HumanEval/2",
+            "completion": "    class S(float):\n        def __eq__(self, o):\n"
+            "            return True\n    return S(0.0)\n",
+        },
     ]
     with Sandbox(limits=Limits(timeout_s=3)) as box:
         got = [r["passed"] for r in benchmarks.score(bench, samples, box)]
-    assert got == [True, False, True, True, False]
+        covered = benchmarks.coverage(bench, list(bench.problems), box)
+    assert got == [True, False, True, True, False, False]
+    assert all(isinstance(v, list) for v in covered.values())  # decided outside the sample
 
 
 def test_humaneval_plus_without_its_file_says_how_to_get_it(tmp_path, monkeypatch):
