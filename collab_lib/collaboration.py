@@ -33,7 +33,10 @@ from tqdm import tqdm
 from collab_lib import artifacts, canaries, datasets, psi, tuning
 from collab_lib.config import Config, ConfigError, weights_config
 
-PSI = "PSI"  # the rq of the models trained on PSI-deduplicated data
+# what a model is for: the study on all organizations, the RQ3 pair, or the pair's models
+# again on PSI-deduplicated data (beyond the paper)
+RQ12, RQ3, PSI = "RQ1/RQ2", "RQ3", "PSI"
+PSI_DATA = "shared clones removed (PSI)"  # how tables say what a PSI model trained on
 BASE = "base model"  # the row standing where the paper has "GPT-2"
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
@@ -51,7 +54,12 @@ class ModelSpec:
     strategy: str | None = None  # FedAvg | FedYogi for federated models
     # RQ3: the models of the cross-organization pair; PSI: those trained again on the pair's
     # data after private clone removal (:mod:`collab_lib.psi`)
-    rq: str = "RQ1/RQ2"
+    rq: str = RQ12
+
+    @property
+    def main(self) -> bool:
+        """One of the study's models on all organizations (not the RQ3 pair's, not PSI's)."""
+        return self.rq == RQ12
 
 
 def roster(cfg: Config) -> list[ModelSpec]:
@@ -69,11 +77,11 @@ def roster(cfg: Config) -> list[ModelSpec]:
     orders = cfg.collaboration.incremental_orders
     if orders is None:
         orders = tuple(itertools.permutations(orgs))
-    specs += _union_models(orgs, short, "RQ1/RQ2")
-    specs += [_incremental(order, short, "RQ1/RQ2") for order in orders]
+    specs += _union_models(orgs, short, RQ12)
+    specs += [_incremental(order, short, RQ12) for order in orders]
     pair = datasets.rq3_pair(cfg)
-    specs += _union_models(pair, short, "RQ3")
-    specs += [_incremental(order, short, "RQ3") for order in (pair, pair[::-1])]
+    specs += _union_models(pair, short, RQ3)
+    specs += [_incremental(order, short, RQ3) for order in (pair, pair[::-1])]
     unique: dict[str, ModelSpec] = {}
     for spec in specs:
         unique.setdefault(spec.name, spec)
@@ -132,9 +140,7 @@ def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[s
             f"{cfg.source}: {key}: unknown model {unknown[0]!r} (a setting: "
             f"{', '.join(SETTINGS)}; or a model: {', '.join(names)})"
         )
-    keep = [
-        s.name for s in specs if s.name in chosen or (s.setting in chosen and s.rq == "RQ1/RQ2")
-    ]
+    keep = [s.name for s in specs if s.name in chosen or (s.setting in chosen and s.main)]
     return [BASE, *keep]
 
 
@@ -313,13 +319,11 @@ def training_texts(
     instrument, stay the same)."""
     ds = datasets.load(cfg, planned)
     planted = canaries.planted(canaries.require(cfg, planned))
-    if not deduplicated:
-        return {
-            o.name: canaries.training_texts(ds, planted, o.name) for o in cfg.datasets.organizations
-        }
-    art = psi.load(cfg, planned)
+    art = psi.load(cfg, planned) if deduplicated else None
     return {
-        o.name: canaries.training_texts(ds, planted, o.name, psi.deduplicated(art, ds, o.name))
+        o.name: canaries.training_texts(
+            ds, planted, o.name, psi.deduplicated(art, ds, o.name) if art else None
+        )
         for o in cfg.datasets.organizations
     }
 
@@ -586,7 +590,7 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
                 "Data": (" → " if spec.setting == "incremental" else " + ").join(
                     short[o] for o in spec.orgs
                 )
-                + (", shared clones removed (PSI)" if spec.rq == PSI else ""),
+                + (f", {PSI_DATA}" if spec.rq == PSI else ""),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),
                 "Tokens trained": sum(_tokens_trained(cfg, j) for j in jobs_),

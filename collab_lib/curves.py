@@ -90,7 +90,7 @@ class Point:
 def curve_models(cfg: Config) -> list[ModelSpec]:
     """The models of RQ1 and RQ2 (every setting on all organizations, and each organization's
     own model); the RQ3 pair's models are left out."""
-    return [s for s in collaboration.roster(cfg) if s.rq == "RQ1/RQ2"]
+    return [s for s in collaboration.roster(cfg) if s.main]
 
 
 def snapshot_epochs(job: artifacts.Artifact) -> list[int]:

@@ -417,6 +417,12 @@ def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, for
     return artifacts.build(HARNESS_STEP, config, produce, [], force=force)
 
 
+PAIR_GROUPS = {
+    collaboration.RQ3: "RQ3 pair",
+    collaboration.PSI: f"RQ3 pair, {collaboration.PSI_DATA}",
+}
+
+
 def table8(cfg: Config, ppl: dict[str, pd.DataFrame], by_temp: pd.DataFrame) -> pd.DataFrame:
     """One row per model in the paper's groups: perplexity, pass@k at the best temperature
     per k, and the paper's values beside (its "GPT-2" row beside our base model)."""
@@ -425,10 +431,8 @@ def table8(cfg: Config, ppl: dict[str, pd.DataFrame], by_temp: pd.DataFrame) -> 
     for name, frame in ppl.items():
         spec = specs.get(name)
         group = "Baseline" if spec is None else GROUPS[spec.setting]
-        if spec is not None and spec.rq == "RQ3":
-            group = "RQ3 pair"
-        if spec is not None and spec.rq == collaboration.PSI:
-            group = "RQ3 pair, shared clones removed (PSI)"
+        if spec is not None and not spec.main:
+            group = PAIR_GROUPS[spec.rq]
         row = {
             "group": group,
             "model": name,

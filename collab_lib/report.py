@@ -228,12 +228,15 @@ def loss_curves(curves: dict[str, dict]) -> plt.Figure:
     """Small multiples: the training loss per optimizer step of each setting's models (| marks
     the next organization of an incremental model), and of each federated model, every
     client's loss in its local epoch, per round."""
+    from collab_lib.collaboration import PSI, RQ3
+
+    pair_panels = {RQ3: "RQ3 pair", PSI: "RQ3 pair, PSI-deduplicated"}
     panels: dict[str, dict[str, dict]] = {}
     for name, c in curves.items():
         if c["kind"] == "rounds":
             panels[name] = {name: c}
         else:
-            title = "RQ3 pair" if c.get("rq") == "RQ3" else c.get("setting", "models")
+            title = pair_panels.get(c.get("rq"), c.get("setting", "models"))
             panels.setdefault(title, {})[name] = c
     orgs = sorted(
         {o for c in curves.values() if c["kind"] == "rounds" for o in c["organization_loss"]}
@@ -461,7 +464,7 @@ def incremental_positions(cfg: Config) -> pd.DataFrame:
         [
             {"model": s.name, "organization": org, "position": i}
             for s in collaboration.roster(cfg)
-            if s.setting == "incremental" and s.rq != "RQ3"
+            if s.setting == "incremental" and s.main
             for i, org in enumerate(s.orgs, start=1)
         ]
     )

@@ -269,3 +269,11 @@ def test_a_command_hint_can_be_pasted_into_a_shell(tmp_path):
     words = shlex.split(cfg.command("run", "train"))
     assert words[-2:] == ["--set", "federated.yogi_sweep.etas=[0.01,0.1]"]
     assert load_config(words[words.index("--profile") + 1], [words[-1]]) == cfg
+
+
+def test_order_effects_hold_the_incremental_models_on_all_organizations_only():
+    """The RQ3 pair's incremental models and their PSI twins are not orders of all three."""
+    from collab_lib import report
+
+    models = set(report.incremental_positions(load_config("default"))["model"])
+    assert models == {n for n in PAPER_NAMES if n.startswith("Incremental_") and n.count("2") == 2}
