@@ -105,7 +105,7 @@ class Run:
     curve_extractable: pd.DataFrame = field(default_factory=pd.DataFrame)  # per sequence
     curve_prompts: pd.DataFrame = field(default_factory=pd.DataFrame)  # where curves.prompts
 
-    def models(self, setting: str, rq: str = "RQ1/RQ2") -> list[ModelSpec]:
+    def models(self, setting: str, rq: str = collaboration.RQ12) -> list[ModelSpec]:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
 
 
@@ -294,11 +294,7 @@ def _collaborative(run: Run) -> list[str]:
     """The collaborative models on all organizations that rq2 measured."""
     settings = ("centralized", "federated", "incremental")
     measured = set(run.prompts.get("model", [])) | set(run.duplication.get("model", []))
-    return [
-        s.name
-        for s in run.roster
-        if s.setting in settings and s.rq == "RQ1/RQ2" and s.name in measured
-    ]
+    return [s.name for s in run.roster if s.setting in settings and s.main and s.name in measured]
 
 
 def f4_duplicates(run: Run, b: int, rng):
@@ -595,51 +591,63 @@ def f6_last(run: Run, b: int, rng):
     return f"{measure}; mean over {len(incs)} orders", unit, scale * average, form
 
 
+def _pair_kept(run: Run, pair: tuple[str, ...], models: list[str], b: int, rng):
+    """What each of ``models`` kept of the clone blocks ``pair`` shares (RQ3's measures):
+    ``("verbatim", prompts, {model: ratio})`` where Table 11 found memorized lines, else
+    ``("loss", prompts, {model: loss drop from the base model on the blocks' second halves
+    beyond the drop on the pair's validation code})``; None where the pair shares no block."""
+    if _verbatim_found(run.rq3_prompts, models):
+        frame = run.rq3_prompts
+        u = Units(
+            frame.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
+        )
+        ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in models}
+        return "verbatim", frame["prompt"].nunique(), ratio
+    blocks = run.rq3_blocks
+    if blocks.empty or blocks["tokens"].sum() == 0:
+        return None
+    u = Units(
+        blocks.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
+    )
+    # the same drop on the pair's validation files, which no model saw: what a model gains
+    # on any code of the pair, memorized or not (federated models fit less)
+    val = run.perplexity[run.perplexity["organization"].isin(pair)]
+    v = Units(val, ["organization", "file"], ["organization"], b, rng)
+
+    def drop(units: Units, m: str) -> np.ndarray:
+        base = units.sum("loss_sum", BASE) / units.sum("tokens", BASE)
+        return base - units.sum("loss_sum", m) / units.sum("tokens", m)
+
+    return "loss", blocks["prompt"].nunique(), {m: drop(u, m) - drop(v, m) for m in models}
+
+
 def f7_cross(run: Run, b: int, rng):
-    pair = [s for s in run.roster if s.rq == "RQ3"]
+    pair = [s for s in run.roster if s.rq == collaboration.RQ3]
     sync = [s.name for s in pair if s.setting in ("centralized", "federated")]
     inc = [s.name for s in pair if s.setting == "incremental"]
     if not (sync and inc):
         return "the RQ3 pair's synchronous and incremental models are not all trained"
-    frame = run.rq3_prompts
-    if not _verbatim_found(frame, sync + inc):
-        blocks = run.rq3_blocks
-        if blocks.empty or blocks["tokens"].sum() == 0:
-            return (
-                "the RQ3 pair shares no clone block to prompt with, so neither the paper's "
-                "metric nor the continuation loss can be measured"
-            )
-        u = Units(
-            blocks.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
-        )
-        # the same drop on the pair's validation files, which no model saw: what a model
-        # gains on any code of the pair, memorized or not (federated models fit less)
-        val = run.perplexity[run.perplexity["organization"].isin(pair[0].orgs)]
-        v = Units(val, ["organization", "file"], ["organization"], b, rng)
-
-        def drop(units: Units, m: str) -> np.ndarray:
-            base = units.sum("loss_sum", BASE) / units.sum("tokens", BASE)
-            return base - units.sum("loss_sum", m) / units.sum("tokens", m)
-
-        beyond = {m: drop(u, m) - drop(v, m) for m in sync + inc}
-        n = blocks["prompt"].nunique()
+    kept = _pair_kept(run, pair[0].orgs, sync + inc, b, rng)
+    if kept is None:
         return (
-            "the paper's metric (Table 11) found no memorized line, so: each model's loss "
-            "drop from the base model on the second half of the shared clone blocks given "
-            "the first, beyond its drop on the pair's validation code (nats per token), "
-            f"synchronous minus incremental; {n} prompts",
-            NATS,
-            np.mean([beyond[m] for m in sync], axis=0) - np.mean([beyond[m] for m in inc], axis=0),
+            "the RQ3 pair shares no clone block to prompt with, so neither the paper's "
+            "metric nor the continuation loss can be measured"
         )
-    u = Units(
-        frame.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
-    )
-    ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in sync + inc}
+    how, n, per = kept
+    gap = np.mean([per[m] for m in sync], axis=0) - np.mean([per[m] for m in inc], axis=0)
+    if how == "verbatim":
+        return (
+            "the paper's memorization ratio on shared clones (Table 11), in points",
+            POINTS,
+            100 * gap,
+        )
     return (
-        "the paper's memorization ratio on shared clones (Table 11), in points",
-        POINTS,
-        100
-        * (np.mean([ratio[m] for m in sync], axis=0) - np.mean([ratio[m] for m in inc], axis=0)),
+        "the paper's metric (Table 11) found no memorized line, so: each model's loss "
+        "drop from the base model on the second half of the shared clone blocks given "
+        "the first, beyond its drop on the pair's validation code (nats per token), "
+        f"synchronous minus incremental; {n} prompts",
+        NATS,
+        gap,
     )
 
 
@@ -796,40 +804,21 @@ def p1_removal(run: Run, b: int, rng):
     twins = _psi_twins(run)
     if not twins:
         return "no model is trained on PSI-deduplicated data (psi.models is empty)"
-    names = [m for pair in twins for m in pair]
-    if _verbatim_found(run.rq3_prompts, names):
-        u = Units(
-            run.rq3_prompts.assign(organization="pair"),
-            ["organization", "prompt"],
-            ["organization"],
-            b,
-            rng,
-        )
-        ratio = {m: u.sum("memorized lines", m) / u.sum("generated lines", m) for m in names}
-        gaps = [ratio[plain] - ratio[dedup] for plain, dedup in twins]
-        return (
-            "the paper's ratio on shared clones (Table 11), plain minus PSI",
-            POINTS,
-            100 * np.mean(gaps, axis=0),
-        )
-    blocks = run.rq3_blocks
-    if blocks.empty or blocks["tokens"].sum() == 0:
-        return "the RQ3 pair shares no clone block, so PSI has nothing to remove"
-    u = Units(
-        blocks.assign(organization="pair"), ["organization", "prompt"], ["organization"], b, rng
-    )
     pair = next(s.orgs for s in run.roster if s.name == twins[0][0])
-    val = run.perplexity[run.perplexity["organization"].isin(pair)]
-    v = Units(val, ["organization", "file"], ["organization"], b, rng)
-    blk, vl = _ppl(u, names), _ppl(v, names)
-    gaps = [(blk[d] - blk[p]) - (vl[d] - vl[p]) for p, d in twins]
+    kept = _pair_kept(run, pair, [m for twin in twins for m in twin], b, rng)
+    if kept is None:
+        return "the RQ3 pair shares no clone block, so PSI has nothing to remove"
+    how, n, per = kept
+    gap = np.mean([per[plain] - per[dedup] for plain, dedup in twins], axis=0)
+    if how == "verbatim":
+        return "the paper's ratio on shared clones (Table 11), plain minus PSI", POINTS, 100 * gap
     return (
         "the paper's metric (Table 11) found no memorized line, so: the loss of the shared "
         "blocks' second halves given their first, PSI model minus its plain twin, beyond the "
         "same difference on the pair's validation code (nats per token), mean over "
-        f"{len(twins)} twins; {blocks['prompt'].nunique()} prompts",
+        f"{len(twins)} twins; {n} prompts",
         NATS,
-        np.mean(gaps, axis=0),
+        gap,
     )
 
 
