@@ -726,13 +726,16 @@ def cross_clones(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions())
     return _report(both, longest, partner, corpora[0].n_lines)
 
 
-def cross_covered(corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions()) -> np.ndarray:
-    """Mask of the first corpus's counted lines inside a block :func:`cross_clones` reports."""
+def cross_covered(
+    corpora: Sequence[Corpus], opts: CloneOptions = CloneOptions()
+) -> list[np.ndarray]:
+    """Per corpus, the mask of its counted lines inside a block that also occurs in every
+    other one (the first's: the lines of the blocks :func:`cross_clones` reports), from one
+    search: a window never crosses a file's end, so the corpora's blocks do not mix."""
     both = combine(corpora)
     longest, _ = longest_common(both, opts.min_lines, need_groups=len(corpora))
-    longest[corpora[0].n_lines :] = 0
-    starts = maximal_starts(longest, both)
-    return _covered(longest, starts, both.n_lines)[: corpora[0].n_lines]
+    mask = _covered(longest, maximal_starts(longest, both), both.n_lines)
+    return np.split(mask, np.cumsum([c.n_lines for c in corpora])[:-1])
 
 
 # --------------------------------------------------------------------------- index

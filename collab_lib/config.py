@@ -307,6 +307,7 @@ class CurvesConfig:
 
 
 PSI_KINDS = ("Centralized", "Federated_Avg", "Federated_Yogi", "Incremental")
+PSI_REMOVALS = ("drop", "owner")
 
 
 @dataclass(frozen=True)
@@ -761,7 +762,7 @@ def _check_psi(p: PsiConfig, where: str, path: Path) -> None:
             f"{path}: {where}.models: each of {', '.join(PSI_KINDS)} at most once "
             f"(got {unknown[0] if unknown else 'a repeat'!r})"
         )
-    if p.removal not in ("drop", "owner"):
+    if p.removal not in PSI_REMOVALS:
         raise ConfigError(f"{path}: {where}.removal: drop or owner, not {p.removal!r}")
     if not 0 < p.fpr < 1e-3:
         raise ConfigError(f"{path}: {where}.fpr: must be in (0, 0.001)")

@@ -25,7 +25,9 @@ them (``owner``), and trains on the rest.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -45,7 +47,6 @@ from collab_lib.config import Config, UserError
 
 STEP = "psi"
 VERSION = 1
-REMOVALS = ("drop", "owner")
 SUFFIX = "_PSI"
 LINE_BREAK = re.compile(r"(\r\n|\r|\n)")
 
@@ -70,7 +71,7 @@ class Windows:
     keys: np.ndarray  # uint64 window key of each window
     min_lines: int
 
-    @property
+    @functools.cached_property
     def elements(self) -> list[str]:
         """The distinct fingerprints, sorted: the set this organization brings to PSI."""
         return [f"{k:016x}" for k in np.unique(self.keys).tolist()]
@@ -90,11 +91,9 @@ def windows(docs: Sequence[tuple[str, str]], opts: CloneOptions) -> Windows:
 
 def covered(win: Windows, shared: set[str]) -> np.ndarray:
     """Mask of the counted lines inside at least one window whose fingerprint is ``shared``."""
-    hit = np.array([f"{k:016x}" in shared for k in win.keys.tolist()], bool)
-    delta = np.zeros(win.corpus.n_lines + 1, np.int64)
-    np.add.at(delta, win.starts[hit], 1)
-    np.add.at(delta, win.starts[hit] + win.min_lines, -1)
-    return np.cumsum(delta[:-1]) > 0
+    hit = np.isin(win.keys, np.array([int(k, 16) for k in shared], np.uint64))
+    n = win.corpus.n_lines
+    return clones._covered(np.full(n, win.min_lines), win.starts[hit], n)
 
 
 # --------------------------------------------------------------------------- the protocol
@@ -212,8 +211,6 @@ def to_remove(
 ) -> set[str]:
     """The fingerprints ``org`` removes: every one it shares (``drop``), or those that an
     organization before it in ``order`` also holds (``owner``: the first holder keeps it)."""
-    if removal not in REMOVALS:
-        raise UserError(f"psi removal must be one of {', '.join(REMOVALS)}, not {removal!r}")
     out: set[str] = set()
     for other, common in shared.items():
         if removal == "drop" or order.index(other) < order.index(org):
@@ -271,14 +268,10 @@ def cut(text: str, spans: Sequence[tuple[int, int]], opts: CloneOptions | None =
 def psi_models(cfg: Config) -> list[tuple[str, str]]:
     """``(plain model, PSI model)`` names of the RQ3 pair's models the profile trains again
     on PSI-deduplicated data (``psi.models``: kinds such as ``Federated_Avg``)."""
-    pair = datasets.rq3_pair(cfg)
     short = {o.name: o.short for o in cfg.datasets.organizations}
-    out = []
-    for kind in cfg.psi.models:
-        joined = "2".join(short[o] for o in pair) if kind == "Incremental" else None
-        tag = joined or "".join(short[o] for o in pair)
-        out.append((f"{kind}_{tag}", f"{kind}_{tag}{SUFFIX}"))
-    return out
+    letters = [short[o] for o in datasets.rq3_pair(cfg)]
+    tags = {kind: ("2" if kind == "Incremental" else "").join(letters) for kind in cfg.psi.models}
+    return [(f"{k}_{tag}", f"{k}_{tag}{SUFFIX}") for k, tag in tags.items()]
 
 
 def _step_config(cfg: Config) -> dict:
@@ -341,11 +334,15 @@ def build_psi(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
 
 def accuracy_table(wins: dict[str, Windows], ex: Exchange, opts: CloneOptions) -> pd.DataFrame:
     """Per ordered pair: the lines PSI marks shared against the centralized detector's
-    (Table 7's method, :func:`collab_lib.clones.cross_clones`, run with both sides' code)."""
+    (Table 7's method, :func:`collab_lib.clones.cross_covered`, run once per pair with both
+    sides' code)."""
+    truth = {}
+    for a, b in itertools.combinations(wins, 2):
+        truth[a, b], truth[b, a] = clones.cross_covered([wins[a].corpus, wins[b].corpus], opts)
     rows = []
     for client, per_server in ex.shared.items():
         for server, common in per_server.items():
-            true_mask = clones.cross_covered([wins[client].corpus, wins[server].corpus], opts)
+            true_mask = truth[client, server]
             found = covered(wins[client], common)
             true_windows = set(
                 f"{k:016x}" for k in np.intersect1d(wins[client].keys, wins[server].keys).tolist()
@@ -421,8 +418,7 @@ class Party:
         docs = clones.read_tree(self.code)
         if not docs:
             raise UserError(f"{self.code}: no Python files (.py) to fingerprint")
-        rel = [(str(Path(name).relative_to(self.code)), path) for name, path in docs]
-        return windows([(name, clones._read(path)) for name, path in rel], self.opts)
+        return windows([(str(Path(n).relative_to(self.code)), p) for n, p in docs], self.opts)
 
     def keys(self, create: bool = False) -> tuple[bytes, bytes]:
         """The client and server keys, made on the first request and kept in ``state``."""

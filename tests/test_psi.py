@@ -110,7 +110,7 @@ def test_each_organization_removes_exactly_what_the_detector_finds_shared(orgs, 
         truth = np.zeros(mine.n_lines, bool)
         for other in ORGS:
             if other != o:
-                truth |= clones.cross_covered([mine, _corpus(orgs[other])], OPTS)
+                truth |= clones.cross_covered([mine, _corpus(orgs[other])], OPTS)[0]
         removed = json.loads((exchange["state"][o] / "removed.json").read_text())["removed"]
         cut = np.zeros(mine.n_lines, bool)
         for f, name in enumerate(mine.names):
