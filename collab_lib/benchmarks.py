@@ -18,6 +18,7 @@ sample, runs it in the :mod:`collab_lib.sandbox`, and gives pass / fail / timeou
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 from collections import defaultdict
@@ -325,16 +326,20 @@ def _decide(bench, samples, programs, outcomes, inputs, sandbox: Sandbox) -> dic
     decided: dict[int, Outcome] = {}
     tables: dict[str, dict[str, dict]] = {}  # task -> results' text -> results
     wanted: dict[int, tuple[str, str]] = {}
+    read: dict[str, tuple] = {}
     for i, (s, prog) in enumerate(zip(samples, programs, strict=True)):
         given = inputs[s["task_id"]]
         if not isinstance(given, list) or outcomes[prog].status != "ok":
             continue  # checked inside, or the sample's process failed: its outcome stands
-        results = verdict.decode_results(outcomes[prog].data, given)
-        if isinstance(results, str):
+        if prog not in read:  # a program's results are decoded once, whoever sampled it
+            results = verdict.decode_results(outcomes[prog].data, given)
+            text = None if isinstance(results, str) else json.dumps(results, sort_keys=True)
+            read[prog] = results, text
+        results, text = read[prog]
+        if text is None:
             decided[i] = Outcome("exception", results)
             continue
-        text = json.dumps(results, sort_keys=True)  # equal results are decided once
-        tables.setdefault(s["task_id"], {})[text] = results
+        tables.setdefault(s["task_id"], {})[text] = results  # equal results decided once
         wanted[i] = (s["task_id"], text)
     found = _referee_verdicts(bench, tables, sandbox.referee())
     for i, key in wanted.items():
@@ -345,34 +350,39 @@ def _decide(bench, samples, programs, outcomes, inputs, sandbox: Sandbox) -> dic
 CHECKS_PER_PROGRAM = 32  # samples one referee program decides (HumanEval's checks take ms)
 
 
+def _batches(keys: list[tuple[str, str]], size: int) -> list[list[tuple[str, str]]]:
+    """``(task, ...)`` keys in runs of at most ``size``, each run of one task."""
+    out = []
+    for _, items in itertools.groupby(keys, key=lambda key: key[0]):
+        group = list(items)
+        out += [group[k : k + size] for k in range(0, len(group), size)]
+    return out
+
+
 def _referee_verdicts(bench, tables: dict[str, dict[str, dict]], referee: Sandbox) -> dict:
     """``(task, results' text) -> outcome``: many samples of a problem per referee program;
-    a program that ends otherwise (a timeout, a crash) is redone one sample per program."""
-    batches = []
-    for task, by_text in tables.items():
-        texts = list(by_text)
-        for k in range(0, len(texts), CHECKS_PER_PROGRAM):
-            batches.append((task, texts[k : k + CHECKS_PER_PROGRAM]))
-    programs = [
-        verdict.checker_many(*reference(bench.problems[t]), [tables[t][x] for x in chunk])
-        for t, chunk in batches
-    ]
+    the samples of a program that ends otherwise (a timeout, a crash) are decided again one
+    per program."""
     run = verdict.steady(referee.run_many)  # a timeout or crash is run once more
-    out, single = {}, []
-    for (task, chunk), outcome in zip(batches, run(programs), strict=True):
-        rows = verdict.verdicts(outcome.data, len(chunk)) if outcome.status == "ok" else None
-        if rows is None:
-            single += [(task, x) for x in chunk]
-            continue
-        for text, row in zip(chunk, rows, strict=True):
-            status, _, detail = row.partition(" ")
-            out[task, text] = Outcome("ok" if status == "ok" else "exception", detail)
-    checks = [verdict.checker(*reference(bench.problems[t]), tables[t][x]) for t, x in single]
-    for key, v in zip(single, run(checks), strict=True):
-        # the check is the benchmark's code: its timeout or crash is the harness's error
-        out[key] = (
-            v if v.status in ("ok", "exception") else Outcome("crashed", f"check: {v.status}")
-        )
+    out: dict[tuple[str, str], Outcome] = {}
+    todo = [(task, text) for task, by_text in tables.items() for text in by_text]
+    for size in (CHECKS_PER_PROGRAM, 1):
+        batches = _batches(todo, size)
+        programs = [
+            verdict.checker(*reference(bench.problems[b[0][0]]), [tables[t][x] for t, x in b])
+            for b in batches
+        ]
+        todo = []
+        for batch, outcome in zip(batches, run(programs), strict=True):
+            rows = verdict.verdicts(outcome.data, len(batch)) if outcome.status == "ok" else None
+            if rows is not None:
+                for key, row in zip(batch, rows, strict=True):
+                    status, _, detail = row.partition(" ")
+                    out[key] = Outcome("ok" if status == "ok" else "exception", detail)
+            elif size > 1:
+                todo += batch
+            else:  # the check is the benchmark's code: its timeout or crash is the harness's
+                out[batch[0]] = Outcome("crashed", f"check: {outcome.status}")
     return out
 
 

@@ -34,15 +34,18 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from collab_lib.sandbox_server import OUTPUTS  # what a program leaves for the sandbox
+
 VERSION = 2  # part of every cached evaluation's key; 2: stdlib containers as their base
-OUTPUTS = "outputs.json"  # what a program leaves in its scratch directory for the sandbox
 MAX_DEPTH = 64  # nesting of a plain value, arguments and results alike
 
 # Plain data as JSON, in stdlib code that every program of this module holds (the sandbox's
 # interpreter may be any Python 3): each value a tagged list, so that tuples stay tuples and
 # a float is exact (float.hex); a set's items in the order of their encodings, so that the
 # same set has the same text in any process (string hashing differs between them).
-CODEC = r"""
+CODEC = (
+    f"_PLAIN_DEPTH, _PLAIN_FILE = {MAX_DEPTH}, {OUTPUTS!r}\n"
+    + r"""
 import json as _pj
 
 
@@ -51,7 +54,7 @@ class _NotPlain(Exception):
 
 
 def _plain_encode(x, depth=0):
-    if depth > 64:
+    if depth > _PLAIN_DEPTH:
         raise _NotPlain("nested too deep")
     t = type(x)
     if x is None:
@@ -87,7 +90,7 @@ def _plain_encode(x, depth=0):
 
 
 def _plain_decode(e, depth=0):
-    if depth > 64 or type(e) is not list or not e or type(e[0]) is not str:
+    if depth > _PLAIN_DEPTH or type(e) is not list or not e or type(e[0]) is not str:
         raise _NotPlain("malformed")
     tag, rest = e[0], e[1:]
     if tag == "n" and not rest:
@@ -127,12 +130,13 @@ def _plain_key(args):
 def _plain_write(value):
     # os.open: EvalPlus's guard sets builtins.open to None
     import os
-    fd = os.open("outputs.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    fd = os.open(_PLAIN_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     data = _pj.dumps(value).encode()
     while data:
         data = data[os.write(fd, data):]
     os.close(fd)
 """
+)
 
 # The sample's process: the sample's code, then this. It runs the entry point on each input
 # and leaves the results in OUTPUTS; the sandbox hands them back, and nothing else counts.
@@ -192,10 +196,7 @@ _plain_write(_collab_calls)
 
 # The verdict: the benchmark's prompt and canonical solution (its helpers), then the entry
 # point replaced by the sample's recorded results, then the benchmark's own check.
-_CHECKER = r"""
-_collab_results = _pj.loads(%(results)r)
-
-
+_REPLAY = r"""
 def _collab_replay(*args, **kwargs):
     import builtins
     kind, value = _collab_results[_plain_key(args)]
@@ -205,9 +206,6 @@ def _collab_replay(*args, **kwargs):
     if isinstance(error, type) and issubclass(error, Exception):
         raise error("raised by the sample")
     raise RuntimeError("the sample's result: " + kind + " " + str(value))
-
-
-%(entry)s = _collab_replay
 """
 
 
@@ -228,10 +226,11 @@ def recorder(reference: str, entry: str, test: str) -> str:
     return f"{reference}\n\n{CODEC}\n{_RECORDER % params}\n{SEED}\n{test}\n{_RECORDER_END}"
 
 
-# Many samples of one problem decided in one program: the check runs once per sample's
-# results, each time with the entry point replaced by that sample's replay; one verdict per
-# sample ("ok" or "exception <name>") in OUTPUTS.
-_CHECKER_MANY = r"""
+# The verdict: the benchmark's prompt and canonical solution (its helpers), then, for each
+# sample's results, the entry point replaced by their replay and the benchmark's own check
+# run; one verdict per sample ("ok" or "exception <name>", as the sandbox reports one) in
+# OUTPUTS.
+_CHECKER = r"""
 _collab_tables = _pj.loads(%(tables)r)
 _collab_test = compile(%(test)r, "check.py", "exec")
 _collab_verdicts = []
@@ -241,33 +240,26 @@ for _collab_results in _collab_tables:
     try:
         exec(_collab_test, globals())
         _collab_verdicts.append("ok")
-    except Exception as _collab_exc:
+    except BaseException as _collab_exc:
         _collab_verdicts.append("exception " + type(_collab_exc).__name__)
 _plain_write(_collab_verdicts)
 """
 
 
-def checker_many(reference: str, entry: str, test: str, tables: list[dict[str, list]]) -> str:
-    """One program deciding several samples of a problem (each ``tables`` item as in
-    :func:`checker`): the problem's check once per sample, its verdicts in OUTPUTS."""
-    replay = _CHECKER % {"entry": entry, "results": "{}"}
-    many = _CHECKER_MANY % {"entry": entry, "tables": json.dumps(tables), "test": test}
-    return f"{reference}\n\n{CODEC}\n{replay}\n{SEED}\n{many}"
+def checker(reference: str, entry: str, test: str, tables: list[dict[str, list]]) -> str:
+    """The program that decides samples of a problem: the reference code (prompt and
+    canonical solution), then the benchmark's test once per item of ``tables`` (a sample's
+    results: input key -> ``["ok", value]`` | ``["raise", name]`` | ``["bad", why]``)."""
+    many = _CHECKER % {"entry": entry, "tables": json.dumps(tables), "test": test}
+    return f"{reference}\n\n{CODEC}\n{_REPLAY}\n{SEED}\n{many}"
 
 
 def verdicts(data: str | None, n: int) -> list[str] | None:
-    """The ``n`` verdicts a :func:`checker_many` program left, or None."""
+    """The ``n`` verdicts a :func:`checker` program left, or None."""
     rows = _json_list(data)
     if rows is None or len(rows) != n or not all(type(r) is str for r in rows):
         return None
     return rows
-
-
-def checker(reference: str, entry: str, test: str, results: dict[str, list]) -> str:
-    """The program that decides: reference code, the replay of ``results`` (input key ->
-    ``["ok", value]`` | ``["raise", name]`` | ``["bad", why]``), the benchmark's test."""
-    replay = _CHECKER % {"entry": entry, "results": json.dumps(results)}
-    return f"{reference}\n\n{CODEC}\n{replay}\n{SEED}\n{test}"
 
 
 # ------------------------------------------------------------------ this side's codec
@@ -348,10 +340,10 @@ def derive(
         if outcome.status != "ok" or isinstance(results, str):
             out.uncovered[tid] = "the canonical solution's results are not plain data"
             continue
-        checks.append(checker(*problems[tid], results))
+        checks.append(checker(*problems[tid], [results]))
         checked.append(tid)
     for tid, outcome in zip(checked, run(checks), strict=True):
-        if outcome.status == "ok":
+        if verdicts(outcome.data, 1) == ["ok"]:
             out.inputs[tid] = candidates[tid]
         else:
             out.uncovered[tid] = f"the check fails on the recorded results ({outcome.detail})"
