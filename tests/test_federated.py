@@ -400,9 +400,9 @@ def test_a_node_beyond_the_organizations_stops_the_run_before_any_model_is_sent(
     strategy = server_app.make_strategy(rc)
     strategy.setup(rc, Path("unused"))
     grid = _Grid([11, 12, 13])
-    guarded = server_app.OrganizationsOnly(grid, 2)
+    # the strategy's own start, as the ServerApp calls it: it guards every grid it is given
     with pytest.raises(RuntimeError, match="3 SuperNodes are connected where 2 organizations"):
-        strategy.configure_train(1, ArrayRecord(), ConfigRecord(), guarded)
+        strategy.start(grid, ArrayRecord(), num_rounds=1, train_config=ConfigRecord())
     assert grid.sent == []
     grid.nodes = [11, 12]
-    assert sorted(guarded.get_node_ids()) == [11, 12]
+    assert sorted(server_app.OrganizationsOnly(grid, 2).get_node_ids()) == [11, 12]

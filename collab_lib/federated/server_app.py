@@ -40,6 +40,10 @@ class _Rounds:
             "organization_examples": {},
         }
 
+    def start(self, grid: Grid, *args, **kwargs):
+        """Flower's rounds, on the organizations' nodes only (:class:`OrganizationsOnly`)."""
+        return super().start(OrganizationsOnly(grid, int(self.rc["num-nodes"])), *args, **kwargs)
+
     def configure_train(self, server_round: int, arrays, config: ConfigRecord, grid: Grid):
         """Each round's message names the round: a client places it on its own schedule."""
         r = self.done + server_round
@@ -183,8 +187,7 @@ def main(grid: Grid, context: Context) -> None:
             {"context": int(rc["context"]), "num-rounds": int(rc["num-rounds"])}
             | {key: rc[key] for key in task.TRAIN_KEYS}  # as the run config holds them
         )
-        guarded = OrganizationsOnly(grid, int(rc["num-nodes"]))
-        result = strategy.start(guarded, arrays, num_rounds=remaining, train_config=train_config)
+        result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays
     task.set_arrays(model, arrays)
     save_global(model, str(rc["base-model"]), out, strategy.curves)
