@@ -49,6 +49,12 @@ def _parser() -> argparse.ArgumentParser:
             "--set datasets.organizations.Google.size_mb=2 (repeatable)",
         )
 
+    def with_window(sp: argparse.ArgumentParser) -> None:
+        """The clone detector's window: ``clones`` and ``psi`` normalize and match alike."""
+        sp.add_argument("--min-lines", type=_positive, default=6, help="shortest block (lines)")
+        # clones.MODES, not imported here: numba's import would slow every command by 0.2 s
+        sp.add_argument("--mode", choices=["simian", "strict"], default="simian")
+
     steps = ", ".join(f"{n} ({s.description})" for n, s in pipeline.STEPS.items())
     sp = sub.add_parser(
         "run",
@@ -108,8 +114,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("query", metavar="QUERY_PATH")
     sp.add_argument("--against", metavar="CORPUS_PATH", help="a .py file or directory to search")
-    sp.add_argument("--min-lines", type=int, default=6, help="shortest block, in counted lines")
-    sp.add_argument("--mode", choices=["simian", "strict"], default="simian")
+    with_window(sp)
     sp.add_argument("--slash-comments", action="store_true", help="Simian's `//` comment quirk")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -159,8 +164,7 @@ def _parser() -> argparse.ArgumentParser:
         rp = psi_sub.add_parser(role, help=text, description=text)
         rp.add_argument("--code", required=True, metavar="DIR", help="your organization's code")
         rp.add_argument("--state", required=True, metavar="DIR", help="private: keys, records")
-        rp.add_argument("--min-lines", type=_positive, default=6, help="window, counted lines")
-        rp.add_argument("--mode", choices=["simian", "strict"], default="simian")
+        with_window(rp)
         if role == "request":
             rp.add_argument("--out", required=True, metavar="FILE", help="the request to send")
         if role == "answer":
