@@ -326,6 +326,44 @@ class PsiConfig:
     fpr: float = 1e-9
 
 
+DP_KINDS = ("Centralized", "Federated_Avg")  # example-level DP-SGD twins
+
+
+@dataclass(frozen=True)
+class PrivacyConfig:
+    """Differential privacy and its audit (:mod:`collab_lib.privacy`, beyond the paper).
+
+    ``noise_multipliers``: one example-level DP-SGD twin of each of ``models`` (kinds, on all
+    organizations: ``Centralized``, ``Federated_Avg``) per multiplier, ``<model>_DP<σ>``,
+    each sequence's gradient clipped to ``max_grad_norm``. ``organization_noise``: one
+    organization-level DP FedAvg per multiplier (Flower's server-side fixed clipping of each
+    organization's update to ``organization_clip``), ``Federated_Avg_<orgs>_OrgDP<σ>``. ε at
+    ``delta``. ``audit_canaries``: per organization, random canaries each planted (as one
+    training sequence of its own) with probability 1/2, for the one-run audit (Steinke et
+    al. 2023); 0: no audit. ``audit_guesses``: the share of them the audit guesses on (half
+    the most exposed as planted, half the least as not). None of it by default."""
+
+    noise_multipliers: tuple[float, ...] = ()
+    models: tuple[str, ...] = ("Centralized",)
+    max_grad_norm: float = 1.0
+    organization_noise: tuple[float, ...] = ()
+    organization_clip: float = 1.0
+    delta: float = 1e-5
+    audit_canaries: int = 0
+    audit_guesses: float = 0.5
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """Collaboration at inference time (beyond the paper): ``Ensemble_<orgs>``, a mixture of
+    the single-organization models' next-token distributions, trains nothing. ``weights``:
+    ``tokens`` (each model's share of the training tokens, the mixture the union's data is)
+    or ``uniform``."""
+
+    enabled: bool = False
+    weights: str = "tokens"
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A base model to compare in Table 5: a local directory holding a causal language model
@@ -413,6 +451,8 @@ class Config:
     memorization: MemorizationConfig = field(default_factory=MemorizationConfig)
     curves: CurvesConfig = field(default_factory=CurvesConfig)
     psi: PsiConfig = field(default_factory=PsiConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig)
     membership: MembershipConfig = field(default_factory=MembershipConfig)
     findings: FindingsConfig = field(default_factory=FindingsConfig)
     # every step runs once per seed; the findings combine them (null: ``seed`` alone)
@@ -705,6 +745,10 @@ def _check(obj: Any, where: str, path: Path) -> None:
         )
     if isinstance(obj, PsiConfig):
         _check_psi(obj, where, path)
+    if isinstance(obj, PrivacyConfig):
+        _check_privacy(obj, where, path)
+    if isinstance(obj, EnsembleConfig) and obj.weights not in ("tokens", "uniform"):
+        raise ConfigError(f"{path}: {where}.weights: tokens or uniform, not {obj.weights!r}")
     if isinstance(obj, FederatedConfig) and obj.rounds is not None and obj.rounds < 1:
         raise ConfigError(f"{path}: {where}.rounds: must be at least 1 (or null: train.epochs)")
     if isinstance(obj, FederatedConfig) and (obj.yogi_eta is None) != (obj.yogi_tau is None):
@@ -766,6 +810,25 @@ def _check_psi(p: PsiConfig, where: str, path: Path) -> None:
         raise ConfigError(f"{path}: {where}.removal: drop or owner, not {p.removal!r}")
     if not 0 < p.fpr < 1e-3:
         raise ConfigError(f"{path}: {where}.fpr: must be in (0, 0.001)")
+
+
+def _check_privacy(p: PrivacyConfig, where: str, path: Path) -> None:
+    unknown = [m for m in p.models if m not in DP_KINDS]
+    if unknown or len(set(p.models)) != len(p.models):
+        raise ConfigError(
+            f"{path}: {where}.models: each of {', '.join(DP_KINDS)} at most once "
+            f"(got {unknown[0] if unknown else 'a repeat'!r})"
+        )
+    for key in ("noise_multipliers", "organization_noise"):
+        values = getattr(p, key)
+        if any(v <= 0 for v in values) or len(set(values)) != len(values):
+            raise ConfigError(f"{path}: {where}.{key}: different numbers above 0")
+    if p.max_grad_norm <= 0 or p.organization_clip <= 0:
+        raise ConfigError(f"{path}: {where}: max_grad_norm and organization_clip above 0")
+    if not 0 < p.delta < 1e-2:
+        raise ConfigError(f"{path}: {where}.delta: in (0, 0.01), below 1 / training sequences")
+    if p.audit_canaries < 0 or not 0 < p.audit_guesses <= 1:
+        raise ConfigError(f"{path}: {where}: audit_canaries >= 0, audit_guesses in (0, 1]")
 
 
 def _check_evaluation(e: EvaluationConfig, where: str, path: Path) -> None:

@@ -16,23 +16,35 @@ import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from tqdm import tqdm
 
 from collab_lib.config import TrainConfig
+from collab_lib.privacy import Row
+
+if TYPE_CHECKING:
+    from collab_lib.privacy import DPSGD
 
 CHECKPOINT = "last.pt"
 EPOCHS = "epochs"  # the weights after each epoch (round): epochs/1, epochs/2, ...
 
 
 def pack(texts: Sequence[str], tokenizer, context: int) -> torch.Tensor:
-    """``(sequences, context)`` token ids: documents joined by EOS, cut into full blocks."""
+    """``(sequences, context)`` token ids: documents joined by EOS, cut into full blocks;
+    then one sequence per :class:`Row`."""
     ids: list[int] = []
+    rows: list[list[int]] = []
     for text in texts:
-        ids += tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+        tokens = tokenizer(text, verbose=False)["input_ids"] + [tokenizer.eos_token_id]
+        if isinstance(text, Row):
+            rows.append((tokens * (context // len(tokens) + 1))[:context])
+        else:
+            ids += tokens
     n = len(ids) // context
-    return torch.tensor(ids[: n * context], dtype=torch.long).view(n, context)
+    packed = torch.tensor(ids[: n * context], dtype=torch.long).view(n, context)
+    return torch.cat([packed, torch.tensor(rows, dtype=torch.long)]) if rows else packed
 
 
 @dataclass
@@ -81,6 +93,7 @@ def train(
     on_epoch: Callable[[int, Curves], None] | None = None,
     schedule_span: tuple[int, int] | None = None,
     snapshot_dir: Path | None = None,
+    dp: DPSGD | None = None,
 ) -> Curves:
     """Train ``model`` on ``data`` (``(sequences, context)`` ids) for ``cfg.epochs`` epochs.
 
@@ -90,6 +103,11 @@ def train(
     With ``snapshot_dir``, the weights after epoch ``n`` are saved to ``snapshot_dir/n``
     (``save_pretrained``) before that epoch's checkpoint: a run stopped between the two
     retrains the epoch and writes the same snapshot again.
+
+    With ``dp``, DP-SGD (:mod:`collab_lib.privacy`): as many steps per epoch, each on a
+    Poisson sample of the sequences (rate ``batch_size x grad_accum / sequences``) instead of
+    a shuffled split, per-sequence clipping and noise instead of ``grad_clip``; the sample
+    and the noise are seeded per epoch, so a resumed run ends with the same weights.
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
@@ -104,6 +122,12 @@ def train(
         lr=cfg.lr,
         fused=cuda,
     )
+    private, noise = model, None
+    if dp is not None:
+        from collab_lib.privacy import make_private
+
+        noise = torch.Generator(device=device)
+        private, optimizer = make_private(model, optimizer, dp, cfg.batch_size * cfg.grad_accum, noise)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(first + s, total, cfg)
     )
@@ -118,27 +142,34 @@ def train(
 
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
-        order = torch.randperm(
-            len(data), generator=torch.Generator().manual_seed(seed * 1000 + epoch)
-        )
-        batches = order.split(cfg.batch_size)
+        generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+        if noise is not None:
+            noise.manual_seed(seed * 1000 + epoch + 500)
         losses = []
-        for step_start in tqdm(
-            range(0, len(batches), cfg.grad_accum),
+        for group in tqdm(
+            _steps(len(data), cfg, generator, dp is not None),
             desc=f"epoch {epoch + 1}",
             leave=False,
             disable=None,
         ):
-            group = batches[step_start : step_start + cfg.grad_accum]
             optimizer.zero_grad(set_to_none=True)
             step_loss = 0.0
             for idx in group:
+                if dp is not None and len(idx) == 0:
+                    from collab_lib.privacy import empty_batch
+
+                    empty_batch(private)  # the step adds its noise all the same
+                    continue
                 x = data[idx].to(device)
+                # DP: positions per sequence (Opacus needs a batch dimension on every input)
+                pos = {"position_ids": torch.arange(x.shape[1]).expand_as(x).to(device)}
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    loss = model(input_ids=x, labels=x).loss / len(group)
+                    out = private(input_ids=x, labels=x, **(pos if dp is not None else {}))
+                    loss = out.loss / len(group)
                 loss.backward()
                 step_loss += loss.item()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            if dp is None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             curves.step_lr.append(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
@@ -151,7 +182,22 @@ def train(
             _save(ckpt, model, optimizer, scheduler, curves, epoch + 1)
         if on_epoch is not None:
             on_epoch(epoch, curves)
+    if dp is not None:
+        private._close()  # the plain model again: no hooks, no per-sample gradients
     return curves
+
+
+def _steps(n: int, cfg: TrainConfig, generator, poisson: bool) -> list[list[torch.Tensor]]:
+    """One epoch's optimizer steps, each a list of micro-batches (index tensors): a seeded
+    shuffle split into batches, or (``poisson``, DP-SGD) one Poisson sample per step."""
+    steps = steps_per_epoch(n, cfg)
+    if poisson:
+        from collab_lib.privacy import poisson_batch
+
+        q = min(1.0, cfg.batch_size * cfg.grad_accum / n)
+        return [[poisson_batch(n, q, generator)] for _ in range(steps)]
+    batches = torch.randperm(n, generator=generator).split(cfg.batch_size)
+    return [list(batches[i : i + cfg.grad_accum]) for i in range(0, len(batches), cfg.grad_accum)]
 
 
 def _save(path: Path, model, optimizer, scheduler, curves: Curves, epoch: int) -> None:

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from collab_lib import artifacts
 from collab_lib.config import Config, UserError, weights_config
+from collab_lib.privacy import Row
 
 STEP = "yogi_sweep"
 
@@ -50,12 +51,12 @@ def hold_out(
 ) -> tuple[dict[str, list[str]], list[str]]:
     """Each organization's documents less a seeded ``fraction`` of them, and those held out.
 
-    Documents in ``keep`` (planted canary copies) always stay in training: the held-out
-    perplexity measures the organizations' own code.
+    Documents in ``keep`` (planted canary copies) and audit canaries (:class:`Row`) always
+    stay in training: the held-out perplexity measures the organizations' own code.
     """
     train, held = {}, []
     for org, docs in texts.items():
-        candidates = [i for i, t in enumerate(docs) if t not in keep]
+        candidates = [i for i, t in enumerate(docs) if t not in keep and not isinstance(t, Row)]
         # at least one file held out, and at least one left to train on
         n = min(max(1, round(fraction * len(candidates))), len(candidates) - 1)
         if n < 1:
