@@ -60,6 +60,16 @@ def artifact_key(step: str, config: Any, inputs: Iterable[str] = ()) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+EPOCHS = "epochs"  # a training job's weights after each epoch (round): epochs/1, epochs/2, ...
+
+
+def snapshot_epochs(art: Artifact) -> list[int]:
+    """The epochs (rounds) whose weights a job kept (``epochs/<n>/...``), from its manifest."""
+    prefix = f"{EPOCHS}/"
+    found = {int(n.split("/")[1]) for n in art.manifest.get("files", {}) if n.startswith(prefix)}
+    return sorted(found)
+
+
 def ref(planned: tuple[str, str]) -> str:
     """``step/key`` of a planned artifact (what an artifact's key lists as its inputs)."""
     step, key = planned

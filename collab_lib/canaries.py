@@ -35,6 +35,7 @@ import pandas as pd
 
 from collab_lib import artifacts, datasets
 from collab_lib.config import CanaryConfig, Config, ConfigError
+from collab_lib.privacy import Row
 
 STEP = "canaries"
 
@@ -348,7 +349,8 @@ def require(cfg: Config, planned: dict) -> artifacts.Artifact:
 
 
 def _config(cfg: Config) -> dict:
-    return {"canaries": cfg.canaries, "seed": cfg.seed}
+    audit = cfg.privacy.audit_canaries  # in the key only where the profile audits
+    return {"canaries": cfg.canaries, "seed": cfg.seed} | ({"audit": audit} if audit else {})
 
 
 def build_canaries(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
@@ -381,10 +383,16 @@ def build_canaries(cfg: Config, planned: dict, *, force: bool = False) -> artifa
         alternatives = {
             fmt: [new_secret(fmt, rng) for _ in range(cfg.canaries.alternatives)] for fmt in FORMATS
         }
+        if cfg.privacy.audit_canaries:
+            write_audit(out, list(docs), cfg.privacy.audit_canaries, cfg.seed)
         (out / "canaries.json").write_text(json.dumps(planted, indent=1))
         (out / "alternatives.json").write_text(json.dumps(alternatives))
         _table(planted, budgets).to_csv(out / "canaries.csv", index=False)
-        return {"canaries": len(planted), "enabled": cfg.canaries.enabled}
+        return {
+            "canaries": len(planted),
+            "enabled": cfg.canaries.enabled,
+            "audit canaries": len(docs) * cfg.privacy.audit_canaries,
+        }
 
     return artifacts.build(
         STEP, _config(cfg), produce, [ds.artifact.ref], seed=cfg.seed, force=force
@@ -438,19 +446,74 @@ def place(planted: list[dict], n_docs: int, seed: int, org: str) -> None:
 
 
 def training_texts(
-    ds: datasets.Datasets, planted: list[dict], org: str, docs: list[str] | None = None
+    ds: datasets.Datasets,
+    planted: list[dict],
+    org: str,
+    docs: list[str] | None = None,
+    art: artifacts.Artifact | None = None,
 ) -> list[str]:
     """One organization's training documents (or ``docs`` in their place, one per document)
-    with its canary copies at their positions."""
+    with its canary copies at their positions; then, from the canaries artifact ``art``, the
+    audit canaries its coins planted (one sequence each, :class:`collab_lib.privacy.Row`)."""
     if docs is None:
         docs = [d["content"] for d in ds.documents(org, "train")]
     at = {pos: p["text"] for p in planted if p["organization"] == org for pos in p["positions"]}
     rest = iter(docs)
-    return [at[i] if i in at else next(rest) for i in range(len(docs) + len(at))]
+    texts = [at[i] if i in at else next(rest) for i in range(len(docs) + len(at))]
+    return texts + (audit_rows(art, org) if art is not None else [])
 
 
 def table(art: artifacts.Artifact) -> pd.DataFrame:
     return art.table("canaries")
+
+
+# ------------------------------------------------------------- the audit's canaries (DP)
+# Random canaries each planted with probability 1/2 (:mod:`collab_lib.dp_audit`): the coins
+# are a file of their own, read by training and, once every guess is made, by the audit.
+
+AUDIT_CANDIDATES = "audit_candidates.json"  # what the measuring code reads
+AUDIT_COINS = "audit_coins.json"  # which were planted
+
+
+def draw_audit(orgs: list[str], per_org: int, seed: int) -> tuple[list[dict], dict[str, bool]]:
+    """``per_org`` random canaries per organization (a line ``<name> = "<secret>"`` of random
+    letters) and a fair coin for each (seeded)."""
+    rng = random.Random(f"{seed}/audit")
+    candidates, coins = [], {}
+    for org in orgs:
+        for i in range(per_org):
+            name = "".join(rng.choices(string.ascii_lowercase, k=10))
+            secret = "".join(rng.choices(string.ascii_lowercase, k=16))
+            cid = f"{org}/{i}"
+            candidates.append({"id": cid, "organization": org, "text": f'{name} = "{secret}"\n'})
+            coins[cid] = rng.random() < 0.5
+    return candidates, coins
+
+
+def write_audit(out: Path, orgs: list[str], per_org: int, seed: int) -> None:
+    candidates, coins = draw_audit(orgs, per_org, seed)
+    (out / AUDIT_CANDIDATES).write_text(json.dumps(candidates, indent=1))
+    (out / AUDIT_COINS).write_text(json.dumps(coins))
+
+
+def audit_candidates(art: artifacts.Artifact) -> list[dict]:
+    """Every audit candidate, planted or not (no coin); none where the profile audits none."""
+    path = art.path / AUDIT_CANDIDATES
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def audit_coins(art: artifacts.Artifact) -> dict[str, bool]:
+    """Which audit candidates were planted (training's, and the audit's once it has guessed)."""
+    path = art.path / AUDIT_COINS
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def audit_rows(art: artifacts.Artifact, org: str) -> list[Row]:
+    """The audit canaries planted in ``org``'s training data, one sequence each."""
+    coins = audit_coins(art)
+    return [
+        Row(c["text"]) for c in audit_candidates(art) if c["organization"] == org and coins[c["id"]]
+    ]
 
 
 def example(art: artifacts.Artifact) -> str:

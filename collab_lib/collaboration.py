@@ -14,6 +14,10 @@ the first stage of ``Incremental_F2M2G`` and of ``Incremental_F2G2M`` *is* ``Fac
 Federated models (``Federated_Avg_*``, ``Federated_Yogi_*``) are one job each: Flower's
 simulation engine runs :mod:`collab_lib.federated`'s apps, one client per organization.
 Every organization's training data carries its planted canaries (:mod:`collab_lib.canaries`).
+
+Beyond the paper, where the profile asks: ``Ensemble_*`` (:mod:`collab_lib.ensemble`) is a
+job that trains nothing, a mixture of the single-organization models; ``*_DP<σ>`` and
+``*_OrgDP<σ>`` are the DP twins of a model (:mod:`collab_lib.privacy`).
 """
 
 from __future__ import annotations
@@ -30,17 +34,18 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from collab_lib import artifacts, canaries, datasets, psi, tuning
+from collab_lib import artifacts, canaries, datasets, privacy, psi, tuning
 from collab_lib.config import Config, ConfigError, weights_config
 
-# what a model is for: the study on all organizations, the RQ3 pair, or the pair's models
-# again on PSI-deduplicated data (beyond the paper)
-RQ12, RQ3, PSI = "RQ1/RQ2", "RQ3", "PSI"
+# what a model is for: the study on all organizations, the RQ3 pair, the pair's models again
+# on PSI-deduplicated data, or a model again under differential privacy (beyond the paper)
+RQ12, RQ3, PSI, DP = "RQ1/RQ2", "RQ3", "PSI", "DP"
 PSI_DATA = "shared clones removed (PSI)"  # how tables say what a PSI model trained on
 BASE = "base model"  # the row standing where the paper has "GPT-2"
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
 FEDERATED_STEP = "federated"
+ENSEMBLE_STEP = "ensemble"
 SWEEP = "FedYogi sweep"  # its entry in the train step's plan
 
 
@@ -49,12 +54,14 @@ class ModelSpec:
     """One model of the study: how it is trained and on which organizations, in order."""
 
     name: str
-    setting: str  # single | centralized | incremental | federated
+    setting: str  # single | centralized | incremental | federated | ensemble
     orgs: tuple[str, ...]
     strategy: str | None = None  # FedAvg | FedYogi for federated models
     # RQ3: the models of the cross-organization pair; PSI: those trained again on the pair's
-    # data after private clone removal (:mod:`collab_lib.psi`)
+    # data after private clone removal (:mod:`collab_lib.psi`); DP: a model trained again
+    # under differential privacy
     rq: str = RQ12
+    privacy: tuple[str, float] | None = None  # DP: (example | organization, noise multiplier)
 
     @property
     def main(self) -> bool:
@@ -78,6 +85,9 @@ def roster(cfg: Config) -> list[ModelSpec]:
     if orders is None:
         orders = tuple(itertools.permutations(orgs))
     specs += _union_models(orgs, short, RQ12)
+    if cfg.ensemble.enabled:
+        tag = "".join(short[o] for o in orgs)
+        specs.append(ModelSpec(f"Ensemble_{tag}", "ensemble", orgs))
     specs += [_incremental(order, short, RQ12) for order in orders]
     pair = datasets.rq3_pair(cfg)
     specs += _union_models(pair, short, RQ3)
@@ -87,7 +97,23 @@ def roster(cfg: Config) -> list[ModelSpec]:
         unique.setdefault(spec.name, spec)
     for plain, name in psi.psi_models(cfg):
         unique[name] = dataclasses.replace(unique[plain], name=name, rq=PSI)
+    for plain, name, level, noise in dp_models(cfg):
+        unique[name] = dataclasses.replace(unique[plain], name=name, rq=DP, privacy=(level, noise))
     return list(unique.values())
+
+
+def dp_models(cfg: Config) -> list[tuple[str, str, str, float]]:
+    """``(plain model, DP model, level, noise multiplier)`` of the profile's DP twins, all on
+    every organization: the centralized model and FedAvg under example-level DP-SGD, FedAvg
+    under organization-level DP (``privacy.noise_multipliers``, ``federated_noise``,
+    ``organization_noise``)."""
+    tag = "".join(o.short for o in cfg.datasets.organizations)
+    p, cen, fed = cfg.privacy, f"Centralized_{tag}", f"Federated_Avg_{tag}"
+    return (
+        [(cen, f"{cen}_DP{n:g}", privacy.EXAMPLE, n) for n in p.noise_multipliers]
+        + [(fed, f"{fed}_DP{n:g}", privacy.EXAMPLE, n) for n in p.federated_noise]
+        + [(fed, f"{fed}_OrgDP{n:g}", privacy.ORGANIZATION, n) for n in p.organization_noise]
+    )
 
 
 def _union_models(orgs: tuple[str, ...], short: dict[str, str], rq: str) -> list[ModelSpec]:
@@ -120,15 +146,16 @@ def plan_on_models(step: str, config: dict, cfg: Config, upstream: dict) -> dict
     return {step: (step, artifacts.artifact_key(step, config, refs))}
 
 
-SETTINGS = ("single", "centralized", "federated", "incremental")
+SETTINGS = ("single", "centralized", "federated", "incremental", "ensemble")
 
 
 def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[str]:
     """The base model and the models a profile key lists (null: every model).
 
     An entry is a model's name or a setting (``single``, ``centralized``, ``federated``,
-    ``incremental``: that setting's models on all organizations, not the RQ3 pair's), so a
-    profile that extends another with its own organizations keeps a valid list.
+    ``incremental``, ``ensemble``: that setting's models on all organizations, not the RQ3
+    pair's nor the DP twins), so a profile that extends another with its own organizations
+    keeps a valid list.
     """
     specs = roster(cfg)
     if chosen is None:
@@ -166,6 +193,11 @@ class Job:
     deduplicated: bool = False  # trains on the organizations' PSI-deduplicated data
 
     @property
+    def dp(self) -> dict | None:
+        """``{"level", "noise", "clip"}`` where the job trains under differential privacy."""
+        return self.config.get("dp")
+
+    @property
     def key(self) -> str:
         return artifacts.artifact_key(self.step, self.config, self.inputs)
 
@@ -186,9 +218,16 @@ def jobs(
     """
     out: dict[str, list[Job]] = {}
     for spec in roster(cfg):
+        if spec.setting == "ensemble":  # trains nothing: its members' final jobs are its inputs
+            members = [f"{o}_Only" for o in spec.orgs]
+            config = {"members": members, "weights": cfg.ensemble.weights}
+            inputs = tuple(out[m][-1].ref for m in members)
+            out[spec.name] = [Job(ENSEMBLE_STEP, config, inputs, ())]
+            continue
         dedup = spec.rq == PSI
         # the deduplicated data: its removal rule in the key, the psi artifact among the inputs
         extra = {"psi": cfg.psi.removal} if dedup else {}
+        extra |= _dp_config(cfg, spec)
         refs = (*data_refs, psi_ref) if dedup else tuple(data_refs)
         if spec.setting == "federated":
             config = {
@@ -209,6 +248,16 @@ def jobs(
             prev = chain[-1].ref
         out[spec.name] = chain
     return out
+
+
+def _dp_config(cfg: Config, spec: ModelSpec) -> dict:
+    """A DP twin's mechanism, in its jobs' keys (nothing for the other models)."""
+    if spec.privacy is None:
+        return {}
+    level, noise = spec.privacy
+    p = cfg.privacy
+    clip = p.max_grad_norm if level == privacy.EXAMPLE else p.organization_clip
+    return {"dp": {"level": level, "noise": noise, "clip": clip}}
 
 
 def _federated_config(cfg: Config, strategy: str | None) -> dict:
@@ -314,15 +363,16 @@ def _save_model(out: Path, model, tok, curves) -> None:
 def training_texts(
     cfg: Config, planned: dict, *, deduplicated: bool = False
 ) -> dict[str, list[str]]:
-    """Each organization's training documents, its planted canaries included; with
-    ``deduplicated``, without the lines PSI found shared (the canaries, the study's
-    instrument, stay the same)."""
+    """Each organization's training documents, its planted canaries (and audit canaries)
+    included; with ``deduplicated``, without the lines PSI found shared (the canaries, the
+    study's instrument, stay the same)."""
     ds = datasets.load(cfg, planned)
-    planted = canaries.planted(canaries.require(cfg, planned))
+    can = canaries.require(cfg, planned)
+    planted = canaries.planted(can)
     art = psi.load(cfg, planned) if deduplicated else None
     return {
         o.name: canaries.training_texts(
-            ds, planted, o.name, psi.deduplicated(art, ds, o.name) if art else None
+            ds, planted, o.name, psi.deduplicated(art, ds, o.name) if art else None, can
         )
         for o in cfg.datasets.organizations
     }
@@ -381,7 +431,12 @@ def build_models(
             if job.ref in built:
                 continue
             scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
-            if job.step == FEDERATED_STEP:
+            if job.step == ENSEMBLE_STEP:
+                from collab_lib import ensemble
+
+                members = [built[r] for r in job.inputs]
+                produce = partial(ensemble.write, members, job.config["weights"], tok)
+            elif job.step == FEDERATED_STEP:
                 yogi = tuning.best(sweep) if _tuned(cfg, job.config["strategy"]) else None
                 data = texts_for(job.deduplicated)
                 produce = partial(_train_federated, cfg, job, base, data, scratch, yogi)
@@ -413,7 +468,10 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     # epoch snapshots go to the scratch directory first, beside the resume checkpoint, so an
     # interrupted job keeps the epochs it finished
     snapshots = scratch / EPOCHS if cfg.train.epoch_checkpoints else None
-    curves = train(model, data, cfg.train, cfg.seed, checkpoint_dir=scratch, snapshot_dir=snapshots)
+    dp = privacy.DPSGD(job.dp["noise"], job.dp["clip"]) if job.dp else None
+    curves = train(
+        model, data, cfg.train, cfg.seed, checkpoint_dir=scratch, snapshot_dir=snapshots, dp=dp
+    )
     _save_model(dest, model, tok, curves)
     if snapshots is not None:  # linked: the scratch copy stays until the artifact is whole
         copy_snapshots(snapshots, dest / EPOCHS)
@@ -449,7 +507,9 @@ def _prepare(cfg: Config, job: Job, texts, base, work: Path, out: Path, **option
     from collab_lib.federated import launch
 
     data = {o: texts[o] for o in job.data}
-    return launch.prepare(cfg, job.config["strategy"], data, base.path, work, out, **options)
+    return launch.prepare(
+        cfg, job.config["strategy"], data, base.path, work, out, dp=job.dp, **options
+    )
 
 
 def federation(

@@ -326,27 +326,26 @@ class PsiConfig:
     fpr: float = 1e-9
 
 
-DP_KINDS = ("Centralized", "Federated_Avg")  # example-level DP-SGD twins
-
-
 @dataclass(frozen=True)
 class PrivacyConfig:
     """Differential privacy and its audit (:mod:`collab_lib.privacy`, beyond the paper).
 
-    ``noise_multipliers``: one example-level DP-SGD twin of each of ``models`` (kinds, on all
-    organizations: ``Centralized``, ``Federated_Avg``) per multiplier, ``<model>_DP<σ>``,
-    each sequence's gradient clipped to ``max_grad_norm``. ``organization_noise``: one
-    organization-level DP FedAvg per multiplier (Flower's server-side fixed clipping of each
-    organization's update to ``organization_clip``), ``Federated_Avg_<orgs>_OrgDP<σ>``. ε at
-    ``delta``. ``audit_canaries``: per organization, random canaries each planted (as one
-    training sequence of its own) with probability 1/2, for the one-run audit (Steinke et
-    al. 2023); 0: no audit. ``audit_guesses``: the share of them the audit guesses on (half
-    the most exposed as planted, half the least as not). None of it by default."""
+    One DP twin per noise multiplier, on all organizations: ``noise_multipliers``, the
+    centralized model under example-level DP-SGD (``Centralized_<orgs>_DP<σ>``);
+    ``federated_noise``, FedAvg with DP-SGD in every client (``Federated_Avg_<orgs>_DP<σ>``);
+    both clip each training sequence's gradient to ``max_grad_norm``.
+    ``organization_noise``: FedAvg under organization-level DP, Flower's server-side fixed
+    clipping of each organization's update to ``organization_clip``
+    (``Federated_Avg_<orgs>_OrgDP<σ>``). ε at ``delta``. ``audit_canaries``: per
+    organization, random canaries each planted (as one training sequence of its own) with
+    probability 1/2, for the one-run audit (Steinke et al. 2023); 0: no audit.
+    ``audit_guesses``: the share of them the audit guesses on (half the most exposed as
+    planted, half the least as not). None of it unless the profile asks."""
 
     noise_multipliers: tuple[float, ...] = ()
-    models: tuple[str, ...] = ("Centralized",)
-    max_grad_norm: float = 1.0
+    federated_noise: tuple[float, ...] = ()
     organization_noise: tuple[float, ...] = ()
+    max_grad_norm: float = 1.0
     organization_clip: float = 1.0
     delta: float = 1e-5
     audit_canaries: int = 0
@@ -813,13 +812,7 @@ def _check_psi(p: PsiConfig, where: str, path: Path) -> None:
 
 
 def _check_privacy(p: PrivacyConfig, where: str, path: Path) -> None:
-    unknown = [m for m in p.models if m not in DP_KINDS]
-    if unknown or len(set(p.models)) != len(p.models):
-        raise ConfigError(
-            f"{path}: {where}.models: each of {', '.join(DP_KINDS)} at most once "
-            f"(got {unknown[0] if unknown else 'a repeat'!r})"
-        )
-    for key in ("noise_multipliers", "organization_noise"):
+    for key in ("noise_multipliers", "federated_noise", "organization_noise"):
         values = getattr(p, key)
         if any(v <= 0 for v in values) or len(set(values)) != len(values):
             raise ConfigError(f"{path}: {where}.{key}: different numbers above 0")

@@ -51,7 +51,7 @@ from collab_lib.config import Config, to_dict
 
 STEP = "curves"
 POINT_STEP = "curve_point"
-VERSION = 3  # the table and its units (3: the verbatim metric where scored)
+VERSION = 4  # the table and its units (3: the verbatim metric where scored; 4: rq)
 POINT_VERSION = 1  # how a checkpoint is scored: a change re-scores every checkpoint
 # the units the findings resample, one row per model, point and unit
 PERPLEXITY_UNITS = "units_curve_perplexity.csv"
@@ -61,6 +61,7 @@ VERBATIM_UNITS = "units_curve_prompts.csv"  # where curves.prompts > 0
 COLUMNS = [
     "model",
     "setting",
+    "rq",  # what the model is for: the study's (RQ1/RQ2) or a DP twin (DP)
     "point",
     "stage",
     "epoch",
@@ -89,24 +90,17 @@ class Point:
 
 def curve_models(cfg: Config) -> list[ModelSpec]:
     """The models of RQ1 and RQ2 (every setting on all organizations, and each organization's
-    own model); the RQ3 pair's models are left out."""
-    return [s for s in collaboration.roster(cfg) if s.main]
-
-
-def snapshot_epochs(job: artifacts.Artifact) -> list[int]:
-    """The epochs (rounds) whose weights the job kept, from its manifest, in order."""
-    from collab_lib.training import EPOCHS  # here: planning imports no torch
-
-    prefix = f"{EPOCHS}/"
-    found = {int(n.split("/")[1]) for n in job.manifest.get("files", {}) if n.startswith(prefix)}
-    return sorted(found)
+    own model) and the DP twins; the RQ3 pair's models are left out."""
+    return [s for s in collaboration.roster(cfg) if s.main or s.rq == collaboration.DP]
 
 
 def points(base: artifacts.Artifact, model: artifacts.Artifact) -> list[Point]:
     """A model's curve: the base model, then each job's epochs in training order."""
     out = [Point(base, 0, None)]
     for stage, job in enumerate(collaboration.chain(model), 1):
-        out += [Point(job, stage, e) for e in snapshot_epochs(job)] or [Point(job, stage, None)]
+        out += [Point(job, stage, e) for e in artifacts.snapshot_epochs(job)] or [
+            Point(job, stage, None)
+        ]
     return out
 
 
@@ -408,6 +402,7 @@ def curves_table(specs: list[ModelSpec], curves: dict, units: dict) -> pd.DataFr
                 {
                     "model": spec.name,
                     "setting": spec.setting,
+                    "rq": spec.rq,
                     "point": i,
                     "stage": p.stage,
                     "epoch": p.epoch,

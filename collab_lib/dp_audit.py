@@ -14,58 +14,25 @@ share least improved, and abstains on the rest. Only then does :func:`bound` rea
 If training is (ε, δ)-DP for the neighbouring relation of one sequence, the number of right
 guesses among r is, up to a δ term, no more than Binomial(r, e^ε / (1 + e^ε)) (Steinke et
 al. 2023, the p-value of their Appendix D); the bound is the largest ε that this rejects at
-confidence 95 %. It holds for any ε the accountant gives (a violation is a bug), and it is
-usually far below it: one run, few canaries, a black-box score.
+confidence 95 %. Where the accountant is right, the bound stays below its ε (but for the
+test's 5 % chance); a bound above it contradicts the accountant, or our implementation of
+DP-SGD. It is usually far below: one run, few canaries, a black-box score.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import random
-import string
 from pathlib import Path
 
-from collab_lib.privacy import Row
+import pandas as pd
+from tqdm import tqdm
 
-CANDIDATES = "audit_candidates.json"  # what the measuring code reads
-COINS = "audit_coins.json"  # which were planted: training and :func:`bound` only
+from collab_lib import artifacts, canaries, collaboration, privacy
+from collab_lib.collaboration import ModelSpec
+from collab_lib.config import Config
+
 CONFIDENCE = 0.95
-
-
-def draw(orgs: list[str], per_org: int, seed: int) -> tuple[list[dict], dict[str, bool]]:
-    """``per_org`` random canaries per organization and a fair coin for each (seeded)."""
-    rng = random.Random(f"{seed}/audit")
-    candidates, coins = [], {}
-    for org in orgs:
-        for i in range(per_org):
-            name = "".join(rng.choices(string.ascii_lowercase, k=10))
-            secret = "".join(rng.choices(string.ascii_lowercase, k=16))
-            cid = f"{org}/{i}"
-            candidates.append({"id": cid, "organization": org, "text": f'{name} = "{secret}"\n'})
-            coins[cid] = rng.random() < 0.5
-    return candidates, coins
-
-
-def write(out: Path, orgs: list[str], per_org: int, seed: int) -> None:
-    candidates, coins = draw(orgs, per_org, seed)
-    (out / CANDIDATES).write_text(json.dumps(candidates, indent=1))
-    (out / COINS).write_text(json.dumps(coins))
-
-
-def candidates(art) -> list[dict]:
-    """Every audit candidate, planted or not (no coin), or none."""
-    path = art.path / CANDIDATES
-    return json.loads(path.read_text()) if path.is_file() else []
-
-
-def rows(art, org: str) -> list[Row]:
-    """The audit canaries planted in ``org``'s training data, one sequence each."""
-    path = art.path / COINS
-    if not path.is_file():
-        return []
-    coins = json.loads(path.read_text())
-    return [Row(c["text"]) for c in candidates(art) if c["organization"] == org and coins[c["id"]]]
 
 
 def losses(model, tok, texts: list[str], batch_size: int = 64) -> list[float]:
@@ -143,6 +110,146 @@ def bound(guessed: dict[str, int], coins: dict[str, bool], delta: float) -> dict
     }
 
 
-def coins(art) -> dict[str, bool]:
-    """Which candidates were planted: read only after the guesses are made."""
-    return json.loads((art.path / COINS).read_text())
+# --------------------------------------------------------------------------- the step
+
+STEP = "privacy"
+VERSION = 1
+COLUMNS = [
+    "Model",
+    "DP",
+    "Noise multiplier",
+    "Clip",
+    "Sampling rate",
+    "Steps",
+    "delta",
+    "epsilon (accountant)",
+    "Audit canaries",
+    "Planted",
+    "Guesses",
+    "Right",
+    "epsilon lower bound (audit)",
+]
+UNITS = "audit_units.csv"  # model, candidate, organization, score, guess, planted
+
+
+def audited(cfg: Config) -> list[ModelSpec]:
+    """The models the step audits and accounts for: every curve model (the study's models on
+    all organizations, the ensemble and the DP twins)."""
+    from collab_lib.curves import curve_models
+
+    return curve_models(cfg)
+
+
+def _step_config(cfg: Config) -> dict:
+    return {"privacy": cfg.privacy, "version": VERSION}
+
+
+def _refs(cfg: Config, upstream: dict) -> list[str]:
+    names = [collaboration.BASE, *(s.name for s in audited(cfg))]
+    return [artifacts.ref(upstream[n]) for n in ("canaries", *names)]
+
+
+def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
+    """The privacy table's key: the privacy settings, the canaries and the audited models."""
+    return {STEP: (STEP, artifacts.artifact_key(STEP, _step_config(cfg), _refs(cfg, upstream)))}
+
+
+def build_privacy(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:
+    """Table ``privacy``: each audited model's ε from the accountant (DP twins) and from the
+    one-run audit, and the audit's units."""
+    models = collaboration.load(cfg, planned)
+    can = canaries.require(cfg, planned)
+    specs = audited(cfg)
+
+    def produce(out: Path) -> dict:
+        from collab_lib.scoring import load_model
+
+        cands = canaries.audit_candidates(can)
+        texts = [c["text"] for c in cands]
+        units, guessed = [], {}
+        if cands:
+            base_model, tok = load_model(models[collaboration.BASE])
+            reference = losses(base_model, tok, texts)
+            for spec in tqdm(specs, desc="audit", disable=None):
+                model, tok = load_model(models[spec.name])
+                score = {
+                    c["id"]: mine - ref
+                    for c, mine, ref in zip(
+                        cands, losses(model, tok, texts), reference, strict=True
+                    )
+                }
+                guessed[spec.name] = guesses(score, cfg.privacy.audit_guesses)
+                units += [
+                    {
+                        "model": spec.name,
+                        "candidate": cid,
+                        "score": s,
+                        "guess": guessed[spec.name][cid],
+                    }
+                    for cid, s in score.items()
+                ]
+        flips = canaries.audit_coins(can) if cands else {}  # read only now: every guess is made
+        rows = [_row(cfg, spec, models[spec.name], guessed.get(spec.name), flips) for spec in specs]
+        pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "privacy.csv", index=False)
+        frame = pd.DataFrame(units, columns=["model", "candidate", "score", "guess"])
+        frame["planted"] = frame["candidate"].map(flips)
+        frame.to_csv(out / UNITS, index=False)
+        return {"audit canaries": len(cands), "models": len(specs)}
+
+    refs = _refs(cfg, planned)
+    return artifacts.build(STEP, _step_config(cfg), produce, refs, seed=cfg.seed, force=force)
+
+
+def _row(cfg: Config, spec: ModelSpec, art, guessed: dict | None, flips: dict) -> dict:
+    audit = bound(guessed, flips, cfg.privacy.delta) if guessed else {}
+    account = accountant(cfg, spec, art) if spec.privacy else {}
+    return {
+        "Model": spec.name,
+        "DP": spec.privacy[0] if spec.privacy else "none",
+        "delta": cfg.privacy.delta if spec.privacy else math.nan,
+        "Audit canaries": audit.get("canaries", 0),
+        "Planted": audit.get("planted", 0),
+        "Guesses": audit.get("guesses", 0),
+        "Right": audit.get("right", 0),
+        "epsilon lower bound (audit)": audit.get("epsilon lower bound", math.nan),
+        "epsilon (accountant)": math.inf,
+    } | account
+
+
+def accountant(cfg: Config, spec: ModelSpec, art) -> dict:
+    """ε of a DP twin, from its own training record: the steps it took and the rate it
+    sampled at. A federated model's organizations each run their own DP-SGD: its ε is the
+    largest of theirs (the smallest organization's, whose rate is highest)."""
+    from collab_lib.training import steps_per_epoch
+
+    level, noise = spec.privacy
+    p, tr = cfg.privacy, cfg.train
+    batch = tr.batch_size * tr.grad_accum
+    if level == privacy.ORGANIZATION:
+        rounds = art.metrics["rounds"]
+        rate, steps = 1.0, rounds
+        clip = p.organization_clip
+    elif spec.setting == "federated":
+        examples = json.loads(art.file("curves.json").read_text())["organization_examples"]
+        rounds = art.metrics["rounds"]
+        per = {
+            o: (min(1.0, batch / n), rounds * steps_per_epoch(n, tr)) for o, n in examples.items()
+        }
+        eps = {o: privacy.epsilon(q, noise, t, p.delta) for o, (q, t) in per.items()}
+        worst = max(eps, key=eps.get)
+        rate, steps = per[worst]
+        clip = p.max_grad_norm
+    else:
+        m = art.metrics
+        rate, steps, clip = min(1.0, batch / m["sequences"]), m["optimizer_steps"], p.max_grad_norm
+    return {
+        "Noise multiplier": noise,
+        "Clip": clip,
+        "Sampling rate": rate,
+        "Steps": steps,
+        "epsilon (accountant)": privacy.epsilon(rate, noise, steps, p.delta),
+    }
+
+
+def table(art) -> pd.DataFrame:
+    return art.table("privacy")

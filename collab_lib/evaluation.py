@@ -44,6 +44,7 @@ GROUPS = {
     "centralized": "Synchronous",
     "federated": "Synchronous",
     "incremental": "Asynchronous",
+    "ensemble": "Inference time",  # beyond the paper: collaboration without training together
 }
 KS = (1, 10, 100)
 
@@ -420,6 +421,7 @@ def _harness_artifact(cfg, bench, problems: list[str], runner: _LazySandbox, for
 PAIR_GROUPS = {
     collaboration.RQ3: "RQ3 pair",
     collaboration.PSI: f"RQ3 pair, {collaboration.PSI_DATA}",
+    collaboration.DP: "differential privacy",
 }
 
 

@@ -132,6 +132,13 @@ STEPS: dict[str, Step] = {
             "every setting as a curve: perplexity, canary exposure, k-extractability per epoch",
         ),
         Step(
+            "privacy",
+            "dp_audit",
+            "build_privacy",
+            ("privacy",),
+            "differential privacy: ε from the accountant and from a one-run audit, per model",
+        ),
+        Step(
             "membership",
             "membership",
             "build_membership",

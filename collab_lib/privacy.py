@@ -66,7 +66,9 @@ def epsilon(
         return 0.0
     if noise_multiplier <= 0:
         return math.inf
-    curve = np.asarray(rdp.compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=list(ORDERS)))
+    curve = np.asarray(
+        rdp.compute_rdp(q=q, noise_multiplier=noise_multiplier, steps=steps, orders=list(ORDERS))
+    )
     if conversion == "mironov":
         orders = np.asarray(ORDERS)
         return float(np.min(curve + math.log(1 / delta) / (orders - 1)))
@@ -78,7 +80,7 @@ def epsilon(
     return float(eps)
 
 
-def poisson_batch(n: int, q: float, generator) -> "torch.Tensor":  # noqa: F821
+def poisson_batch(n: int, q: float, generator) -> torch.Tensor:  # noqa: F821
     """The indices of one Poisson-sampled batch: each of ``n`` sequences with probability
     ``q``, drawn from ``generator`` (the accountant's sampling, not a shuffled split)."""
     import torch

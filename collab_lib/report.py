@@ -12,7 +12,7 @@ import pandas as pd
 from IPython.display import Markdown, display
 from pandas.api.types import is_float_dtype
 
-from collab_lib import artifacts, datasets, paper
+from collab_lib import artifacts, collaboration, datasets, paper
 from collab_lib.config import Config
 
 
@@ -458,7 +458,6 @@ def membership_figure(auc: pd.DataFrame) -> plt.Figure:
 def incremental_positions(cfg: Config) -> pd.DataFrame:
     """model, organization, position (1 = trained on first) of every incremental model on
     all organizations (not the RQ3 pair's)."""
-    from collab_lib import collaboration
 
     return pd.DataFrame(
         [
@@ -680,6 +679,7 @@ SETTING_COLOURS = {
     "centralized": "tab:red",
     "federated": "tab:blue",
     "incremental": "tab:green",
+    "ensemble": "tab:purple",
 }
 
 
@@ -707,6 +707,8 @@ def tradeoff_figure(curves: pd.DataFrame, models: list[str] | None = None) -> pl
         _paper_points(ref)
     else:
         fig, ax = plt.subplots(figsize=(7, 4.4))
+    if "rq" in curves:  # the DP twins have a chapter of their own
+        curves = curves[curves["rq"] != collaboration.DP]
     for name, rows in curves.groupby("model", sort=False):
         if models is not None and name not in models:
             continue

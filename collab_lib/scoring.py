@@ -111,14 +111,19 @@ def perplexity(
 
 def load_model(model_art, epoch: int | None = None):
     """A trained model of the cache (on the GPU when there is one) and its tokenizer; with
-    ``epoch``, its weights after that epoch (round) of the job (``epochs/<epoch>``)."""
+    ``epoch``, its weights after that epoch (round) of the job (``epochs/<epoch>``). An
+    ensemble's artifact gives :class:`collab_lib.ensemble.Ensemble` of its members."""
     from transformers import GPT2LMHeadModel
 
+    from collab_lib import ensemble
     from collab_lib.model import load_tokenizer
 
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if ensemble.is_ensemble(model_art):  # a mixture of its members, at the same epoch
+        model = ensemble.load(model_art, epoch, lambda art, e: load_model(art, e)[0])
+        return model.to(device).eval(), load_tokenizer(model_art.path / "model")
     path = model_art.file("model/model.safetensors").parent  # a clear error if imported
     weights = path if epoch is None else model_art.file(f"epochs/{epoch}/model.safetensors").parent
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     return GPT2LMHeadModel.from_pretrained(weights).to(device).eval(), load_tokenizer(path)
 
 

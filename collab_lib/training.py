@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
+from collab_lib import artifacts
 from collab_lib.config import TrainConfig
 from collab_lib.privacy import Row
 
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from collab_lib.privacy import DPSGD
 
 CHECKPOINT = "last.pt"
-EPOCHS = "epochs"  # the weights after each epoch (round): epochs/1, epochs/2, ...
+EPOCHS = artifacts.EPOCHS  # the weights after each epoch (round): epochs/1, epochs/2, ...
 
 
 def pack(texts: Sequence[str], tokenizer, context: int) -> torch.Tensor:
@@ -127,7 +128,9 @@ def train(
         from collab_lib.privacy import make_private
 
         noise = torch.Generator(device=device)
-        private, optimizer = make_private(model, optimizer, dp, cfg.batch_size * cfg.grad_accum, noise)
+        private, optimizer = make_private(
+            model, optimizer, dp, cfg.batch_size * cfg.grad_accum, noise
+        )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(first + s, total, cfg)
     )

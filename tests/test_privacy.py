@@ -41,7 +41,9 @@ def test_epsilon_grows_with_steps_and_shrinks_with_noise():
     e = [privacy.epsilon(0.05, s, 100, 1e-5) for s in (0.5, 1.0, 2.0)]
     assert e[0] > e[1] > e[2] > 0
     assert privacy.epsilon(0.05, 1.0, 200, 1e-5) > e[1]
-    assert privacy.epsilon(0.05, 1.0, 0, 1e-5) == 0 and privacy.epsilon(0.05, 0, 5, 1e-5) == math.inf
+    assert (
+        privacy.epsilon(0.05, 1.0, 0, 1e-5) == 0 and privacy.epsilon(0.05, 0, 5, 1e-5) == math.inf
+    )
 
 
 def test_dp_sgd_trains_a_tiny_model_and_learns(setup):
@@ -51,8 +53,9 @@ def test_dp_sgd_trains_a_tiny_model_and_learns(setup):
     curves = train(model, data, run, seed=0, dp=DPSGD(noise_multiplier=0.3, max_grad_norm=1.0))
     assert curves.epoch_loss[-1] < 0.8 * curves.epoch_loss[0]
     # the plain model again: no Opacus hooks or per-sample gradients left behind
-    assert not model._forward_hooks and all(not hasattr(p, "grad_sample") or p.grad_sample is None
-                                            for p in model.parameters())
+    assert not model._forward_hooks and all(
+        not hasattr(p, "grad_sample") or p.grad_sample is None for p in model.parameters()
+    )
 
 
 def test_dp_sgd_is_deterministic_and_resumes_to_the_same_weights(setup, tmp_path):

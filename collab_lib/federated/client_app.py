@@ -6,6 +6,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from collab_lib.federated import task
+from collab_lib.privacy import DPSGD
 from collab_lib.training import train as train_loop
 
 app = ClientApp()
@@ -24,13 +25,17 @@ def train(msg: Message, context: Context) -> Message:
     model = task.load_model(node.base_model, msg.content["arrays"])
     data = task.packed_data(node.data_path, node.base_model, int(config["context"]))
     span = task.client_schedule(int(config["round"]), int(config["num-rounds"]), len(data), local)
-    curves = train_loop(model, data, local, seed=int(config["seed"]), schedule_span=span)
+    dp = None  # example-level DP-SGD on this organization's own data, when the run asks
+    if "dp-noise" in config:
+        dp = DPSGD(float(config["dp-noise"]), float(config["dp-clip"]))
+    curves = train_loop(model, data, local, seed=int(config["seed"]), schedule_span=span, dp=dp)
     content = RecordDict(
         {
             "arrays": task.to_arrays(model),
             "metrics": MetricRecord(
                 {
                     "num-examples": len(data),
+                    "unit-weight": 1,  # organization-level DP averages the updates unweighted
                     "train-loss": curves.epoch_loss[-1],
                     "lr-first": curves.step_lr[0],
                     "lr-last": curves.step_lr[-1],

@@ -35,13 +35,18 @@ def prepare(
     yogi: tuple[float, float] | None = None,
     simulation: bool = True,
     snapshots: bool = False,
+    dp: dict | None = None,
 ) -> tuple[Path, dict, list[NodeData]]:
     """Everything one federated run needs in ``work``: each organization's training
     documents where its client reads them (``texts``, in the order of the profile), the run
     config and the Flower app. Returns the app directory, the run config and the nodes.
     ``snapshots``: the ServerApp also saves the global model after every round
-    (``out/epochs/<round>``).
+    (``out/epochs/<round>``). ``dp``: ``{"level", "noise", "clip"}`` of a DP run
+    (:mod:`collab_lib.privacy`): example-level DP-SGD in every client, or organization-level
+    DP on the server.
     """
+    from collab_lib.federated import task
+
     nodes = []
     for org, docs in texts.items():
         path = work / "nodes" / f"{org}.jsonl"
@@ -49,7 +54,7 @@ def prepare(
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             with open(tmp, "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps({"content": t}) + "\n" for t in docs)
+                fh.writelines(json.dumps(task.record(t)) + "\n" for t in docs)
             tmp.replace(path)
         nodes.append(NodeData(org, path))
     rc = run_config(
@@ -62,6 +67,7 @@ def prepare(
         yogi=yogi,
         simulation=simulation,
         snapshots=snapshots,
+        dp=dp,
     )
     return write_app(work / "app", rc), rc, nodes
 
@@ -77,6 +83,7 @@ def run_config(
     yogi: tuple[float, float] | None = None,
     simulation: bool = True,
     snapshots: bool = False,
+    dp: dict | None = None,
 ) -> dict:
     """The run's settings, [tool.flwr.app.config] of the app; paths absolute (the ServerApp
     may run from an installed copy). Only a simulation maps nodes to data: on the deployment
@@ -107,6 +114,8 @@ def run_config(
         "snapshots": snapshots,  # the ServerApp keeps the global model after every round
         **task.to_run_config(tr),
     }
+    if dp is not None:
+        rc |= {"dp-level": dp["level"], "dp-noise": dp["noise"], "dp-clip": dp["clip"]}
     if strategy == "FedYogi":
         rc |= {
             "yogi-eta": yogi[0],

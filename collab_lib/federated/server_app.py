@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedYogi
+from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping, FedAvg, FedYogi
 
 from collab_lib.federated import task
+from collab_lib.privacy import EXAMPLE, ORGANIZATION
 
 app = ServerApp()
 CHECKPOINT = "round.npz"
@@ -115,6 +116,21 @@ class OrderedFedYogi(_Rounds, FedYogi):
     """Flower's FedYogi (Reddi et al.'s defaults unless configured), replies in order."""
 
 
+class OrderedDPFedAvg(_Rounds, DifferentialPrivacyServerSideFixedClipping):
+    """Organization-level DP: Flower's server-side fixed-clipping wrapper around FedAvg.
+
+    Each organization's update is clipped to ``dp-clip`` and Gaussian noise of standard
+    deviation ``dp-noise x dp-clip / organizations`` is added to their average, every round.
+    The average is unweighted (``unit-weight``): the noise is sized for one organization's
+    share 1 / n of it, which weighting by examples would break. Flower draws the noise from
+    NumPy's global generator, seeded here per round, so a resumed run gets the same noise.
+    """
+
+    def aggregate_train(self, server_round: int, replies):
+        np.random.seed(int(self.rc["seed"]) * 10_007 + self.done + server_round)
+        return super().aggregate_train(server_round, replies)
+
+
 class OrganizationsOnly:
     """The grid as the strategy sees it: the organizations' nodes, or the run stops.
 
@@ -154,6 +170,10 @@ def make_strategy(rc: dict) -> _Rounds:
         "min_train_nodes": int(rc["num-nodes"]),
         "min_available_nodes": int(rc["num-nodes"]),
     }
+    if rc["strategy"] == "FedAvg" and rc.get("dp-level") == ORGANIZATION:
+        inner = FedAvg(**common, weighted_by_key="unit-weight")
+        noise, clip, n = float(rc["dp-noise"]), float(rc["dp-clip"]), int(rc["num-nodes"])
+        return OrderedDPFedAvg(inner, noise, clip, n)
     if rc["strategy"] == "FedAvg":
         return OrderedFedAvg(**common)
     if rc["strategy"] == "FedYogi":
@@ -186,6 +206,7 @@ def main(grid: Grid, context: Context) -> None:
         train_config = ConfigRecord(
             {"context": int(rc["context"]), "num-rounds": int(rc["num-rounds"])}
             | {key: rc[key] for key in task.TRAIN_KEYS}  # as the run config holds them
+            | ({k: rc[k] for k in ("dp-noise", "dp-clip")} if rc.get("dp-level") == EXAMPLE else {})
         )
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays

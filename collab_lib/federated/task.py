@@ -17,6 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from collab_lib.config import TrainConfig
+from collab_lib.privacy import Row
 
 TIED = "lm_head.weight"
 # The training settings a client needs, as Flower run-config keys (hyphens, as Flower's own).
@@ -110,5 +111,15 @@ def packed_data(data_path: str, base_model: str, context: int) -> torch.Tensor:
     from collab_lib.training import pack
 
     with open(data_path, encoding="utf-8") as fh:
-        texts = [json.loads(line)["content"] for line in fh]
+        texts = [text(json.loads(line)) for line in fh]
     return pack(texts, load_tokenizer(Path(base_model) / "model"), context)
+
+
+def record(t: str) -> dict:
+    """One line of a node's data file: a document, or a sequence of its own (``row``)."""
+    return {"row": str(t)} if isinstance(t, Row) else {"content": t}
+
+
+def text(rec: dict) -> str:
+    """:func:`record` read back."""
+    return Row(rec["row"]) if "row" in rec else rec["content"]
