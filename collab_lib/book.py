@@ -42,6 +42,7 @@ NOTEBOOKS = (
     "07_findings.ipynb",
     "08_tradeoff.ipynb",
     "09_beyond_sharing.ipynb",
+    "10_beyond_privacy.ipynb",
     "99_reproducibility.ipynb",
 )
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"

@@ -75,8 +75,9 @@ def roster(cfg: Config) -> list[ModelSpec]:
     One ``<Name>_Only`` per organization; on all of them ``Centralized_``, ``Federated_Avg_``
     and ``Federated_Yogi_`` + their short letters, and ``Incremental_`` for every order (or
     the profile's list); then the same union models and both orders on the RQ3 pair. A model
-    that two groups would both name (two organizations in all) is listed once. Last, the
-    pair's models of ``psi.models`` again as ``<model>_PSI``, on PSI-deduplicated data.
+    that two groups would both name (two organizations in all) is listed once. Beyond the
+    paper: the ensemble (``ensemble.enabled``), the pair's models of ``psi.models`` again as
+    ``<model>_PSI`` on PSI-deduplicated data, and the DP twins (:func:`dp_models`).
     """
     orgs = tuple(o.name for o in cfg.datasets.organizations)
     short = short_letters(cfg)
@@ -85,13 +86,13 @@ def roster(cfg: Config) -> list[ModelSpec]:
     if orders is None:
         orders = tuple(itertools.permutations(orgs))
     specs += _union_models(orgs, short, RQ12)
-    if cfg.ensemble.enabled:
-        tag = "".join(short[o] for o in orgs)
-        specs.append(ModelSpec(f"Ensemble_{tag}", "ensemble", orgs))
     specs += [_incremental(order, short, RQ12) for order in orders]
     pair = datasets.rq3_pair(cfg)
     specs += _union_models(pair, short, RQ3)
     specs += [_incremental(order, short, RQ3) for order in (pair, pair[::-1])]
+    if cfg.ensemble.enabled:
+        tag = "".join(short[o] for o in orgs)
+        specs.append(ModelSpec(f"Ensemble_{tag}", "ensemble", orgs))
     unique: dict[str, ModelSpec] = {}
     for spec in specs:
         unique.setdefault(spec.name, spec)

@@ -30,10 +30,12 @@ from collab_lib import (
     collaboration,
     cross_org,
     curves,
+    dp_audit,
     duplication,
     evaluation,
     exposure,
     paper,
+    privacy,
     psi,
     verbatim,
 )
@@ -41,7 +43,7 @@ from collab_lib.collaboration import ModelSpec
 from collab_lib.config import Config, UserError
 
 STEP = "findings"
-VERSION = 8  # 8: the PSI findings beside the seven
+VERSION = 9  # 8: the PSI findings beside the seven; 9: the trade-off's (DP, the ensemble)
 BASE = collaboration.BASE
 INPUTS = (
     "datasets",
@@ -50,6 +52,7 @@ INPUTS = (
     "rq2",
     "rq3",
     "curves",
+    "privacy",
 )  # the artifacts of each seed it reads
 COLUMNS = [
     "finding",
@@ -104,6 +107,7 @@ class Run:
     curve_exposure: pd.DataFrame = field(default_factory=pd.DataFrame)
     curve_extractable: pd.DataFrame = field(default_factory=pd.DataFrame)  # per sequence
     curve_prompts: pd.DataFrame = field(default_factory=pd.DataFrame)  # where curves.prompts
+    privacy: pd.DataFrame = field(default_factory=pd.DataFrame)  # ε per model (privacy step)
 
     def models(self, setting: str, rq: str = collaboration.RQ12) -> list[ModelSpec]:
         return [s for s in self.roster if s.setting == setting and s.rq == rq]
@@ -154,6 +158,7 @@ def read_run(cfg: Config, planned: dict) -> Run:
         curve_exposure=arts["curves"].table(_stem(curves.EXPOSURE_UNITS)),
         curve_extractable=arts["curves"].table(_stem(curves.EXTRACTABLE_UNITS)),
         curve_prompts=_optional(arts["curves"], curves.VERBATIM_UNITS),
+        privacy=arts["privacy"].table("privacy"),
     )
 
 
@@ -871,6 +876,225 @@ def psi_findings(cfg: Config) -> list[Finding]:
     ]
 
 
+# --------------------------------------------------------------------------- the trade-off
+
+DP_TOLERANCE = 0.1  # nats/token: DP may cost up to a 10.5 % perplexity increase
+ENSEMBLE_TOLERANCE = 0.05  # nats/token, as PSI's: the ensemble as effective as centralized
+EPSILON_CAP = 8.0  # the largest ε commonly called meaningful for DP-SGD
+EXPOSURE_MARGIN = 1.0  # bits over the base model: "within the base model's" exposure
+
+
+def _centralized(run: Run) -> str | None:
+    cen = run.models("centralized")
+    return cen[0].name if cen else None
+
+
+def _dp_twins(run: Run, level: str = privacy.EXAMPLE, setting: str = "centralized"):
+    """The run's DP twins of ``setting`` at ``level``, least noise (most effective) first."""
+    twins = [
+        s
+        for s in run.roster
+        if s.rq == collaboration.DP and s.setting == setting and s.privacy[0] == level
+    ]
+    return sorted(twins, key=lambda s: s.privacy[1])
+
+
+def _constant(value: float, b: int) -> np.ndarray:
+    """A statistic with no resampling of its own (the audit's bound carries its confidence)."""
+    return np.full(b + 1, value)
+
+
+def d1_dp_matched(run: Run, b: int, rng):
+    cen, twins = _centralized(run), _dp_twins(run)
+    if cen is None or not twins:
+        return "no centralized DP-SGD twin (privacy.noise_multipliers is empty)"
+    dp = twins[0].name
+    found = _matched(run, [cen, dp], b, rng)
+    if isinstance(found, str):
+        return found
+    measure, unit, gap = found
+    return f"{cen} minus {dp} (the least noise): {measure}", unit, gap
+
+
+def d2_dp_cost(run: Run, b: int, rng):
+    cen, twins = _centralized(run), _dp_twins(run)
+    if cen is None or not twins:
+        return "no centralized DP-SGD twin (privacy.noise_multipliers is empty)"
+    dp = twins[0].name
+    nll = _ppl(_ppl_units(run, b, rng), [cen, dp])
+    return f"union validation log perplexity (Table 8), {dp} minus {cen}", NATS, nll[dp] - nll[cen]
+
+
+def _epsilons(run: Run) -> dict[str, float]:
+    t = run.privacy
+    return dict(zip(t["Model"], t["epsilon (accountant)"], strict=True)) if len(t) else {}
+
+
+def d3_canaries(run: Run, b: int, rng):
+    eps = _epsilons(run)
+    within = [s for s in _dp_twins(run) if eps.get(s.name, math.inf) <= EPSILON_CAP]
+    if not within:
+        return f"no centralized DP-SGD twin with ε <= {EPSILON_CAP:g}"
+    if run.curve_exposure.empty:
+        return "no canaries are planted (canaries.enabled is false)"
+    dp = max(within, key=lambda s: eps[s.name]).name  # the most effective one within the cap
+    frame = run.curve_exposure[run.curve_exposure["model"] == dp]
+    top = frame["count"].max()
+    frame = frame[frame["count"] == top]
+    last = frame["point"].max()
+    u = Units(
+        frame.assign(model=frame["point"].map({0: "base", last: "last"})).dropna(subset="model"),
+        ["organization", "canary"],
+        ["organization"],
+        b,
+        rng,
+    )
+    return (
+        f"canary exposure (bits, the curves' alternatives) of the canaries repeated most "
+        f"({top}x), {dp} (ε = {eps[dp]:.2g}) minus the base model",
+        BITS,
+        u.mean("extrapolated_exposure", "last") - u.mean("extrapolated_exposure", "base"),
+    )
+
+
+def d4_audit_below(run: Run, b: int, rng):
+    t = run.privacy
+    dp = t[t["DP"] != "none"] if len(t) else t
+    if not len(dp) or not dp["Guesses"].gt(0).any():
+        return "no DP twin, or no audit canaries (privacy.audit_canaries is 0)"
+    excess = (dp["epsilon lower bound (audit)"] - dp["epsilon (accountant)"]).max()
+    return (
+        f"the audit's ε lower bound minus the accountant's ε, the largest over {len(dp)} DP "
+        f"twins ({100 * dp_audit.CONFIDENCE:g} % one-sided bound, one run)",
+        "ε",
+        _constant(float(excess), b),
+    )
+
+
+def d5_audit_plain(run: Run, b: int, rng):
+    cen, t = _centralized(run), run.privacy
+    rows = t[t["Model"] == cen] if len(t) else t
+    if cen is None or not len(rows) or not rows["Guesses"].iloc[0]:
+        return "no audit canaries (privacy.audit_canaries is 0)"
+    r = rows.iloc[0]
+    return (
+        f"the audit's ε lower bound for {cen} ({r['Right']} right of {r['Guesses']} guesses on "
+        f"{r['Audit canaries']} canaries)",
+        "ε",
+        _constant(float(r["epsilon lower bound (audit)"]), b),
+    )
+
+
+def _ensemble(run: Run) -> str | None:
+    ens = run.models("ensemble")
+    return ens[0].name if ens else None
+
+
+def e1_ensemble_matched(run: Run, b: int, rng):
+    cen, ens = _centralized(run), _ensemble(run)
+    if cen is None or ens is None:
+        return "no ensemble (ensemble.enabled is false)"
+    found = _matched(run, [cen, ens], b, rng)
+    if isinstance(found, str):
+        return found
+    measure, unit, gap = found
+    return f"{cen} minus {ens}: {measure}", unit, gap
+
+
+def e2_ensemble_cost(run: Run, b: int, rng):
+    cen, ens = _centralized(run), _ensemble(run)
+    if cen is None or ens is None:
+        return "no ensemble (ensemble.enabled is false)"
+    nll = _ppl(_ppl_units(run, b, rng), [cen, ens])
+    return (
+        f"union validation log perplexity (Table 8), {ens} minus {cen}",
+        NATS,
+        nll[ens] - nll[cen],
+    )
+
+
+def tradeoff_findings(cfg: Config) -> list[Finding]:
+    """Beyond the paper: what differential privacy and inference-time collaboration do to
+    the balance of effectiveness and memorization (the paper's §6.1-6.2 ask for both)."""
+    beyond = "none: the paper recommends DP and ensembles (§6.1-6.2) and measures neither"
+
+    def finding(n, label, claim, statistic, side, threshold, compute) -> Finding:
+        return Finding(n, claim, beyond, statistic, side, threshold, compute, math.nan, "", label)
+
+    return [
+        finding(
+            201,
+            "D1",
+            "At the same effectiveness, example-level DP-SGD memorizes less than plain "
+            "centralized training",
+            "centralized minus its least-noise DP twin's memorization at the same validation "
+            "perplexity (the curves)",
+            "above",
+            0.0,
+            d1_dp_matched,
+        ),
+        finding(
+            202,
+            "D2",
+            f"DP-SGD costs little effectiveness: less than {DP_TOLERANCE:g} nats per token",
+            "validation log perplexity of the least-noise DP twin minus the centralized model",
+            "below",
+            DP_TOLERANCE,
+            d2_dp_cost,
+        ),
+        finding(
+            203,
+            "D3",
+            f"Example-level DP at ε <= {EPSILON_CAP:g} keeps the most-repeated canaries within "
+            f"{EXPOSURE_MARGIN:g} bit of the base model's exposure",
+            "the exposure of the canaries repeated most, the DP twin with the largest ε within "
+            "the cap minus the base model, at its final checkpoint",
+            "below",
+            EXPOSURE_MARGIN,
+            d3_canaries,
+        ),
+        finding(
+            204,
+            "D4",
+            "The audit does not contradict the accountant: no DP twin's ε lower bound exceeds "
+            "its ε",
+            "the largest excess of the audit's bound over the accountant's ε",
+            "below",
+            0.0,
+            d4_audit_below,
+        ),
+        finding(
+            205,
+            "D5",
+            "Without DP, the audit detects the planted audit canaries (ε lower bound above 0)",
+            "the audit's ε lower bound for the plain centralized model",
+            "above",
+            0.0,
+            d5_audit_plain,
+        ),
+        finding(
+            206,
+            "E1",
+            "At the same effectiveness, the ensemble of single-organization models memorizes "
+            "less than the centralized model",
+            "centralized minus the ensemble's memorization at the same validation perplexity",
+            "above",
+            0.0,
+            e1_ensemble_matched,
+        ),
+        finding(
+            207,
+            "E2",
+            f"The ensemble is about as effective as centralized training: less than "
+            f"{ENSEMBLE_TOLERANCE:g} nats per token worse",
+            "validation log perplexity of the ensemble minus the centralized model",
+            "below",
+            ENSEMBLE_TOLERANCE,
+            e2_ensemble_cost,
+        ),
+    ]
+
+
 def decide(low: float, high: float, side: str, threshold: float) -> str:
     """The rule: the interval wholly on the claim's side holds, wholly across it fails."""
     if not (np.isfinite(low) and np.isfinite(high)):
@@ -998,6 +1222,8 @@ def build_findings(
         table = evaluate(cfg, runs)
         table.to_csv(out / "findings.csv", index=False)
         evaluate(cfg, runs, psi_findings(cfg)).to_csv(out / "psi_findings.csv", index=False)
+        tradeoff = evaluate(cfg, runs, tradeoff_findings(cfg))
+        tradeoff.to_csv(out / "tradeoff_findings.csv", index=False)
         verdicts = dict(zip(table["finding"].astype(str), table["verdict"], strict=True))
         return {"seeds": list(cfg.run_seeds), "verdicts": verdicts}
 

@@ -149,7 +149,7 @@ STEPS: dict[str, Step] = {
             "findings",
             "findings",
             "build_findings",
-            ("findings", "psi_findings"),
+            ("findings", "psi_findings", "tradeoff_findings"),
             "the paper's seven findings, each with a verdict computed from this run (all seeds)",
             across_seeds=True,
         ),

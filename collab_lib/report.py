@@ -850,3 +850,133 @@ def psi_note(art: artifacts.Artifact) -> str:
         f"the whole protocol sent {m['bytes'] / 1e6:.2f} MB and took {m['seconds']:.1f} s of "
         "computation, all organizations together."
     )
+
+
+# --------------------------------------------------------------------------- beyond: trade-off
+
+
+def dp_label(row: pd.Series) -> str:
+    """How a figure names a model of the privacy table: its name, and its ε where it has one."""
+    eps = row["epsilon (accountant)"]
+    return (
+        row["Model"]
+        if not pd.notna(eps) or eps == float("inf")
+        else f"{row['Model']} (ε={eps:.2g})"
+    )
+
+
+def privacy_models(curves: pd.DataFrame) -> list[str]:
+    """The models the trade-off chapter compares: the centralized and FedAvg models on all
+    organizations, the ensemble and every DP twin, as the curves table lists them."""
+    first = curves.drop_duplicates("model")
+    keep = (first["rq"] == collaboration.DP) | (
+        (first["rq"] != collaboration.DP)
+        & (
+            first["setting"].isin(["centralized", "ensemble"])
+            | first["model"].str.startswith("Federated_Avg_")
+        )
+    )
+    return list(first.loc[keep, "model"])
+
+
+def privacy_effect(curves: pd.DataFrame, privacy: pd.DataFrame) -> pd.DataFrame:
+    """Each compared model at its last checkpoint: validation perplexity and memorization
+    (canary exposure over the base model's, k-extractability) beside its ε from the
+    accountant and from the audit."""
+    names = privacy_models(curves)
+    last = curves[curves["model"].isin(names)].groupby("model", sort=False).tail(1)
+    eps = privacy.set_index("Model")
+    rows = []
+    for _, r in last.iterrows():
+        p = eps.loc[r["model"]] if r["model"] in eps.index else None
+        rows.append(
+            {
+                "model": r["model"],
+                "DP": "none" if p is None else p["DP"],
+                "noise multiplier": None if p is None else p["Noise multiplier"],
+                "ε (accountant)": None if p is None else p["epsilon (accountant)"],
+                "ε lower bound (audit)": None if p is None else p["epsilon lower bound (audit)"],
+                "validation perplexity": r["validation perplexity"],
+                "canary exposure - base (bits)": r["exposure - base"],
+                "extracted, train (%)": r["extracted, train (%)"],
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def privacy_figure(curves: pd.DataFrame, privacy: pd.DataFrame) -> plt.Figure:
+    """The compared models' curves in the effectiveness-memorization plane, each DP twin
+    labelled by its ε (dashed), the base model the common start."""
+    y, label = memorization_axis(curves)
+    labels = {r["Model"]: dp_label(r) for _, r in privacy.iterrows()}
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    for name in privacy_models(curves):
+        rows = curves[curves["model"] == name]
+        dp = rows["rq"].iloc[0] == collaboration.DP
+        colour = SETTING_COLOURS.get(rows["setting"].iloc[0], "black")
+        ax.plot(
+            rows["validation perplexity"],
+            rows[y],
+            marker="o",
+            markersize=3,
+            color=colour,
+            linestyle="--" if dp else "-",
+            alpha=0.8,
+        )
+        last = rows.iloc[-1]
+        ax.annotate(
+            labels.get(name, name),
+            (last["validation perplexity"], last[y]),
+            fontsize=7,
+            xytext=(4, 2),
+            textcoords="offset points",
+        )
+    base = curves[curves["point"] == 0].iloc[0]
+    ax.scatter(base["validation perplexity"], base[y], marker="*", s=120, color="black", zorder=3)
+    _log_perplexity_axis(ax)
+    ax.set_xlabel("validation perplexity (log scale; better to the right)")
+    ax.set_ylabel(label)
+    ax.set_title("Dashed: under differential privacy, labelled by ε (★ the base model)")
+    fig.tight_layout()
+    return fig
+
+
+def privacy_note(privacy: pd.DataFrame, cfg: Config) -> str:
+    """What the accountant assumed and what the audit did, in words, from the table."""
+    dp = privacy[privacy["DP"] != "none"]
+    audited = privacy[privacy["Guesses"] > 0]
+    p = cfg.privacy
+    parts = [
+        f"ε at δ = {p.delta:g}, from Rényi DP of the sampled Gaussian mechanism (Opacus's "
+        "accountant, Balle et al.'s conversion), over every step the job took."
+    ]
+    if len(dp):
+        worst = dp.loc[dp["epsilon (accountant)"].idxmax()]
+        parts.append(
+            f"{len(dp)} DP twins: ε from {dp['epsilon (accountant)'].min():.2g} to "
+            f"{worst['epsilon (accountant)']:.2g} ({worst['Model']})."
+        )
+    if len(audited):
+        r = audited.iloc[0]
+        high = audited["epsilon lower bound (audit)"].max()
+        parts.append(
+            f"The audit planted each of {int(r['Audit canaries'])} canaries with probability "
+            f"1/2 ({int(r['Planted'])} planted) and guessed on {int(r['Guesses'])} per model; "
+            f"its largest lower bound on any model is {high:.2g}."
+        )
+    else:
+        parts.append("No audit canaries in this profile (`privacy.audit_canaries`: 0).")
+    return " ".join(parts)
+
+
+def ensemble_rows(cfg: Config) -> list[str]:
+    """The base model, the synchronous models on all organizations and the ensemble: the
+    rows that set the ensemble beside the paper's settings."""
+    keep = ("centralized", "federated", "ensemble")
+    specs = collaboration.roster(cfg)
+    return [collaboration.BASE, *(s.name for s in specs if s.main and s.setting in keep)]
+
+
+def rows_of(table: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """``table``'s rows of ``models`` only, in the table's order."""
+    return table[table["model"].isin(models)]

@@ -39,15 +39,31 @@ PAPER_NAMES = [
 
 PSI_TWINS = {"default": ["Federated_Avg_MG_PSI", "Incremental_M2G_PSI"]}
 PSI_TWINS["gpu"] = PSI_TWINS["default"]  # gpu extends default; tiny and paper train none
+DP_TWINS = {
+    "tiny": ["Centralized_FMG_DP1"],
+    "default": [
+        "Centralized_FMG_DP0.5",
+        "Centralized_FMG_DP1",
+        "Centralized_FMG_DP2",
+        "Federated_Avg_FMG_DP1",
+        "Federated_Avg_FMG_OrgDP1",
+    ],
+    "paper": ["Centralized_FMG_DP1", "Federated_Avg_FMG_DP1", "Federated_Avg_FMG_OrgDP1"],
+}
+DP_TWINS["gpu"] = DP_TWINS["default"]
 
 
 @pytest.mark.parametrize("profile", PROFILES)
 def test_the_paper_profiles_give_the_papers_seventeen_models(profile):
-    """The paper's seventeen, in its order; then the PSI twins where the profile lists them
-    (beyond the paper: the RQ3 pair's models on PSI-deduplicated data)."""
+    """The paper's seventeen, in its order; then, beyond the paper, the ensemble, the PSI
+    twins (the RQ3 pair's models on PSI-deduplicated data) and the DP twins."""
     specs = roster(load_config(profile))
-    assert [m.name for m in specs] == PAPER_NAMES + PSI_TWINS.get(profile, [])
-    assert all(m.rq == "PSI" for m in specs[17:])
+    beyond = ["Ensemble_FMG"] + PSI_TWINS.get(profile, []) + DP_TWINS[profile]
+    assert [m.name for m in specs] == PAPER_NAMES + beyond
+    assert specs[17].setting == "ensemble" and specs[17].main
+    assert all(m.rq in ("PSI", "DP") for m in specs[18:])
+    dp = [m for m in specs if m.rq == "DP"]
+    assert all(m.privacy[0] == ("organization" if "OrgDP" in m.name else "example") for m in dp)
 
 
 def _orgs(tmp_path, names: dict[str, float | None]) -> dict:

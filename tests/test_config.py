@@ -209,3 +209,29 @@ def test_keeping_epoch_snapshots_rekeys_the_models_but_not_the_base_model_or_the
     assert keep[collaboration.BASE] == last_only[collaboration.BASE]
     assert keep[collaboration.SWEEP] == last_only[collaboration.SWEEP]  # tiny tunes FedYogi
     assert keep["Centralized_FMG"] != last_only["Centralized_FMG"]  # its files differ
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"privacy.noise_multipliers": [0.0]}, "noise_multipliers: different numbers above 0"),
+        ({"privacy.federated_noise": [1.0, 1.0]}, "federated_noise: different numbers above 0"),
+        ({"privacy.max_grad_norm": 0}, "max_grad_norm and organization_clip above 0"),
+        ({"privacy.delta": 0.1}, r"delta: in \(0, 0.01\)"),
+        ({"privacy.audit_guesses": 0}, r"audit_guesses in \(0, 1\]"),
+        ({"ensemble.weights": "posterior"}, "weights: tokens or uniform"),
+    ],
+)
+def test_privacy_and_ensemble_settings_are_checked_at_load(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("default", override)
+
+
+def test_audit_canaries_rekey_the_data_only_where_a_profile_plants_them():
+    """The canaries' key (and so every model's) changes with the audit's canaries; a profile
+    without them keeps the key it had before the audit existed."""
+    from collab_lib import canaries
+
+    none = load_config("default", {"privacy.audit_canaries": 0})
+    assert canaries._config(none) == {"canaries": none.canaries, "seed": 0}
+    assert canaries._config(load_config("default"))["audit"] == 32

@@ -112,7 +112,13 @@ def test_a_client_sends_only_weights_and_counts(simulated, tmp_path, monkeypatch
     )
     # counts and a loss, and the client's name: nothing else, and no text or token ids
     tokens = task.packed_data(str(data), str(base), cfg.model.context)
-    assert dict(content["metrics"]).keys() == {"num-examples", "train-loss", "lr-first", "lr-last"}
+    assert dict(content["metrics"]).keys() == {
+        "num-examples",
+        "train-loss",
+        "lr-first",
+        "lr-last",
+        "unit-weight",
+    }
     assert content["metrics"]["num-examples"] == len(tokens)
     assert dict(content["client"]) == {"organization": "Microsoft"}
     payload = b"".join(arr.data for arr in sent.values())
@@ -406,3 +412,82 @@ def test_a_node_beyond_the_organizations_stops_the_run_before_any_model_is_sent(
     assert grid.sent == []
     grid.nodes = [11, 12]
     assert sorted(server_app.OrganizationsOnly(grid, 2).get_node_ids()) == [11, 12]
+
+
+def _client_replies(cfg, rc, nodes, base, config) -> list[dict[str, np.ndarray]]:
+    """Each organization's reply to one round's message, computed here."""
+    out = []
+    for node in nodes:
+        msg = Message(
+            content=RecordDict({"arrays": task.to_arrays(task.load_model(base)), "config": config}),
+            message_type=MessageType.TRAIN,
+            dst_node_id=1,
+        )
+        context = Context(
+            run_id=1,
+            node_id=1,
+            state=RecordDict(),
+            run_config=rc,
+            node_config={"organization": node.organization, "data-path": str(node.data_path)},
+        )
+        reply = client_app.app(msg, context).content
+        out.append({k: v.numpy() for k, v in reply["arrays"].items()})
+    return out
+
+
+def test_organization_level_dp_clips_each_update_and_noises_their_plain_mean(
+    simulated, tmp_path, monkeypatch
+):
+    """Flower's server-side fixed clipping around FedAvg: each organization's update clipped
+    to the norm, their unweighted mean, then Gaussian noise of sd noise x clip / n."""
+    cfg, _, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    base = collaboration.build_base_model(cfg).path
+    texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))
+    pair = {org: texts[org] for org in ("Microsoft", "Google")}
+    clip, got = 0.05, {}
+    for noise in (0.0, 1.0):
+        dp = {"level": "organization", "noise": noise, "clip": clip}
+        work = tmp_path / f"noise{noise:g}"
+        app, rc, nodes = launch.prepare(cfg, "FedAvg", pair, base, work, work / "out", dp=dp)
+        rc = rc | {"num-rounds": 1}
+        launch.simulate(app, rc, root / ".flwr")
+        got[noise] = _weights(work / "out" / "model")
+    config = ConfigRecord(
+        {"context": cfg.model.context, "num-rounds": 1, "round": 1, "seed": cfg.seed * 10_007 + 1}
+        | task.to_run_config(cfg.train)
+    )
+    start = {k: v.numpy() for k, v in task.to_arrays(task.load_model(base)).items()}
+    clipped = []
+    for reply in _client_replies(cfg, rc, nodes, base, config):
+        update = {k: reply[k] - start[k] for k in start}
+        norm = np.sqrt(sum(float(np.sum(u.astype(np.float64) ** 2)) for u in update.values()))
+        assert norm > clip  # the clipping bites
+        clipped.append({k: u * min(1.0, clip / norm) for k, u in update.items()})
+    expected = {k: start[k] + (clipped[0][k] + clipped[1][k]) / 2 for k in start}
+    for k in start:
+        assert np.allclose(got[0.0][k], expected[k], rtol=1e-4, atol=1e-6), k
+    noise = np.concatenate([(got[1.0][k] - expected[k]).ravel() for k in start])
+    assert np.std(noise) == pytest.approx(1.0 * clip / 2, rel=0.05)
+
+
+def test_example_level_dp_runs_dp_sgd_in_each_client(simulated, tmp_path, monkeypatch):
+    """With ``dp-noise`` in the round's message a client trains by DP-SGD on its own data:
+    other weights than the plain client's, the same for the same message."""
+    cfg, _, root = simulated
+    monkeypatch.setenv("COLLAB_ARTIFACTS", str(root))
+    base = collaboration.build_base_model(cfg).path
+    texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))
+    one = {"Microsoft": texts["Microsoft"]}
+    dp = {"level": "example", "noise": 1.0, "clip": 1.0}
+    app, rc, nodes = launch.prepare(cfg, "FedAvg", one, base, tmp_path, tmp_path / "out", dp=dp)
+    assert rc["dp-level"] == "example"
+    round_1 = {"context": cfg.model.context, "num-rounds": 1, "round": 1, "seed": 3}
+    plain = ConfigRecord(round_1 | task.to_run_config(cfg.train))
+    private = ConfigRecord(
+        round_1 | task.to_run_config(cfg.train) | {"dp-noise": 1.0, "dp-clip": 1.0}
+    )
+    a, b = (_client_replies(cfg, rc, nodes, base, private)[0] for _ in range(2))
+    c = _client_replies(cfg, rc, nodes, base, plain)[0]
+    _assert_same(a, b)
+    assert not np.array_equal(a["transformer.wte.weight"], c["transformer.wte.weight"])

@@ -95,3 +95,71 @@ def test_poisson_batches_have_the_rate_asked():
     g = torch.Generator().manual_seed(0)
     sizes = [len(privacy.poisson_batch(1000, 0.02, g)) for _ in range(200)]
     assert 18 < sum(sizes) / len(sizes) < 22 and len(set(sizes)) > 5
+
+
+# --------------------------------------------------------------------------- the audit
+
+
+def _audit(setup, dp: DPSGD | None, epochs: int = 30) -> tuple[dict, int, int]:
+    """Plant half of 64 random canaries (one sequence each) beside the documents, train, and
+    audit: the outcome, the sequences and the optimizer steps."""
+    from collab_lib import canaries, dp_audit
+    from collab_lib.privacy import Row
+
+    cfg, tok, docs = setup
+    cands, coins = canaries.draw_audit(["A"], 64, seed=0)
+    texts = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
+    data = pack(texts + [Row(c["text"]) for c in cands if coins[c["id"]]], tok, cfg.model.context)
+    run = TrainConfig(epochs=epochs, batch_size=8, lr=3e-3, warmup_fraction=0.05)
+    base = init_model(cfg.model, len(tok), seed=0)
+    model = init_model(cfg.model, len(tok), seed=0)
+    curves = train(model, data, run, seed=0, dp=dp)
+    strings = [c["text"] for c in cands]
+    mine, ref = dp_audit.losses(model, tok, strings), dp_audit.losses(base, tok, strings)
+    score = {c["id"]: a - r for c, a, r in zip(cands, mine, ref, strict=True)}
+    guessed = dp_audit.guesses(score, 0.5)
+    return dp_audit.bound(guessed, coins, 1e-5), len(data), len(curves.step_loss)
+
+
+def test_the_audit_finds_what_plain_training_memorized(setup):
+    outcome, _, _ = _audit(setup, dp=None)
+    assert outcome["canaries"] == 64 and outcome["guesses"] == 32
+    assert outcome["right"] >= 28
+    assert outcome["epsilon lower bound"] > 1.0
+
+
+def test_under_dp_sgd_the_audit_stays_below_the_accountant(setup):
+    outcome, sequences, steps = _audit(setup, dp=DPSGD(2.0, 1.0))
+    eps = privacy.epsilon(8 / sequences, 2.0, steps, 1e-5)
+    assert outcome["epsilon lower bound"] <= eps
+    assert outcome["epsilon lower bound"] < 1.0  # and far from what plain training shows
+
+
+def test_the_bound_matches_steinke_et_al():
+    """The figures of Steinke, Nasr and Jagielski 2023 (Appendix D and §7)."""
+    from collab_lib.dp_audit import epsilon_lower, p_value
+
+    assert p_value(100, 100, 75, math.log(3), 0) == pytest.approx(0.553, abs=5e-4)
+    assert epsilon_lower(100, 100, 75, 0) == pytest.approx(0.702, abs=5e-4)
+    assert epsilon_lower(100, 100, 75, 1e-4) == pytest.approx(0.699, abs=5e-4)
+    assert epsilon_lower(1000, 100, 75, 1e-4) == pytest.approx(0.673, abs=5e-4)
+    assert epsilon_lower(100_000, 1510, 1439, 1e-5) == pytest.approx(2.675, abs=1e-3)
+    assert epsilon_lower(100, 100, 50, 1e-5) == 0  # chance: no bound
+
+
+def test_audit_candidates_hide_their_coins_and_each_is_one_sequence(setup):
+    from collab_lib import canaries
+    from collab_lib.privacy import Row
+
+    cfg, tok, _ = setup
+    cands, coins = canaries.draw_audit(["A", "B"], 50, seed=3)
+    assert cands == canaries.draw_audit(["A", "B"], 50, seed=3)[0]
+    assert all(set(c) == {"id", "organization", "text"} for c in cands)
+    assert 30 < sum(coins.values()) < 70 and len({c["text"] for c in cands}) == 100
+    docs = ["x = 1\n" * 20, "def g():\n    pass\n" * 9]
+    plain = pack(docs, tok, cfg.model.context)
+    with_rows = pack(docs + [Row(cands[0]["text"]), Row(cands[1]["text"])], tok, cfg.model.context)
+    # the documents' packing is untouched: adding a canary adds exactly one sequence
+    assert torch.equal(with_rows[: len(plain)], plain) and len(with_rows) == len(plain) + 2
+    first = tok(cands[0]["text"], verbose=False)["input_ids"]
+    assert with_rows[len(plain), : len(first)].tolist() == first

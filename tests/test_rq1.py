@@ -90,5 +90,5 @@ def test_pass_at_k_models_by_name_or_setting():
         "Federated_Yogi_FMG",
     ]
     every = evaluation.pass_models(load_config("default", {"evaluation.models": None}))
-    # the base model, the paper's 17 and default's two PSI twins
-    assert len(every) == 20 and every[0] == "base model" and every[-1] == "Incremental_M2G_PSI"
+    # the base model, the paper's 17, the ensemble, default's two PSI twins and five DP twins
+    assert len(every) == 26 and every[0] == "base model" and every[-1] == "Federated_Avg_FMG_OrgDP1"
