@@ -309,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_models(cfg) -> int:
-    """``name<TAB>directory`` of every trained model (``from_pretrained`` loads the directory)."""
-    from collab_lib import artifacts, collaboration
+    """``name<TAB>directory`` of every trained model (``from_pretrained`` loads the directory);
+    for an ensemble, which has no weights of its own, the file naming its members and weights
+    (:func:`collab_lib.scoring.load_model` loads it)."""
+    from collab_lib import artifacts, collaboration, ensemble
 
     keys = pipeline.planned_for("train", cfg)
     missing = []
@@ -319,7 +321,8 @@ def _print_models(cfg) -> int:
         if art is None:
             missing.append(spec.name)
         else:
-            print(f"{spec.name}\t{art.path / 'model'}")
+            where = art.path / (ensemble.MEMBERS if ensemble.is_ensemble(art) else "model")
+            print(f"{spec.name}\t{where}")
     if missing:
         print(
             f"not built: {', '.join(missing)} (run `{cfg.command('run', 'train')}`)",

@@ -257,8 +257,10 @@ def _dp_config(cfg: Config, spec: ModelSpec) -> dict:
         return {}
     level, noise = spec.privacy
     p = cfg.privacy
-    clip = p.max_grad_norm if level == privacy.EXAMPLE else p.organization_clip
-    return {"dp": {"level": level, "noise": noise, "clip": clip}}
+    if level == privacy.ORGANIZATION:
+        return {"dp": {"level": level, "noise": noise, "clip": p.organization_clip}}
+    batch = p.batch_size or cfg.train.batch_size * cfg.train.grad_accum
+    return {"dp": {"level": level, "noise": noise, "clip": p.max_grad_norm, "batch": batch}}
 
 
 def _federated_config(cfg: Config, strategy: str | None) -> dict:
@@ -469,7 +471,7 @@ def _train_stage(cfg: Config, job: Job, prev, tok, data_for, scratch: Path, dest
     # epoch snapshots go to the scratch directory first, beside the resume checkpoint, so an
     # interrupted job keeps the epochs it finished
     snapshots = scratch / EPOCHS if cfg.train.epoch_checkpoints else None
-    dp = privacy.DPSGD(job.dp["noise"], job.dp["clip"]) if job.dp else None
+    dp = privacy.DPSGD(job.dp["noise"], job.dp["clip"], job.dp["batch"]) if job.dp else None
     curves = train(
         model, data, cfg.train, cfg.seed, checkpoint_dir=scratch, snapshot_dir=snapshots, dp=dp
     )
@@ -629,10 +631,12 @@ def model_curves(art: artifacts.Artifact) -> dict:
 
 
 def all_curves(cfg: Config, models: dict[str, artifacts.Artifact]) -> dict[str, dict]:
-    """The loss curves of the study's models (the base model's pretraining left out)."""
+    """The loss curves of the study's models (the base model's pretraining left out; the
+    ensemble trains nothing)."""
     return {
         spec.name: model_curves(models[spec.name]) | {"setting": spec.setting, "rq": spec.rq}
         for spec in roster(cfg)
+        if spec.setting != "ensemble"
     }
 
 
@@ -643,7 +647,7 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
     rows = []
     for spec in roster(cfg):
         art = models[spec.name]
-        jobs_ = chain(art)
+        jobs_ = [] if spec.setting == "ensemble" else chain(art)  # it trains nothing
         rows.append(
             {
                 "Model": spec.name,
@@ -651,12 +655,14 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
                 "Data": (" → " if spec.setting == "incremental" else " + ").join(
                     short[o] for o in spec.orgs
                 )
-                + (f", {PSI_DATA}" if spec.rq == PSI else ""),
+                + (f", {PSI_DATA}" if spec.rq == PSI else "")
+                + (", the *_Only models mixed" if spec.setting == "ensemble" else ""),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),
                 "Tokens trained": sum(_tokens_trained(cfg, j) for j in jobs_),
                 "Final training loss": art.metrics["final_loss"],
                 "Time (s)": sum(j.manifest["wall_s"] for j in jobs_),
+                "DP": "" if spec.privacy is None else f"{spec.privacy[0]}, σ = {spec.privacy[1]:g}",
             }
         )
     return pd.DataFrame(rows)
@@ -709,6 +715,8 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
     unique = {}
     for chain_ in jobs(cfg, "", []).values():
         for job in chain_:
+            if job.step == ENSEMBLE_STEP:  # trains nothing
+                continue
             times = rounds if job.step == FEDERATED_STEP else cfg.train.epochs
             unique[job.ref] = sum(tokens[org] for org in job.data) * times
     rows.append(

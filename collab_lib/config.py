@@ -333,7 +333,9 @@ class PrivacyConfig:
     One DP twin per noise multiplier, on all organizations: ``noise_multipliers``, the
     centralized model under example-level DP-SGD (``Centralized_<orgs>_DP<σ>``);
     ``federated_noise``, FedAvg with DP-SGD in every client (``Federated_Avg_<orgs>_DP<σ>``);
-    both clip each training sequence's gradient to ``max_grad_norm``.
+    both clip each training sequence's gradient to ``max_grad_norm`` and sample ``batch_size``
+    sequences per step on average (noise on the mean shrinks as the batch grows: DP-SGD wants
+    larger batches than plain training; processed in micro-batches of ``train.batch_size``).
     ``organization_noise``: FedAvg under organization-level DP, Flower's server-side fixed
     clipping of each organization's update to ``organization_clip``
     (``Federated_Avg_<orgs>_OrgDP<σ>``). ε at ``delta``. ``audit_canaries``: per
@@ -346,6 +348,7 @@ class PrivacyConfig:
     federated_noise: tuple[float, ...] = ()
     organization_noise: tuple[float, ...] = ()
     max_grad_norm: float = 1.0
+    batch_size: int | None = None  # DP-SGD's expected batch (null: train.batch_size x grad_accum)
     organization_clip: float = 1.0
     delta: float = 1e-5
     audit_canaries: int = 0
@@ -816,6 +819,8 @@ def _check_privacy(p: PrivacyConfig, where: str, path: Path) -> None:
         values = getattr(p, key)
         if any(v <= 0 for v in values) or len(set(values)) != len(values):
             raise ConfigError(f"{path}: {where}.{key}: different numbers above 0")
+    if p.batch_size is not None and p.batch_size < 1:
+        raise ConfigError(f"{path}: {where}.batch_size: at least 1, or null (train's batch)")
     if p.max_grad_norm <= 0 or p.organization_clip <= 0:
         raise ConfigError(f"{path}: {where}: max_grad_norm and organization_clip above 0")
     if not 0 < p.delta < 1e-2:

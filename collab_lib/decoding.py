@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from collab_lib.ensemble import Ensemble
 from collab_lib.sampling import SamplingConfig
 
 
@@ -93,7 +94,7 @@ def generate(
     ids, mask = ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     model.eval()
-    decoder = (GPT2Decoder if GPT2Decoder.fits(model) else CacheDecoder)(model, cfg.max_new_tokens)
+    decoder = _decoder(model, cfg.max_new_tokens)
     logits = decoder.start(ids, mask, positions)
     where = {p: i for i, p in enumerate(distinct)}
     expand = torch.tensor([where[tuple(p)] for p in prompts], device=device)
@@ -119,6 +120,13 @@ def generate(
         pos = pos + 1
         logits = decoder.step(tok, pos)
     return out
+
+
+def _decoder(model, max_new_tokens: int):
+    """The fastest decoder that fits ``model``: an ensemble's members each through theirs."""
+    if isinstance(model, Ensemble):
+        return EnsembleDecoder(model, max_new_tokens)
+    return (GPT2Decoder if GPT2Decoder.fits(model) else CacheDecoder)(model, max_new_tokens)
 
 
 class CacheDecoder:
@@ -304,3 +312,23 @@ def sample_texts(
             end = cut(text)
             out.append(text if end is None else text[:end])
     return out, new_tokens
+
+
+class EnsembleDecoder:
+    """An ensemble (:class:`collab_lib.ensemble.Ensemble`) decoded member by member, each
+    through its own fastest decoder (its own KV cache, GPT-2's fused step where it fits), the
+    members' next-token logits mixed at every step."""
+
+    def __init__(self, model: Ensemble, max_new_tokens: int) -> None:
+        self.model = model
+        self.members = [_decoder(m, max_new_tokens) for m in model.members]
+
+    def start(self, ids, mask, positions) -> torch.Tensor:
+        return self.model.mix([d.start(ids, mask, positions) for d in self.members])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        for d in self.members:
+            d.keep(rows)
+
+    def step(self, tok, pos) -> torch.Tensor:
+        return self.model.mix([d.step(tok, pos) for d in self.members])

@@ -129,7 +129,8 @@ COLUMNS = [
     "Right",
     "epsilon lower bound (audit)",
 ]
-UNITS = "audit_units.csv"  # model, candidate, organization, score, guess, planted
+UNITS = "audit_units.csv"  # one row per model and candidate
+UNIT_COLUMNS = ("model", "candidate", "score", "guess", "planted")
 
 
 def audited(cfg: Config) -> list[ModelSpec]:
@@ -162,42 +163,38 @@ def build_privacy(cfg: Config, planned: dict, *, force: bool = False) -> artifac
     specs = audited(cfg)
 
     def produce(out: Path) -> dict:
-        from collab_lib.scoring import load_model
-
         cands = canaries.audit_candidates(can)
-        texts = [c["text"] for c in cands]
-        units, guessed = [], {}
-        if cands:
-            base_model, tok = load_model(models[collaboration.BASE])
-            reference = losses(base_model, tok, texts)
-            for spec in tqdm(specs, desc="audit", disable=None):
-                model, tok = load_model(models[spec.name])
-                score = {
-                    c["id"]: mine - ref
-                    for c, mine, ref in zip(
-                        cands, losses(model, tok, texts), reference, strict=True
-                    )
-                }
-                guessed[spec.name] = guesses(score, cfg.privacy.audit_guesses)
-                units += [
-                    {
-                        "model": spec.name,
-                        "candidate": cid,
-                        "score": s,
-                        "guess": guessed[spec.name][cid],
-                    }
-                    for cid, s in score.items()
-                ]
+        scores = _scores(models, specs, cands) if cands else {}
+        guessed = {m: guesses(s, cfg.privacy.audit_guesses) for m, s in scores.items()}
         flips = canaries.audit_coins(can) if cands else {}  # read only now: every guess is made
         rows = [_row(cfg, spec, models[spec.name], guessed.get(spec.name), flips) for spec in specs]
         pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "privacy.csv", index=False)
-        frame = pd.DataFrame(units, columns=["model", "candidate", "score", "guess"])
-        frame["planted"] = frame["candidate"].map(flips)
-        frame.to_csv(out / UNITS, index=False)
+        units = [
+            {"model": m, "candidate": c, "score": x, "guess": guessed[m][c], "planted": flips[c]}
+            for m, per in scores.items()
+            for c, x in per.items()
+        ]
+        pd.DataFrame(units, columns=[*UNIT_COLUMNS]).to_csv(out / UNITS, index=False)
         return {"audit canaries": len(cands), "models": len(specs)}
 
     refs = _refs(cfg, planned)
     return artifacts.build(STEP, _step_config(cfg), produce, refs, seed=cfg.seed, force=force)
+
+
+def _scores(models: dict, specs: list[ModelSpec], cands: list[dict]) -> dict[str, dict]:
+    """Each audited model's score of every candidate: its loss minus the base model's (the
+    reference takes out each random string's own difficulty); no coin is read here."""
+    from collab_lib.scoring import load_model
+
+    texts = [c["text"] for c in cands]
+    base, tok = load_model(models[collaboration.BASE])
+    reference = losses(base, tok, texts)
+    out = {}
+    for spec in tqdm(specs, desc="audit", disable=None):
+        model, tok = load_model(models[spec.name])
+        mine = losses(model, tok, texts)
+        out[spec.name] = {c["id"]: a - r for c, a, r in zip(cands, mine, reference, strict=True)}
+    return out
 
 
 def _row(cfg: Config, spec: ModelSpec, art, guessed: dict | None, flips: dict) -> dict:
@@ -217,37 +214,28 @@ def _row(cfg: Config, spec: ModelSpec, art, guessed: dict | None, flips: dict) -
 
 
 def accountant(cfg: Config, spec: ModelSpec, art) -> dict:
-    """ε of a DP twin, from its own training record: the steps it took and the rate it
-    sampled at. A federated model's organizations each run their own DP-SGD: its ε is the
-    largest of theirs (the smallest organization's, whose rate is highest)."""
-    from collab_lib.training import steps_per_epoch
-
-    level, noise = spec.privacy
-    p, tr = cfg.privacy, cfg.train
-    batch = tr.batch_size * tr.grad_accum
-    if level == privacy.ORGANIZATION:
-        rounds = art.metrics["rounds"]
-        rate, steps = 1.0, rounds
-        clip = p.organization_clip
+    """ε of a DP twin, from its own record (the mechanism in its key, the steps it took, the
+    sequences it sampled from). A federated model's organizations each run their own DP-SGD:
+    its ε is the largest of theirs (the smallest organization's, whose rate is highest)."""
+    dp = art.manifest["config"]["dp"]
+    noise, delta = dp["noise"], cfg.privacy.delta
+    if dp["level"] == privacy.ORGANIZATION:  # every organization, every round
+        rate, steps = 1.0, art.metrics["rounds"]
     elif spec.setting == "federated":
         examples = json.loads(art.file("curves.json").read_text())["organization_examples"]
-        rounds = art.metrics["rounds"]
-        per = {
-            o: (min(1.0, batch / n), rounds * steps_per_epoch(n, tr)) for o, n in examples.items()
-        }
-        eps = {o: privacy.epsilon(q, noise, t, p.delta) for o, (q, t) in per.items()}
-        worst = max(eps, key=eps.get)
-        rate, steps = per[worst]
-        clip = p.max_grad_norm
+        rounds, batch = art.metrics["rounds"], dp["batch"]
+        per = {o: (min(1.0, batch / n), rounds * math.ceil(n / batch)) for o, n in examples.items()}
+        eps = {o: privacy.epsilon(q, noise, t, delta) for o, (q, t) in per.items()}
+        rate, steps = per[max(eps, key=eps.get)]
     else:
         m = art.metrics
-        rate, steps, clip = min(1.0, batch / m["sequences"]), m["optimizer_steps"], p.max_grad_norm
+        rate, steps = min(1.0, dp["batch"] / m["sequences"]), m["optimizer_steps"]
     return {
         "Noise multiplier": noise,
-        "Clip": clip,
+        "Clip": dp["clip"],
         "Sampling rate": rate,
         "Steps": steps,
-        "epsilon (accountant)": privacy.epsilon(rate, noise, steps, p.delta),
+        "epsilon (accountant)": privacy.epsilon(rate, noise, steps, delta),
     }
 
 

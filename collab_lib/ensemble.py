@@ -98,16 +98,23 @@ class Ensemble(torch.nn.Module):
         from transformers import DynamicCache
 
         caches = self._split(past_key_values)
-        logps, layers = [], []
-        for member, cache, log_w in zip(self.members, caches, self.log_weights, strict=True):
+        logits, layers = [], []
+        for member, cache in zip(self.members, caches, strict=True):
             out = member(input_ids=input_ids, past_key_values=cache, use_cache=use_cache, **kwargs)
-            logps.append(out.logits.float().log_softmax(-1) + log_w)
+            logits.append(out.logits)
             if use_cache:
                 layers += [(layer.keys, layer.values) for layer in out.past_key_values.layers]
-        logits = torch.logsumexp(torch.stack(logps), dim=0)
-        return SimpleNamespace(
-            logits=logits, past_key_values=DynamicCache(layers) if layers else None
-        )
+        cache = DynamicCache(layers) if layers else None
+        return SimpleNamespace(logits=self.mix(logits), past_key_values=cache)
+
+    def mix(self, logits: list[torch.Tensor]) -> torch.Tensor:
+        """The mixture's log-probabilities from each member's logits (summed one member at
+        a time: no stack of every member's full-vocabulary distribution)."""
+        out = None
+        for x, log_w in zip(logits, self.log_weights, strict=True):
+            part = x.float().log_softmax(-1) + log_w
+            out = part if out is None else torch.logaddexp(out, part)
+        return out
 
     def _split(self, cache) -> list:
         """Each member's part of a combined cache (None: no cache)."""

@@ -295,6 +295,8 @@ def auc_table(cfg: Config, scores: pd.DataFrame) -> pd.DataFrame:
         spec = specs.get(model)
         for signal, (auc, low, high) in signal_aucs(mem, non, wm, wo, conf).items():
             setting = spec.setting if spec else "base" if model == BASE else "checkpoint"
+            if spec and spec.rq == collaboration.DP:
+                setting += DP_MARK
             rows.append(
                 {
                     "model": model,
@@ -459,16 +461,22 @@ SUMMARY_COLUMNS = [
 ]
 
 
+DP_MARK = " (DP)"  # a DP twin's setting in the AUC table: "centralized (DP)"
+
+
 def summary(auc: pd.DataFrame) -> pd.DataFrame:
     """Per signal: does it detect membership where we know the answer?
 
     Trained pairs are (model, organization it was trained on): their AUC should be above 0.5
     and above the base model's with the same signal on the same organization (which saw
     neither split); the others should sit near 0.5. A pair counts as above only with its
-    whole interval: a point estimate 0.001 higher is not a detection.
+    whole interval: a point estimate 0.001 higher is not a detection. The DP twins and the
+    ensemble are left out: whether they memorize is the trade-off chapter's question, not a
+    known answer to validate a signal on.
     """
     rows = []
-    for signal, part in auc.groupby("signal", sort=False):
+    known = ~auc["setting"].str.endswith(DP_MARK) & (auc["setting"] != "ensemble")
+    for signal, part in auc[known].groupby("signal", sort=False):
         own = part[part["trained on"].astype(bool)]
         other = part[~part["trained on"] & ~part["setting"].isin(["base", "checkpoint"])]
         # the base model's AUC with the same signal (loss - base: itself, so 0.5 exactly)

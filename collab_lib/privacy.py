@@ -44,10 +44,12 @@ class Row(str):
 @dataclass(frozen=True)
 class DPSGD:
     """One DP-SGD job's mechanism: Gaussian noise of ``noise_multiplier x max_grad_norm`` on
-    the sum of per-sequence gradients clipped to ``max_grad_norm``."""
+    the sum of per-sequence gradients clipped to ``max_grad_norm``, over a Poisson sample of
+    ``batch_size`` sequences on average (noise on the mean shrinks as the batch grows)."""
 
     noise_multiplier: float
     max_grad_norm: float
+    batch_size: int
 
 
 def epsilon(
@@ -88,9 +90,10 @@ def poisson_batch(n: int, q: float, generator) -> torch.Tensor:  # noqa: F821
     return torch.nonzero(torch.rand(n, generator=generator) < q).flatten()
 
 
-def make_private(model, optimizer, dp: DPSGD, expected_batch: int, generator):
+def make_private(model, optimizer, dp: DPSGD, expected_batch: float, generator):
     """``model`` with per-sample gradients (Opacus's ``GradSampleModule``) and ``optimizer``
-    clipping and noising them (``DPOptimizer``, noise drawn from ``generator``)."""
+    clipping and noising them (``DPOptimizer``, noise drawn from ``generator``), the noisy
+    sum divided by ``expected_batch`` (the sampling rate times the sequences)."""
     import warnings
 
     from opacus import GradSampleModule

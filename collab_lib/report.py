@@ -228,9 +228,9 @@ def loss_curves(curves: dict[str, dict]) -> plt.Figure:
     """Small multiples: the training loss per optimizer step of each setting's models (| marks
     the next organization of an incremental model), and of each federated model, every
     client's loss in its local epoch, per round."""
-    from collab_lib.collaboration import PSI, RQ3
+    from collab_lib.collaboration import DP, PSI, RQ3
 
-    pair_panels = {RQ3: "RQ3 pair", PSI: "RQ3 pair, PSI-deduplicated"}
+    pair_panels = {RQ3: "RQ3 pair", PSI: "RQ3 pair, PSI-deduplicated", DP: "DP-SGD"}
     panels: dict[str, dict[str, dict]] = {}
     for name, c in curves.items():
         if c["kind"] == "rounds":

@@ -81,8 +81,10 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def steps_per_epoch(sequences: int, cfg: TrainConfig) -> int:
-    return math.ceil(sequences / (cfg.batch_size * cfg.grad_accum))
+def steps_per_epoch(sequences: int, cfg: TrainConfig, dp: DPSGD | None = None) -> int:
+    """Optimizer steps per epoch: one per batch (``batch_size x grad_accum`` sequences), or
+    per DP-SGD batch (``dp.batch_size`` sequences on average)."""
+    return math.ceil(sequences / (dp.batch_size if dp else cfg.batch_size * cfg.grad_accum))
 
 
 def train(
@@ -105,14 +107,15 @@ def train(
     (``save_pretrained``) before that epoch's checkpoint: a run stopped between the two
     retrains the epoch and writes the same snapshot again.
 
-    With ``dp``, DP-SGD (:mod:`collab_lib.privacy`): as many steps per epoch, each on a
-    Poisson sample of the sequences (rate ``batch_size x grad_accum / sequences``) instead of
-    a shuffled split, per-sequence clipping and noise instead of ``grad_clip``; the sample
-    and the noise are seeded per epoch, so a resumed run ends with the same weights.
+    With ``dp``, DP-SGD (:mod:`collab_lib.privacy`): each step on a Poisson sample of the
+    sequences (rate ``dp.batch_size / sequences``) instead of a shuffled split, processed in
+    micro-batches of ``batch_size``, per-sequence clipping and noise instead of
+    ``grad_clip``; the sample and the noise are seeded per epoch, so a resumed run ends with
+    the same weights.
     """
     device = next(model.parameters()).device
     cuda = device.type == "cuda"
-    first, total = schedule_span or (0, steps_per_epoch(len(data), cfg) * cfg.epochs)
+    first, total = schedule_span or (0, steps_per_epoch(len(data), cfg, dp) * cfg.epochs)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     optimizer = torch.optim.AdamW(
@@ -128,9 +131,8 @@ def train(
         from collab_lib.privacy import make_private
 
         noise = torch.Generator(device=device)
-        private, optimizer = make_private(
-            model, optimizer, dp, cfg.batch_size * cfg.grad_accum, noise
-        )
+        rate = min(1.0, dp.batch_size / len(data))  # the expected batch: rate x sequences
+        private, optimizer = make_private(model, optimizer, dp, rate * len(data), noise)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(first + s, total, cfg)
     )
@@ -150,35 +152,24 @@ def train(
             noise.manual_seed(seed * 1000 + epoch + 500)
         losses = []
         for group in tqdm(
-            _steps(len(data), cfg, generator, dp is not None),
+            _steps(len(data), cfg, generator, dp),
             desc=f"epoch {epoch + 1}",
             leave=False,
             disable=None,
         ):
             optimizer.zero_grad(set_to_none=True)
-            step_loss = 0.0
-            for idx in group:
-                if dp is not None and len(idx) == 0:
-                    from collab_lib.privacy import empty_batch
-
-                    empty_batch(private)  # the step adds its noise all the same
-                    continue
-                x = data[idx].to(device)
-                # DP: positions per sequence (Opacus needs a batch dimension on every input)
-                pos = {"position_ids": torch.arange(x.shape[1]).expand_as(x).to(device)}
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-                    out = private(input_ids=x, labels=x, **(pos if dp is not None else {}))
-                    loss = out.loss / len(group)
-                loss.backward()
-                step_loss += loss.item()
             if dp is None:
+                step_loss = _accumulate(model, data, group, device)
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            else:
+                step_loss = _dp_accumulate(private, optimizer, data, group[0], cfg, device)
             curves.step_lr.append(scheduler.get_last_lr()[0])
             optimizer.step()
             scheduler.step()
             curves.step_loss.append(step_loss)
             losses.append(step_loss)
-        curves.epoch_loss.append(sum(losses) / max(len(losses), 1))
+        seen = [x for x in losses if not math.isnan(x)]  # an empty DP-SGD sample has no loss
+        curves.epoch_loss.append(sum(seen) / max(len(seen), 1))
         if snapshot_dir is not None:
             save_snapshot(model, snapshot_dir / str(epoch + 1))
         if ckpt is not None:
@@ -190,14 +181,54 @@ def train(
     return curves
 
 
-def _steps(n: int, cfg: TrainConfig, generator, poisson: bool) -> list[list[torch.Tensor]]:
+def _accumulate(model, data: torch.Tensor, group: list[torch.Tensor], device) -> float:
+    """One step's gradients over its micro-batches (each loss a share of the step's)."""
+    step_loss = 0.0
+    for idx in group:
+        x = data[idx].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = model(input_ids=x, labels=x).loss / len(group)
+        loss.backward()
+        step_loss += loss.item()
+    return step_loss
+
+
+def _dp_accumulate(private, optimizer, data: torch.Tensor, idx, cfg: TrainConfig, device) -> float:
+    """One DP-SGD step's clipped per-sequence gradients, summed over micro-batches of
+    ``batch_size``: every micro-batch but the last is clipped and summed and its step skipped
+    (Opacus's ``signal_skip_step``, as its ``BatchMemoryManager`` does), so the caller's
+    ``optimizer.step()`` adds the noise once, to the whole sum. A Poisson sample can be empty:
+    the step still adds its noise."""
+    from collab_lib.privacy import empty_batch
+
+    if len(idx) == 0:
+        empty_batch(private)
+        return math.nan
+    chunks = idx.split(cfg.batch_size)
+    step_loss = 0.0
+    for i, chunk in enumerate(chunks):
+        x = data[chunk].to(device)
+        # positions per sequence: Opacus needs a batch dimension on every input
+        pos = torch.arange(x.shape[1]).expand_as(x).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = private(input_ids=x, labels=x, position_ids=pos).loss
+        loss.backward()
+        step_loss += loss.item() * len(chunk) / len(idx)
+        if i < len(chunks) - 1:
+            optimizer.signal_skip_step(do_skip=True)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
+def _steps(n: int, cfg: TrainConfig, generator, dp: DPSGD | None) -> list[list[torch.Tensor]]:
     """One epoch's optimizer steps, each a list of micro-batches (index tensors): a seeded
-    shuffle split into batches, or (``poisson``, DP-SGD) one Poisson sample per step."""
-    steps = steps_per_epoch(n, cfg)
-    if poisson:
+    shuffle split into batches, or (DP-SGD) one Poisson sample per step."""
+    steps = steps_per_epoch(n, cfg, dp)
+    if dp is not None:
         from collab_lib.privacy import poisson_batch
 
-        q = min(1.0, cfg.batch_size * cfg.grad_accum / n)
+        q = min(1.0, dp.batch_size / n)
         return [[poisson_batch(n, q, generator)] for _ in range(steps)]
     batches = torch.randperm(n, generator=generator).split(cfg.batch_size)
     return [list(batches[i : i + cfg.grad_accum]) for i in range(0, len(batches), cfg.grad_accum)]

@@ -479,15 +479,21 @@ def test_example_level_dp_runs_dp_sgd_in_each_client(simulated, tmp_path, monkey
     base = collaboration.build_base_model(cfg).path
     texts = collaboration.training_texts(cfg, pipeline.planned_for("train", cfg))
     one = {"Microsoft": texts["Microsoft"]}
-    dp = {"level": "example", "noise": 1.0, "clip": 1.0}
+    dp = {"level": "example", "noise": 1.0, "clip": 1.0, "batch": 8}
     app, rc, nodes = launch.prepare(cfg, "FedAvg", one, base, tmp_path, tmp_path / "out", dp=dp)
     assert rc["dp-level"] == "example"
     round_1 = {"context": cfg.model.context, "num-rounds": 1, "round": 1, "seed": 3}
     plain = ConfigRecord(round_1 | task.to_run_config(cfg.train))
-    private = ConfigRecord(
-        round_1 | task.to_run_config(cfg.train) | {"dp-noise": 1.0, "dp-clip": 1.0}
-    )
+    dp_keys = {"dp-noise": 1.0, "dp-clip": 1.0, "dp-batch": 8}
+    private = ConfigRecord(round_1 | task.to_run_config(cfg.train) | dp_keys)
     a, b = (_client_replies(cfg, rc, nodes, base, private)[0] for _ in range(2))
     c = _client_replies(cfg, rc, nodes, base, plain)[0]
     _assert_same(a, b)
     assert not np.array_equal(a["transformer.wte.weight"], c["transformer.wte.weight"])
+    # the same data under another organization's name: its own samples and noise (the
+    # round's message is the same for every client)
+    twin = [launch.NodeData("Google", nodes[0].data_path)]
+    d = _client_replies(cfg, rc, twin, base, private)[0]
+    assert not np.array_equal(a["transformer.wte.weight"], d["transformer.wte.weight"])
+    plain_twin = _client_replies(cfg, rc, twin, base, plain)[0]
+    _assert_same(c, plain_twin)  # plain training: the organization's name changes nothing

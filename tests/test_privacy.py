@@ -50,7 +50,9 @@ def test_dp_sgd_trains_a_tiny_model_and_learns(setup):
     cfg, tok, data = setup
     model = init_model(cfg.model, len(tok), seed=0)
     run = TrainConfig(epochs=8, batch_size=8, lr=3e-3, warmup_fraction=0.05, schedule="constant")
-    curves = train(model, data, run, seed=0, dp=DPSGD(noise_multiplier=0.3, max_grad_norm=1.0))
+    curves = train(
+        model, data, run, seed=0, dp=DPSGD(noise_multiplier=0.3, max_grad_norm=1.0, batch_size=8)
+    )
     assert curves.epoch_loss[-1] < 0.8 * curves.epoch_loss[0]
     # the plain model again: no Opacus hooks or per-sample gradients left behind
     assert not model._forward_hooks and all(
@@ -60,7 +62,7 @@ def test_dp_sgd_trains_a_tiny_model_and_learns(setup):
 
 def test_dp_sgd_is_deterministic_and_resumes_to_the_same_weights(setup, tmp_path):
     cfg, tok, data = setup
-    run, dp = TrainConfig(epochs=2, batch_size=4), DPSGD(1.0, 1.0)
+    run, dp = TrainConfig(epochs=2, batch_size=4), DPSGD(1.0, 1.0, 8)
     a, b = init_model(cfg.model, len(tok), seed=1), init_model(cfg.model, len(tok), seed=1)
     train(a, data, run, seed=5, dp=dp)
 
@@ -77,6 +79,21 @@ def test_dp_sgd_is_deterministic_and_resumes_to_the_same_weights(setup, tmp_path
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
+def test_a_dp_batch_in_micro_batches_is_the_same_step(setup):
+    """A DP-SGD batch of 16 sequences on average, processed 4 at a time or all at once: the
+    per-sequence gradients are clipped and summed alike (Opacus's skipped steps), so without
+    noise the weights agree."""
+    cfg, tok, data = setup
+    dp = DPSGD(0.0, 0.5, 16)
+    finals = []
+    for micro in (4, 64):
+        model = init_model(cfg.model, len(tok), seed=4)
+        train(model, data, TrainConfig(epochs=1, batch_size=micro), seed=2, dp=dp)
+        finals.append(weights(model))
+    for k in finals[0]:
+        assert torch.allclose(finals[0][k], finals[1][k], atol=1e-5), k
+
+
 def test_noise_at_a_large_multiplier_stops_learning(setup):
     """Same start, same data: the noise is added (σ = 30 learns nothing), and seeded."""
     cfg, tok, data = setup
@@ -84,7 +101,7 @@ def test_noise_at_a_large_multiplier_stops_learning(setup):
     losses, finals = {}, {}
     for name, sigma, seed in [("low", 0.3, 0), ("high", 30.0, 0), ("high, seed 1", 30.0, 1)]:
         model = init_model(cfg.model, len(tok), seed=3)
-        losses[name] = train(model, data, run, seed=seed, dp=DPSGD(sigma, 1.0)).epoch_loss
+        losses[name] = train(model, data, run, seed=seed, dp=DPSGD(sigma, 1.0, 8)).epoch_loss
         finals[name] = weights(model)["lm_head.weight"]
     assert losses["low"][-1] < 0.85 * losses["low"][0]
     assert losses["high"][-1] > 0.95 * losses["high"][0]
@@ -129,7 +146,7 @@ def test_the_audit_finds_what_plain_training_memorized(setup):
 
 
 def test_under_dp_sgd_the_audit_stays_below_the_accountant(setup):
-    outcome, sequences, steps = _audit(setup, dp=DPSGD(2.0, 1.0))
+    outcome, sequences, steps = _audit(setup, dp=DPSGD(2.0, 1.0, 8))
     eps = privacy.epsilon(8 / sequences, 2.0, steps, 1e-5)
     assert outcome["epsilon lower bound"] <= eps
     assert outcome["epsilon lower bound"] < 1.0  # and far from what plain training shows

@@ -6,7 +6,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from collab_lib.federated import task
-from collab_lib.privacy import DPSGD
 from collab_lib.training import train as train_loop
 
 app = ClientApp()
@@ -24,11 +23,12 @@ def train(msg: Message, context: Context) -> Message:
     local = task.train_config(config, epochs=1)
     model = task.load_model(node.base_model, msg.content["arrays"])
     data = task.packed_data(node.data_path, node.base_model, int(config["context"]))
-    span = task.client_schedule(int(config["round"]), int(config["num-rounds"]), len(data), local)
-    dp = None  # example-level DP-SGD on this organization's own data, when the run asks
-    if "dp-noise" in config:
-        dp = DPSGD(float(config["dp-noise"]), float(config["dp-clip"]))
-    curves = train_loop(model, data, local, seed=int(config["seed"]), schedule_span=span, dp=dp)
+    dp, seed = task.dp_settings(config), int(config["seed"])  # seeded: repeatable, not secret
+    if dp is not None:  # DP-SGD: each organization draws its own samples and noise
+        seed = task.organization_seed(seed, node.organization)
+    rnd, rounds = int(config["round"]), int(config["num-rounds"])
+    span = task.client_schedule(rnd, rounds, len(data), local, dp)
+    curves = train_loop(model, data, local, seed=seed, schedule_span=span, dp=dp)
     content = RecordDict(
         {
             "arrays": task.to_arrays(model),

@@ -116,6 +116,7 @@ def run_config(
     }
     if dp is not None:
         rc |= {"dp-level": dp["level"], "dp-noise": dp["noise"], "dp-clip": dp["clip"]}
+        rc |= {"dp-batch": dp["batch"]} if "batch" in dp else {}
     if strategy == "FedYogi":
         rc |= {
             "yogi-eta": yogi[0],

@@ -24,6 +24,7 @@ from collab_lib.privacy import EXAMPLE, ORGANIZATION
 
 app = ServerApp()
 CHECKPOINT = "round.npz"
+DP_KEYS = ("dp-noise", "dp-clip", "dp-batch")  # what a client needs to run DP-SGD
 
 
 class _Rounds:
@@ -170,6 +171,8 @@ def make_strategy(rc: dict) -> _Rounds:
         "min_train_nodes": int(rc["num-nodes"]),
         "min_available_nodes": int(rc["num-nodes"]),
     }
+    if rc.get("dp-level") == ORGANIZATION and rc["strategy"] != "FedAvg":
+        raise ValueError("organization-level DP wraps FedAvg only (Flower's fixed clipping)")
     if rc["strategy"] == "FedAvg" and rc.get("dp-level") == ORGANIZATION:
         inner = FedAvg(**common, weighted_by_key="unit-weight")
         noise, clip, n = float(rc["dp-noise"]), float(rc["dp-clip"]), int(rc["num-nodes"])
@@ -206,7 +209,7 @@ def main(grid: Grid, context: Context) -> None:
         train_config = ConfigRecord(
             {"context": int(rc["context"]), "num-rounds": int(rc["num-rounds"])}
             | {key: rc[key] for key in task.TRAIN_KEYS}  # as the run config holds them
-            | ({k: rc[k] for k in ("dp-noise", "dp-clip")} if rc.get("dp-level") == EXAMPLE else {})
+            | ({k: rc[k] for k in DP_KEYS} if rc.get("dp-level") == EXAMPLE else {})
         )
         result = strategy.start(grid, arrays, num_rounds=remaining, train_config=train_config)
         arrays = result.arrays

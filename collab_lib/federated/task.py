@@ -17,7 +17,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context
 
 from collab_lib.config import TrainConfig
-from collab_lib.privacy import Row
+from collab_lib.privacy import DPSGD, Row
 
 TIED = "lm_head.weight"
 # The training settings a client needs, as Flower run-config keys (hyphens, as Flower's own).
@@ -37,7 +37,9 @@ def train_config(config: dict | ConfigRecord, **changes) -> TrainConfig:
     return TrainConfig(**(values | changes))
 
 
-def client_schedule(rnd: int, num_rounds: int, sequences: int, train: TrainConfig):
+def client_schedule(
+    rnd: int, num_rounds: int, sequences: int, train: TrainConfig, dp: DPSGD | None = None
+):
     """Round ``rnd`` (1-based) of a client's schedule: ``(first step, total steps)``.
 
     A client follows, across rounds, the schedule its data would get alone over
@@ -46,8 +48,24 @@ def client_schedule(rnd: int, num_rounds: int, sequences: int, train: TrainConfi
     """
     from collab_lib.training import steps_per_epoch
 
-    per_round = steps_per_epoch(sequences, train)
+    per_round = steps_per_epoch(sequences, train, dp)
     return (rnd - 1) * per_round, num_rounds * per_round
+
+
+def dp_settings(config) -> DPSGD | None:
+    """The round's DP-SGD mechanism, where the run trains under example-level DP."""
+    if "dp-noise" not in config:
+        return None
+    return DPSGD(float(config["dp-noise"]), float(config["dp-clip"]), int(config["dp-batch"]))
+
+
+def organization_seed(seed: int, organization: str) -> int:
+    """A client's own seed for the round: the round's message is the same for every
+    organization, and DP-SGD's noise must be drawn independently by each (shared noise
+    would cancel in the server's view of two updates, and not average out)."""
+    import zlib
+
+    return seed * 1009 + zlib.crc32(organization.encode()) % 1009
 
 
 def device() -> torch.device:
