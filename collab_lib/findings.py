@@ -904,25 +904,43 @@ def _constant(value: float, b: int) -> np.ndarray:
     return np.full(b + 1, value)
 
 
-def d1_dp_matched(run: Run, b: int, rng):
-    cen, twins = _centralized(run), _dp_twins(run)
-    if cen is None or not twins:
-        return "no centralized DP-SGD twin (privacy.noise_multipliers is empty)"
-    dp = twins[0].name
-    found = _matched(run, [cen, dp], b, rng)
+NO_DP = "no centralized DP-SGD twin (privacy.noise_multipliers is empty)"
+NO_ENSEMBLE = "no ensemble (ensemble.enabled is false)"
+
+
+def _least_noise(run: Run) -> str | None:
+    twins = _dp_twins(run)
+    return twins[0].name if twins else None
+
+
+def _matched_with(run: Run, other: str | None, missing: str, b: int, rng):
+    """The centralized model's memorization minus ``other``'s at the same effectiveness."""
+    cen = _centralized(run)
+    if cen is None or other is None:
+        return missing
+    found = _matched(run, [cen, other], b, rng)
     if isinstance(found, str):
         return found
     measure, unit, gap = found
-    return f"{cen} minus {dp} (the least noise): {measure}", unit, gap
+    return f"{cen} minus {other}: {measure}", unit, gap
+
+
+def _cost_of(run: Run, other: str | None, missing: str, b: int, rng):
+    """``other``'s validation log perplexity minus the centralized model's."""
+    cen = _centralized(run)
+    if cen is None or other is None:
+        return missing
+    nll = _ppl(_ppl_units(run, b, rng), [cen, other])
+    measure = f"union validation log perplexity (Table 8), {other} minus {cen}"
+    return measure, NATS, nll[other] - nll[cen]
+
+
+def d1_dp_matched(run: Run, b: int, rng):
+    return _matched_with(run, _least_noise(run), NO_DP, b, rng)
 
 
 def d2_dp_cost(run: Run, b: int, rng):
-    cen, twins = _centralized(run), _dp_twins(run)
-    if cen is None or not twins:
-        return "no centralized DP-SGD twin (privacy.noise_multipliers is empty)"
-    dp = twins[0].name
-    nll = _ppl(_ppl_units(run, b, rng), [cen, dp])
-    return f"union validation log perplexity (Table 8), {dp} minus {cen}", NATS, nll[dp] - nll[cen]
+    return _cost_of(run, _least_noise(run), NO_DP, b, rng)
 
 
 def _epsilons(run: Run) -> dict[str, float]:
@@ -991,26 +1009,11 @@ def _ensemble(run: Run) -> str | None:
 
 
 def e1_ensemble_matched(run: Run, b: int, rng):
-    cen, ens = _centralized(run), _ensemble(run)
-    if cen is None or ens is None:
-        return "no ensemble (ensemble.enabled is false)"
-    found = _matched(run, [cen, ens], b, rng)
-    if isinstance(found, str):
-        return found
-    measure, unit, gap = found
-    return f"{cen} minus {ens}: {measure}", unit, gap
+    return _matched_with(run, _ensemble(run), NO_ENSEMBLE, b, rng)
 
 
 def e2_ensemble_cost(run: Run, b: int, rng):
-    cen, ens = _centralized(run), _ensemble(run)
-    if cen is None or ens is None:
-        return "no ensemble (ensemble.enabled is false)"
-    nll = _ppl(_ppl_units(run, b, rng), [cen, ens])
-    return (
-        f"union validation log perplexity (Table 8), {ens} minus {cen}",
-        NATS,
-        nll[ens] - nll[cen],
-    )
+    return _cost_of(run, _ensemble(run), NO_ENSEMBLE, b, rng)
 
 
 def tradeoff_findings(cfg: Config) -> list[Finding]:

@@ -713,27 +713,9 @@ def tradeoff_figure(curves: pd.DataFrame, models: list[str] | None = None) -> pl
         if models is not None and name not in models:
             continue
         setting = rows["setting"].iloc[0]
-        colour = SETTING_COLOURS.get(setting, "black")
         faint = setting in ("incremental", "single") and models is None
-        ax.plot(
-            rows["validation perplexity"],
-            rows[y],
-            marker="o",
-            markersize=3,
-            color=colour,
-            alpha=0.45 if faint else 0.9,
-            linewidth=1 if faint else 1.8,
-        )
-        last = rows.iloc[-1]
-        ax.scatter(last["validation perplexity"], last[y], s=60, facecolors="none", color=colour)
-        if not faint:
-            ax.annotate(
-                name,
-                (last["validation perplexity"], last[y]),
-                fontsize=7,
-                xytext=(4, 2),
-                textcoords="offset points",
-            )
+        style = {"alpha": 0.45, "linewidth": 1} if faint else {"alpha": 0.9, "linewidth": 1.8}
+        _curve(ax, rows, y, None if faint else name, SETTING_COLOURS.get(setting, "black"), style)
     if models is not None:  # finding 5's levels: the lowest perplexity both curves reach
         best = curves.groupby("model")["validation perplexity"].min()
         setting = curves.drop_duplicates("model").set_index("model")["setting"]
@@ -741,18 +723,34 @@ def tradeoff_figure(curves: pd.DataFrame, models: list[str] | None = None) -> pl
         for m in models:
             if setting.get(m) == "federated" and central:
                 ax.axvline(max(best[m], best[central[0]]), color="tab:blue", linestyle=":")
-    base = curves[curves["point"] == 0].iloc[0]
-    ax.scatter(base["validation perplexity"], base[y], marker="*", s=120, color="black", zorder=3)
-    _log_perplexity_axis(ax)
-    ax.set_xlabel("validation perplexity (log scale; better to the right)")
-    ax.set_ylabel(label)
-    ax.set_title("This run: every checkpoint (★ the base model)")
+    _plane(ax, curves, y, label, "This run: every checkpoint (★ the base model)")
     for setting, colour in SETTING_COLOURS.items():
         if setting in set(curves["setting"]):
             ax.plot([], [], color=colour, label=setting)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     return fig
+
+
+def _curve(ax, rows: pd.DataFrame, y: str, name: str | None, colour: str, style: dict) -> None:
+    """One model's checkpoints in the plane, the last ringed and (``name``) labelled."""
+    x = rows["validation perplexity"]
+    ax.plot(x, rows[y], marker="o", markersize=3, color=colour, **style)
+    last = rows.iloc[-1]
+    ax.scatter(last["validation perplexity"], last[y], s=60, facecolors="none", color=colour)
+    if name:
+        xy = (last["validation perplexity"], last[y])
+        ax.annotate(name, xy, fontsize=7, xytext=(4, 2), textcoords="offset points")
+
+
+def _plane(ax, curves: pd.DataFrame, y: str, label: str, title: str) -> None:
+    """The base model's star, the log perplexity axis and the labels of the plane."""
+    base = curves[curves["point"] == 0].iloc[0]
+    ax.scatter(base["validation perplexity"], base[y], marker="*", s=120, color="black", zorder=3)
+    _log_perplexity_axis(ax)
+    ax.set_xlabel("validation perplexity (log scale; better to the right)")
+    ax.set_ylabel(label)
+    ax.set_title(title)
 
 
 def _log_perplexity_axis(ax) -> None:
@@ -914,29 +912,10 @@ def privacy_figure(curves: pd.DataFrame, privacy: pd.DataFrame) -> plt.Figure:
         rows = curves[curves["model"] == name]
         dp = rows["rq"].iloc[0] == collaboration.DP
         colour = SETTING_COLOURS.get(rows["setting"].iloc[0], "black")
-        ax.plot(
-            rows["validation perplexity"],
-            rows[y],
-            marker="o",
-            markersize=3,
-            color=colour,
-            linestyle="--" if dp else "-",
-            alpha=0.8,
-        )
-        last = rows.iloc[-1]
-        ax.annotate(
-            labels.get(name, name),
-            (last["validation perplexity"], last[y]),
-            fontsize=7,
-            xytext=(4, 2),
-            textcoords="offset points",
-        )
-    base = curves[curves["point"] == 0].iloc[0]
-    ax.scatter(base["validation perplexity"], base[y], marker="*", s=120, color="black", zorder=3)
-    _log_perplexity_axis(ax)
-    ax.set_xlabel("validation perplexity (log scale; better to the right)")
-    ax.set_ylabel(label)
-    ax.set_title("Dashed: under differential privacy, labelled by ε (★ the base model)")
+        style = {"alpha": 0.8, "linestyle": "--" if dp else "-"}
+        _curve(ax, rows, y, labels.get(name, name), colour, style)
+    title = "Dashed: under differential privacy, labelled by ε (★ the base model)"
+    _plane(ax, curves, y, label, title)
     fig.tight_layout()
     return fig
 
@@ -953,7 +932,8 @@ def privacy_note(privacy: pd.DataFrame, cfg: Config) -> str:
     if len(dp):
         worst = dp.loc[dp["epsilon (accountant)"].idxmax()]
         parts.append(
-            f"{len(dp)} DP twins: ε from {dp['epsilon (accountant)'].min():.2g} to "
+            f"{len(dp)} DP twin{'s' if len(dp) > 1 else ''}: ε from "
+            f"{dp['epsilon (accountant)'].min():.2g} to "
             f"{worst['epsilon (accountant)']:.2g} ({worst['Model']})."
         )
     if len(audited):

@@ -24,6 +24,24 @@ def artifact_root(tmp_path_factory, monkeypatch) -> Path:
     return root
 
 
+TINY_MODEL = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.context=32"]
+TINY_TOKENIZER = ["model.tokenizer_corpus_mb=0.3", "model.vocab_size=512"]
+
+
+@pytest.fixture(scope="module")
+def tiny_setup():
+    """A tiny model's profile, its tokenizer and 60 small functions packed into sequences
+    (the training loop's tests: DP-SGD's too)."""
+    from collab_lib.config import load_config
+    from collab_lib.model import build_tokenizer, load_tokenizer
+    from collab_lib.training import pack
+
+    cfg = load_config("tiny", [*TINY_MODEL, *TINY_TOKENIZER])
+    tok = load_tokenizer(build_tokenizer(cfg).path)
+    texts = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
+    return cfg, tok, pack(texts, tok, cfg.model.context)
+
+
 def py_module(i: int, flavour: str) -> str:
     """A distinct, realistic little module (distinct token sets, so no near-duplicates)."""
     return textwrap.dedent(

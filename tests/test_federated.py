@@ -161,26 +161,13 @@ def test_one_fedavg_round_is_the_example_weighted_mean(simulated, tmp_path, monk
         "seed": cfg.seed * 10_007 + 1,
     }
     config = ConfigRecord(round_1 | task.to_run_config(cfg.train))
-    start = task.to_arrays(task.load_model(base))
     weights, counts = [], []
-    for node in nodes:  # each client's reply to the round's message, computed here
-        msg = Message(
-            content=RecordDict({"arrays": start, "config": config}),
-            message_type=MessageType.TRAIN,
-            dst_node_id=1,
-        )
-        context = Context(
-            run_id=1,
-            node_id=1,
-            state=RecordDict(),
-            run_config=rc,
-            node_config={"organization": node.organization, "data-path": str(node.data_path)},
-        )
-        reply = client_app.app(msg, context).content
+    replies = _client_replies(rc, nodes, base, config)
+    for node, reply in zip(nodes, replies, strict=True):  # each client's, computed here
         n = reply["metrics"]["num-examples"]
         sequences = len(task.packed_data(str(node.data_path), str(base), cfg.model.context))
         assert n == sequences and n > steps_per_epoch(n, cfg.train)  # examples, not batches
-        weights.append({k: v.numpy() for k, v in reply["arrays"].items()})
+        weights.append(_numpy(reply))
         counts.append(n)
     assert counts[0] != counts[1]  # unequal clients: a plain mean would differ
     total = sum(counts)
@@ -414,8 +401,9 @@ def test_a_node_beyond_the_organizations_stops_the_run_before_any_model_is_sent(
     assert sorted(server_app.OrganizationsOnly(grid, 2).get_node_ids()) == [11, 12]
 
 
-def _client_replies(cfg, rc, nodes, base, config) -> list[dict[str, np.ndarray]]:
-    """Each organization's reply to one round's message, computed here."""
+def _client_replies(rc, nodes, base, config) -> list[RecordDict]:
+    """Each organization's reply to one round's message (from the base model's weights),
+    computed here as its ClientApp computes it."""
     out = []
     for node in nodes:
         msg = Message(
@@ -430,9 +418,12 @@ def _client_replies(cfg, rc, nodes, base, config) -> list[dict[str, np.ndarray]]
             run_config=rc,
             node_config={"organization": node.organization, "data-path": str(node.data_path)},
         )
-        reply = client_app.app(msg, context).content
-        out.append({k: v.numpy() for k, v in reply["arrays"].items()})
+        out.append(client_app.app(msg, context).content)
     return out
+
+
+def _numpy(reply: RecordDict) -> dict[str, np.ndarray]:
+    return {k: v.numpy() for k, v in reply["arrays"].items()}
 
 
 def test_organization_level_dp_clips_each_update_and_noises_their_plain_mean(
@@ -459,7 +450,7 @@ def test_organization_level_dp_clips_each_update_and_noises_their_plain_mean(
     )
     start = {k: v.numpy() for k, v in task.to_arrays(task.load_model(base)).items()}
     clipped = []
-    for reply in _client_replies(cfg, rc, nodes, base, config):
+    for reply in map(_numpy, _client_replies(rc, nodes, base, config)):
         update = {k: reply[k] - start[k] for k in start}
         norm = np.sqrt(sum(float(np.sum(u.astype(np.float64) ** 2)) for u in update.values()))
         assert norm > clip  # the clipping bites
@@ -486,14 +477,14 @@ def test_example_level_dp_runs_dp_sgd_in_each_client(simulated, tmp_path, monkey
     plain = ConfigRecord(round_1 | task.to_run_config(cfg.train))
     dp_keys = {"dp-noise": 1.0, "dp-clip": 1.0, "dp-batch": 8}
     private = ConfigRecord(round_1 | task.to_run_config(cfg.train) | dp_keys)
-    a, b = (_client_replies(cfg, rc, nodes, base, private)[0] for _ in range(2))
-    c = _client_replies(cfg, rc, nodes, base, plain)[0]
+    a, b = (_numpy(_client_replies(rc, nodes, base, private)[0]) for _ in range(2))
+    c = _numpy(_client_replies(rc, nodes, base, plain)[0])
     _assert_same(a, b)
     assert not np.array_equal(a["transformer.wte.weight"], c["transformer.wte.weight"])
     # the same data under another organization's name: its own samples and noise (the
     # round's message is the same for every client)
     twin = [launch.NodeData("Google", nodes[0].data_path)]
-    d = _client_replies(cfg, rc, twin, base, private)[0]
+    d = _numpy(_client_replies(rc, twin, base, private)[0])
     assert not np.array_equal(a["transformer.wte.weight"], d["transformer.wte.weight"])
-    plain_twin = _client_replies(cfg, rc, twin, base, plain)[0]
+    plain_twin = _numpy(_client_replies(rc, twin, base, plain)[0])
     _assert_same(c, plain_twin)  # plain training: the organization's name changes nothing

@@ -6,21 +6,15 @@ import pytest
 import torch
 
 from collab_lib import privacy
-from collab_lib.config import TrainConfig, load_config
-from collab_lib.model import build_tokenizer, init_model, load_tokenizer
+from collab_lib.config import TrainConfig
+from collab_lib.model import init_model
 from collab_lib.privacy import DPSGD
 from collab_lib.training import CHECKPOINT, pack, train
 
-TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.context=32"]
-TOK = ["model.tokenizer_corpus_mb=0.3", "model.vocab_size=512"]
-
 
 @pytest.fixture(scope="module")
-def setup():
-    cfg = load_config("tiny", [*TINY, *TOK])
-    tok = load_tokenizer(build_tokenizer(cfg).path)
-    texts = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
-    return cfg, tok, pack(texts, tok, cfg.model.context)
+def setup(tiny_setup):
+    return tiny_setup
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -106,6 +100,32 @@ def test_noise_at_a_large_multiplier_stops_learning(setup):
     assert losses["low"][-1] < 0.85 * losses["low"][0]
     assert losses["high"][-1] > 0.95 * losses["high"][0]
     assert not torch.equal(finals["high"], finals["high, seed 1"])
+
+
+def test_gpt2_projections_per_sample_gradients_are_exact(setup):
+    """Our Conv1D grad sampler gives Opacus's functorch fallback's per-sample gradients, and
+    each is that sequence's own gradient."""
+    from opacus import GradSampleModule
+
+    cfg, tok, data = setup
+    x = data[:3]
+    pos = torch.arange(x.shape[1]).expand_as(x)
+
+    def per_sample(force: bool) -> dict[str, torch.Tensor]:
+        model = init_model(cfg.model, len(tok), seed=6)
+        if not force:
+            privacy.register_conv1d()
+        gs = GradSampleModule(model, loss_reduction="mean", force_functorch=force)
+        gs(input_ids=x, labels=x, position_ids=pos).loss.backward()
+        return {n: p.grad_sample.clone() for n, p in gs.named_parameters()}
+
+    ours, fallback = per_sample(False), per_sample(True)
+    conv = [n for n in ours if "c_attn.weight" in n or "c_fc.bias" in n]
+    assert conv and all(torch.allclose(ours[n], fallback[n], atol=1e-6) for n in ours)
+    one = init_model(cfg.model, len(tok), seed=6)
+    one(input_ids=x[1:2], labels=x[1:2]).loss.backward()
+    grad = dict(one.named_parameters())["transformer.h.0.attn.c_attn.weight"].grad
+    assert torch.allclose(ours["_module.transformer.h.0.attn.c_attn.weight"][1], grad, atol=1e-6)
 
 
 def test_poisson_batches_have_the_rate_asked():

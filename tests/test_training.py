@@ -2,21 +2,16 @@
 
 import pytest
 import torch
+from conftest import TINY_MODEL as TINY
 
-from collab_lib.config import TrainConfig, load_config
-from collab_lib.model import build_tokenizer, init_model, load_tokenizer
-from collab_lib.training import CHECKPOINT, lr_factor, pack, train
-
-TINY = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "model.context=32"]
-TOK = ["model.tokenizer_corpus_mb=0.3", "model.vocab_size=512"]
+from collab_lib.config import TrainConfig
+from collab_lib.model import init_model
+from collab_lib.training import CHECKPOINT, lr_factor, train
 
 
 @pytest.fixture(scope="module")
-def setup():
-    cfg = load_config("tiny", [*TINY, *TOK])
-    tok = load_tokenizer(build_tokenizer(cfg).path)
-    texts = [f"def f_{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(60)]
-    return cfg, tok, pack(texts, tok, cfg.model.context)
+def setup(tiny_setup):
+    return tiny_setup
 
 
 def weights(model) -> dict[str, torch.Tensor]:
@@ -102,6 +97,7 @@ KILLED_RUN = """
 import os, signal, sys
 from pathlib import Path
 import torch
+from conftest import TINY_MODEL as TINY
 from collab_lib.config import TrainConfig, load_config
 from collab_lib.model import init_model
 from collab_lib.training import train
