@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from collab_lib import artifacts, clone_stats, collaboration, datasets, extraction, paper, verbatim
 from collab_lib.clones import CloneOptions
-from collab_lib.collaboration import BASE
+from collab_lib.collaboration import BASE, DP
 from collab_lib.config import Config
 
 STEP = verbatim.RQ3
@@ -29,9 +29,11 @@ def rq3_models(cfg: Config) -> list[str]:
     """The base model and the RQ3 pair's models (paper: Centralized_MG ... Incremental_G2M)."""
     pair = set(datasets.rq3_pair(cfg))
     # by organizations, not by the RQ3 tag: with two organizations the pair's models are the
-    # study's own union models, listed once under RQ1/RQ2
+    # study's own union models, listed once under RQ1/RQ2 (the ensemble and the DP twins,
+    # beyond the paper, are not the pair's)
     specs = collaboration.roster(cfg)
-    return [BASE, *(s.name for s in specs if s.setting != "single" and set(s.orgs) == pair)]
+    trained = [s for s in specs if s.setting not in ("single", "ensemble") and s.rq != DP]
+    return [BASE, *(s.name for s in trained if set(s.orgs) == pair)]
 
 
 def _step_config(cfg: Config) -> dict:

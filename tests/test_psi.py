@@ -227,8 +227,8 @@ def test_roster_adds_the_psi_models_and_keeps_the_plain_ones_keys():
     from collab_lib import collaboration
 
     cfg = load_config("default")
-    names = [s.name for s in collaboration.roster(cfg)]
-    assert names[-2:] == ["Federated_Avg_MG_PSI", "Incremental_M2G_PSI"]
+    names = [s.name for s in collaboration.roster(cfg) if s.rq == collaboration.PSI]
+    assert names == ["Federated_Avg_MG_PSI", "Incremental_M2G_PSI"]
     refs = ["datasets/d", "canaries/c"]
     plain = collaboration.jobs(cfg, "base/b", refs, "psi/p")
     other = collaboration.jobs(load_config("default", ["psi.fpr=1e-10"]), "base/b", refs, "psi/q")
