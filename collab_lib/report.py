@@ -902,21 +902,39 @@ def privacy_effect(curves: pd.DataFrame, privacy: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+OFF_SCALE = 10  # a curve that passes this multiple of the base model's perplexity is named
+
+
 def privacy_figure(curves: pd.DataFrame, privacy: pd.DataFrame) -> plt.Figure:
-    """The compared models' curves in the effectiveness-memorization plane, each DP twin
-    labelled by its ε (dashed), the base model the common start."""
+    """Left: the compared models' curves in the effectiveness-memorization plane, the DP
+    twins dashed and labelled by ε, the base model the common start. Right: the DP twins
+    alone, closer (they stay near the base model). A model whose perplexity passes
+    ``OFF_SCALE`` times the base model's is named below the plane instead of drawn."""
     y, label = memorization_axis(curves)
     labels = {r["Model"]: dp_label(r) for _, r in privacy.iterrows()}
-    fig, ax = plt.subplots(figsize=(8, 4.8))
+    fig, (ax, near) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[3, 2])
+    base = curves[curves["point"] == 0]["validation perplexity"].iloc[0]
+    off = []  # a model the noise destroyed would squash every other curve: named, not drawn
     for name in privacy_models(curves):
         rows = curves[curves["model"] == name]
+        last = rows.iloc[-1]["validation perplexity"]
+        if rows["validation perplexity"].max() > OFF_SCALE * base:
+            off.append(f"{labels.get(name, name)}: perplexity {last:.3g}")
+            continue
         dp = rows["rq"].iloc[0] == collaboration.DP
         colour = SETTING_COLOURS.get(rows["setting"].iloc[0], "black")
         style = {"alpha": 0.8, "linestyle": "--" if dp else "-"}
-        _curve(ax, rows, y, labels.get(name, name), colour, style)
-    title = "Dashed: under differential privacy, labelled by ε (★ the base model)"
-    _plane(ax, curves, y, label, title)
-    fig.tight_layout()
+        _curve(ax, rows, y, None if dp else name, colour, style)
+        if dp:
+            _curve(near, rows, y, labels.get(name, name), colour, style)
+    _plane(ax, curves, y, label, "Dashed: under differential privacy (★ the base model)")
+    _plane(near, curves, y, label, "The DP twins, closer, labelled by ε")
+    if off:
+        note = "Off the scale (perplexity above 10x the base model's): " + "; ".join(off)
+        fig.text(0.01, 0.01, note, fontsize=7, wrap=True)
+        fig.tight_layout(rect=(0, 0.06, 1, 1))
+    else:
+        fig.tight_layout()
     return fig
 
 
