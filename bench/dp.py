@@ -1,9 +1,11 @@
 """Benchmark: DP-SGD (Opacus, example level) against the plain training loop, same shape.
 
 Both run ``collab_lib.training.train`` on the same packed sequences (the stdlib sample the
-base model is pretrained on) from the same weights, with the profile's batch size and
-schedule; DP-SGD adds per-sequence gradients (Opacus's hooks), clipping, noise and Poisson
-sampling (so its batches vary in size around the same mean). Each contender runs in a
+base model is pretrained on) from the same weights, with the profile's schedule; the plain
+loop at ``train.batch_size``, DP-SGD at the profile's ``privacy.batch_size`` on average
+(Poisson sampling), processed ``train.batch_size`` sequences at a time, with per-sequence
+gradients (Opacus's hooks), clipping and noise. An epoch passes over about as many sequences
+in both. Each contender runs in a
 process of its own (``python bench/dp.py --contender plain|dp``), warmed up alike by one
 untimed epoch on the same shapes, best of ``--repeat`` (the contenders alternate, so machine
 noise hits both alike). Prints tokens/s of each and the ratio DP / plain (goal: >= 0.7x).
@@ -36,7 +38,9 @@ def contender(profile: str, which: str, sequences: int) -> float:
     tok = load_tokenizer(build_tokenizer(cfg).path)
     data = pack(stdlib_texts(cfg.model.pretrain_corpus_mb + 1, cfg.seed), tok, cfg.model.context)
     data = data[:sequences]
-    dp = DPSGD(1.0, cfg.privacy.max_grad_norm) if which == "dp" else None
+    p = cfg.privacy
+    batch = p.batch_size or cfg.train.batch_size * cfg.train.grad_accum
+    dp = DPSGD(1.0, p.max_grad_norm, batch) if which == "dp" else None
     run = replace(cfg.train, epochs=1)
     model = init_model(cfg.model, len(tok), cfg.seed)
     train(model, data[: cfg.train.batch_size * 4], run, cfg.seed, dp=dp)  # warm-up

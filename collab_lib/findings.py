@@ -428,14 +428,17 @@ def _f5_points(run: Run, models: list[str], b: int, rng):
     )
 
 
-MATCHED = (
-    "read off the curves at the same validation perplexity: the lowest both settings reach "
-    "(the federated model's best), interpolated linearly in log perplexity between the "
-    "checkpoints around it"
-)
+def matched_text(weaker: str = "the federated model") -> str:
+    """How a matched comparison reads its curves, ``weaker`` naming the model whose best
+    perplexity sets the level."""
+    return (
+        "read off the curves at the same validation perplexity: the lowest both settings "
+        f"reach ({weaker}'s best), interpolated linearly in log perplexity between the "
+        "checkpoints around it"
+    )
 
 
-def _matched(run: Run, models: list[str], b: int, rng):
+def _matched(run: Run, models: list[str], b: int, rng, weaker: str = "the federated model"):
     """Centralized minus each federated model's memorization at the federated model's best
     validation perplexity (or the centralized one's, if worse), the lowest over the
     federated models; validation files and the memorization units resampled, one draw for
@@ -496,7 +499,7 @@ def _matched(run: Run, models: list[str], b: int, rng):
         nll = np.stack([ppl.sum("loss_sum", x) / ppl.sum("tokens", x) for x in labels], axis=1)
         curve[m] = (nll, np.stack([memorized(x) for x in labels], axis=1))
     gaps = [matched_gap(*curve[models[0]], *curve[f]) for f in models[1:]]
-    return f"{measure}, {MATCHED}", unit, np.min(gaps, axis=0)
+    return f"{measure}, {matched_text(weaker)}", unit, np.min(gaps, axis=0)
 
 
 def matched_gap(x_a: np.ndarray, y_a: np.ndarray, x_b: np.ndarray, y_b: np.ndarray) -> np.ndarray:
@@ -918,7 +921,7 @@ def _matched_with(run: Run, other: str | None, missing: str, b: int, rng):
     cen = _centralized(run)
     if cen is None or other is None:
         return missing
-    found = _matched(run, [cen, other], b, rng)
+    found = _matched(run, [cen, other], b, rng, weaker="the weaker model")
     if isinstance(found, str):
         return found
     measure, unit, gap = found
