@@ -31,16 +31,14 @@ def contender(profile: str, which: str, sequences: int) -> float:
     """Tokens/s of one timed epoch after one untimed one (in this process)."""
     from collab_lib.config import load_config
     from collab_lib.model import build_tokenizer, init_model, load_tokenizer, stdlib_texts
-    from collab_lib.privacy import DPSGD
+    from collab_lib.privacy import DPSGD, dp_batch
     from collab_lib.training import pack, train
 
     cfg = load_config(profile)
     tok = load_tokenizer(build_tokenizer(cfg).path)
     data = pack(stdlib_texts(cfg.model.pretrain_corpus_mb + 1, cfg.seed), tok, cfg.model.context)
     data = data[:sequences]
-    p = cfg.privacy
-    batch = p.batch_size or cfg.train.batch_size * cfg.train.grad_accum
-    dp = DPSGD(1.0, p.max_grad_norm, batch) if which == "dp" else None
+    dp = DPSGD(1.0, cfg.privacy.max_grad_norm, dp_batch(cfg)) if which == "dp" else None
     run = replace(cfg.train, epochs=1)
     model = init_model(cfg.model, len(tok), cfg.seed)
     train(model, data[: cfg.train.batch_size * 4], run, cfg.seed, dp=dp)  # warm-up

@@ -311,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
 def _print_models(cfg) -> int:
     """``name<TAB>directory`` of every trained model (``from_pretrained`` loads the directory);
     for an ensemble, which has no weights of its own, the file naming its members and weights
-    (:func:`collab_lib.scoring.load_model` loads it)."""
-    from collab_lib import artifacts, collaboration, ensemble
+    (``collab_lib.scoring.load_model`` of its artifact loads it)."""
+    from collab_lib import artifacts, collaboration
 
     keys = pipeline.planned_for("train", cfg)
     missing = []
@@ -321,7 +321,8 @@ def _print_models(cfg) -> int:
         if art is None:
             missing.append(spec.name)
         else:
-            where = art.path / (ensemble.MEMBERS if ensemble.is_ensemble(art) else "model")
+            ensemble = art.step == collaboration.ENSEMBLE_STEP
+            where = art.path / ("ensemble.json" if ensemble else "model")
             print(f"{spec.name}\t{where}")
     if missing:
         print(

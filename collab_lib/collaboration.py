@@ -195,7 +195,8 @@ class Job:
 
     @property
     def dp(self) -> dict | None:
-        """``{"level", "noise", "clip"}`` where the job trains under differential privacy."""
+        """``{"level", "noise", "clip"}`` (and ``"batch"`` at the example level) where the job
+        trains under differential privacy."""
         return self.config.get("dp")
 
     @property
@@ -259,7 +260,7 @@ def _dp_config(cfg: Config, spec: ModelSpec) -> dict:
     p = cfg.privacy
     if level == privacy.ORGANIZATION:
         return {"dp": {"level": level, "noise": noise, "clip": p.organization_clip}}
-    batch = p.batch_size or cfg.train.batch_size * cfg.train.grad_accum
+    batch = privacy.dp_batch(cfg)
     return {"dp": {"level": level, "noise": noise, "clip": p.max_grad_norm, "batch": batch}}
 
 

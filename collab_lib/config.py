@@ -824,7 +824,10 @@ def _check_privacy(p: PrivacyConfig, where: str, path: Path) -> None:
     if p.max_grad_norm <= 0 or p.organization_clip <= 0:
         raise ConfigError(f"{path}: {where}: max_grad_norm and organization_clip above 0")
     if not 0 < p.delta < 1e-2:
-        raise ConfigError(f"{path}: {where}.delta: in (0, 0.01), below 1 / training sequences")
+        raise ConfigError(
+            f"{path}: {where}.delta: in (0, 0.01) (and, to mean anything, well below one over "
+            "the training sequences)"
+        )
     if p.audit_canaries < 0 or not 0 < p.audit_guesses <= 1:
         raise ConfigError(f"{path}: {where}: audit_canaries >= 0, audit_guesses in (0, 1]")
 

@@ -168,7 +168,8 @@ def build_privacy(cfg: Config, planned: dict, *, force: bool = False) -> artifac
         guessed = {m: guesses(s, cfg.privacy.audit_guesses) for m, s in scores.items()}
         flips = canaries.audit_coins(can) if cands else {}  # read only now: every guess is made
         rows = [_row(cfg, spec, models[spec.name], guessed.get(spec.name), flips) for spec in specs]
-        pd.DataFrame(rows, columns=COLUMNS).to_csv(out / "privacy.csv", index=False)
+        table = pd.DataFrame(rows, columns=COLUMNS).astype({"Steps": "Int64"})
+        table.to_csv(out / "privacy.csv", index=False)
         units = [
             {"model": m, "candidate": c, "score": x, "guess": guessed[m][c], "planted": flips[c]}
             for m, per in scores.items()
@@ -182,18 +183,21 @@ def build_privacy(cfg: Config, planned: dict, *, force: bool = False) -> artifac
 
 
 def _scores(models: dict, specs: list[ModelSpec], cands: list[dict]) -> dict[str, dict]:
-    """Each audited model's score of every candidate: its loss minus the base model's (the
-    reference takes out each random string's own difficulty); no coin is read here."""
+    """Each audited model's score of the candidates of its own organizations (a canary of an
+    organization it never trained on can only weaken its bound): its loss minus the base
+    model's (the reference takes out each random string's own difficulty). No coin is read
+    here."""
     from collab_lib.scoring import load_model
 
-    texts = [c["text"] for c in cands]
     base, tok = load_model(models[collaboration.BASE])
-    reference = losses(base, tok, texts)
+    ref_losses = losses(base, tok, [c["text"] for c in cands])
+    reference = {c["id"]: x for c, x in zip(cands, ref_losses, strict=True)}
     out = {}
     for spec in tqdm(specs, desc="audit", disable=None):
+        own = [c for c in cands if c["organization"] in spec.orgs]  # what it could have seen
         model, tok = load_model(models[spec.name])
-        mine = losses(model, tok, texts)
-        out[spec.name] = {c["id"]: a - r for c, a, r in zip(cands, mine, reference, strict=True)}
+        mine = losses(model, tok, [c["text"] for c in own])
+        out[spec.name] = {c["id"]: a - reference[c["id"]] for c, a in zip(own, mine, strict=True)}
     return out
 
 
@@ -224,12 +228,15 @@ def accountant(cfg: Config, spec: ModelSpec, art) -> dict:
     elif spec.setting == "federated":
         examples = json.loads(art.file("curves.json").read_text())["organization_examples"]
         rounds, batch = art.metrics["rounds"], dp["batch"]
-        per = {o: (min(1.0, batch / n), rounds * math.ceil(n / batch)) for o, n in examples.items()}
+        per = {
+            o: (privacy.sampling_rate(batch, n), rounds * privacy.steps_per_epoch(n, batch))
+            for o, n in examples.items()
+        }
         eps = {o: privacy.epsilon(q, noise, t, delta) for o, (q, t) in per.items()}
         rate, steps = per[max(eps, key=eps.get)]
     else:
         m = art.metrics
-        rate, steps = min(1.0, dp["batch"] / m["sequences"]), m["optimizer_steps"]
+        rate, steps = privacy.sampling_rate(dp["batch"], m["sequences"]), m["optimizer_steps"]
     return {
         "Noise multiplier": noise,
         "Clip": dp["clip"],

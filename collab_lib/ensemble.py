@@ -44,14 +44,7 @@ def write(members: list, weights: str, tok, dest: Path) -> dict:
         (dest / "epochs" / str(epoch)).mkdir(parents=True)
         (dest / "epochs" / str(epoch) / MEMBERS).write_text(json.dumps(record | {"epoch": epoch}))
     tok.save_pretrained(dest / "model")
-    (dest / "curves.json").write_text(json.dumps({"step_loss": []}))
-    return {
-        "members": [m.ref for m in members],
-        "weights": w,
-        "final_loss": None,
-        "tokens_per_epoch": 0,
-        "optimizer_steps": 0,
-    }
+    return {"members": [m.ref for m in members], "weights": w, "final_loss": None}
 
 
 def is_ensemble(art) -> bool:

@@ -82,6 +82,23 @@ def epsilon(
     return float(eps)
 
 
+def dp_batch(cfg) -> int:
+    """A profile's DP-SGD batch: ``privacy.batch_size``, or the plain one (batch x accum)."""
+    return cfg.privacy.batch_size or cfg.train.batch_size * cfg.train.grad_accum
+
+
+def sampling_rate(batch: float, sequences: int) -> float:
+    """DP-SGD's Poisson rate: each of ``sequences`` joins a step's batch with this chance,
+    ``batch`` of them on average (all, every step, when the data holds fewer)."""
+    return min(1.0, batch / sequences)
+
+
+def steps_per_epoch(sequences: int, batch: int) -> int:
+    """DP-SGD's steps per epoch: as many as batches of ``batch`` fit in the data, rounded up
+    (training and the accountant count them alike)."""
+    return math.ceil(sequences / batch)
+
+
 def poisson_batch(n: int, q: float, generator) -> torch.Tensor:  # noqa: F821
     """The indices of one Poisson-sampled batch: each of ``n`` sequences with probability
     ``q``, drawn from ``generator`` (the accountant's sampling, not a shuffled split)."""

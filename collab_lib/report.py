@@ -867,12 +867,10 @@ def privacy_models(curves: pd.DataFrame) -> list[str]:
     """The models the trade-off chapter compares: the centralized and FedAvg models on all
     organizations, the ensemble and every DP twin, as the curves table lists them."""
     first = curves.drop_duplicates("model")
-    keep = (first["rq"] == collaboration.DP) | (
-        (first["rq"] != collaboration.DP)
-        & (
-            first["setting"].isin(["centralized", "ensemble"])
-            | first["model"].str.startswith("Federated_Avg_")
-        )
+    keep = (
+        (first["rq"] == collaboration.DP)
+        | first["setting"].isin(["centralized", "ensemble"])
+        | first["model"].str.startswith("Federated_Avg_")
     )
     return list(first.loc[keep, "model"])
 
@@ -912,7 +910,11 @@ def privacy_figure(curves: pd.DataFrame, privacy: pd.DataFrame) -> plt.Figure:
     ``OFF_SCALE`` times the base model's is named below the plane instead of drawn."""
     y, label = memorization_axis(curves)
     labels = {r["Model"]: dp_label(r) for _, r in privacy.iterrows()}
-    fig, (ax, near) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[3, 2])
+    twins = (curves["rq"] == collaboration.DP).any()
+    if twins:
+        fig, (ax, near) = plt.subplots(1, 2, figsize=(12, 4.8), width_ratios=[3, 2])
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.8))
     base = curves[curves["point"] == 0]["validation perplexity"].iloc[0]
     off = []  # a model the noise destroyed would squash every other curve: named, not drawn
     for name in privacy_models(curves):
@@ -928,7 +930,8 @@ def privacy_figure(curves: pd.DataFrame, privacy: pd.DataFrame) -> plt.Figure:
         if dp:
             _curve(near, rows, y, labels.get(name, name), colour, style)
     _plane(ax, curves, y, label, "Dashed: under differential privacy (★ the base model)")
-    _plane(near, curves, y, label, "The DP twins, closer, labelled by ε")
+    if twins:
+        _plane(near, curves, y, label, "The DP twins, closer, labelled by ε")
     if off:
         note = "Off the scale (perplexity above 10x the base model's): " + "; ".join(off)
         fig.text(0.01, 0.01, note, fontsize=7, wrap=True)
@@ -955,12 +958,13 @@ def privacy_note(privacy: pd.DataFrame, cfg: Config) -> str:
             f"{worst['epsilon (accountant)']:.2g} ({worst['Model']})."
         )
     if len(audited):
-        r = audited.iloc[0]
+        r = audited.loc[audited["Audit canaries"].idxmax()]  # a model of every organization
         high = audited["epsilon lower bound (audit)"].max()
         parts.append(
             f"The audit planted each of {int(r['Audit canaries'])} canaries with probability "
-            f"1/2 ({int(r['Planted'])} planted) and guessed on {int(r['Guesses'])} per model; "
-            f"its largest lower bound on any model is {high:.2g}."
+            f"1/2 ({int(r['Planted'])} planted) and guessed on {int(r['Guesses'])} of them for a "
+            "model of every organization (a single-organization model is audited on its own "
+            f"organization's canaries only); its largest lower bound on any model is {high:.2g}."
         )
     else:
         parts.append("No audit canaries in this profile (`privacy.audit_canaries`: 0).")

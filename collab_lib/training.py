@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from tqdm import tqdm
 
-from collab_lib import artifacts
+from collab_lib import artifacts, privacy
 from collab_lib.config import TrainConfig
 from collab_lib.privacy import Row
 
@@ -84,7 +84,9 @@ def lr_factor(step: int, total: int, cfg: TrainConfig) -> float:
 def steps_per_epoch(sequences: int, cfg: TrainConfig, dp: DPSGD | None = None) -> int:
     """Optimizer steps per epoch: one per batch (``batch_size x grad_accum`` sequences), or
     per DP-SGD batch (``dp.batch_size`` sequences on average)."""
-    return math.ceil(sequences / (dp.batch_size if dp else cfg.batch_size * cfg.grad_accum))
+    if dp is not None:
+        return privacy.steps_per_epoch(sequences, dp.batch_size)
+    return math.ceil(sequences / (cfg.batch_size * cfg.grad_accum))
 
 
 def train(
@@ -126,13 +128,11 @@ def train(
         lr=cfg.lr,
         fused=cuda,
     )
-    private, noise = model, None
+    private, noise_gen = model, None
     if dp is not None:
-        from collab_lib.privacy import make_private
-
-        noise = torch.Generator(device=device)
-        rate = min(1.0, dp.batch_size / len(data))  # the expected batch: rate x sequences
-        private, optimizer = make_private(model, optimizer, dp, rate * len(data), noise)
+        noise_gen = torch.Generator(device=device)
+        rate = privacy.sampling_rate(dp.batch_size, len(data))  # expected batch: rate x data
+        private, optimizer = privacy.make_private(model, optimizer, dp, rate * len(data), noise_gen)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(first + s, total, cfg)
     )
@@ -148,8 +148,8 @@ def train(
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
         generator = torch.Generator().manual_seed(seed * 1000 + epoch)
-        if noise is not None:
-            noise.manual_seed(seed * 1000 + epoch + 500)
+        if noise_gen is not None:
+            noise_gen.manual_seed(seed * 1000 + epoch + 500)
         losses = []
         for group in tqdm(
             _steps(len(data), cfg, generator, dp),
@@ -199,10 +199,8 @@ def _dp_accumulate(private, optimizer, data: torch.Tensor, idx, cfg: TrainConfig
     (Opacus's ``signal_skip_step``, as its ``BatchMemoryManager`` does), so the caller's
     ``optimizer.step()`` adds the noise once, to the whole sum. A Poisson sample can be empty:
     the step still adds its noise."""
-    from collab_lib.privacy import empty_batch
-
     if len(idx) == 0:
-        empty_batch(private)
+        privacy.empty_batch(private)
         return math.nan
     chunks = idx.split(cfg.batch_size)
     step_loss = 0.0
@@ -226,10 +224,8 @@ def _steps(n: int, cfg: TrainConfig, generator, dp: DPSGD | None) -> list[list[t
     shuffle split into batches, or (DP-SGD) one Poisson sample per step."""
     steps = steps_per_epoch(n, cfg, dp)
     if dp is not None:
-        from collab_lib.privacy import poisson_batch
-
-        q = min(1.0, dp.batch_size / n)
-        return [[poisson_batch(n, q, generator)] for _ in range(steps)]
+        q = privacy.sampling_rate(dp.batch_size, n)
+        return [[privacy.poisson_batch(n, q, generator)] for _ in range(steps)]
     batches = torch.randperm(n, generator=generator).split(cfg.batch_size)
     return [list(batches[i : i + cfg.grad_accum]) for i in range(0, len(batches), cfg.grad_accum)]
 

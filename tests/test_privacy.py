@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from collab_lib import privacy
-from collab_lib.config import TrainConfig
+from collab_lib.config import TrainConfig, load_config
 from collab_lib.model import init_model
 from collab_lib.privacy import DPSGD
 from collab_lib.training import CHECKPOINT, pack, train
@@ -200,3 +200,50 @@ def test_audit_candidates_hide_their_coins_and_each_is_one_sequence(setup):
     assert torch.equal(with_rows[: len(plain)], plain) and len(with_rows) == len(plain) + 2
     first = tok(cands[0]["text"], verbose=False)["input_ids"]
     assert with_rows[len(plain), : len(first)].tolist() == first
+
+
+class _Job:
+    """What the accountant reads of a trained job: the mechanism in its key, its record."""
+
+    def __init__(self, tmp_path, dp: dict, metrics: dict, examples: dict | None = None):
+        import json
+
+        self.manifest, self.metrics = {"config": {"dp": dp}}, metrics
+        self.path = tmp_path
+        (tmp_path / "curves.json").write_text(json.dumps({"organization_examples": examples}))
+
+    def file(self, name: str):
+        return self.path / name
+
+
+def test_the_accountant_reads_each_jobs_own_rate_and_steps(tmp_path):
+    """Centralized: the union's rate and the steps it took; federated DP-SGD: the largest ε
+    over the organizations (the smallest's rate); organization level: rate 1, one step per
+    round."""
+    from collab_lib import dp_audit
+    from collab_lib.collaboration import ModelSpec
+
+    cfg = load_config("default")
+    example = {"level": "example", "noise": 1.0, "clip": 1.0, "batch": 64}
+    orgs = ("F", "M", "G")
+    cen = ModelSpec("C_DP1", "centralized", orgs, rq="DP", privacy=("example", 1.0))
+    row = dp_audit.accountant(
+        cfg, cen, _Job(tmp_path, example, {"sequences": 1371, "optimizer_steps": 66})
+    )
+    assert row["Sampling rate"] == 64 / 1371 and row["Steps"] == 66
+    assert row["epsilon (accountant)"] == privacy.epsilon(64 / 1371, 1.0, 66, 1e-5)
+
+    fed = ModelSpec("F_DP1", "federated", orgs, "FedAvg", rq="DP", privacy=("example", 1.0))
+    examples = {"F": 138, "M": 402, "G": 831}
+    row = dp_audit.accountant(cfg, fed, _Job(tmp_path, example, {"rounds": 3}, examples))
+    assert row["Sampling rate"] == 64 / 138 and row["Steps"] == 3 * 3  # Facebook's
+    others = [privacy.epsilon(64 / n, 1.0, 3 * math.ceil(n / 64), 1e-5) for n in (402, 831)]
+    assert row["epsilon (accountant)"] > max(others)
+
+    org = {"level": "organization", "noise": 1.0, "clip": 1.0}
+    spec = ModelSpec(
+        "F_OrgDP1", "federated", orgs, "FedAvg", rq="DP", privacy=("organization", 1.0)
+    )
+    row = dp_audit.accountant(cfg, spec, _Job(tmp_path, org, {"rounds": 3}))
+    assert (row["Sampling rate"], row["Steps"]) == (1.0, 3)
+    assert row["epsilon (accountant)"] == pytest.approx(9.01, abs=0.01)
