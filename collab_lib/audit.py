@@ -97,11 +97,14 @@ def read_code(path: str | Path, what: str) -> list[tuple[str, str]]:
 
 
 def load_model(path: str | Path):
-    """Any causal language model saved with ``save_pretrained`` (and its tokenizer), offline."""
+    """Any causal language model saved with ``save_pretrained`` (and its tokenizer), offline;
+    or the study's ensemble, by the members file ``models`` prints for it."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     root = Path(path).expanduser()
+    if root.is_file() and root.name == ENSEMBLE_FILE:
+        return _load_ensemble(root)
     if not root.is_dir():
         raise AuditError(f"model {path}: not a directory (a model saved with save_pretrained)")
     try:
@@ -119,6 +122,22 @@ def load_model(path: str | Path):
         tok.eos_token = tok.pad_token or tok.unk_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tok
+
+
+ENSEMBLE_FILE = "ensemble.json"  # what `models` prints for an ensemble: it has no weights
+
+
+def _load_ensemble(path: Path):
+    """The ensemble whose members file is ``path``, its members read from the same cache."""
+    from collab_lib import artifacts, ensemble, scoring
+
+    art = artifacts.load(path.parent.parent.name, path.parent.name, path.parent.parent.parent)
+    if art is None or not ensemble.is_ensemble(art):
+        raise AuditError(f"model {path}: not an ensemble artifact of a complete study cache")
+    try:
+        return scoring.load_model(art)
+    except artifacts.NotBuiltError as exc:
+        raise AuditError(f"model {path}: {exc}") from None
 
 
 CONTEXT_KEYS = ("n_positions", "max_position_embeddings", "n_ctx", "max_seq_len", "seq_length")

@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
         "audit",
         help="check any causal language model against your own code, locally (a report)",
         description="Run the study's memorization measures on MODEL (a directory that "
-        "from_pretrained loads: ours or anyone's) and on code you own (DIR): the paper's "
+        "from_pretrained loads: ours or anyone's; or the ensemble.json that `models` prints "
+        "for the study's ensemble) and on code you own (DIR): the paper's "
         "verbatim metric on your functions' prompts with the longest reproduced blocks, "
         "k-extractability, membership signals (AUC against --held-out code the model never "
         "saw) and the exposure of canaries you planted. Writes audit.json and audit.html "

@@ -57,9 +57,15 @@ def load(art, epoch: int | None, load_member) -> Ensemble:
     name = MEMBERS if epoch is None else f"epochs/{epoch}/{MEMBERS}"
     record = json.loads(art.file(name).read_text())
     members = []
+    root = art.path.parent.parent  # the members live in the ensemble's own cache
     for ref in record["members"]:
         step, _, key = ref.rpartition("/")
-        member = artifacts.require((step, key), f"{art.ref}: member {ref} is not in the cache")
+        member = artifacts.load(step, key, root)
+        if member is None:
+            raise artifacts.NotBuiltError(
+                f"{art.ref}: its member {ref} is not in the cache {root} (removed?): run the "
+                "train step again to rebuild it"
+            )
         members.append(load_member(member, record["epoch"]))
     return Ensemble(members, record["weights"])
 

@@ -2,6 +2,7 @@
 expected direction, by every measure of the report; bad inputs get clear errors."""
 
 import json
+from pathlib import Path
 
 import pytest
 from conftest import py_module, tiny_model, train_on
@@ -128,3 +129,43 @@ def test_hidden_and_installed_directories_are_not_read_as_your_code(tmp_path):
         (tmp_path / skipped).mkdir(parents=True)
         (tmp_path / skipped / "theirs.py").write_text("y = 2\n")
     assert [p for p, _ in audit.read_code(tmp_path, "--code")] == ["src/mine.py"]
+
+
+def test_the_studys_ensemble_is_audited_by_its_members_file(trained, tok, tmp_path, capsys):
+    """`models` prints an ensemble's members file: `audit` takes it as the model (a mixture
+    of a member trained on ``ours`` and one that never saw it still tells them apart)."""
+    import shutil
+    from functools import partial
+
+    from collab_lib import artifacts, ensemble
+
+    def member(source: Path | None, name: str):
+        def produce(out: Path) -> dict:
+            if source is None:
+                model = tiny_model(len(tok), seed=9)
+                model.save_pretrained(out / "model")
+                tok.save_pretrained(out / "model")
+            else:
+                shutil.copytree(source, out / "model")
+            return {"tokens_per_epoch": 100}
+
+        return artifacts.build("stage", {"member": name}, produce, [], root=tmp_path)
+
+    members = [member(trained / "model", "ours"), member(None, "other")]
+    refs = [m.ref for m in members]
+    art = artifacts.build(
+        "ensemble",
+        {"members": refs},
+        partial(ensemble.write, members, "uniform", tok),
+        refs,
+        root=tmp_path,
+    )
+    argv = [str(art.path / "ensemble.json"), "--code", str(trained / "ours")]
+    argv += ["--held-out", str(trained / "theirs"), "--out", str(tmp_path / "report")]
+    assert main(["audit", *argv, "--prompts", "5", "--sequences", "20"]) == 0
+    report = json.loads((tmp_path / "report" / "audit.json").read_text())
+    m = report["membership"]
+    assert m["code"]["loss"] < m["held_out"]["loss"]
+    shutil.rmtree(members[1].path)  # a member removed: a clear error, not a traceback
+    assert main(["audit", *argv]) == 2
+    assert "is not in the cache" in capsys.readouterr().err
