@@ -102,8 +102,10 @@ def load_model(path: str | Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from collab_lib.ensemble import MEMBERS
+
     root = Path(path).expanduser()
-    if root.is_file() and root.name == ENSEMBLE_FILE:
+    if root.is_file() and root.name == MEMBERS:  # what `models` prints for the ensemble
         return _load_ensemble(root)
     if not root.is_dir():
         raise AuditError(f"model {path}: not a directory (a model saved with save_pretrained)")
@@ -122,9 +124,6 @@ def load_model(path: str | Path):
         tok.eos_token = tok.pad_token or tok.unk_token
     device = "cuda" if torch.cuda.is_available() else "cpu"
     return model.to(device).eval(), tok
-
-
-ENSEMBLE_FILE = "ensemble.json"  # what `models` prints for an ensemble: it has no weights
 
 
 def _load_ensemble(path: Path):

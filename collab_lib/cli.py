@@ -322,8 +322,11 @@ def _print_models(cfg) -> int:
         if art is None:
             missing.append(spec.name)
         else:
-            ensemble = art.step == collaboration.ENSEMBLE_STEP
-            where = art.path / ("ensemble.json" if ensemble else "model")
+            where = art.path / "model"
+            if not spec.trains:  # no weights of its own: its members file
+                from collab_lib.ensemble import MEMBERS
+
+                where = art.path / MEMBERS
             print(f"{spec.name}\t{where}")
     if missing:
         print(

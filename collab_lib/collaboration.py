@@ -45,7 +45,7 @@ BASE = "base model"  # the row standing where the paper has "GPT-2"
 BASE_STEP = "base_model"
 STAGE_STEP = "stage"
 FEDERATED_STEP = "federated"
-ENSEMBLE_STEP = "ensemble"
+ENSEMBLE = ENSEMBLE_STEP = "ensemble"  # the setting, and its job's step
 SWEEP = "FedYogi sweep"  # its entry in the train step's plan
 
 
@@ -62,6 +62,11 @@ class ModelSpec:
     # under differential privacy
     rq: str = RQ12
     privacy: tuple[str, float] | None = None  # DP: (example | organization, noise multiplier)
+
+    @property
+    def trains(self) -> bool:
+        """Whether it has weights of its own (the ensemble mixes its members' at inference)."""
+        return self.setting != ENSEMBLE
 
     @property
     def main(self) -> bool:
@@ -92,7 +97,7 @@ def roster(cfg: Config) -> list[ModelSpec]:
     specs += [_incremental(order, short, RQ3) for order in (pair, pair[::-1])]
     if cfg.ensemble.enabled:
         tag = "".join(short[o] for o in orgs)
-        specs.append(ModelSpec(f"Ensemble_{tag}", "ensemble", orgs))
+        specs.append(ModelSpec(f"Ensemble_{tag}", ENSEMBLE, orgs))
     unique: dict[str, ModelSpec] = {}
     for spec in specs:
         unique.setdefault(spec.name, spec)
@@ -147,7 +152,7 @@ def plan_on_models(step: str, config: dict, cfg: Config, upstream: dict) -> dict
     return {step: (step, artifacts.artifact_key(step, config, refs))}
 
 
-SETTINGS = ("single", "centralized", "federated", "incremental", "ensemble")
+SETTINGS = ("single", "centralized", "federated", "incremental", ENSEMBLE)
 
 
 def chosen_models(cfg: Config, chosen: Sequence[str] | None, key: str) -> list[str]:
@@ -220,7 +225,7 @@ def jobs(
     """
     out: dict[str, list[Job]] = {}
     for spec in roster(cfg):
-        if spec.setting == "ensemble":  # trains nothing: its members' final jobs are its inputs
+        if not spec.trains:  # the ensemble: its members' final jobs are its inputs
             members = [f"{o}_Only" for o in spec.orgs]
             config = {"members": members, "weights": cfg.ensemble.weights}
             inputs = tuple(out[m][-1].ref for m in members)
@@ -637,7 +642,7 @@ def all_curves(cfg: Config, models: dict[str, artifacts.Artifact]) -> dict[str, 
     return {
         spec.name: model_curves(models[spec.name]) | {"setting": spec.setting, "rq": spec.rq}
         for spec in roster(cfg)
-        if spec.setting != "ensemble"
+        if spec.trains
     }
 
 
@@ -648,7 +653,7 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
     rows = []
     for spec in roster(cfg):
         art = models[spec.name]
-        jobs_ = [] if spec.setting == "ensemble" else chain(art)  # it trains nothing
+        jobs_ = chain(art) if spec.trains else []
         rows.append(
             {
                 "Model": spec.name,
@@ -657,7 +662,7 @@ def models_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
                     short[o] for o in spec.orgs
                 )
                 + (f", {PSI_DATA}" if spec.rq == PSI else "")
-                + (", the *_Only models mixed" if spec.setting == "ensemble" else ""),
+                + ("" if spec.trains else ", the *_Only models mixed"),
                 "Strategy": spec.strategy or "",
                 "Jobs": len(jobs_),
                 "Tokens trained": sum(_tokens_trained(cfg, j) for j in jobs_),
@@ -716,7 +721,7 @@ def sizing_table(cfg: Config, models: dict[str, artifacts.Artifact]) -> pd.DataF
     unique = {}
     for chain_ in jobs(cfg, "", []).values():
         for job in chain_:
-            if job.step == ENSEMBLE_STEP:  # trains nothing
+            if not job.data:  # the ensemble's job trains nothing
                 continue
             times = rounds if job.step == FEDERATED_STEP else cfg.train.epochs
             unique[job.ref] = sum(tokens[org] for org in job.data) * times

@@ -32,7 +32,7 @@ def rq3_models(cfg: Config) -> list[str]:
     # study's own union models, listed once under RQ1/RQ2 (the ensemble and the DP twins,
     # beyond the paper, are not the pair's)
     specs = collaboration.roster(cfg)
-    trained = [s for s in specs if s.setting not in ("single", "ensemble") and s.rq != DP]
+    trained = [s for s in specs if s.setting != "single" and s.trains and s.rq != DP]
     return [BASE, *(s.name for s in trained if set(s.orgs) == pair)]
 
 
