@@ -9,6 +9,7 @@ a finished one, and the next run redoes only what is missing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -19,7 +20,7 @@ import stat
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -262,6 +263,33 @@ def build(
         if hit is not None and not hit.omitted:  # an import without its weights is rebuilt
             log.info("%s %s: cached", step, key)
             return hit
+    with building(step, key, root):
+        if not force:  # another process built it while this one waited for the lock
+            hit = load(step, key, root)
+            if hit is not None and not hit.omitted:
+                return hit
+        return _produce(step, key, config, produce, inputs, seed, root)
+
+
+@contextlib.contextmanager
+def building(step: str, key: str, root: Path | None = None) -> Iterator[None]:
+    """Held while one process builds an artifact: another that wants the same one (a cluster's
+    worker, a second run on a shared cache) waits, then finds it built. A POSIX lock on a file
+    under ``<root>/.locks``: the system releases it when its process dies, ``kill -9`` too
+    (on shared storage, a filesystem with working locks: local disks, NFSv4, Lustre)."""
+    import fcntl
+
+    path = (root or artifacts_root()) / ".locks" / f"{step}-{key}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _produce(step, key, config, produce, inputs: list[str], seed, root) -> Artifact:
     final = artifact_dir(step, key, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.parent / f".tmp-{key}-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -33,6 +33,7 @@ class BookError(UserError):
 
 
 NOTEBOOKS = (
+    "00_intro.ipynb",  # the home page: placed at book/intro (its address since the start)
     "01_datasets.ipynb",
     "02_models.ipynb",
     "03_rq1_effectiveness.ipynb",
@@ -46,6 +47,14 @@ NOTEBOOKS = (
     "99_reproducibility.ipynb",
 )
 NOTEBOOK_DIR = PROJECT_ROOT / "notebooks"
+PAGES = {"00_intro.ipynb": "book/intro"}  # elsewhere: book/executed/<notebook>
+
+
+def page(name: str) -> str:
+    """Where notebook ``name``'s page lies under the book's root (without a suffix)."""
+    return PAGES.get(name, f"book/executed/{name.removesuffix('.ipynb')}")
+
+
 BOOK_SOURCES = ("_config.yml", "_toc.yml", "book")
 BUILD_ROOT = PROJECT_ROOT / "_build"
 SETTINGS_FILE = "settings.yml"
@@ -123,9 +132,86 @@ def build_book(cfg: Config, *, run_steps: bool = True, build_root: Path = BUILD_
         (shutil.copytree if src.is_dir() else shutil.copy2)(src, stage / name)
     settings = write_settings(cfg, out / SETTINGS_FILE)
     execute_notebooks(NOTEBOOKS, settings, stage / "book" / "executed")
+    for name, where in PAGES.items():
+        (stage / "book" / "executed" / name).replace(stage / f"{where}.ipynb")
+    repository = book_repository(stage / "_config.yml")
+    if repository is not None:
+        for name in NOTEBOOKS:
+            add_launch_links(stage / f"{page(name)}.ipynb", name, *repository)
     jb = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jb), "build", str(stage), "--path-output", str(out), "--quiet"]
     proc = subprocess.run(cmd, cwd=stage, capture_output=True, text=True)
     if proc.returncode != 0:
         raise BookError(f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return out / "_build" / "html" / "index.html"
+
+
+def book_repository(config: Path) -> tuple[str, str] | None:
+    """``(url, branch)`` of the book's GitHub repository: ``repository.url`` of its
+    ``_config.yml``, or, where that is empty, the repository a GitHub Actions run builds in
+    (``GITHUB_SERVER_URL``/``GITHUB_REPOSITORY``); None: no launch links."""
+    import yaml
+
+    repo = (yaml.safe_load(config.read_text()) or {}).get("repository") or {}
+    url, branch = repo.get("url") or "", repo.get("branch") or "main"
+    if not url and os.environ.get("GITHUB_REPOSITORY"):
+        server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
+        url = f"{server}/{os.environ['GITHUB_REPOSITORY']}"
+        branch = os.environ.get("GITHUB_REF_NAME") or branch
+    if not url:
+        return None
+    if not url.startswith("https://github.com/") or url.rstrip("/").count("/") != 4:
+        raise UserError(
+            f"_config.yml: repository.url {url!r}: Binder and Colab open notebooks of a GitHub "
+            "repository, https://github.com/OWNER/NAME (or leave it empty: no launch links)"
+        )
+    return url.rstrip("/").removesuffix(".git"), branch
+
+
+def launch_links(url: str, branch: str, name: str) -> str:
+    """Markdown: open the committed notebook ``name`` on Binder (the environment of
+    ``binder/environment.yml``) or Colab."""
+    owner_repo = url.removeprefix("https://github.com/")
+    binder = f"https://mybinder.org/v2/gh/{owner_repo}/{branch}?labpath=notebooks%2F{name}"
+    colab = f"https://colab.research.google.com/github/{owner_repo}/blob/{branch}/notebooks/{name}"
+    return (
+        f"Re-execute this chapter: [open it on Binder]({binder}) or [on Colab]({colab}) "
+        f"(`notebooks/{name}`). It reads the study's cache: run its steps first, in a "
+        "terminal (`python -m collab_lib run all --profile tiny` takes minutes; then set "
+        '`profile = "tiny"` in its first cell), or `python -m collab_lib import` a run\'s '
+        f"export. On Colab, install the project first: `!pip install 'git+{url}@{branch}'`."
+    )
+
+
+def add_launch_links(notebook: Path, name: str, url: str, branch: str) -> None:
+    """Put the launch links under the executed notebook's title."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    cell = nbformat.v4.new_markdown_cell(launch_links(url, branch, name))
+    nb.cells.insert(1, cell)
+    nbformat.write(nb, notebook)
+
+
+SITE_MARK = ".collab-site"  # in a folder `book --to` wrote: it may write there again
+
+
+def publish(html: Path, dest: Path) -> Path:
+    """Copy the built book (``html``: its folder) to ``dest``, a static site that needs
+    nothing but a web server (no CDN: the tests read every page offline). ``dest`` must be
+    empty, new, or a site this wrote before (replaced)."""
+    dest = dest.resolve()
+    if dest.exists() and any(dest.iterdir()) and not (dest / SITE_MARK).exists():
+        raise UserError(
+            f"{dest} is not empty and holds no site `book --to` wrote: choose another folder "
+            "or empty it (nothing was copied)"
+        )
+    tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(html, tmp)
+    (tmp / ".nojekyll").touch()  # GitHub Pages: serve _static and _images as they are
+    (tmp / SITE_MARK).write_text("written by python -m collab_lib book --to\n")
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.replace(dest)
+    return dest / "index.html"

@@ -7,10 +7,11 @@ import json
 import logging
 import os
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
-from collab_lib import pipeline
-from collab_lib.book import SETTINGS_FILE, build_book, build_dir
+from collab_lib import cost, pipeline
+from collab_lib.book import SETTINGS_FILE, build_book, build_dir, publish
 from collab_lib.config import UserError, load_config, settings_digest, settings_text
 
 
@@ -49,6 +50,24 @@ def _parser() -> argparse.ArgumentParser:
             "--set datasets.organizations.Google.size_mb=2 (repeatable)",
         )
 
+    def with_yes(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--yes",
+            action="store_true",
+            help=f"start even if the estimate exceeds {cost.HOURS_TO_ASK:g} hours (see `plan`)",
+        )
+
+    def with_ray(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--ray-address",
+            metavar="ADDRESS",
+            help="train on a Ray cluster: auto (the one this machine belongs to) or HOST:PORT; "
+            "the cache must be shared storage (README: 'On a Ray cluster')",
+        )
+        sp.add_argument(
+            "--ray-cpus", type=_positive, default=1, help="CPUs (torch threads) per training job"
+        )
+
     def with_window(sp: argparse.ArgumentParser) -> None:
         """The clone detector's window: ``clones`` and ``psi`` normalize and match alike."""
         sp.add_argument("--min-lines", type=_positive, default=6, help="shortest block (lines)")
@@ -63,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("step", choices=[*pipeline.STEPS, "all"])
     sp.add_argument("--force", action="store_true", help="recompute even if cached")
+    with_yes(sp)
+    with_ray(sp)
     with_profile(sp)
 
     sp = sub.add_parser("table", help="print a produced table as CSV")
@@ -76,6 +97,26 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the resolved settings (YAML) that `book` hands its chapters",
     )
+    with_profile(sp)
+
+    sp = sub.add_parser(
+        "plan",
+        help="the cost of a run before it starts: each step's work and time",
+        description="Each step's work (tokens to train, completions to sample, programs to "
+        "run, sequences and tokens to score) and its time on this machine, from a short "
+        "calibration of its throughput at the profile's model shape (cached), or on another "
+        "machine (--machine). Steps whose artifacts are cached cost nothing. README: 'The "
+        "cost of a run'.",
+    )
+    sp.add_argument(
+        "--machine",
+        metavar="NAME",
+        help=f"here (default: calibrated), a preset ({', '.join(cost.PRESETS)}) or a "
+        "calibration file written on another machine (<artifacts>/calibration/*.json)",
+    )
+    sp.add_argument("--all", action="store_true", help="the whole run, cached steps too")
+    sp.add_argument("--recalibrate", action="store_true", help="measure this machine again")
+    sp.add_argument("--json", action="store_true", help="print JSON instead of a table")
     with_profile(sp)
 
     sp = sub.add_parser("models", help="each trained model's name and checkpoint directory")
@@ -220,6 +261,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("book", help="run the steps, execute the notebooks, build the HTML book")
     sp.add_argument("--no-run", action="store_true", help="do not run missing steps first")
+    sp.add_argument(
+        "--to",
+        metavar="DIR",
+        help="also copy the built site to DIR (a static site: any web server, GitHub Pages)",
+    )
+    with_yes(sp)
+    with_ray(sp)
     with_profile(sp)
     return p
 
@@ -276,10 +324,12 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides.append(f"seed={args.seed}")
         cfg = load_config(args.profile, args.overrides)
         if args.command == "run":
-            pipeline.run(args.step, cfg, force=args.force)
+            _run_steps(cfg, args, args.step)
             print(f"done: {args.step} ({cfg.profile}); see `{cfg.command('status')}`")
         elif args.command == "table":
             pipeline.table(args.name, cfg).to_csv(sys.stdout, index=False)
+        elif args.command == "plan":
+            return _print_plan(cfg, args)
         elif args.command == "models":
             return _print_models(cfg)
         elif args.command == "federation":
@@ -291,9 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "export":
             return _export(cfg, Path(args.file))
         elif args.command == "book":
-            index = build_book(cfg, run_steps=not args.no_run)
+            if not args.no_run:
+                _run_steps(cfg, args, "book")
+            index = build_book(cfg, run_steps=False)
             settings = build_dir(cfg) / SETTINGS_FILE
             print(f"book built: {index}\nits settings ({settings_digest(cfg)}): {settings}")
+            if args.to:
+                print(f"site written: {publish(index.parent, Path(args.to))}")
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -306,6 +360,41 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 130
+    return 0
+
+
+def _run_steps(cfg, args: argparse.Namespace, step: str) -> None:
+    """``run`` and ``book``: ask first where the estimate is hours, then run the steps here or
+    with their training jobs on a Ray cluster."""
+    cost.confirm(cfg, pipeline.step_names(step), args.yes, input if sys.stdin.isatty() else None)
+    if args.ray_address is None:
+        pipeline.run(step, cfg, force=getattr(args, "force", False))
+        return
+    if getattr(args, "force", False):
+        raise UserError("--force and --ray-address: force a step here, without the cluster")
+    from collab_lib import cluster
+
+    cluster.run(step, cfg, args.ray_address, args.ray_cpus)
+
+
+def _print_plan(cfg, args: argparse.Namespace) -> int:
+    """``plan``: each step's work and minutes, what would run, and on which machine."""
+    if args.recalibrate:
+        cost.calibrate(cfg, again=True)
+    tp = cost.throughput(cfg, args.machine)
+    f = cost.facts(cfg, cost.data_plans(cfg))
+    works = cost.estimate(cfg, tp, f) if args.all else cost.pending(cfg, tp)
+    frame = cost.table(works)
+    if args.json:
+        out = {"machine": asdict(tp), "sizes_from": f.source, "steps": frame.to_dict("records")}
+        print(json.dumps(out, indent=1))
+        return 0
+    print(cost.render(frame))
+    total = frame.iloc[-1]["minutes"]
+    what = "the whole run" if args.all else "what would run (cached steps cost nothing)"
+    print(f"{what}: about {cost.duration(total * 60)} on {tp.machine}")
+    sizes = "the built datasets" if f.source == "datasets" else "each organization's size_mb"
+    print(f"counted from {sizes}; throughput {tp.measured or 'measured'}: {cost.rates(tp)}")
     return 0
 
 
@@ -441,6 +530,8 @@ def _print_status(cfg, as_json: bool, settings: bool) -> None:
         print(f"{r['step']:<10} {r['artifact']:<{width}} {r['key']}  {r['state']}")
     todo = list(dict.fromkeys(r["step"] for r in rows if r["state"] != "cached"))
     print("would run: " + (", ".join(todo) if todo else "nothing (everything is cached)"))
+    if todo:
+        print(f"its cost, step by step, before it runs: `{cfg.command('plan')}`")
     print(f"settings {settings_digest(cfg)}: `{cfg.command('status', '--settings')}` prints them")
 
 

@@ -244,7 +244,7 @@ def jobs(
                 **extra,
             }
             inputs = (base_ref, *refs)
-            if _tuned(cfg, spec.strategy):  # the sweep's pair
+            if tuned(cfg, spec.strategy):  # the sweep's pair
                 inputs += (tuning.ref(cfg, base_ref, data_refs),)
             out[spec.name] = [Job(FEDERATED_STEP, config, inputs, spec.orgs, dedup)]
             continue
@@ -284,7 +284,7 @@ def _federated_config(cfg: Config, strategy: str | None) -> dict:
     return out
 
 
-def _tuned(cfg: Config, strategy: str | None) -> bool:
+def tuned(cfg: Config, strategy: str | None) -> bool:
     """Whether this job's server rate comes from the profile's FedYogi sweep."""
     return strategy == "FedYogi" and cfg.federated.tuned
 
@@ -293,7 +293,7 @@ def _stage_config(cfg: Config, data: tuple[str, ...]) -> dict:
     return {"data": list(data), "train": cfg.train, "model": cfg.model, "seed": cfg.seed}
 
 
-def _data_refs(planned: dict) -> list[str]:
+def data_refs(planned: dict) -> list[str]:
     """The datasets and canaries artifacts every training job reads."""
     return [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])]
 
@@ -308,10 +308,10 @@ def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
     from the datasets and canaries steps' plans."""
     base = (BASE_STEP, artifacts.artifact_key(BASE_STEP, _base_config(cfg), []))
     out = {BASE: base}
-    base_ref, data_refs = artifacts.ref(base), _data_refs(upstream)
+    base_ref, data = artifacts.ref(base), data_refs(upstream)
     if cfg.federated.tuned:
-        out[SWEEP] = tuple(tuning.ref(cfg, base_ref, data_refs).split("/"))
-    for name, chain_ in jobs(cfg, base_ref, data_refs, _psi_ref(upstream)).items():
+        out[SWEEP] = tuple(tuning.ref(cfg, base_ref, data).split("/"))
+    for name, chain_ in jobs(cfg, base_ref, data, _psi_ref(upstream)).items():
         out[name] = (chain_[-1].step, chain_[-1].key)
     return out
 
@@ -394,7 +394,83 @@ def build_sweep(
     planted = {p["text"] for p in canaries.planted(canaries.require(cfg, planned))}
     base = build_base_model(cfg)
     texts = texts or training_texts(cfg, planned)
-    return tuning.build_sweep(cfg, base, texts, _data_refs(planned), planted, force=force)
+    return tuning.build_sweep(cfg, base, texts, data_refs(planned), planted, force=force)
+
+
+class Trainer:
+    """What the training jobs of one run read, each loaded once and only when a job needs
+    it: the base model and its tokenizer, the organizations' texts (PSI-deduplicated ones
+    too) packed into sequences, and FedYogi's sweep. :meth:`build` trains one job (or finds
+    it cached): :func:`build_models` calls it for every job in order, a cluster's worker for
+    the job it was given (:mod:`collab_lib.cluster`)."""
+
+    def __init__(self, cfg: Config, planned: dict, *, force: bool = False) -> None:
+        from collab_lib.model import load_tokenizer
+
+        self.cfg, self.planned, self.force = cfg, planned, force
+        self.base = build_base_model(cfg, force=force)
+        self.tok = load_tokenizer(self.base.path / "model")
+        self.built: dict[str, artifacts.Artifact] = {self.base.ref: self.base}
+        self._texts: dict[bool, dict[str, list[str]]] = {}
+        self._packed: dict[tuple[str, bool], object] = {}
+        self._sweep: artifacts.Artifact | None = None
+
+    def texts(self, dedup: bool = False) -> dict[str, list[str]]:
+        if dedup not in self._texts:  # the deduplicated ones only when a _PSI model trains
+            self._texts[dedup] = training_texts(self.cfg, self.planned, deduplicated=dedup)
+        return self._texts[dedup]
+
+    def data(self, orgs: tuple[str, ...], dedup: bool = False):
+        import torch
+
+        from collab_lib.training import pack
+
+        for o in orgs:
+            if (o, dedup) not in self._packed:
+                self._packed[o, dedup] = pack(
+                    self.texts(dedup)[o], self.tok, self.cfg.model.context
+                )
+        return torch.cat([self._packed[o, dedup] for o in orgs])
+
+    def sweep(self) -> artifacts.Artifact:
+        if self._sweep is None:
+            self._sweep = build_sweep(self.cfg, self.planned, force=self.force, texts=self.texts())
+        return self._sweep
+
+    def input(self, ref: str) -> artifacts.Artifact:
+        """A job's input model: trained by this process, or found in the (shared) cache."""
+        if ref not in self.built:
+            step, _, key = ref.rpartition("/")
+            art = artifacts.load(step, key)
+            if art is None:
+                raise artifacts.NotBuiltError(f"{ref} is not in the cache: train it first")
+            self.built[ref] = art
+        return self.built[ref]
+
+    def build(self, job: Job, *, force: bool = False) -> artifacts.Artifact:
+        """Train ``job`` (its inputs cached or built here before), or find it cached."""
+        if job.ref in self.built and not force:
+            return self.built[job.ref]
+        cfg = self.cfg
+        scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
+        if job.step == ENSEMBLE_STEP:
+            from collab_lib import ensemble
+
+            members = [self.input(r) for r in job.inputs]
+            produce = partial(ensemble.write, members, job.config["weights"], self.tok)
+        elif job.step == FEDERATED_STEP:
+            yogi = tuning.best(self.sweep()) if tuned(cfg, job.config["strategy"]) else None
+            data = self.texts(job.deduplicated)
+            produce = partial(_train_federated, cfg, job, self.base, data, scratch, yogi)
+        else:
+            prev = self.input(job.inputs[0])
+            produce = partial(_train_stage, cfg, job, prev, self.tok, self.data, scratch)
+        art = artifacts.build(
+            job.step, job.config, produce, list(job.inputs), seed=cfg.seed, force=force
+        )
+        shutil.rmtree(scratch, ignore_errors=True)
+        self.built[job.ref] = art
+        return art
 
 
 def build_models(
@@ -402,68 +478,21 @@ def build_models(
 ) -> dict[str, artifacts.Artifact]:
     """Train (or find cached) every model of the roster, or those ``names``; shared stages
     train once. ``planned``: the plans of the steps before (the datasets, the canaries)."""
-    from collab_lib.model import load_tokenizer
-    from collab_lib.training import pack
-
-    plain = training_texts(cfg, planned)
-    base = build_base_model(cfg, force=force)
-    tok = load_tokenizer(base.path / "model")
-    packed: dict[tuple[str, bool], object] = {}
-    texts: dict[bool, dict[str, list[str]]] = {False: plain}
-
-    def texts_for(dedup: bool) -> dict[str, list[str]]:
-        if dedup not in texts:  # read only when a _PSI model trains
-            texts[dedup] = training_texts(cfg, planned, deduplicated=True)
-        return texts[dedup]
-
-    def data_for(orgs: tuple[str, ...], dedup: bool = False):
-        import torch
-
-        for o in orgs:
-            if (o, dedup) not in packed:
-                packed[o, dedup] = pack(texts_for(dedup)[o], tok, cfg.model.context)
-        return torch.cat([packed[o, dedup] for o in orgs])
-
-    built: dict[str, artifacts.Artifact] = {base.ref: base}
-    out: dict[str, artifacts.Artifact] = {}
-    forced: set[str] = set()  # with force, a shared stage is still retrained only once
-    chains = jobs(cfg, base.ref, _data_refs(planned), _psi_ref(planned))
-    sweep = None
+    trainer = Trainer(cfg, planned, force=force)
+    chains = jobs(cfg, trainer.base.ref, data_refs(planned), _psi_ref(planned))
     unknown = set(names or ()) - set(chains)
     if unknown:
         raise ConfigError(f"unknown models {sorted(unknown)} (known: {', '.join(chains)})")
     chains = {n: c for n, c in chains.items() if names is None or n in names}
-    if any(_tuned(cfg, j.config.get("strategy")) for c in chains.values() for j in c):
-        sweep = build_sweep(cfg, planned, force=force, texts=plain)
+    if any(tuned(cfg, j.config.get("strategy")) for c in chains.values() for j in c):
+        trainer.sweep()
+    out: dict[str, artifacts.Artifact] = {}
+    forced: set[str] = set()  # with force, a shared stage is still retrained only once
     for name, chain in tqdm(chains.items(), desc="models", disable=None):
         for job in chain:
-            if job.ref in built:
-                continue
-            scratch = artifacts.scratch_dir(job.step, job.config, list(job.inputs))
-            if job.step == ENSEMBLE_STEP:
-                from collab_lib import ensemble
-
-                members = [built[r] for r in job.inputs]
-                produce = partial(ensemble.write, members, job.config["weights"], tok)
-            elif job.step == FEDERATED_STEP:
-                yogi = tuning.best(sweep) if _tuned(cfg, job.config["strategy"]) else None
-                data = texts_for(job.deduplicated)
-                produce = partial(_train_federated, cfg, job, base, data, scratch, yogi)
-            else:
-                produce = partial(
-                    _train_stage, cfg, job, built[job.inputs[0]], tok, data_for, scratch
-                )
-            built[job.ref] = artifacts.build(
-                job.step,
-                job.config,
-                produce,
-                list(job.inputs),
-                seed=cfg.seed,
-                force=force and job.key not in forced,
-            )
+            trainer.build(job, force=force and job.key not in forced)
             forced.add(job.key)
-            shutil.rmtree(scratch, ignore_errors=True)
-        out[name] = built[chain[-1].ref]
+        out[name] = trainer.built[chain[-1].ref]
     return out
 
 
@@ -547,7 +576,7 @@ def federation(
             f"--host {host!r}: give the SuperLink's address as the organizations reach it (its "
             "certificate names it, and the SuperNodes dial it), not a wildcard"
         )
-    chain = jobs(cfg, "", _data_refs(planned), _psi_ref(planned)).get(name)
+    chain = jobs(cfg, "", data_refs(planned), _psi_ref(planned)).get(name)
     if not chain or chain[0].step != FEDERATED_STEP:
         known = [s.name for s in roster(cfg) if s.setting == "federated"]
         raise ConfigError(f"{name!r} is not a federated model (one of: {', '.join(known)})")
@@ -555,9 +584,9 @@ def federation(
     base = build_base_model(cfg)
     work = work.resolve()
     job = chain[0]
-    tuned = _tuned(cfg, job.config["strategy"])
+    swept = tuned(cfg, job.config["strategy"])
     plain = None if job.deduplicated else texts  # the sweep ran on the plain data
-    yogi = tuning.best(build_sweep(cfg, planned, texts=plain)) if tuned else None
+    yogi = tuning.best(build_sweep(cfg, planned, texts=plain)) if swept else None
     app, _, nodes = _prepare(
         cfg, job, texts, base, work, work / "output", yogi=yogi, simulation=False
     )

@@ -30,7 +30,7 @@ from collab_lib.config import Config, UserError
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["STEPS", "NotBuiltError", "load", "plans", "run", "status", "table"]
+__all__ = ["STEPS", "NotBuiltError", "dependencies", "load", "plans", "run", "status", "table"]
 
 
 @dataclass(frozen=True)
@@ -43,6 +43,8 @@ class Step:
     build: str
     tables: tuple[str, ...]
     description: str
+    label: str = ""  # what the workflow figure says of it
+    beyond: bool = False  # beyond the paper (the figure shades it)
     in_book: bool = True  # the book's notebooks read its artifacts
     across_seeds: bool = False  # runs once and combines every seed's results
 
@@ -63,6 +65,7 @@ STEPS: dict[str, Step] = {
             "build_datasets",
             ("table2", "table3", "table4", "funnel", "skipped"),
             "download, preprocess and split each organization's code (Tables 2-4)",
+            label="code of each organization,\nsplit (Tables 2-4)",
         ),
         Step(
             "clones",
@@ -70,6 +73,7 @@ STEPS: dict[str, Step] = {
             "build_clone_stats",
             ("figure2", "table7", "table7_blocks"),
             "Type-1 clones within and across organizations (Figure 2, Table 7)",
+            label="Type-1 clones\n(Figure 2, Table 7)",
         ),
         Step(
             "canaries",
@@ -77,6 +81,8 @@ STEPS: dict[str, Step] = {
             "build_canaries",
             ("canaries",),
             "secrets planted in each organization's training split (memorization at any scale)",
+            label="secrets planted\nin training code",
+            beyond=True,
         ),
         Step(
             "psi",
@@ -84,6 +90,8 @@ STEPS: dict[str, Step] = {
             "build_psi",
             ("psi_accuracy", "psi_cost", "psi_messages"),
             "clone removal without sharing code: private set intersection of clone windows",
+            label="shared clones found\nwithout sharing code",
+            beyond=True,
         ),
         # from here on, the roster: planned once the datasets are built when it takes the RQ3
         # pair from the data (datasets.rq3_pair)
@@ -93,6 +101,7 @@ STEPS: dict[str, Step] = {
             "build_models",
             (),
             "base model and the collaborative models (Flower for the federated ones)",
+            label="centralized, federated,\nincremental models",
         ),
         Step(
             "rq1",
@@ -100,6 +109,7 @@ STEPS: dict[str, Step] = {
             "build_rq1",
             ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org"),
             "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)",
+            label="RQ1: perplexity,\npass@k (Table 8)",
         ),
         Step(
             "rq2",
@@ -116,6 +126,7 @@ STEPS: dict[str, Step] = {
                 "memorized",
             ),
             "RQ2 memorization: Tables 6, 9, 10, canary exposure, duplication, k-extractability",
+            label="RQ2: memorization\n(Tables 6, 9, 10)",
         ),
         Step(
             "rq3",
@@ -123,6 +134,7 @@ STEPS: dict[str, Step] = {
             "build_rq3",
             ("table11", "table11_prompts", "table11_thresholds"),
             "RQ3 cross-organization clones memorized (Table 11)",
+            label="RQ3: shared clones\nmemorized (Table 11)",
         ),
         Step(
             "curves",
@@ -130,6 +142,8 @@ STEPS: dict[str, Step] = {
             "build_curves",
             ("curves",),
             "every setting as a curve: perplexity, canary exposure, k-extractability per epoch",
+            label="every setting\nas a curve",
+            beyond=True,
         ),
         Step(
             "privacy",
@@ -137,6 +151,8 @@ STEPS: dict[str, Step] = {
             "build_privacy",
             ("privacy",),
             "differential privacy: ε from the accountant and from a one-run audit, per model",
+            label="differential privacy:\nε and its audit",
+            beyond=True,
         ),
         Step(
             "membership",
@@ -144,6 +160,7 @@ STEPS: dict[str, Step] = {
             "build_membership",
             ("table5", "membership_auc"),
             "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC",
+            label="membership signals\n(Table 5)",
         ),
         Step(
             "findings",
@@ -151,6 +168,7 @@ STEPS: dict[str, Step] = {
             "build_findings",
             ("findings", "psi_findings", "tradeoff_findings"),
             "the paper's seven findings, each with a verdict computed from this run (all seeds)",
+            label="seven findings,\neach a verdict",
             across_seeds=True,
         ),
     )
@@ -227,16 +245,69 @@ def planned_for(step: str, cfg: Config) -> dict:
     return _flat(_seed_plans(cfg, upto=step))
 
 
+class _Reads(dict):
+    """A plan's ``upstream`` that records which artifacts the plan reads."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.read: set[str] = set()
+
+    def __getitem__(self, key):
+        self.read.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.read.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self.read.add(key)
+        return super().__contains__(key)
+
+    def items(self):
+        self.read.update(self.keys())
+        return super().items()
+
+    def values(self):
+        self.read.update(self.keys())
+        return super().values()
+
+
+def dependencies(cfg: Config) -> dict[str, list[str]]:
+    """Each step and the steps whose artifacts its plan reads: the study's workflow, taken
+    from the plans themselves (the book's figure of it cannot drift from the code)."""
+    owner: dict[str, str] = {}
+    upstream: dict[str, tuple[str, str]] = {}
+    out: dict[str, list[str]] = {}
+    for name, step in STEPS.items():
+        if step.across_seeds:
+            reads = {s: _Reads(upstream) for s in cfg.run_seeds}
+            step.plan(cfg, reads)
+            read = set().union(*(r.read for r in reads.values()))
+        else:
+            reads = _Reads(upstream)
+            planned = step.plan(cfg, reads)
+            read = reads.read
+            owner |= dict.fromkeys(planned, name)
+            upstream |= planned
+        out[name] = [s for s in STEPS if s in {owner[k] for k in read if k in owner}]
+    return out
+
+
+def step_names(step: str) -> list[str]:
+    """The steps ``run`` runs: one, every step in order for ``all``, or those the book reads
+    for ``book``."""
+    if step == "all":
+        return list(STEPS)
+    if step == "book":
+        return [name for name, s in STEPS.items() if s.in_book]
+    return [step]
+
+
 def run(step: str, cfg: Config, *, force: bool = False) -> list[Any]:
     """Run one step, every step in order for ``all``, or those the book reads for ``book``."""
-    if step == "all":
-        names = list(STEPS)
-    elif step == "book":
-        names = [name for name, s in STEPS.items() if s.in_book]
-    else:
-        names = [step]
     out = []
-    for name in names:
+    for name in step_names(step):
         s = STEPS[name]
         build = getattr(s.code, s.build)
         for seed in cfg.run_seeds[:1] if s.across_seeds else cfg.run_seeds:

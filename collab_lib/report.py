@@ -982,3 +982,96 @@ def ensemble_rows(cfg: Config) -> list[str]:
 def rows_of(table: pd.DataFrame, models: list[str]) -> pd.DataFrame:
     """``table``'s rows of ``models`` only, in the table's order."""
     return table[table["model"].isin(models)]
+
+
+def workflow_figure(cfg: Config) -> plt.Figure:
+    """The study's workflow (the paper's Figure 1, with what this book adds shaded), drawn from
+    the steps' own plans: a step stands right of the steps it reads, and an arrow that another
+    path already implies is left out."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    from collab_lib import pipeline
+
+    deps = pipeline.dependencies(cfg)
+    level: dict[str, int] = {}
+    for name, before in deps.items():  # the steps come in order: a step after what it reads
+        level[name] = 1 + max((level[b] for b in before), default=-1)
+    columns: dict[int, list[str]] = {}
+    for name, lv in level.items():
+        columns.setdefault(lv, []).append(name)
+    tall = max(len(c) for c in columns.values())
+    where = {
+        name: (lv * 3.3, (len(names) - 1) / 2 - i)
+        for lv, names in columns.items()
+        for i, name in enumerate(names)
+    }
+    fig, ax = plt.subplots(figsize=(2.3 * len(columns), 0.95 * tall + 0.6))
+    for name, (x, y) in where.items():
+        step = pipeline.STEPS[name]
+        ax.add_patch(
+            FancyBboxPatch(
+                (x - 1.2, y - 0.38),
+                2.4,
+                0.76,
+                boxstyle="round,pad=0.02",
+                facecolor="#dbe7f3" if not step.beyond else "#f3e6cf",
+                edgecolor="#4a4a4a",
+            )
+        )
+        ax.text(x, y + 0.17, name, ha="center", va="center", fontsize=9, weight="bold")
+        ax.text(x, y - 0.12, step.label, ha="center", va="center", fontsize=7, linespacing=1.1)
+    for name, before in _reduced(deps).items():
+        for b in before:
+            (x0, y0), (x1, y1) = where[b], where[name]
+            ax.add_patch(
+                FancyArrowPatch(
+                    (x0 + 1.22, y0),
+                    (x1 - 1.22, y1),
+                    arrowstyle="-|>",
+                    mutation_scale=9,
+                    color="#6b6b6b",
+                    linewidth=0.8,
+                    shrinkA=0,
+                    shrinkB=0,
+                )
+            )
+    ys = [y for _, y in where.values()]
+    ax.set_xlim(-1.4, max(x for x, _ in where.values()) + 1.4)
+    ax.set_ylim(min(ys) - 0.6, max(ys) + 0.6)
+    ax.axis("off")
+    ax.set_title(
+        "The study's steps (python -m collab_lib run STEP); shaded: beyond the paper",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    return fig
+
+
+def _reduced(deps: dict[str, list[str]]) -> dict[str, list[str]]:
+    """``deps`` without an edge another path implies (its transitive reduction)."""
+
+    def reach(name: str) -> set[str]:
+        out = set()
+        for b in deps[name]:
+            out |= {b} | reach(b)
+        return out
+
+    return {
+        name: [b for b in before if not any(b in reach(o) for o in before if o != b)]
+        for name, before in deps.items()
+    }
+
+
+def show_workflow(cfg: Config) -> None:
+    """The workflow figure, with the line that says where it comes from."""
+    display(workflow_figure(cfg))
+    plt.close("all")
+    display(Markdown("*Drawn from `collab_lib.pipeline.dependencies`: the steps' own plans.*"))
+
+
+def show_verdicts(art: artifacts.Artifact, cfg: Config) -> None:
+    """The seven findings at a glance: each claim and its verdict on this run."""
+    from collab_lib import findings
+
+    table = findings.table(art)
+    show_table(table[["finding", "claim", "verdict"]], art, cfg, "findings")

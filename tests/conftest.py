@@ -294,13 +294,10 @@ def browse(index: Path):
 
 def chapters() -> list[str]:
     """Every chapter of the book, as paths under its root."""
-    from collab_lib.book import NOTEBOOKS
+    from collab_lib.book import NOTEBOOKS, page
 
-    pages = ["intro", "methods", "rerunning", "teaching"]
-    return [
-        *(f"book/{p}.html" for p in pages),
-        *(f"book/executed/{n.replace('.ipynb', '.html')}" for n in NOTEBOOKS),
-    ]
+    pages = ["methods", "rerunning", "teaching"]
+    return [*(f"book/{p}.html" for p in pages), *(f"{page(n)}.html" for n in NOTEBOOKS)]
 
 
 def assert_every_page_reads_offline(page) -> None:

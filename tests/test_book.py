@@ -8,6 +8,7 @@ import pytest
 from conftest import assert_every_page_reads_offline, browse
 
 from collab_lib.book import NOTEBOOKS
+from collab_lib.book import page as page_of
 
 pytestmark = pytest.mark.slow
 
@@ -23,9 +24,8 @@ def test_notebooks_ran_through_papermill_on_the_books_one_settings_file(book, bu
     settings = book.parents[2] / "settings.yml"
     cfg = load_config(built_book.profile, built_book.overrides)
     assert read_settings(settings) == cfg and cfg.seed == 5  # the --set reached the file
-    executed = book.parents[2] / "src" / "book" / "executed"
     for name in NOTEBOOKS:
-        nb = json.loads((executed / name).read_text())
+        nb = json.loads((book.parents[2] / "src" / f"{page_of(name)}.ipynb").read_text())
         assert nb["metadata"]["papermill"]["parameters"] == {"settings": str(settings)}
         outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
         assert outputs and not [o for o in outputs if o["output_type"] == "error"]

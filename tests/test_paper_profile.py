@@ -18,6 +18,7 @@ from conftest import assert_every_page_reads_offline, browse, make_org_dir
 
 from collab_lib import cli, pipeline
 from collab_lib.book import NOTEBOOKS, build_book
+from collab_lib.book import page as page_of
 from collab_lib.config import load_config
 from collab_lib.model import init_model
 
@@ -104,9 +105,8 @@ def test_the_run_keeps_the_paper_profiles_switches(paper_book):
 
 def test_every_notebook_ran_from_the_import_without_errors(paper_book):
     _, index, _ = paper_book
-    executed = index.parents[2] / "src" / "book" / "executed"
     for name in NOTEBOOKS:
-        nb = json.loads((executed / name).read_text())
+        nb = json.loads((index.parents[2] / "src" / f"{page_of(name)}.ipynb").read_text())
         outputs = [o for c in nb["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
         assert outputs and not [o for o in outputs if o["output_type"] == "error"], name
 

@@ -1,0 +1,989 @@
+"""The cost of a run before it starts: each step's work counted from the profile, and its time
+on a machine from a short measured calibration of that machine's throughput.
+
+The work is what the steps do, counted the way they do it (README, "The cost of a run"): the
+tokens each training job passes over (an incremental chain's shared stages once, DP-SGD at
+:data:`DP_SPEED` of plain training's speed, each federated run's start-up), the completions
+sampled and their new tokens, the programs run in the sandbox, and the sequences and tokens
+scored (overlapping windows counted whole; the ensemble's forwards once per member). Until
+the datasets are built, each organization's code is its ``size_mb`` split by
+``validation_fraction``; after, the datasets' own sizes.
+
+The time is that work over the throughput of :func:`calibrate`: a few seconds of the real
+training loop, scorer, decoder and sandbox at the profile's model shape on this machine,
+cached per machine and shape (``<artifacts>/calibration/``). A preset stands in for a machine
+one does not have (:data:`PRESETS`: an H100 from this project's measurements), scaled to
+the profile's shape by the work per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from collab_lib import artifacts
+from collab_lib.config import Config, UserError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+VERSION = 1  # of the calibration: a new one measures again
+HOURS_TO_ASK = 3.0  # `run` and `book` ask for --yes above this estimate
+# Constants measured on this project's 2-core machine and kept fixed (README, "The cost of a
+# run"): cheap steps, or costs a calibration of seconds cannot see.
+DP_SPEED = 0.8  # DP-SGD's tokens/s over plain training's (bench/dp.py: 0.80x at default)
+FEDERATED_START_S = 14.0  # a federated run: Ray and Flower's simulation start, per-round setup
+TOKENIZER_S_PER_MB = 1.1  # byte-level BPE training on the standard library
+SOURCE_S = 0.25  # per package a datasets step reads (download, unpack, walk)
+DATASETS_S_PER_MB = 2.0  # reading, filtering and MinHash deduplication of sampled code
+CLONES_S_PER_MB = 0.5  # the Type-1 clone detector, all pairs of organizations
+PSI_S_PER_MB = 5.0  # blinding and matching every clone window of every organization
+FINDINGS_S = 0.5  # bootstrap resampling of every finding
+HUMANEVAL_PROMPT_BYTES = 450  # a HumanEval prompt's mean length
+RQ2_PROMPT_BYTES = 170  # a docstring prompt's mean length (default: 70 tokens)
+PROMPTS_PER_MB = 330  # functions with a docstring per MB of code, until the datasets say
+CANDIDATE_TOKENS = 18  # a canary's secret with its line's end (letters16: 14, hex24: 22)
+PREFIX_TOKENS = 100  # a canary's prefix
+RQ3_PROMPTS = 8  # cross-organization clone prompts, until the clones step says
+CHECKPOINT_BYTES_PER_TOKEN = 3.0  # GPT-2's byte-level BPE on Python code
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """What a machine does per second at one model shape."""
+
+    machine: str
+    train: float  # tokens/s through training's loop (forward, backward, AdamW)
+    score: float  # tokens/s through a forward pass (windows of the context, batch 16)
+    decode: float  # new tokens/s through decoding.generate at the profile's batch
+    load: float  # seconds to load one model from the cache
+    programs: float  # sandboxed programs/s (a HumanEval program that fails its check)
+    bytes_per_token: float  # of the profile's tokenizer on the standard library
+    measured: str = ""  # when, or "preset"
+    shape: dict = field(default_factory=dict)
+
+
+# An H100 (GPT-2 124M's shape, vocabulary 8,192, context 512, bf16): training at batch 32 and
+# generate's sampling at batch 256 as measured for this project; scoring as three times
+# training (a forward pass is a third of a training step's work); 16 cores of sandbox.
+PRESETS = {
+    "h100": Throughput(
+        machine="NVIDIA H100 (preset)",
+        train=200_000,
+        score=600_000,
+        decode=17_000,
+        load=1.0,
+        programs=600,
+        bytes_per_token=3.7,  # the gpu profile's tokenizer (vocabulary 8,192) on the stdlib
+        measured="preset",
+        shape={"n_layer": 12, "n_embd": 768, "n_head": 12, "context": 512, "vocab_size": 8192},
+    )
+}
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What each organization's data holds, for counting: bytes and files of each split,
+    docstring prompts, planted canaries, and shared clone blocks of the RQ3 pair."""
+
+    train_bytes: dict[str, float]
+    validation_bytes: dict[str, float]
+    bytes_per_file: dict[str, float]
+    prompts: dict[str, int]
+    canaries: int
+    canary_bytes: dict[str, float]
+    rq3_prompts: int
+    source: str  # "profile" (size_mb) or "datasets" (the built datasets)
+
+
+@dataclass
+class Work:
+    """One step's work and its time on a machine."""
+
+    step: str
+    train_tokens: float = 0.0
+    completions: float = 0.0
+    programs: float = 0.0
+    sequences: float = 0.0  # scored
+    scored_tokens: float = 0.0
+    new_tokens: float = 0.0
+    loads: float = 0.0
+    seconds: float = 0.0
+
+    def add(self, other: Work) -> None:
+        for name, value in asdict(other).items():
+            if name != "step":
+                setattr(self, name, getattr(self, name) + value)
+
+
+# --- the data --------------------------------------------------------------------------------
+
+
+def facts(cfg: Config, planned: dict | None = None) -> Facts:
+    """The organizations' sizes: from the built datasets where ``planned`` finds them, else
+    from each organization's ``size_mb`` (an error says what to do when neither is there)."""
+
+    built = _built_facts(cfg, planned) if planned else None
+    if built is not None:
+        return built
+    sizes = {o.name: o.size_mb for o in cfg.datasets.organizations}
+    unknown = [o for o, mb in sizes.items() if mb is None]
+    if unknown:
+        raise UserError(
+            f"the size of {', '.join(unknown)}'s code is known once the datasets are built: "
+            f"run `{cfg.command('run', 'datasets')}` first (a few minutes), or give every "
+            "organization a size_mb"
+        )
+    v = cfg.datasets.validation_fraction
+    train = {o: mb * 1e6 * (1 - v) for o, mb in sizes.items()}
+    return Facts(
+        train_bytes=train,
+        validation_bytes={o: mb * 1e6 * v for o, mb in sizes.items()},
+        bytes_per_file=dict.fromkeys(sizes, 8000.0),
+        prompts={o: round(b / 1e6 * PROMPTS_PER_MB) for o, b in train.items()},
+        **_canaries(cfg, train),
+        rq3_prompts=RQ3_PROMPTS,
+        source="profile",
+    )
+
+
+def _built_facts(cfg: Config, planned: dict) -> Facts | None:
+    from collab_lib import datasets
+
+    try:
+        ds = datasets.load(cfg, planned)
+    except artifacts.NotBuiltError:
+        return None
+    orgs = [o.name for o in cfg.datasets.organizations]
+    splits = {o: ds.summary(o)["splits"] for o in orgs}
+    train = {o: float(splits[o]["train"]["bytes"]) for o in orgs}
+    files = {o: sum(s["files"] for s in splits[o].values()) for o in orgs}
+    total = {o: sum(s["bytes"] for s in splits[o].values()) for o in orgs}
+    return Facts(
+        train_bytes=train,
+        validation_bytes={o: float(splits[o]["validation"]["bytes"]) for o in orgs},
+        bytes_per_file={o: total[o] / max(files[o], 1) for o in orgs},
+        prompts={o: round(0.75 * splits[o]["train"]["functions"]) for o in orgs},
+        **_canaries(cfg, train),
+        rq3_prompts=_rq3_prompts(cfg, planned),
+        source="datasets",
+    )
+
+
+def _canaries(cfg: Config, train_bytes: dict[str, float]) -> dict:
+    """The canaries the profile plants in data of these sizes (the canaries step's own
+    count), and each organization's bytes of their copies."""
+    from collab_lib import canaries
+
+    if not cfg.canaries.enabled:
+        return {"canaries": 0, "canary_bytes": dict.fromkeys(train_bytes, 0.0)}
+    planted = canaries.make_canaries({o: int(b) for o, b in train_bytes.items()}, cfg.canaries, 0)
+    copies = dict.fromkeys(train_bytes, 0.0)
+    for c in planted:
+        copies[c["organization"]] += len(c["text"].encode()) * c["count"]
+    return {"canaries": len(planted), "canary_bytes": copies}
+
+
+def _rq3_prompts(cfg: Config, planned: dict) -> int:
+    """Two prompts per clone block the RQ3 pair shares, once the clones step has run."""
+    ref = planned.get("clones")
+    art = artifacts.load(*ref) if ref else None
+    if art is None:
+        return RQ3_PROMPTS
+    blocks = art.table("table7_blocks")
+    return max(1, 2 * len(blocks))
+
+
+# --- the work of each step -------------------------------------------------------------------
+
+
+def _tokens(cfg: Config, f: Facts, tp: Throughput) -> dict[str, float]:
+    """Each organization's training tokens per epoch: its code, its canaries' copies, and its
+    audit canaries (one sequence of the context each, half of them included)."""
+    audit = cfg.privacy.audit_canaries / 2 * cfg.model.context
+    return {
+        o: (b + f.canary_bytes[o]) / tp.bytes_per_token + audit for o, b in f.train_bytes.items()
+    }
+
+
+def _windows(tokens: float, cfg: Config) -> float:
+    """Tokens a forward pass sees scoring a stream of ``tokens`` in overlapping windows."""
+    ctx, stride = cfg.model.context, cfg.perplexity_stride
+    if tokens <= ctx:
+        return tokens
+    return ctx * (1 + math.ceil((tokens - ctx) / stride))
+
+
+def job_tokens(
+    cfg: Config, f: Facts, tp: Throughput, refs: tuple[str, list[str], str] | None = None
+) -> dict[str, tuple[object, float]]:
+    """Each unique training job (by ref) and the tokens it passes over: its organizations'
+    tokens per epoch, times its epochs (rounds). ``refs``: the base model's, data's and psi's
+    refs the jobs' keys derive from (placeholders by default: the same jobs, other keys)."""
+    from collab_lib import collaboration
+
+    tokens = _tokens(cfg, f, tp)
+    epochs = cfg.train.epochs
+    rounds = cfg.federated.rounds or epochs
+    base_ref, data_refs, psi_ref = refs or ("base_model/b", ["datasets/d", "canaries/c"], "psi/p")
+    out = {}
+    for chain in collaboration.jobs(cfg, base_ref, data_refs, psi_ref).values():
+        for job in chain:
+            if job.step == collaboration.ENSEMBLE_STEP:
+                continue
+            passes = rounds if job.step == collaboration.FEDERATED_STEP else epochs
+            out[job.ref] = (job, sum(tokens[o] for o in job.data) * passes)
+    return out
+
+
+def train_work(cfg: Config, f: Facts, tp: Throughput, missing: set[str] | None = None) -> Work:
+    """The tokenizer, the base model and every unique training job (``missing``: only the
+    jobs whose artifacts are not cached, by ref)."""
+    from collab_lib import collaboration
+
+    w = Work("train")
+    refs = missing_refs(cfg) if missing is not None else None
+    if missing is None or refs[0] in missing:
+        w.add(_base_work(cfg, tp))
+    for ref, (job, n) in job_tokens(cfg, f, tp, refs).items():
+        if missing is not None and ref not in missing:
+            continue
+        speed = DP_SPEED if (job.dp or {}).get("level") == "example" else 1.0
+        federated = job.step == collaboration.FEDERATED_STEP
+        w.train_tokens += n
+        w.seconds += n / (tp.train * speed) + (FEDERATED_START_S if federated else 0.0)
+        epochs = (cfg.federated.rounds or cfg.train.epochs) if federated else cfg.train.epochs
+        _load(w, tp, 1 + (epochs if cfg.train.epoch_checkpoints else 0))  # and its snapshots
+    if cfg.federated.tuned and (
+        missing is None or any(r.startswith("yogi_sweep/") for r in missing)
+    ):
+        w.add(_sweep_work(cfg, _tokens(cfg, f, tp), tp))
+    return w
+
+
+def missing_refs(cfg: Config) -> tuple[str, list[str], str]:
+    """The real refs of the base model and data the training jobs' keys derive from."""
+    from collab_lib import collaboration, pipeline
+
+    planned = pipeline.planned_for("train", cfg)
+    return (
+        artifacts.ref(planned[collaboration.BASE]),
+        [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])],
+        artifacts.ref(planned["psi"]),
+    )
+
+
+def _base_work(cfg: Config, tp: Throughput) -> Work:
+    w = Work("train")
+    m = cfg.model
+    if m.base == "checkpoint":
+        w.loads += 1
+        return w
+    w.seconds += TOKENIZER_S_PER_MB * m.tokenizer_corpus_mb
+    n = m.pretrain_corpus_mb * 1e6 / tp.bytes_per_token * m.pretrain_epochs
+    w.train_tokens += n
+    w.seconds += n / tp.train
+    return w
+
+
+def _sweep_work(cfg: Config, tokens: dict[str, float], tp: Throughput) -> Work:
+    """FedYogi's sweep: one federated run on all organizations per pair, then the held-out
+    perplexity of each."""
+    from collab_lib import tuning
+
+    w = Work("train")
+    s = cfg.federated.yogi_sweep
+    total = sum(tokens.values())
+    rounds = cfg.federated.rounds or cfg.train.epochs
+    for _ in tuning.grid(cfg):
+        w.train_tokens += total * (1 - s.holdout_fraction) * rounds
+        w.seconds += total * (1 - s.holdout_fraction) * rounds / tp.train + FEDERATED_START_S
+        held = _windows(total * s.holdout_fraction, cfg)
+        w.scored_tokens += held
+        w.seconds += held / tp.score
+    return w
+
+
+def _members(cfg: Config, name: str) -> int:
+    """Forward passes per token of a model: its ensemble's members, else one."""
+    from collab_lib import collaboration
+
+    spec = {s.name: s for s in collaboration.roster(cfg)}.get(name)
+    return len(spec.orgs) if spec is not None and not spec.trains else 1
+
+
+def _score(w: Work, tp: Throughput, sequences: float, tokens: float, members: int = 1) -> None:
+    w.sequences += sequences
+    w.scored_tokens += tokens * members
+    w.seconds += tokens * members / tp.score
+
+
+def _sample(
+    w: Work, tp: Throughput, rows: float, new: float, prompt: float, members: int = 1
+) -> None:
+    """``rows`` completions of ``new`` new tokens at most, each prompt ``prompt`` tokens
+    (run once per distinct prompt: counted once per row here, an upper bound)."""
+    w.completions += rows
+    w.new_tokens += rows * new * members
+    w.seconds += rows * new * members / tp.decode + rows * prompt * members / tp.score / 4
+
+
+def _load(w: Work, tp: Throughput, n: float = 1) -> None:
+    w.loads += n
+    w.seconds += n * tp.load
+
+
+def rq1_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    from collab_lib import collaboration, evaluation
+
+    w = Work("rq1")
+    e = cfg.evaluation
+    every = collaboration.chosen_models(cfg, None, "evaluation.models")
+    validation = sum(_windows(b / tp.bytes_per_token, cfg) for b in f.validation_bytes.values())
+    files = sum(f.validation_bytes[o] / f.bytes_per_file[o] for o in f.validation_bytes)
+    for name in every:
+        _load(w, tp)
+        _score(w, tp, files, validation, _members(cfg, name))
+    problems = e.problems or 164
+    new = evaluation.max_new_tokens(cfg)
+    prompt = min(HUMANEVAL_PROMPT_BYTES / tp.bytes_per_token, cfg.model.context - new)
+    for name in evaluation.pass_models(cfg):
+        for _ in e.temperatures:
+            _load(w, tp)
+            rows = problems * e.n_samples
+            _sample(w, tp, rows, new, prompt, _members(cfg, name))
+            w.programs += rows
+            w.seconds += rows / tp.programs
+    # the harness's check rows: three programs per problem, and the timeouts side by side
+    w.programs += 3 * problems + e.harness_timeouts
+    w.seconds += 3 * problems / tp.programs + e.harness_timeouts * e.timeout_s / _workers()
+    return w
+
+
+def _workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def rq2_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    from collab_lib import collaboration
+
+    w = Work("rq2")
+    m = cfg.memorization
+    every = collaboration.chosen_models(cfg, None, "memorization.models")
+    chosen = collaboration.chosen_models(cfg, m.models, "memorization.models")
+    singles = [s.name for s in collaboration.roster(cfg) if s.setting == "single"]
+    new = m.max_new_tokens or cfg.model.context // 2
+    room = min(m.prompt_max_tokens, cfg.model.context - new)
+    prompt = min(RQ2_PROMPT_BYTES / tp.bytes_per_token, room)
+    rows = sum(max(1, round(m.sample_fraction * p)) for p in f.prompts.values()) * m.n_samples
+    k, match = cfg.extractable_lengths
+    sequences = _extractable_sequences(cfg, f, tp, m.extractable_sequences)
+    for name in chosen:
+        members = _members(cfg, name)
+        _load(w, tp, 2)
+        _sample(w, tp, rows, new, prompt, members)  # RQ2's completions
+        _sample(w, tp, sequences, match, k, members)  # k-extractability, greedy
+    alternatives = min(m.alternatives or cfg.canaries.alternatives, cfg.canaries.alternatives)
+    for name in every:  # canary exposure: every model, even where none is planted
+        _load(w, tp)
+        _exposure(w, cfg, f, tp, alternatives, _members(cfg, name))
+    for name in dict.fromkeys([*chosen, *singles]):  # the duplication signal
+        _load(w, tp)
+        _score(w, tp, 2 * len(f.train_bytes), _duplication_tokens(cfg, f, tp), _members(cfg, name))
+    return w
+
+
+def _exposure(w: Work, cfg: Config, f: Facts, tp: Throughput, alternatives: int, members: int):
+    """Each canary's prefix once and its secret among ``alternatives`` others."""
+    if f.canaries:
+        _sample(w, tp, f.canaries, CANDIDATE_TOKENS, PREFIX_TOKENS, members)
+        w.completions -= f.canaries  # greedy: not a completion the tables count
+    _score(
+        w,
+        tp,
+        f.canaries * (1 + alternatives),
+        f.canaries * (1 + alternatives) * CANDIDATE_TOKENS,
+        members,
+    )
+
+
+def _extractable_sequences(cfg: Config, f: Facts, tp: Throughput, cap: int | None) -> float:
+    """k-extractability's sequences over every organization and split, ``cap`` per each."""
+    k, match = cfg.extractable_lengths
+    out = 0.0
+    for split in (f.train_bytes, f.validation_bytes):
+        for b in split.values():
+            n = b / tp.bytes_per_token / (k + match)
+            out += min(cap, n) if cap else n
+    return out
+
+
+def _duplication_tokens(cfg: Config, f: Facts, tp: Throughput) -> float:
+    """Tokens the duplication signal scores: ``duplication_tokens`` per organization and split,
+    whole files (one more file, on average half past the cap), in overlapping windows."""
+    cap = cfg.memorization.duplication_tokens
+    out = 0.0
+    for split in (f.train_bytes, f.validation_bytes):
+        for o, b in split.items():
+            n = b / tp.bytes_per_token
+            if cap:
+                n = min(n, cap + f.bytes_per_file[o] / tp.bytes_per_token / 2)
+            out += _windows(n, cfg)
+    return out
+
+
+def rq3_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    from collab_lib import collaboration, datasets
+
+    w = Work("rq3")
+    m = cfg.memorization
+    pair = set(datasets.rq3_pair(cfg))
+    models = [
+        s.name
+        for s in collaboration.roster(cfg)
+        if s.trains and s.setting != "single" and s.privacy is None and set(s.orgs) == pair
+    ]
+    new = m.max_new_tokens or cfg.model.context // 2
+    prompt = min(m.prompt_max_tokens, cfg.model.context - new) * 0.8
+    for _ in [collaboration.BASE, *models]:
+        _load(w, tp, 2)
+        _sample(w, tp, f.rq3_prompts * m.n_samples, new, prompt)
+        _score(w, tp, f.rq3_prompts, f.rq3_prompts * cfg.model.context / 2)
+    return w
+
+
+def curve_points(cfg: Config) -> list[tuple[str, int]]:
+    """Every checkpoint the curves score: each job of a curve model at each epoch it saves,
+    and the base model; with its forward passes per token (an ensemble's members)."""
+    from collab_lib import collaboration
+    from collab_lib.curves import curve_models
+
+    chains = collaboration.jobs(cfg, "base_model/base", ["datasets/d", "canaries/c"], "psi/p")
+    epochs = cfg.train.epochs if cfg.train.epoch_checkpoints else 1
+    rounds = (cfg.federated.rounds or cfg.train.epochs) if cfg.train.epoch_checkpoints else 1
+    seen: dict[tuple[str, int], int] = {("base", 0): 1}
+    for spec in curve_models(cfg):
+        members = 1 if spec.trains else len(spec.orgs)
+        for job in chains[spec.name]:
+            n = rounds if job.step == collaboration.FEDERATED_STEP else epochs
+            for e in range(1, n + 1):
+                seen[job.ref, e] = members
+    return list(seen.items())
+
+
+def curves_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    w = Work("curves")
+    c, m = cfg.curves, cfg.memorization
+    cap = c.validation_kb * 1000 if c.validation_kb else math.inf
+    validation = sum(
+        _windows(min(cap, b) / tp.bytes_per_token, cfg) for b in f.validation_bytes.values()
+    )
+    alternatives = c.alternatives or m.alternatives or cfg.canaries.alternatives
+    alternatives = min(alternatives, cfg.canaries.alternatives)
+    per_split = _extractable_sequences(cfg, f, tp, m.extractable_sequences)
+    sequences = min(per_split, (c.sequences or math.inf) * 2 * len(f.train_bytes))
+    k, match = cfg.extractable_lengths
+    new = m.max_new_tokens or cfg.model.context // 2
+    prompts = sum(min(c.prompts, max(1, round(m.sample_fraction * p))) for p in f.prompts.values())
+    for _, members in curve_points(cfg):
+        _load(w, tp)
+        _score(w, tp, len(f.validation_bytes), validation, members)
+        _score(
+            w,
+            tp,
+            f.canaries * (1 + alternatives),
+            f.canaries * (1 + alternatives) * CANDIDATE_TOKENS,
+            members,
+        )
+        _sample(w, tp, sequences, match, k, members)
+        if prompts:
+            _sample(
+                w, tp, prompts * m.n_samples, new, RQ2_PROMPT_BYTES / tp.bytes_per_token, members
+            )
+    return w
+
+
+def privacy_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    from collab_lib.curves import curve_models
+
+    w = Work("privacy")
+    n = cfg.privacy.audit_canaries
+    if not n:
+        return w
+    orgs = len(f.train_bytes)
+    _load(w, tp)
+    _score(w, tp, n * orgs, n * orgs * 26)
+    for spec in curve_models(cfg):
+        members = 1 if spec.trains else len(spec.orgs)
+        _load(w, tp, members)
+        _score(w, tp, n * len(spec.orgs), n * len(spec.orgs) * 26, members)
+    return w
+
+
+def membership_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    """Every model (and ``membership.checkpoints``) scores each split's samples: runs of
+    whole lines of at most ``sample_chars`` characters."""
+    from collab_lib import collaboration
+
+    w = Work("membership")
+    ms = cfg.membership
+    chars = ms.sample_chars or max(40, int(1.5 * cfg.model.context))
+    per_sample = min(chars / tp.bytes_per_token, cfg.model.context)
+    samples = sum(
+        min(ms.samples, b / chars)
+        for split in (f.train_bytes, f.validation_bytes)
+        for b in split.values()
+    )
+    every = collaboration.chosen_models(cfg, None, "membership")
+    for name in [*every, *(c.name for c in ms.checkpoints)]:
+        _load(w, tp)
+        _score(w, tp, samples, samples * per_sample * 1.2, _members(cfg, name))  # padding
+    return w
+
+
+def _datasets_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+
+    w = Work("datasets")
+    sources = {s for o in cfg.datasets.organizations for s in o.sources}
+    mb = sum(f.train_bytes.values()) + sum(f.validation_bytes.values())
+    w.seconds = SOURCE_S * len(sources) + DATASETS_S_PER_MB * mb / 1e6
+    return w
+
+
+def _per_mb(step: str, seconds_per_mb: float):
+    def work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+        mb = (sum(f.train_bytes.values()) + sum(f.validation_bytes.values())) / 1e6
+        return Work(step, seconds=seconds_per_mb * mb)
+
+    return work
+
+
+def _findings_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
+    return Work("findings", seconds=FINDINGS_S * len(cfg.run_seeds))
+
+
+WORK = {
+    "datasets": _datasets_work,
+    "clones": _per_mb("clones", CLONES_S_PER_MB),
+    "canaries": lambda cfg, f, tp: Work("canaries"),
+    "psi": _per_mb("psi", PSI_S_PER_MB),
+    "train": train_work,
+    "rq1": rq1_work,
+    "rq2": rq2_work,
+    "rq3": rq3_work,
+    "curves": curves_work,
+    "privacy": privacy_work,
+    "membership": membership_work,
+    "findings": _findings_work,
+}
+
+
+def estimate(cfg: Config, tp: Throughput, f: Facts) -> list[Work]:
+    """Each step's work and seconds for ``cfg``'s seeds (the findings once)."""
+    out = []
+    for step, count in WORK.items():
+        w = count(cfg, f, tp)
+        if step != "findings":
+            for name, value in asdict(w).items():
+                if name != "step":
+                    setattr(w, name, value * len(cfg.run_seeds))
+        out.append(w)
+    return out
+
+
+def table(works: list[Work]) -> pd.DataFrame:
+    """One row per step and a total: the work in counts, the time in minutes."""
+    import pandas as pd
+
+    rows = [asdict(w) for w in works]
+    total = Work("total")
+    for w in works:
+        total.add(w)
+    rows.append(asdict(total))
+    frame = pd.DataFrame(rows)
+    frame["minutes"] = frame.pop("seconds") / 60
+    return frame
+
+
+# --- the machine -----------------------------------------------------------------------------
+
+
+# checkpoints a profile names by hub id: their shape, known without downloading them
+KNOWN_CHECKPOINTS = {"gpt2": {"n_layer": 12, "n_embd": 768, "n_head": 12, "vocab_size": 50257}}
+DIMS = ("n_layer", "n_embd", "n_head", "vocab_size")
+
+
+def model_shape(cfg: Config) -> dict:
+    """The model's layers, width, heads and vocabulary, and the context: the profile's, or
+    its checkpoint's (a local directory's config.json, or :data:`KNOWN_CHECKPOINTS`)."""
+    m = cfg.model
+    dims = {k: getattr(m, k) for k in DIMS}
+    if m.base == "checkpoint" and m.checkpoint:
+        local = Path(m.checkpoint).expanduser() / "config.json"
+        if local.is_file():
+            saved = json.loads(local.read_text())
+            dims = {k: saved.get(k, dims[k]) for k in DIMS}
+        else:
+            dims = KNOWN_CHECKPOINTS.get(m.checkpoint, dims)
+    return {**dims, "context": m.context}
+
+
+def shape(cfg: Config) -> dict:
+    """What a calibration depends on: the model's shape, the batches, the device."""
+    m = cfg.model
+    return {
+        **model_shape(cfg),
+        "base": m.base,
+        "tokenizer_corpus_mb": m.tokenizer_corpus_mb,
+        "train_batch": cfg.train.batch_size,
+        "decode_batch": max(cfg.evaluation.batch_size, cfg.memorization.batch_size),
+    }
+
+
+def machine() -> dict:
+    """This machine, as far as its throughput goes: CPU, cores, torch's threads, the GPU."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    out = {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        out["gpu"] = torch.cuda.get_device_name(0)
+    return out
+
+
+def calibration_path(cfg: Config, where: dict) -> Path:
+    digest = json.dumps({"v": VERSION, "machine": where, "shape": shape(cfg)}, sort_keys=True)
+    key = hashlib.sha256(digest.encode()).hexdigest()[:16]
+    return artifacts.artifacts_root() / "calibration" / f"{key}.json"
+
+
+def calibrate(cfg: Config, *, again: bool = False) -> Throughput:
+    """This machine's throughput at the profile's shape: the cached measurement, or a new one
+    of a few seconds (tens for a GPT-2 124M shape on a CPU)."""
+    where = machine()
+    path = calibration_path(cfg, where)
+    if path.exists() and not again:
+        return Throughput(**json.loads(path.read_text()))
+    tp = _measure(cfg, where)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(asdict(tp), indent=1))
+    tmp.replace(path)
+    return tp
+
+
+def throughput(cfg: Config, machine_name: str | None) -> Throughput:
+    """``machine_name``: None for this machine (calibrated), a preset's name, or a file that
+    :func:`calibrate` wrote on another machine (scaled to the profile's shape)."""
+    if machine_name is None or machine_name == "here":
+        return calibrate(cfg)
+    if machine_name in PRESETS:
+        return scaled(PRESETS[machine_name], cfg)
+    path = Path(machine_name)
+    if not path.is_file():
+        raise UserError(
+            f"--machine {machine_name!r}: not a preset ({', '.join(PRESETS)}) nor a "
+            "calibration file (one of <artifacts>/calibration/*.json from that machine)"
+        )
+    return scaled(Throughput(**json.loads(path.read_text())), cfg)
+
+
+def _work_per_token(s: dict) -> float:
+    """A GPT-2's multiply-adds per token: its weights, and attention over the context."""
+    d, layers = s["n_embd"], s["n_layer"]
+    return 12 * layers * d * d + s["vocab_size"] * d + layers * s["context"] * d
+
+
+def scaled(tp: Throughput, cfg: Config) -> Throughput:
+    """``tp`` at another model shape: every rate scaled by the work per token."""
+    target = model_shape(cfg)
+    if not tp.shape or all(tp.shape.get(k) == v for k, v in target.items()):
+        return tp
+    ratio = _work_per_token(tp.shape) / _work_per_token(target)
+    return Throughput(
+        machine=f"{tp.machine}, scaled to this profile's model",
+        train=tp.train * ratio,
+        score=tp.score * ratio,
+        decode=tp.decode * ratio,
+        load=tp.load / ratio,
+        programs=tp.programs,
+        bytes_per_token=CHECKPOINT_BYTES_PER_TOKEN
+        if cfg.model.base == "checkpoint"
+        else tp.bytes_per_token,
+        measured=tp.measured,
+        shape=target,
+    )
+
+
+def _measure(cfg: Config, where: dict) -> Throughput:
+    """A few steps of each real component on random ids at the profile's shape, each timed
+    after a warm-up."""
+    import tempfile
+
+    import torch
+    from transformers import GPT2LMHeadModel
+
+    from collab_lib.model import gpt2_config, load_tokenizer
+
+    m = cfg.model
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    torch.manual_seed(0)
+    dims = model_shape(cfg)
+    shaped = dataclasses.replace(m, **{k: dims[k] for k in DIMS if k != "vocab_size"})
+    config = gpt2_config(shaped, dims["vocab_size"])
+    model = GPT2LMHeadModel(config).to(device)
+    big = sum(p.numel() for p in model.parameters()) > 20e6 and not cuda
+    with tempfile.TemporaryDirectory() as tmp:  # a model and its tokenizer, as a step loads
+        model.save_pretrained(tmp)
+        tokenizer = _tokenizer_dir(cfg)
+        start = time.perf_counter()
+        GPT2LMHeadModel.from_pretrained(tmp).to(device)
+        if tokenizer is not None:
+            load_tokenizer(tokenizer)
+        load = time.perf_counter() - start
+    tp = Throughput(
+        machine=", ".join(f"{k} {v}" for k, v in where.items()),
+        train=_train_rate(cfg, model, big),
+        score=_score_rate(cfg, model),
+        decode=_decode_rate(cfg, model, big),
+        load=load,
+        programs=_program_rate(cfg),
+        bytes_per_token=_bytes_per_token(cfg),
+        measured=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        shape=shape(cfg),
+    )
+    return tp
+
+
+def _timed(run, at_least: float = 1.0, at_most: int = 20) -> float:
+    """Seconds per call of ``run`` after one warm-up call, over at least ``at_least`` s."""
+    run()
+    calls, start = 0, time.perf_counter()
+    while calls < at_most and (calls == 0 or time.perf_counter() - start < at_least):
+        run()
+        calls += 1
+    return (time.perf_counter() - start) / calls
+
+
+def _train_rate(cfg: Config, model, big: bool) -> float:
+    """Tokens/s of :func:`collab_lib.training.train` over a few batches."""
+    import torch
+
+    from collab_lib.training import train
+
+    m = cfg.model
+    rows = min(cfg.train.batch_size, 2) if big else cfg.train.batch_size
+    run = dataclasses.replace(cfg.train, epochs=1, batch_size=rows, grad_accum=1)
+    data = torch.randint(0, model.config.vocab_size, (rows * 8, m.context))  # 8 steps a call
+    per_call = _timed(lambda: train(model, data, run, seed=0), at_least=1.0, at_most=3)
+    return data.numel() / per_call
+
+
+def _score_rate(cfg: Config, model) -> float:
+    """Tokens/s of the scorer's windows (batch 16)."""
+    import torch
+
+    from collab_lib.scoring import token_losses
+
+    ctx = cfg.model.context
+    ids = torch.randint(0, model.config.vocab_size, (ctx * 8,)).tolist()
+    per_call = _timed(lambda: token_losses(model, ids, ctx, ctx - 1), at_least=1.0, at_most=10)
+    return 8 * ctx / per_call
+
+
+def _decode_rate(cfg: Config, model, big: bool) -> float:
+    """New tokens/s of :func:`collab_lib.decoding.generate` at the profile's batch (short
+    prompts: the prompts' cost is counted as scoring)."""
+    import torch
+
+    from collab_lib.decoding import generate
+    from collab_lib.sampling import SamplingConfig
+
+    rows = shape(cfg)["decode_batch"]
+    rows = min(rows, 32) if big else rows
+    steps = min(16, cfg.model.context // 2)
+    prompts = torch.randint(0, model.config.vocab_size, (rows, 8)).tolist()
+    sc = SamplingConfig(1.0, 0.95, 50, steps)
+    per_call = _timed(
+        lambda: generate(model, prompts, sc, eos_id=-1, seed=0), at_least=1.0, at_most=5
+    )
+    return rows * steps / per_call
+
+
+def _program_rate(cfg: Config) -> float:
+    """Programs/s of the profile's sandbox: HumanEval programs that fail their check."""
+    from collab_lib import benchmarks, evaluation
+
+    e = cfg.evaluation
+    bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
+    problems = list(bench.problems)[:40]
+    samples = [{"task_id": p, "completion": "    return None\n"} for p in problems]
+    with evaluation.make_sandbox(cfg) as box:
+        benchmarks.score(bench, samples, box)  # the warm-up derives each problem's inputs
+        start = time.perf_counter()
+        benchmarks.score(bench, samples, box)
+        return len(samples) / (time.perf_counter() - start)
+
+
+def _tokenizer_dir(cfg: Config) -> Path | None:
+    """The profile's tokenizer, built and kept (the run needs it); None for a checkpoint's."""
+    if cfg.model.base == "checkpoint":
+        return None
+    from collab_lib.model import build_tokenizer
+
+    return build_tokenizer(cfg).path
+
+
+def _bytes_per_token(cfg: Config) -> float:
+    """Of the profile's tokenizer (built and kept: the run needs it), on the standard library."""
+    if cfg.model.base == "checkpoint":
+        return CHECKPOINT_BYTES_PER_TOKEN
+    from collab_lib.model import build_tokenizer
+
+    return float(build_tokenizer(cfg).metrics["bytes_per_token"])
+
+
+# --- what a run still has to do ----------------------------------------------------------------
+
+
+def pending(cfg: Config, tp: Throughput, steps: list[str] | None = None) -> list[Work]:
+    """The work of ``steps`` (every step by default) still to do: nothing for a step whose
+    artifacts are all cached, the missing jobs only for training (other steps count whole,
+    an upper bound when one is half done)."""
+    from collab_lib import pipeline
+
+    f = facts(cfg, data_plans(cfg))
+    todo = {r["step"] for r in pipeline.status(cfg) if r["state"] != "cached"}
+    out = []
+    for w in estimate(cfg, tp, f):
+        if steps is not None and w.step not in steps:
+            continue
+        if w.step not in todo:
+            w = Work(w.step)
+        elif w.step == "train":
+            w = _pending_training(cfg, tp, f)
+        out.append(w)
+    return out
+
+
+def _pending_training(cfg: Config, tp: Throughput, f: Facts) -> Work:
+    """The training jobs (and base model, sweep) of every seed whose artifacts are missing."""
+    from collab_lib import collaboration
+
+    total = Work("train")
+    for seed in cfg.run_seeds:
+        seed_cfg = cfg.with_seed(seed)
+        try:
+            base_ref, data_refs, psi_ref = missing_refs(seed_cfg)
+        except UserError:  # not plannable yet (the roster needs the datasets): all of it
+            total.add(train_work(seed_cfg, f, tp))
+            continue
+        refs = [base_ref]
+        chains = collaboration.jobs(seed_cfg, base_ref, data_refs, psi_ref)
+        refs += [j.ref for chain in chains.values() for j in chain]
+        if seed_cfg.federated.tuned:
+            from collab_lib import tuning
+
+            refs.append(tuning.ref(seed_cfg, base_ref, data_refs))
+        missing = {r for r in refs if artifacts.state(*r.split("/")) != "cached"}
+        total.add(train_work(seed_cfg, f, tp, missing))
+    return total
+
+
+def data_plans(cfg: Config) -> dict:
+    """The datasets' and clones' plans (what :func:`facts` reads once they are built)."""
+    from collab_lib import pipeline
+
+    out: dict = {}
+    for step in ("datasets", "clones"):
+        planned = pipeline.plans(cfg)[step]
+        if not isinstance(planned, UserError):
+            out |= planned
+    return out
+
+
+def confirm(cfg: Config, steps: list[str], yes: bool, ask=None) -> None:
+    """Go on if what ``steps`` still have to do takes less than :data:`HOURS_TO_ASK` on this
+    machine, or ``yes``, or the user says so at a terminal; otherwise a :class:`UserError`
+    with the estimate and what to do."""
+    if yes:
+        return
+    from collab_lib import pipeline
+
+    try:
+        facts(cfg, data_plans(cfg))
+    except UserError:  # no size_mb: the sizes are known once the datasets are built
+        if "datasets" not in steps:
+            return  # the step itself stops, and says to build the datasets first
+        pipeline.run("datasets", cfg)  # minutes, and the run's first step anyway
+    tp = calibrate(cfg)
+    seconds = sum(w.seconds for w in pending(cfg, tp, steps))
+    if seconds < HOURS_TO_ASK * 3600:
+        return
+    figure = (
+        f"by its estimate, this takes about {seconds / 3600:.1f} hours on this machine "
+        f"({tp.machine}); `{cfg.command('plan')}` shows where the time goes"
+    )
+    if ask is not None and ask(f"{figure}. Start it? [y/N] ").strip().lower() in ("y", "yes"):
+        return
+    raise UserError(f"{figure}. To start it anyway, run the same command with --yes")
+
+
+def duration(seconds: float) -> str:
+    """``3 h 20 min``, ``12 min``, ``40 s``."""
+    if seconds >= 3600:
+        return f"{int(seconds // 3600)} h {round(seconds % 3600 / 60):d} min"
+    if seconds >= 60:
+        return f"{round(seconds / 60):d} min"
+    return f"{round(seconds):d} s"
+
+
+def rates(tp: Throughput) -> str:
+    return (
+        f"training {tp.train:,.0f} tokens/s, scoring {tp.score:,.0f} tokens/s, sampling "
+        f"{tp.decode:,.0f} new tokens/s, {tp.programs:,.0f} programs/s, "
+        f"{tp.load:.2f} s per model load"
+    )
+
+
+def render(frame: pd.DataFrame) -> str:
+    """The table as the command line shows it: counts rounded to 3 significant digits."""
+    cols = {
+        "step": "step",
+        "train_tokens": "tokens trained",
+        "completions": "completions",
+        "programs": "programs",
+        "sequences": "sequences scored",
+        "scored_tokens": "tokens scored",
+        "minutes": "minutes",
+    }
+    view = frame[list(cols)].rename(columns=cols)
+    for col in list(cols.values())[1:-1]:
+        view[col] = view[col].map(_count)
+    view["minutes"] = view["minutes"].map(lambda m: f"{m:.1f}")
+    return view.to_string(index=False)
+
+
+def _count(x: float) -> str:
+    if x < 1:
+        return "-"
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if x >= size:
+            return f"{x / size:.3g}{unit}"
+    return f"{x:.0f}"
