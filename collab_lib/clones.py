@@ -51,6 +51,13 @@ from pathlib import Path
 import numba
 import numpy as np
 
+# numba's OpenMP layer sets OpenMP's thread count for the whole process on its first parallel
+# call (to every CPU), and torch reads that count: a model trained after the clone detector ran
+# in the same process would train at another thread count, with other bits, than in a process
+# of its own. numba's own work queue leaves OpenMP alone (measured: the same speed here).
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
 MODES = ("simian", "strict")
 
 # Character classes of Java's StreamTokenizer as Simian's PythonParser sets it up.

@@ -54,9 +54,11 @@ def run(step: str, cfg: Config, address: str, cpus: int = 1) -> None:
         ) from None
     try:
         for name in pipeline.step_names(step):
-            if name == "train":
-                for seed in cfg.run_seeds:
+            for seed in cfg.run_seeds:
+                if name == "train":
                     train(cfg.with_seed(seed), cpus)
+                elif pipeline.STEPS[name].parts:
+                    pieces(cfg.with_seed(seed), name, cpus)
             pipeline.run(name, cfg)
     finally:
         ray.shutdown()
@@ -105,8 +107,14 @@ def train(cfg: Config, cpus: int) -> None:
             continue
         after = [submitted[w] for w in waits if w in submitted]
         submitted[ref] = remote.remote(cfg, planned, ref, kind, cpus, *after)
-    pending = list(submitted.values())
-    with tqdm(total=len(pending), desc=f"training on Ray (seed {cfg.seed})", disable=None) as bar:
+    _wait(list(submitted.values()), f"training on Ray (seed {cfg.seed})")
+
+
+def _wait(pending: list, desc: str) -> None:
+    """Wait for every task, with progress; a failed one stops the run with what to do."""
+    import ray
+
+    with tqdm(total=len(pending), desc=desc, disable=None) as bar:
         while pending:
             done, pending = ray.wait(pending, num_returns=1)
             try:
@@ -114,10 +122,35 @@ def train(cfg: Config, cpus: int) -> None:
             except ray.exceptions.RayError as exc:  # a job failed, or its worker died
                 why = str(exc).strip().splitlines()[-1][:300]
                 raise UserError(
-                    f"a training job failed on the Ray cluster ({type(exc).__name__}: {why}); "
-                    "the jobs that finished are kept: run the same command again to resume"
+                    f"a job failed on the Ray cluster ({type(exc).__name__}: {why}); the jobs "
+                    "that finished are kept: run the same command again to resume"
                 ) from None
             bar.update(len(done))
+
+
+def pieces(cfg: Config, step: str, cpus: int) -> None:
+    """A step's independent pieces (one per model: ``parts`` of its module) on the cluster,
+    unless the step is cached; waits for all."""
+    import ray
+
+    own = pipeline.plans(cfg)[step]
+    if isinstance(own, UserError):
+        raise own
+    if all(artifacts.state(*ref) == "cached" for ref in own.values()):
+        return
+    code = pipeline.STEPS[step].code
+    todo = getattr(code, pipeline.STEPS[step].parts)(cfg, pipeline.planned_for(step, cfg))
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    remote = ray.remote(_piece).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    _wait([remote.remote(p, cpus) for p in todo], f"{step} on Ray (seed {cfg.seed})")
+
+
+def _piece(piece, threads: int) -> None:
+    """One piece, in the worker's own process (torch at ``threads`` threads)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    piece()
 
 
 def _task(cfg: Config, planned: dict, ref: str, kind: str, threads: int, *after) -> str:

@@ -30,7 +30,9 @@ from __future__ import annotations
 import json
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -172,18 +174,7 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
     specs = curve_models(cfg)
 
     def produce(out: Path) -> dict:
-        # RQ2's own sequences: --force here re-scores the checkpoints, never RQ2's draw
-        seq_art = extractability.sequences_artifact(cfg, models[BASE], ds, False)
-        prompts, indices, prompt_refs = _prompts(cfg, models[BASE], ds)
-        inputs = _Inputs(
-            val=_validation(cfg, ds),
-            planted=canaries.planted(can),
-            alternatives=json.loads(can.file("alternatives.json").read_text()),
-            seqs=_sequences(cfg, seq_art),
-            prompts=prompts,
-            indices=indices,
-            refs=[ds.artifact.ref, can.ref, seq_art.ref, *prompt_refs],
-        )
+        inputs, seq_art = _inputs(cfg, models[BASE], ds, can)
         curves = {s.name: points(models[BASE], models[s.name]) for s in specs}
         unique = {p.id: p for ps in curves.values() for p in ps}
         scored = {}
@@ -205,6 +196,38 @@ def build_curves(cfg: Config, planned: dict, *, force: bool = False) -> artifact
 
     refs = _input_refs(cfg, planned)
     return artifacts.build(STEP, _step_config(cfg), produce, refs, seed=cfg.seed, force=force)
+
+
+def parts(cfg: Config, planned: dict) -> list[Callable[[], None]]:
+    """The curves' independent pieces: each curve model's points (a cluster's tasks,
+    :mod:`collab_lib.cluster`; a point two models share is built once, the other waits)."""
+    return [partial(model_points, cfg, planned, s.name) for s in curve_models(cfg)]
+
+
+def model_points(cfg: Config, planned: dict, name: str) -> None:
+    """Every point of one model's curve, each cached as :func:`build_curves` builds it."""
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    inputs, _ = _inputs(cfg, models[BASE], ds, canaries.require(cfg, planned))
+    for p in points(models[BASE], models[name]):
+        point_artifact(cfg, p, inputs, False)
+
+
+def _inputs(cfg: Config, base: artifacts.Artifact, ds, can) -> tuple[_Inputs, artifacts.Artifact]:
+    """What every point is scored on, and RQ2's sequences artifact it takes them from."""
+    # RQ2's own sequences: --force here re-scores the checkpoints, never RQ2's draw
+    seq_art = extractability.sequences_artifact(cfg, base, ds, False)
+    prompts, indices, prompt_refs = _prompts(cfg, base, ds)
+    inputs = _Inputs(
+        val=_validation(cfg, ds),
+        planted=canaries.planted(can),
+        alternatives=json.loads(can.file("alternatives.json").read_text()),
+        seqs=_sequences(cfg, seq_art),
+        prompts=prompts,
+        indices=indices,
+        refs=[ds.artifact.ref, can.ref, seq_art.ref, *prompt_refs],
+    )
+    return inputs, seq_art
 
 
 @dataclass(frozen=True)

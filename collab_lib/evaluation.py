@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -97,6 +98,32 @@ def build_rq1(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
 
     inputs = [ds.artifact.ref, *refs.values()]
     return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
+
+
+def parts(cfg: Config, planned: dict) -> list[Callable[[], None]]:
+    """RQ1's independent pieces, one per model (a cluster's tasks, :mod:`collab_lib.cluster`)."""
+    return [partial(model_part, cfg, planned, name) for name in collaboration.model_names(cfg)]
+
+
+def model_part(cfg: Config, planned: dict, name: str) -> None:
+    """One model's pieces of RQ1, each cached: its perplexity and, for a pass model, its
+    samples and their executions at every temperature (what :func:`build_rq1` then reads)."""
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    e = cfg.evaluation
+    val = {o.name: ds.documents(o.name, "validation") for o in cfg.datasets.organizations}
+    _perplexity_artifact(cfg, models[name], ds.artifact.ref, val, False)
+    if name not in pass_models(cfg):
+        return
+    bench = benchmarks.load_benchmark(e.benchmark, e.humaneval_plus_path)
+    problems = list(bench.problems)[: e.problems]
+    runner = _LazySandbox(cfg)
+    try:
+        for t in e.temperatures:
+            samples = _samples_artifact(cfg, models[name], bench, problems, t, False)
+            _executions_artifact(cfg, samples, bench, runner, False)
+    finally:
+        runner.close()
 
 
 def _evaluate_all(cfg, models, bench, problems, runner, ppl_arts, out: Path, force: bool) -> dict:

@@ -27,7 +27,8 @@ import hashlib
 import json
 import os
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -387,6 +388,24 @@ def _step_config(cfg: Config) -> dict:
 def plan(cfg: Config, upstream: dict) -> dict[str, tuple[str, str]]:
     """The membership artifact's key, from the config and the datasets' and models' keys."""
     return collaboration.plan_on_models(STEP, _step_config(cfg), cfg, upstream)
+
+
+def parts(cfg: Config, planned: dict) -> list[Callable[[], None]]:
+    """Table 5's independent pieces: each model's scores (a cluster's tasks,
+    :mod:`collab_lib.cluster`; ``membership.checkpoints`` are scored by the step itself)."""
+    return [partial(model_scores, cfg, planned, name) for name in collaboration.model_names(cfg)]
+
+
+def model_scores(cfg: Config, planned: dict, name: str) -> None:
+    """One model's scores of the samples, cached as :func:`build_membership` builds them."""
+    from collab_lib.scoring import load_model
+
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    inputs = [models[name].ref, ds.artifact.ref]
+    _scores_artifact(
+        cfg, draw_samples(cfg, ds), lambda: load_model(models[name]), {}, inputs, False
+    )
 
 
 def build_membership(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.Artifact:

@@ -11,7 +11,10 @@ Methods page says what each can and cannot show.
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
@@ -105,6 +108,36 @@ def build_rq2(cfg: Config, planned: dict, *, force: bool = False) -> artifacts.A
 
     inputs = verbatim.input_refs(cfg, planned)
     return artifacts.build(STEP, _step_config(cfg), produce, inputs, seed=cfg.seed, force=force)
+
+
+def parts(cfg: Config, planned: dict) -> list[Callable[[], None]]:
+    """RQ2's independent pieces, one per model (a cluster's tasks, :mod:`collab_lib.cluster`)."""
+    return [partial(model_part, cfg, planned, name) for name in collaboration.model_names(cfg)]
+
+
+def model_part(cfg: Config, planned: dict, name: str) -> None:
+    """One model's pieces of RQ2, each cached as :func:`build_rq2` builds it: its canary
+    exposure; its completions of the prompts and its k-extractability (``memorization.models``
+    and the base model); its duplication signal (those and the single-organization models)."""
+    models = collaboration.load(cfg, planned)
+    ds = datasets.load(cfg, planned)
+    can = canaries.require(cfg, planned)
+    base, model = models[BASE], models[name]
+    alternatives = json.loads(can.file("alternatives.json").read_text())
+    exposure.exposure_artifact(cfg, model, can, canaries.planted(can), alternatives, False)
+    chosen = rq2_models(cfg)
+    orgs = [o.name for o in cfg.datasets.organizations]
+    if name in chosen:
+        train = {o: ds.documents(o, "train") for o in orgs}
+        prompts_art = prompts_artifact(cfg, base, ds.artifact.ref, train, False)
+        verbatim.generations_artifact(cfg, model, prompts_art, STEP, False)
+        seqs = extractability.sequences_artifact(cfg, base, ds, False)
+        extractability.model_artifact(cfg, model, seqs, False)
+    if name in chosen or name in references(cfg):
+        tok, opts = verbatim.tokenizer(base), clone_stats.clone_options(cfg)
+        splits = [(o, s) for o in orgs for s in ("train", "validation")]
+        lines = {(o, s): duplication.line_sample(ds, tok, o, s, opts, cfg) for o, s in splits}
+        duplication.duplication_artifact(cfg, model, ds.artifact.ref, lines, False)
 
 
 def _verbatim(cfg: Config, models, prompts_art, train, opts, out: Path, force: bool) -> list:

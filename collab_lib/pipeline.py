@@ -45,6 +45,7 @@ class Step:
     description: str
     label: str = ""  # what the workflow figure says of it
     beyond: bool = False  # beyond the paper (the figure shades it)
+    parts: str = ""  # its module's function of independent pieces (a cluster's tasks)
     in_book: bool = True  # the book's notebooks read its artifacts
     across_seeds: bool = False  # runs once and combines every seed's results
 
@@ -110,6 +111,7 @@ STEPS: dict[str, Step] = {
             ("table8", "table8_harness", "table8_temperatures", "perplexity_by_org"),
             "RQ1 effectiveness: perplexity and pass@k in a sandbox (Table 8)",
             label="RQ1: perplexity,\npass@k (Table 8)",
+            parts="parts",
         ),
         Step(
             "rq2",
@@ -127,6 +129,7 @@ STEPS: dict[str, Step] = {
             ),
             "RQ2 memorization: Tables 6, 9, 10, canary exposure, duplication, k-extractability",
             label="RQ2: memorization\n(Tables 6, 9, 10)",
+            parts="parts",
         ),
         Step(
             "rq3",
@@ -143,6 +146,7 @@ STEPS: dict[str, Step] = {
             ("curves",),
             "every setting as a curve: perplexity, canary exposure, k-extractability per epoch",
             label="every setting\nas a curve",
+            parts="parts",
             beyond=True,
         ),
         Step(
@@ -161,6 +165,7 @@ STEPS: dict[str, Step] = {
             ("table5", "membership_auc"),
             "Table 5: membership signals (PPL/zlib, Min-K%++, loss - base) and their ROC AUC",
             label="membership signals\n(Table 5)",
+            parts="parts",
         ),
         Step(
             "findings",

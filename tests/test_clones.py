@@ -216,3 +216,22 @@ def test_audit_command_prints_json(tmp_path, capsys):
     (b,) = out["blocks"]
     assert (b["start"], b["end"], b["source_start"], b["source_end"]) == (3, 8, 1, 6)
     assert b["source_file"].endswith("train.py")
+
+
+def test_the_detector_leaves_torchs_thread_count_alone():
+    """A step after the clone detector trains at the thread count it would train at alone."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import torch; from collab_lib import clones\n"
+        "opts = clones.CloneOptions(6, 'simian')\n"
+        "files = [(f'{i}.py', 'def f(x):\\n    return x + 1\\n' * 12) for i in range(40)]\n"
+        "clones.self_clones(clones.build_corpus(files, opts), opts)\n"
+        "print(torch.get_num_threads())"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("NUMBA_THREADING_LAYER", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.stdout.strip() == "1", done.stderr

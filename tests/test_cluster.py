@@ -19,6 +19,18 @@ from collab_lib.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 TRAINED = ("base_model", "stage", "federated", "ensemble")
+# the per-model pieces of rq1, rq2, curves and membership the cluster's tasks build
+PIECES = (
+    "perplexity",
+    "samples",
+    "executions",
+    "generations",
+    "exposure",
+    "duplication",
+    "extractable",
+    "curve_point",
+    "membership_scores",
+)
 
 
 def _free_port() -> int:
@@ -50,7 +62,11 @@ def ray_cluster(tmp_path_factory):
         pytest.fail("the local Ray head did not start")
     yield address
     os.killpg(head.pid, signal.SIGINT)  # --block stops the processes it started
-    head.wait(60)
+    try:
+        head.wait(20)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)  # only this head's processes: its own session
+        head.wait(20)
 
 
 @pytest.fixture(scope="module")
@@ -79,10 +95,10 @@ def _run(profile: Path, cache: Path, *extra: str, step: str = "train", wait: boo
     return subprocess.run(cmd, env=env, cwd=PROJECT_ROOT, capture_output=True, text=True)
 
 
-def _trained(cache: Path) -> dict[str, dict]:
-    """Every trained model's files (name -> sha256), by artifact."""
+def _trained(cache: Path, steps=TRAINED) -> dict[str, dict]:
+    """Every artifact's files (name -> sha256) of ``steps``, by artifact."""
     out = {}
-    for step in TRAINED:
+    for step in steps:
         for manifest in (cache / step).glob("*/manifest.json"):
             files = json.loads(manifest.read_text())["files"]
             out[f"{step}/{manifest.parent.name}"] = {k: v["sha256"] for k, v in files.items()}
@@ -143,6 +159,14 @@ def test_cluster_training_is_the_sequential_training_and_survives_kill_9(
     again = _run(two_orgs, there, "--ray-address", ray_cluster, "--ray-cpus", "1")
     assert again.returncode == 0, again.stdout + again.stderr
     assert _trained(there) == expected  # the same models, bit for bit
+
+    # every step, each model's pieces of rq1, rq2, curves and membership a task of its own
+    assert _run(two_orgs, here, step="all").returncode == 0
+    done = _run(two_orgs, there, "--ray-address", ray_cluster, step="all")
+    assert done.returncode == 0, done.stdout + done.stderr
+    pieces = _trained(here, PIECES)
+    assert {ref.split("/")[0] for ref in pieces} == set(PIECES)
+    assert _trained(there, PIECES) == pieces
 
 
 def test_a_cluster_that_is_not_there_is_a_clear_error(two_orgs, tmp_path):
