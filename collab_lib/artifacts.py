@@ -279,14 +279,39 @@ def building(step: str, key: str, root: Path | None = None) -> Iterator[None]:
     (on shared storage, a filesystem with working locks: local disks, NFSv4, Lustre)."""
     import fcntl
 
-    path = (root or artifacts_root()) / ".locks" / f"{step}-{key}.lock"
+    path = _lock_path(step, key, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as exc:  # a filesystem without locks (Lustre mounted without flock)
+            log.warning("no lock for %s/%s (%s): builds here are not guarded", step, key, exc)
+            yield
+            return
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lock_path(step: str, key: str, root: Path | None) -> Path:
+    return (root or artifacts_root()) / ".locks" / f"{step}-{key}.lock"
+
+
+def _being_built(step: str, key: str, root: Path | None) -> bool:
+    """Whether a process (on any machine sharing the cache) holds the artifact's lock."""
+    import fcntl
+
+    path = _lock_path(step, key, root)
+    if not path.exists():
+        return False
+    with open(path, "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+    return False
 
 
 def _produce(step, key, config, produce, inputs: list[str], seed, root) -> Artifact:
@@ -391,7 +416,8 @@ def lineage(artifact: Artifact, root: Path | None = None) -> list[Artifact]:
 
 
 def clean_tmp(root: Path | None = None) -> int:
-    """Remove temporary directories left by runs that died (their process is gone)."""
+    """Remove temporary directories left by runs that died (their process is gone, and no
+    process on any machine holds their artifact's lock)."""
     base = root or artifacts_root()
     removed = 0
     for stamp in base.glob(f"*/*/{STAMP}.*"):  # a stamp's write killed before its rename
@@ -402,6 +428,8 @@ def clean_tmp(root: Path | None = None) -> int:
         parts = path.name.split("-")
         if path.name.startswith(".tmp-") and len(parts) >= 4 and _alive(int(parts[2])):
             continue
+        if path.name.startswith(".tmp-") and _being_built(path.parent.name, parts[1], root):
+            continue  # another machine's build in progress (a shared cache)
         shutil.rmtree(path, ignore_errors=True)
         removed += 1
     return removed

@@ -156,6 +156,8 @@ def book_repository(config: Path) -> tuple[str, str] | None:
     url, branch = repo.get("url") or "", repo.get("branch") or "main"
     if not url and os.environ.get("GITHUB_REPOSITORY"):
         server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
+        if server != "https://github.com":
+            return None  # GitHub Enterprise: Binder and Colab open github.com repositories
         url = f"{server}/{os.environ['GITHUB_REPOSITORY']}"
         branch = os.environ.get("GITHUB_REF_NAME") or branch
     if not url:
@@ -178,7 +180,7 @@ def launch_links(url: str, branch: str, name: str) -> str:
         f"Re-execute this chapter: [open it on Binder]({binder}) or [on Colab]({colab}) "
         f"(`notebooks/{name}`). It reads the study's cache: run its steps first, in a "
         "terminal (`python -m collab_lib run all --profile tiny` takes minutes; then set "
-        '`profile = "tiny"` in its first cell), or `python -m collab_lib import` a run\'s '
+        '`profile = "tiny"` in its parameters cell), or `python -m collab_lib import` a run\'s '
         f"export. On Colab, install the project first: `!pip install 'git+{url}@{branch}'`."
     )
 
@@ -201,16 +203,21 @@ def publish(html: Path, dest: Path) -> Path:
     nothing but a web server (no CDN: the tests read every page offline). ``dest`` must be
     empty, new, or a site this wrote before (replaced)."""
     dest = dest.resolve()
-    if dest.exists() and any(dest.iterdir()) and not (dest / SITE_MARK).exists():
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"{dest} is a file: `book --to` writes a folder (nothing was copied)")
+    present = {p.name for p in dest.iterdir()} if dest.exists() else set()
+    ours = set((dest / SITE_MARK).read_text().split()[1:]) if (dest / SITE_MARK).exists() else set()
+    if present - ours - {SITE_MARK}:
         raise UserError(
-            f"{dest} is not empty and holds no site `book --to` wrote: choose another folder "
-            "or empty it (nothing was copied)"
+            f"{dest} holds files `book --to` did not write ({', '.join(sorted(present - ours))}):"
+            " choose another folder or empty it (nothing was copied)"
         )
     tmp = dest.with_name(f".{dest.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(html, tmp)
     (tmp / ".nojekyll").touch()  # GitHub Pages: serve _static and _images as they are
-    (tmp / SITE_MARK).write_text("written by python -m collab_lib book --to\n")
+    names = sorted(p.name for p in tmp.iterdir())  # what a later --to may replace
+    (tmp / SITE_MARK).write_text("collab_lib-site " + " ".join(names) + "\n")
     if dest.exists():
         shutil.rmtree(dest)
     tmp.replace(dest)

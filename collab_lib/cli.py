@@ -366,23 +366,34 @@ def main(argv: list[str] | None = None) -> int:
 def _run_steps(cfg, args: argparse.Namespace, step: str) -> None:
     """``run`` and ``book``: ask first where the estimate is hours, then run the steps here or
     with their training jobs on a Ray cluster."""
-    cost.confirm(cfg, pipeline.step_names(step), args.yes, input if sys.stdin.isatty() else None)
+    force = getattr(args, "force", False)
     if args.ray_address is None:
-        pipeline.run(step, cfg, force=getattr(args, "force", False))
+        ask = _ask if sys.stdin.isatty() else None
+        cost.confirm(cfg, pipeline.step_names(step), args.yes, ask, force=force)
+        pipeline.run(step, cfg, force=force)
         return
-    if getattr(args, "force", False):
+    if force:
         raise UserError("--force and --ray-address: force a step here, without the cluster")
     from collab_lib import cluster
 
+    # no estimate: this machine's throughput says nothing of the cluster's (`plan --machine`)
     cluster.run(step, cfg, args.ray_address, args.ray_cpus)
+
+
+def _ask(question: str) -> str:
+    """The user's answer at a terminal; an end of input is a no."""
+    try:
+        return input(question)
+    except EOFError:
+        return ""
 
 
 def _print_plan(cfg, args: argparse.Namespace) -> int:
     """``plan``: each step's work and minutes, what would run, and on which machine."""
+    f = cost.facts(cfg, cost.data_plans(cfg))  # before a calibration: it may say what to run
     if args.recalibrate:
         cost.calibrate(cfg, again=True)
     tp = cost.throughput(cfg, args.machine)
-    f = cost.facts(cfg, cost.data_plans(cfg))
     works = cost.estimate(cfg, tp, f) if args.all else cost.pending(cfg, tp)
     frame = cost.table(works)
     if args.json:

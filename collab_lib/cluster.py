@@ -108,6 +108,13 @@ def train(cfg: Config, cpus: int) -> None:
         after = [submitted[w] for w in waits if w in submitted]
         submitted[ref] = remote.remote(cfg, planned, ref, kind, cpus, *after)
     _wait(list(submitted.values()), f"training on Ray (seed {cfg.seed})")
+    unseen = [ref for ref in submitted if artifacts.state(*ref.split("/")) != "cached"]
+    if unseen:
+        raise UserError(
+            f"the workers trained {len(unseen)} models this machine cannot find in "
+            f"{artifacts.artifacts_root()} ({unseen[0]}, ...): COLLAB_ARTIFACTS must name storage "
+            "every machine of the cluster shares, at the same path (README: 'On a Ray cluster')"
+        )
 
 
 def _wait(pending: list, desc: str) -> None:
@@ -159,8 +166,20 @@ def _task(cfg: Config, planned: dict, ref: str, kind: str, threads: int, *after)
         return pool.submit(build, cfg, planned, ref, kind, threads).result()
 
 
+def _die_with_parent() -> None:
+    """On Linux, end this process when the worker that started it dies (a stopped run leaves
+    no training behind, holding a GPU and the artifact's lock)."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def build(cfg: Config, planned: dict, ref: str, kind: str, threads: int) -> str:
     """Build one task's artifact at ``threads`` torch threads (what a worker's process runs)."""
+    _die_with_parent()
     os.environ.pop("RAY_ADDRESS", None)  # a federated run's simulation starts its own Ray
     import torch
 

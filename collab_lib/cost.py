@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -680,10 +681,13 @@ def calibrate(cfg: Config, *, again: bool = False) -> Throughput:
     if path.exists() and not again:
         return Throughput(**json.loads(path.read_text()))
     tp = _measure(cfg, where)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(asdict(tp), indent=1))
-    tmp.replace(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(asdict(tp), indent=1))
+        tmp.replace(path)
+    except OSError as exc:  # a read-only cache: measured again next time
+        logging.getLogger(__name__).warning("calibration not cached (%s)", exc)
     return tp
 
 
@@ -918,14 +922,18 @@ def data_plans(cfg: Config) -> dict:
     return out
 
 
-def confirm(cfg: Config, steps: list[str], yes: bool, ask=None) -> None:
-    """Go on if what ``steps`` still have to do takes less than :data:`HOURS_TO_ASK` on this
-    machine, or ``yes``, or the user says so at a terminal; otherwise a :class:`UserError`
-    with the estimate and what to do."""
+def confirm(cfg: Config, steps: list[str], yes: bool, ask=None, *, force: bool = False) -> None:
+    """Go on if what ``steps`` still have to do (all of it with ``force``) takes less than
+    :data:`HOURS_TO_ASK` on this machine, or ``yes``, or the user says so at a terminal;
+    otherwise a :class:`UserError` with the estimate and what to do. Nothing to do: nothing
+    measured."""
     if yes:
         return
     from collab_lib import pipeline
 
+    todo = {r["step"] for r in pipeline.status(cfg) if r["state"] != "cached"}
+    if not force and not todo & set(steps):
+        return
     try:
         facts(cfg, data_plans(cfg))
     except UserError:  # no size_mb: the sizes are known once the datasets are built
@@ -933,7 +941,11 @@ def confirm(cfg: Config, steps: list[str], yes: bool, ask=None) -> None:
             return  # the step itself stops, and says to build the datasets first
         pipeline.run("datasets", cfg)  # minutes, and the run's first step anyway
     tp = calibrate(cfg)
-    seconds = sum(w.seconds for w in pending(cfg, tp, steps))
+    if force:
+        works = [w for w in estimate(cfg, tp, facts(cfg, data_plans(cfg))) if w.step in steps]
+    else:
+        works = pending(cfg, tp, steps)
+    seconds = sum(w.seconds for w in works)
     if seconds < HOURS_TO_ASK * 3600:
         return
     figure = (

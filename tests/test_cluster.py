@@ -40,14 +40,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def ray_cluster(tmp_path_factory):
-    """A Ray cluster of this machine: one head with 2 CPUs, stopped at the end (only it)."""
+def ray_cluster():
+    """A Ray cluster of this machine: one head with 2 CPUs, stopped at the end (only it). In
+    Ray's default place, as a user starts one: a Flower simulation on this machine must still
+    start its own Ray rather than join it."""
     ray = Path(sys.executable).with_name("ray")
     port = _free_port()
-    tmp = tmp_path_factory.mktemp("ray")
     head = subprocess.Popen(
         [str(ray), "start", "--head", f"--port={port}", "--num-cpus=2", "--num-gpus=0",
-         "--include-dashboard=false", "--block", f"--temp-dir={tmp}"],
+         "--include-dashboard=false", "--block"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     address = f"127.0.0.1:{port}"

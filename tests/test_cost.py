@@ -125,3 +125,11 @@ def test_run_asks_before_hours_of_work(course_cfg, course_run, capsys):
     with pytest.raises(UserError, match="--yes"):
         cost.confirm(cfg, ["rq1"], yes=False, ask=lambda _: "n")
     cost.confirm(cfg, ["rq1"], yes=True)
+
+
+def test_force_counts_the_work_it_redoes(course_cfg, monkeypatch):
+    """A finished run asks nothing; with --force, its whole cost counts again."""
+    monkeypatch.setattr(cost, "HOURS_TO_ASK", 0.0)
+    cost.confirm(course_cfg, ["rq1"], yes=False)  # cached: nothing to ask, nothing measured
+    with pytest.raises(UserError, match="--yes"):
+        cost.confirm(course_cfg, ["rq1"], yes=False, force=True)

@@ -118,6 +118,11 @@ def test_book_to_writes_a_site_that_reads_offline(built_book, tmp_path):
         verdicts = page.inner_text("main table")
         assert "verdict" in verdicts and ("holds" in verdicts or "inconclusive" in verdicts)
     book.publish(built_book.index.parent, site)  # again: replaces its own site
+    (site / "CNAME").write_text("book.example.org")  # the user's own file: kept, refused
+    with pytest.raises(UserError, match="CNAME"):
+        book.publish(built_book.index.parent, site)
+    with pytest.raises(UserError, match="is a file"):
+        book.publish(built_book.index.parent, site / "CNAME")
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")

@@ -196,7 +196,8 @@ def simulate(app_dir: Path, rc: dict, home: Path) -> None:
         server_app=server_app.app,
         backend_config={
             "client_resources": {"num_cpus": cpus, "num_gpus": 1.0 if _cuda() else 0.0},
-            "init_args": {"num_cpus": cpus, "include_dashboard": False},
+            # its own Ray, even on a machine of a Ray cluster (Ray would join that cluster)
+            "init_args": {"address": "local", "num_cpus": cpus, "include_dashboard": False},
         },
         server_app_context=context,
         app_dir=str(app_dir),  # the virtual clients read the run config from its pyproject
