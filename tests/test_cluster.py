@@ -64,7 +64,7 @@ def ray_cluster():
     yield address
     os.killpg(head.pid, signal.SIGINT)  # --block stops the processes it started
     try:
-        head.wait(20)
+        head.wait(5)
     except subprocess.TimeoutExpired:
         os.killpg(head.pid, signal.SIGKILL)  # only this head's processes: its own session
         head.wait(20)

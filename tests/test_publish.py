@@ -126,7 +126,7 @@ def test_book_to_writes_a_site_that_reads_offline(built_book, tmp_path):
     mine = tmp_path / "mine"
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
-    with pytest.raises(UserError, match="not empty"):
+    with pytest.raises(UserError, match="did not write"):
         book.publish(built_book.index.parent, mine)
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     shutil.rmtree(site)
