@@ -61,13 +61,13 @@ def main() -> None:
     if args.steps:
         return run_steps(args.profile)
 
-    from collab_lib import cost
+    from collab_lib import calibration, cost
     from collab_lib.config import load_config
 
     cfg = load_config(args.profile)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ["COLLAB_ARTIFACTS"] = str(Path(tmp) / "calibration-cache")
-        tp = cost.calibrate(cfg)
+        tp = calibration.calibrate(cfg)
         works = cost.estimate(cfg, tp, cost.facts(cfg))
         del os.environ["COLLAB_ARTIFACTS"]
         if args.times:
@@ -76,7 +76,7 @@ def main() -> None:
             measured = measure(args.profile, Path(tmp) / "run")
             (Path(tmp) / "times.json").write_text(json.dumps(measured))
             print(json.dumps({k: round(v, 2) for k, v in measured.items()}), file=sys.stderr)
-    print(f"profile {args.profile} on {tp.machine}: {cost.rates(tp)}")
+    print(f"profile {args.profile} on {tp.machine}: {calibration.rates(tp)}")
     print(f"{'step':<11} {'estimate s':>10} {'measured s':>10} {'ratio':>6}")
     worst = 1.0
     for w in works:

@@ -10,7 +10,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from collab_lib import cost, pipeline
+from collab_lib import calibration, cost, pipeline
 from collab_lib.book import SETTINGS_FILE, build_book, build_dir, publish
 from collab_lib.config import UserError, load_config, settings_digest, settings_text
 
@@ -111,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument(
         "--machine",
         metavar="NAME",
-        help=f"here (default: calibrated), a preset ({', '.join(cost.PRESETS)}) or a "
+        help=f"here (default: calibrated), a preset ({', '.join(calibration.PRESETS)}) or a "
         "calibration file written on another machine (<artifacts>/calibration/*.json)",
     )
     sp.add_argument("--all", action="store_true", help="the whole run, cached steps too")
@@ -392,8 +392,8 @@ def _print_plan(cfg, args: argparse.Namespace) -> int:
     """``plan``: each step's work and minutes, what would run, and on which machine."""
     f = cost.facts(cfg, cost.data_plans(cfg))  # before a calibration: it may say what to run
     if args.recalibrate:
-        cost.calibrate(cfg, again=True)
-    tp = cost.throughput(cfg, args.machine)
+        calibration.calibrate(cfg, again=True)
+    tp = calibration.throughput(cfg, args.machine)
     works = cost.estimate(cfg, tp, f) if args.all else cost.pending(cfg, tp)
     frame = cost.table(works)
     if args.json:
@@ -405,7 +405,7 @@ def _print_plan(cfg, args: argparse.Namespace) -> int:
     what = "the whole run" if args.all else "what would run (cached steps cost nothing)"
     print(f"{what}: about {cost.duration(total * 60)} on {tp.machine}")
     sizes = "the built datasets" if f.source == "datasets" else "each organization's size_mb"
-    print(f"counted from {sizes}; throughput {tp.measured or 'measured'}: {cost.rates(tp)}")
+    print(f"counted from {sizes}; throughput {tp.measured or 'measured'}: {calibration.rates(tp)}")
     return 0
 
 

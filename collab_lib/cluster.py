@@ -9,8 +9,12 @@
   cached get no task. Each task asks for ``cpus`` CPUs (and a GPU where the cluster has them)
   and trains its job in a fresh process of its own at that many torch threads, so a federated
   run's Flower simulation starts its own Ray there, as it does on one machine.
-- **The rest** runs in this process as it does without a cluster, reading what the workers
-  wrote (a step of the pipeline finds its training jobs cached and only reads them).
+- **Each model's pieces** of ``rq1``, ``rq2``, ``curves`` and ``membership`` (the ``parts``
+  of each step's module: a model's perplexity, samples and sandboxed executions; its canary
+  exposure, completions, k-extractability, duplication signal; its curve's checkpoints; its
+  membership scores): one task each, in the worker's own process.
+- **Every step** then runs in this process as it does without a cluster: it finds what the
+  workers built cached and only combines it (and does the few small things left).
 
 The workers write into the cache this process uses (``COLLAB_ARTIFACTS``, handed to every
 worker: on several machines, a path to the same shared storage on each). Two workers never
@@ -39,8 +43,8 @@ BASE, SWEEP = "base", "sweep"  # the tasks that are not a job of the roster
 
 
 def run(step: str, cfg: Config, address: str, cpus: int = 1) -> None:
-    """``pipeline.run(step)`` with every training job of each seed a task on the cluster at
-    ``address`` (``auto``: the one this machine belongs to)."""
+    """``pipeline.run(step)`` with every training job and every model's pieces of each seed
+    tasks on the cluster at ``address`` (``auto``: the one this machine belongs to)."""
     import ray
 
     env = {"COLLAB_ARTIFACTS": str(artifacts.artifacts_root())}

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from collab_lib import artifacts, cost, pipeline
+from collab_lib import artifacts, calibration, cost, pipeline
 from collab_lib.cli import main
 from collab_lib.config import UserError, load_config
 
@@ -18,10 +18,10 @@ def _manifests(root, step: str) -> list[dict]:
 
 
 @pytest.fixture
-def course_tp(course_run) -> cost.Throughput:
+def course_tp(course_run) -> calibration.Throughput:
     """A preset machine with the course tokenizer's own bytes per token (counts only)."""
     (tok,) = _manifests(course_run.artifacts, "tokenizer")
-    return replace(cost.PRESETS["h100"], bytes_per_token=tok["metrics"]["bytes_per_token"])
+    return replace(calibration.PRESETS["h100"], bytes_per_token=tok["metrics"]["bytes_per_token"])
 
 
 def test_estimate_counts_the_work_the_steps_did(course_cfg, course_run, course_tp):
@@ -80,35 +80,35 @@ def test_facts_need_sizes_or_built_datasets(local_profile):
 def test_presets_scale_to_the_profiles_model():
     """A larger model's tokens cost more; the sandbox does not care."""
     paper = load_config("paper")
-    h100 = cost.PRESETS["h100"]
-    big = cost.throughput(paper, "h100")
+    h100 = calibration.PRESETS["h100"]
+    big = calibration.throughput(paper, "h100")
     assert big.train < h100.train and big.decode < h100.decode and big.load > h100.load
     assert big.programs == h100.programs
-    assert cost.throughput(load_config("gpu"), "h100") == h100  # the preset's own shape
+    assert calibration.throughput(load_config("gpu"), "h100") == h100  # the preset's own shape
     with pytest.raises(UserError, match="not a preset"):
-        cost.throughput(paper, "no-such-machine")
+        calibration.throughput(paper, "no-such-machine")
 
 
 def test_gpu_profile_fits_one_gpu_hour_by_the_estimate():
     """The gpu profile's promise, held to the estimate on the H100 the presets describe; the
     paper profile's n = 200 at ten temperatures takes far longer."""
     gpu, paper = load_config("gpu"), load_config("paper")
-    hours = sum(w.seconds for w in cost.estimate(gpu, cost.PRESETS["h100"], cost.facts(gpu)))
+    hours = sum(w.seconds for w in cost.estimate(gpu, calibration.PRESETS["h100"], cost.facts(gpu)))
     assert hours / 3600 <= 1.0
-    tp = cost.throughput(paper, "h100")
+    tp = calibration.throughput(paper, "h100")
     assert sum(w.seconds for w in cost.estimate(paper, tp, cost.facts(paper))) / 3600 > 10
 
 
 def test_calibration_is_measured_once_per_machine_and_shape(tmp_path):
     """The real loop, scorer, decoder and sandbox at the tiny profile's shape, cached."""
     cfg = load_config("tiny")
-    tp = cost.calibrate(cfg)
+    tp = calibration.calibrate(cfg)
     assert tp.train > 0 and tp.score > 0 and tp.decode > 0 and tp.programs > 0
     assert 1.5 < tp.bytes_per_token < 4 and tp.load > 0
     (path,) = (artifacts.artifacts_root() / "calibration").glob("*.json")
-    assert cost.calibrate(cfg) == tp  # read back, not measured again
+    assert calibration.calibrate(cfg) == tp  # read back, not measured again
     wider = load_config("tiny", ["model.n_embd=64"])
-    assert cost.calibration_path(wider, cost.machine()) != path
+    assert calibration.calibration_path(wider, calibration.machine()) != path
 
 
 def test_run_asks_before_hours_of_work(course_cfg, course_run, capsys):
