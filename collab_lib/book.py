@@ -134,6 +134,7 @@ def build_book(cfg: Config, *, run_steps: bool = True, build_root: Path = BUILD_
     execute_notebooks(NOTEBOOKS, settings, stage / "book" / "executed")
     for name, where in PAGES.items():
         (stage / "book" / "executed" / name).replace(stage / f"{where}.ipynb")
+        hide_injected_parameters(stage / f"{where}.ipynb")  # a home page shows no path
     repository = book_repository(stage / "_config.yml")
     if repository is not None:
         for name in NOTEBOOKS:
@@ -144,6 +145,19 @@ def build_book(cfg: Config, *, run_steps: bool = True, build_root: Path = BUILD_
     if proc.returncode != 0:
         raise BookError(f"jupyter-book build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
     return out / "_build" / "html" / "index.html"
+
+
+def hide_injected_parameters(notebook: Path) -> None:
+    """Tag papermill's injected parameters cell ``remove-cell`` (the chapters show theirs: the
+    settings file each read)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if "injected-parameters" in tags and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    nbformat.write(nb, notebook)
 
 
 def book_repository(config: Path) -> tuple[str, str] | None:

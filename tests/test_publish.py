@@ -115,6 +115,7 @@ def test_book_to_writes_a_site_that_reads_offline(built_book, tmp_path):
         assert_every_page_reads_offline(page)
         page.goto(page.base + "/book/intro.html")
         assert page.locator("main img").count() >= 1  # the workflow figure
+        assert "settings.yml" not in page.inner_text("main")  # no build path on the home page
         verdicts = page.inner_text("main table")
         assert "verdict" in verdicts and ("holds" in verdicts or "inconclusive" in verdicts)
     book.publish(built_book.index.parent, site)  # again: replaces its own site
