@@ -6,8 +6,9 @@ this machine (tens for GPT-2 124M's shape on a CPU): steps of the training loop,
 windows, the decoder at the profile's batch, the sandbox on HumanEval programs, a model's and
 a tokenizer's load, and the profile's tokenizer's bytes per token; cached per machine and
 shape in ``<artifacts>/calibration/``. :data:`PRESETS` stand in for a machine one does not have
-(an H100, from this project's measurements), :func:`scaled` to another shape by the work per
-token.
+(an H100, from this project's measurements), as does a calibration file copied from another
+machine, each :func:`scaled` to the profile's shape by the work per token; :func:`throughput`
+picks among the three.
 """
 
 from __future__ import annotations
@@ -311,6 +312,7 @@ def _bytes_per_token(cfg: Config) -> float:
 
 
 def rates(tp: Throughput) -> str:
+    """The throughput in one line, as ``plan`` prints it."""
     return (
         f"training {tp.train:,.0f} tokens/s, scoring {tp.score:,.0f} tokens/s, sampling "
         f"{tp.decode:,.0f} new tokens/s, {tp.programs:,.0f} programs/s, "

@@ -61,11 +61,15 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument(
             "--ray-address",
             metavar="ADDRESS",
-            help="train on a Ray cluster: auto (the one this machine belongs to) or HOST:PORT; "
+            help="run the training jobs and each model's pieces on a Ray cluster: auto (the one "
+            "this machine belongs to) or HOST:PORT; "
             "the cache must be shared storage (README: 'On a Ray cluster')",
         )
         sp.add_argument(
-            "--ray-cpus", type=_positive, default=1, help="CPUs (torch threads) per training job"
+            "--ray-cpus",
+            type=_positive,
+            default=1,
+            help="CPUs (torch threads) per task: a training job or a model's piece",
         )
 
     def with_window(sp: argparse.ArgumentParser) -> None:
@@ -365,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run_steps(cfg, args: argparse.Namespace, step: str) -> None:
     """``run`` and ``book``: ask first where the estimate is hours, then run the steps here or
-    with their training jobs on a Ray cluster."""
+    with their training jobs and each model's pieces on a Ray cluster."""
     force = getattr(args, "force", False)
     if args.ray_address is None:
         ask = _ask if sys.stdin.isatty() else None

@@ -10,7 +10,8 @@ the datasets are built, each organization's code is its ``size_mb`` split by
 ``validation_fraction``; after, the datasets' own sizes.
 
 The time is that work over a machine's throughput (:mod:`collab_lib.calibration`: this
-machine's, measured in seconds and cached, or a preset's).
+machine's, measured in seconds and cached; a preset's; or a calibration file from another
+machine).
 """
 
 from __future__ import annotations
@@ -507,7 +508,6 @@ def membership_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
 
 
 def _datasets_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
-
     w = Work("datasets")
     sources = {s for o in cfg.datasets.organizations for s in o.sources}
     mb = sum(f.train_bytes.values()) + sum(f.validation_bytes.values())
