@@ -398,7 +398,7 @@ def _print_plan(cfg, args: argparse.Namespace) -> int:
     if args.recalibrate:
         calibration.calibrate(cfg, again=True)
     tp = calibration.throughput(cfg, args.machine)
-    works = cost.estimate(cfg, tp, f) if args.all else cost.pending(cfg, tp)
+    works = cost.estimate(cfg, tp, f) if args.all else cost.pending(cfg, tp, f)
     frame = cost.table(works)
     if args.json:
         out = {"machine": asdict(tp), "sizes_from": f.source, "steps": frame.to_dict("records")}

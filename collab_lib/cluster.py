@@ -81,12 +81,10 @@ def _reachable(address: str, timeout: float = 5.0) -> None:
 def tasks(cfg: Config) -> dict[str, tuple[str, list[str]]]:
     """Each task of the training step, in an order where a task comes after what it waits
     for: ``ref -> (kind, refs it waits for)``; kind is ``base``, ``sweep`` or ``job``."""
-    planned = pipeline.planned_for("train", cfg)
-    base = artifacts.ref(planned[collaboration.BASE])
-    data = [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])]
+    base, data, psi = collaboration.chain_refs(pipeline.planned_for("train", cfg))
     out: dict[str, tuple[str, list[str]]] = {base: (BASE, [])}
     sweep = tuning.ref(cfg, base, data) if cfg.federated.tuned else None
-    for chain in collaboration.jobs(cfg, base, data, artifacts.ref(planned["psi"])).values():
+    for chain in collaboration.jobs(cfg, base, data, psi).values():
         for job in chain:
             waits = [r for r in job.inputs if r in out]  # the model it starts from, members
             if job.step == collaboration.FEDERATED_STEP:
@@ -100,10 +98,7 @@ def tasks(cfg: Config) -> dict[str, tuple[str, list[str]]]:
 
 def train(cfg: Config, cpus: int) -> None:
     """Every training task of ``cfg`` not yet cached, on the cluster; waits for all."""
-    import ray
-
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    remote = ray.remote(_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    remote = _remote(_task, cpus)
     planned = pipeline.planned_for("train", cfg)
     submitted: dict[str, object] = {}
     for ref, (kind, waits) in tasks(cfg).items():
@@ -142,7 +137,6 @@ def _wait(pending: list, desc: str) -> None:
 def pieces(cfg: Config, step: str, cpus: int) -> None:
     """A step's independent pieces (one per model: ``parts`` of its module) on the cluster,
     unless the step is cached; waits for all."""
-    import ray
 
     own = pipeline.plans(cfg)[step]
     if isinstance(own, UserError):
@@ -151,9 +145,17 @@ def pieces(cfg: Config, step: str, cpus: int) -> None:
         return
     code = pipeline.STEPS[step].code
     todo = getattr(code, pipeline.STEPS[step].parts)(cfg, pipeline.planned_for(step, cfg))
-    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-    remote = ray.remote(_piece).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
+    remote = _remote(_piece, cpus)
     _wait([remote.remote(p, cpus) for p in todo], f"{step} on Ray (seed {cfg.seed})")
+
+
+def _remote(fn, cpus: int):
+    """``fn`` as a Ray task asking for ``cpus`` CPUs and a GPU where the cluster has them; a
+    task that fails is not retried (its run says so)."""
+    import ray
+
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    return ray.remote(fn).options(num_cpus=cpus, num_gpus=gpus, max_retries=0)
 
 
 def _piece(piece, threads: int) -> None:
@@ -192,9 +194,7 @@ def build(cfg: Config, planned: dict, ref: str, kind: str, threads: int) -> str:
     if kind == SWEEP:
         trainer.sweep()
     elif kind != BASE:
-        chains = collaboration.jobs(
-            cfg, trainer.base.ref, collaboration.data_refs(planned), artifacts.ref(planned["psi"])
-        )
+        chains = collaboration.jobs(cfg, *collaboration.chain_refs(planned))
         job = next(j for chain in chains.values() for j in chain if j.ref == ref)
         trainer.build(job)
     return ref

@@ -298,6 +298,12 @@ def data_refs(planned: dict) -> list[str]:
     return [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])]
 
 
+def chain_refs(planned: dict) -> tuple[str, list[str], str]:
+    """:func:`jobs`'s refs, from the train step's plans: the base model's, the data's (datasets
+    and canaries) and the psi step's."""
+    return artifacts.ref(planned[BASE]), data_refs(planned), _psi_ref(planned)
+
+
 def _psi_ref(planned: dict) -> str:
     """The psi artifact the ``_PSI`` models' jobs read."""
     return artifacts.ref(planned[psi.STEP])

@@ -202,13 +202,19 @@ def job_tokens(
     return out
 
 
-def train_work(cfg: Config, f: Facts, tp: Throughput, missing: set[str] | None = None) -> Work:
+def train_work(
+    cfg: Config,
+    f: Facts,
+    tp: Throughput,
+    refs: tuple[str, list[str], str] | None = None,
+    missing: set[str] | None = None,
+) -> Work:
     """The tokenizer, the base model and every unique training job (``missing``: only the
-    jobs whose artifacts are not cached, by ref)."""
+    jobs whose artifacts are not cached, by ref, keyed from ``refs``:
+    :func:`collaboration.chain_refs`)."""
     from collab_lib import collaboration
 
     w = Work("train")
-    refs = missing_refs(cfg) if missing is not None else None
     if missing is None or refs[0] in missing:
         w.add(_base_work(cfg, tp))
     for ref, (job, n) in job_tokens(cfg, f, tp, refs).items():
@@ -225,18 +231,6 @@ def train_work(cfg: Config, f: Facts, tp: Throughput, missing: set[str] | None =
     ):
         w.add(_sweep_work(cfg, _tokens(cfg, f, tp), tp))
     return w
-
-
-def missing_refs(cfg: Config) -> tuple[str, list[str], str]:
-    """The real refs of the base model and data the training jobs' keys derive from."""
-    from collab_lib import collaboration, pipeline
-
-    planned = pipeline.planned_for("train", cfg)
-    return (
-        artifacts.ref(planned[collaboration.BASE]),
-        [artifacts.ref(planned["datasets"]), artifacts.ref(planned["canaries"])],
-        artifacts.ref(planned["psi"]),
-    )
 
 
 def _base_work(cfg: Config, tp: Throughput) -> Work:
@@ -270,12 +264,12 @@ def _sweep_work(cfg: Config, tokens: dict[str, float], tp: Throughput) -> Work:
     return w
 
 
-def _members(cfg: Config, name: str) -> int:
-    """Forward passes per token of a model: its ensemble's members, else one."""
+def _forwards(cfg: Config) -> dict[str, int]:
+    """Forward passes per token of each model that takes more than one: an ensemble's
+    members (``.get(name, 1)`` for any model)."""
     from collab_lib import collaboration
 
-    spec = {s.name: s for s in collaboration.roster(cfg)}.get(name)
-    return len(spec.orgs) if spec is not None and not spec.trains else 1
+    return {s.name: len(s.orgs) for s in collaboration.roster(cfg) if not s.trains}
 
 
 def _score(w: Work, tp: Throughput, sequences: float, tokens: float, members: int = 1) -> None:
@@ -302,6 +296,7 @@ def _load(w: Work, tp: Throughput, n: float = 1) -> None:
 def rq1_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
     from collab_lib import collaboration, evaluation
 
+    forwards = _forwards(cfg)
     w = Work("rq1")
     e = cfg.evaluation
     every = collaboration.chosen_models(cfg, None, "evaluation.models")
@@ -309,7 +304,7 @@ def rq1_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
     files = sum(f.validation_bytes[o] / f.bytes_per_file[o] for o in f.validation_bytes)
     for name in every:
         _load(w, tp)
-        _score(w, tp, files, validation, _members(cfg, name))
+        _score(w, tp, files, validation, forwards.get(name, 1))
     problems = e.problems or 164
     new = evaluation.max_new_tokens(cfg)
     prompt = min(HUMANEVAL_PROMPT_BYTES / tp.bytes_per_token, cfg.model.context - new)
@@ -317,7 +312,7 @@ def rq1_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
         for _ in e.temperatures:
             _load(w, tp)
             rows = problems * e.n_samples
-            _sample(w, tp, rows, new, prompt, _members(cfg, name))
+            _sample(w, tp, rows, new, prompt, forwards.get(name, 1))
             w.programs += rows
             w.seconds += rows / tp.programs
     # the harness's check rows: three programs per problem, and the timeouts side by side
@@ -333,6 +328,7 @@ def _workers() -> int:
 def rq2_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
     from collab_lib import collaboration
 
+    forwards = _forwards(cfg)
     w = Work("rq2")
     m = cfg.memorization
     every = collaboration.chosen_models(cfg, None, "memorization.models")
@@ -345,17 +341,19 @@ def rq2_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
     k, match = cfg.extractable_lengths
     sequences = _extractable_sequences(cfg, f, tp, m.extractable_sequences)
     for name in chosen:
-        members = _members(cfg, name)
+        members = forwards.get(name, 1)
         _load(w, tp, 2)
         _sample(w, tp, rows, new, prompt, members)  # RQ2's completions
         _sample(w, tp, sequences, match, k, members)  # k-extractability, greedy
     alternatives = min(m.alternatives or cfg.canaries.alternatives, cfg.canaries.alternatives)
     for name in every:  # canary exposure: every model, even where none is planted
         _load(w, tp)
-        _exposure(w, cfg, f, tp, alternatives, _members(cfg, name))
+        _exposure(w, cfg, f, tp, alternatives, forwards.get(name, 1))
     for name in dict.fromkeys([*chosen, *singles]):  # the duplication signal
         _load(w, tp)
-        _score(w, tp, 2 * len(f.train_bytes), _duplication_tokens(cfg, f, tp), _members(cfg, name))
+        _score(
+            w, tp, 2 * len(f.train_bytes), _duplication_tokens(cfg, f, tp), forwards.get(name, 1)
+        )
     return w
 
 
@@ -491,6 +489,7 @@ def membership_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
     whole lines of at most ``sample_chars`` characters."""
     from collab_lib import collaboration
 
+    forwards = _forwards(cfg)
     w = Work("membership")
     ms = cfg.membership
     chars = ms.sample_chars or max(40, int(1.5 * cfg.model.context))
@@ -503,7 +502,7 @@ def membership_work(cfg: Config, f: Facts, tp: Throughput) -> Work:
     every = collaboration.chosen_models(cfg, None, "membership")
     for name in [*every, *(c.name for c in ms.checkpoints)]:
         _load(w, tp)
-        _score(w, tp, samples, samples * per_sample * 1.2, _members(cfg, name))  # padding
+        _score(w, tp, samples, samples * per_sample * 1.2, forwards.get(name, 1))  # padding
     return w
 
 
@@ -573,14 +572,14 @@ def table(works: list[Work]) -> pd.DataFrame:
 # --- what a run still has to do ----------------------------------------------------------------
 
 
-def pending(cfg: Config, tp: Throughput, steps: list[str] | None = None) -> list[Work]:
+def pending(
+    cfg: Config, tp: Throughput, f: Facts, steps: list[str] | None = None, todo=None
+) -> list[Work]:
     """The work of ``steps`` (every step by default) still to do: nothing for a step whose
-    artifacts are all cached, the missing jobs only for training (other steps count whole,
-    an upper bound when one is half done)."""
-    from collab_lib import pipeline
-
-    f = facts(cfg, data_plans(cfg))
-    todo = {r["step"] for r in pipeline.status(cfg) if r["state"] != "cached"}
+    artifacts are all cached (``todo``: the steps that are not, from :func:`unfinished`),
+    the missing jobs only for training (other steps count whole, an upper bound when one is
+    half done)."""
+    todo = unfinished(cfg) if todo is None else todo
     out = []
     for w in estimate(cfg, tp, f):
         if steps is not None and w.step not in steps:
@@ -593,27 +592,27 @@ def pending(cfg: Config, tp: Throughput, steps: list[str] | None = None) -> list
     return out
 
 
+def unfinished(cfg: Config) -> set[str]:
+    """The steps with an artifact not cached (``status``'s "would run")."""
+    from collab_lib import pipeline
+
+    return {r["step"] for r in pipeline.status(cfg) if r["state"] != "cached"}
+
+
 def _pending_training(cfg: Config, tp: Throughput, f: Facts) -> Work:
     """The training jobs (and base model, sweep) of every seed whose artifacts are missing."""
-    from collab_lib import collaboration
+    from collab_lib import collaboration, pipeline, tuning
 
     total = Work("train")
     for seed in cfg.run_seeds:
         seed_cfg = cfg.with_seed(seed)
-        try:
-            base_ref, data_refs, psi_ref = missing_refs(seed_cfg)
-        except UserError:  # not plannable yet (the roster needs the datasets): all of it
-            total.add(train_work(seed_cfg, f, tp))
-            continue
-        refs = [base_ref]
-        chains = collaboration.jobs(seed_cfg, base_ref, data_refs, psi_ref)
-        refs += [j.ref for chain in chains.values() for j in chain]
+        refs = collaboration.chain_refs(pipeline.planned_for("train", seed_cfg))
+        chains = collaboration.jobs(seed_cfg, *refs)
+        every = [refs[0], *(j.ref for chain in chains.values() for j in chain)]
         if seed_cfg.federated.tuned:
-            from collab_lib import tuning
-
-            refs.append(tuning.ref(seed_cfg, base_ref, data_refs))
-        missing = {r for r in refs if artifacts.state(*r.split("/")) != "cached"}
-        total.add(train_work(seed_cfg, f, tp, missing))
+            every.append(tuning.ref(seed_cfg, refs[0], refs[1]))
+        missing = {r for r in every if artifacts.state(*r.split("/")) != "cached"}
+        total.add(train_work(seed_cfg, f, tp, refs, missing))
     return total
 
 
@@ -621,11 +620,11 @@ def data_plans(cfg: Config) -> dict:
     """The datasets' and clones' plans (what :func:`facts` reads once they are built)."""
     from collab_lib import pipeline
 
+    plans = pipeline.plans(cfg)
     out: dict = {}
     for step in ("datasets", "clones"):
-        planned = pipeline.plans(cfg)[step]
-        if not isinstance(planned, UserError):
-            out |= planned
+        if not isinstance(plans[step], UserError):
+            out |= plans[step]
     return out
 
 
@@ -638,20 +637,21 @@ def confirm(cfg: Config, steps: list[str], yes: bool, ask=None, *, force: bool =
         return
     from collab_lib import pipeline
 
-    todo = {r["step"] for r in pipeline.status(cfg) if r["state"] != "cached"}
+    todo = unfinished(cfg)
     if not force and not todo & set(steps):
         return
     try:
-        facts(cfg, data_plans(cfg))
+        f = facts(cfg, data_plans(cfg))
     except UserError:  # no size_mb: the sizes are known once the datasets are built
         if "datasets" not in steps:
             return  # the step itself stops, and says to build the datasets first
         pipeline.run("datasets", cfg)  # minutes, and the run's first step anyway
+        todo, f = unfinished(cfg), facts(cfg, data_plans(cfg))
     tp = calibrate(cfg)
     if force:
-        works = [w for w in estimate(cfg, tp, facts(cfg, data_plans(cfg))) if w.step in steps]
+        works = [w for w in estimate(cfg, tp, f) if w.step in steps]
     else:
-        works = pending(cfg, tp, steps)
+        works = pending(cfg, tp, f, steps, todo)
     seconds = sum(w.seconds for w in works)
     if seconds < HOURS_TO_ASK * 3600:
         return

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 
-from collab_lib import artifacts, calibration, cost, pipeline
+from collab_lib import artifacts, calibration, collaboration, cost, pipeline
 from collab_lib.cli import main
 from collab_lib.config import UserError, load_config
 
@@ -41,7 +41,8 @@ def test_estimate_counts_the_work_the_steps_did(course_cfg, course_run, course_t
     )
     assert len(cost.curve_points(course_cfg)) == len(_manifests(root, "curve_point"))
 
-    jobs = cost.job_tokens(course_cfg, f, course_tp, cost.missing_refs(course_cfg))
+    refs = collaboration.chain_refs(pipeline.planned_for("train", course_cfg))
+    jobs = cost.job_tokens(course_cfg, f, course_tp, refs)
     stages = {f"stage/{m['key']}": m for m in _manifests(root, "stage")}
     trained = [(n, stages[ref]) for ref, (_, n) in jobs.items() if ref in stages]
     assert len(trained) == len(stages) > 3  # every cached stage is one the estimate counts
@@ -52,10 +53,9 @@ def test_estimate_counts_the_work_the_steps_did(course_cfg, course_run, course_t
 
 def test_pending_counts_only_what_is_missing(course_cfg, course_tp):
     """A finished run has nothing left to do; the whole run's estimate is still there."""
-    assert sum(w.seconds for w in cost.pending(course_cfg, course_tp)) == 0
-    whole = cost.estimate(
-        course_cfg, course_tp, cost.facts(course_cfg, cost.data_plans(course_cfg))
-    )
+    f = cost.facts(course_cfg, cost.data_plans(course_cfg))
+    assert sum(w.seconds for w in cost.pending(course_cfg, course_tp, f)) == 0
+    whole = cost.estimate(course_cfg, course_tp, f)
     assert all(w.seconds > 0 for w in whole if w.step in ("train", "rq1", "rq2", "curves"))
 
 
